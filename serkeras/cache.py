@@ -1,0 +1,194 @@
+"""On-disk feature cache: computed once per (clip, settings), in parallel, resumable.
+
+Layout: `<cache_dir>/<settings hash>/<clip name>-<clip hash>.npz`, where the clip
+hash covers the settings and the audio file's name, size and mtime, so changed
+settings or files never reuse a stale entry. Each entry is written to a
+temporary file and renamed into place, so a killed run leaves only whole
+entries and the next run computes just what is missing. Files that cannot be
+used are remembered as `.bad` entries with the reason, and reported, not retried.
+"""
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import multiprocessing
+import os
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from serkeras.audio import AudioError, load_audio
+from serkeras.corpus import warn_skipped
+from serkeras.features import FEATURE_KINDS, FeatureConfig, extract_features
+
+CACHE_DIR_ENV = "SERKERAS_CACHE_DIR"
+DEFAULT_CACHE_DIR = "data/cache"
+# Features are stored as float16: half the disk and I/O, error far below feature noise.
+_STORE_DTYPE = np.float16
+
+
+@dataclasses.dataclass
+class FeatureSet:
+    """Features of the clips that could be used, plus what was skipped and why."""
+
+    features: dict  # clip path -> {"logmel": array, "spectral": array}
+    skipped: list  # (clip path, reason)
+    computed: int = 0
+    reused: int = 0
+    seconds: float = 0.0
+
+    def of(self, clips):
+        """The usable clips among `clips` (order kept) and their features."""
+        kept = [c for c in clips if c.path in self.features]
+        return kept, [self.features[c.path] for c in kept]
+
+
+def resolve_cache_dir(cache_dir=None):
+    return Path(cache_dir or os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR)
+
+
+def clip_key(path, config):
+    """Hash of the feature settings and the file's name, size and mtime."""
+    stat = os.stat(path)
+    ident = f"{config.extraction_key()}|{Path(path).name}|{stat.st_size}|{stat.st_mtime_ns}"
+    return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+def _entry(folder, path, key):
+    return folder / f"{Path(path).stem}-{key}"
+
+
+def _atomic_write(target, write):
+    """Write through a temporary file in the same folder, then rename into place."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=target.suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_entry(base, config):
+    """Cached features, a reason string for a known-bad file, or None if absent/corrupt."""
+    bad = base.with_suffix(".bad")
+    if bad.is_file():
+        return bad.read_text(encoding="utf-8").strip() or "unusable"
+    npz = base.with_suffix(".npz")
+    if not npz.is_file():
+        return None
+    try:
+        with np.load(npz, allow_pickle=False) as data:
+            features = {k: data[k].astype(np.float32) for k in FEATURE_KINDS}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+    frames = len(features["logmel"])
+    if (features["logmel"].shape[1:] != (config.n_mels,) or features["spectral"].shape != (frames, config.n_spectral)
+            or frames == 0 or not all(np.isfinite(a).all() for a in features.values())):
+        return None
+    return features
+
+
+def compute_clip(path, config):
+    """Decode and featurise one file; raises AudioError when it cannot be used."""
+    wave = load_audio(path, config.sample_rate, config.audio_normalization, config.max_seconds)
+    if len(wave) < config.min_seconds * config.sample_rate:
+        raise AudioError(f"too short ({len(wave) / config.sample_rate:.2f} s < {config.min_seconds:g} s)")
+    return extract_features(wave, config)
+
+
+def _compute_and_store(path, base, config_dict):
+    """Worker: compute one clip and write its cache entry; returns (path, features or reason)."""
+    config = FeatureConfig.from_dict(config_dict)
+    try:
+        features = compute_clip(path, config)
+    except AudioError as exc:
+        _atomic_write(base.with_suffix(".bad"), lambda f: f.write(str(exc).encode()))
+        return path, str(exc)
+    stored = {k: v.astype(_STORE_DTYPE) for k, v in features.items()}
+    _atomic_write(base.with_suffix(".npz"), lambda f: np.savez(f, **stored))
+    return path, {k: v.astype(np.float32) for k, v in stored.items()}
+
+
+def _compute_chunk(chunk, config_dict):
+    return [_compute_and_store(path, base, config_dict) for path, base in chunk]
+
+
+def _worker_init():
+    # One thread per process: the pool already uses every core.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def cached_features(clips, config, cache_dir=None, workers=None, progress=True):
+    """Features for `clips`, from the cache where present, computed (in parallel) otherwise.
+
+    Parameters
+    ----------
+    clips : sequence of Clip
+    config : FeatureConfig
+    cache_dir : path-like, optional
+        Root of the cache (default $SERKERAS_CACHE_DIR or `data/cache`).
+    workers : int, optional
+        Processes for extraction (default: every core).
+    progress : bool
+        Show a progress bar while extracting.
+
+    Returns
+    -------
+    FeatureSet
+        Unusable files are in `skipped` and reported in one warning.
+    """
+    start = time.perf_counter()
+    folder = resolve_cache_dir(cache_dir) / config.extraction_key()
+    folder.mkdir(parents=True, exist_ok=True)
+    features, skipped, todo = {}, [], []
+    for clip in clips:
+        base = _entry(folder, clip.path, clip_key(clip.path, config))
+        found = _read_entry(base, config)
+        if isinstance(found, dict):
+            features[clip.path] = found
+        elif isinstance(found, str):
+            skipped.append((clip.path, found))
+        else:
+            todo.append((clip.path, base))
+    reused = len(features) + len(skipped)
+    if todo:
+        workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
+        bar = tqdm(total=len(todo), desc="features", unit="clip", disable=not progress, leave=False)
+        results = _run(todo, config, workers, bar)
+        bar.close()
+        for path, result in results:
+            if isinstance(result, str):
+                skipped.append((path, result))
+            else:
+                features[path] = result
+    warn_skipped(skipped, "audio files")
+    return FeatureSet(features, skipped, computed=len(todo), reused=reused, seconds=time.perf_counter() - start)
+
+
+def _run(todo, config, workers, bar):
+    config_dict = config.to_dict()
+    if workers == 1 or len(todo) < 8:
+        out = []
+        for path, base in todo:
+            out.append(_compute_and_store(path, base, config_dict))
+            bar.update()
+        return out
+    # spawn: safe even after TensorFlow / JAX / torch have started their threads.
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
+        # Chunks amortise inter-process overhead; small enough to keep the bar moving.
+        size = max(1, min(32, len(todo) // (workers * 4)))
+        chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
+        futures = [pool.submit(_compute_chunk, chunk, config_dict) for chunk in chunks]
+        out = []
+        for future in concurrent.futures.as_completed(futures):
+            done = future.result()
+            out.extend(done)
+            bar.update(len(done))
+        return out

@@ -1,0 +1,183 @@
+"""Frame-aligned features: log-mel spectrograms (2D path) and spectral descriptors (1D path).
+
+Both come from one STFT with the same hop, so frame `t` of the log-mel and frame
+`t` of the spectral features describe the same 10 ms of audio.
+"""
+
+import dataclasses
+import hashlib
+import json
+
+import librosa
+import numpy as np
+
+from serkeras.audio import NORMALIZATIONS
+
+LENGTH_MODES = ("variable", "fixed")
+FEATURE_KINDS = ("logmel", "spectral")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureConfig:
+    """Everything that turns a waveform into model inputs (serialisable).
+
+    The defaults suit 16 kHz speech: 25 ms windows every 10 ms, 64 mel bands
+    from 20 Hz to 8 kHz, 20 MFCCs with deltas.
+    """
+
+    sample_rate: int = 16000
+    n_fft: int = 512
+    win_length: int = 400
+    hop_length: int = 160
+    n_mels: int = 64
+    fmin: float = 20.0
+    fmax: float = 8000.0
+    n_mfcc: int = 20
+    audio_normalization: str = "peak"
+    length_mode: str = "variable"
+    fixed_seconds: float = 3.0
+    min_seconds: float = 0.2
+    max_seconds: float = 60.0
+
+    def __post_init__(self):
+        if self.length_mode not in LENGTH_MODES:
+            raise ValueError(f"length_mode must be one of {LENGTH_MODES}, got {self.length_mode!r}")
+        if self.audio_normalization not in NORMALIZATIONS:
+            raise ValueError(f"audio_normalization must be one of {NORMALIZATIONS}")
+        if not 0 < self.fmin < self.fmax <= self.sample_rate / 2:
+            raise ValueError("need 0 < fmin < fmax <= sample_rate / 2")
+        if self.win_length > self.n_fft:
+            raise ValueError("win_length must not exceed n_fft")
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, config):
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in config.items() if k in known})
+
+    def extraction_key(self):
+        """Hash of the settings that change extracted features (not the length mode)."""
+        settings = {k: v for k, v in self.to_dict().items() if k not in ("length_mode", "fixed_seconds")}
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def fixed_frames(self):
+        """Frames in a `fixed_seconds` clip (centred frames: 1 + samples // hop)."""
+        return 1 + int(round(self.fixed_seconds * self.sample_rate)) // self.hop_length
+
+    @property
+    def n_spectral(self):
+        return len(spectral_feature_names(self))
+
+
+def spectral_feature_names(config):
+    """Names of the 1D path's per-frame features, in column order."""
+    return (
+        [f"mfcc_{i}" for i in range(config.n_mfcc)]
+        + [f"mfcc_delta_{i}" for i in range(config.n_mfcc)]
+        + ["rms", "zcr", "centroid", "bandwidth", "rolloff", "flatness"]
+        + [f"contrast_{i}" for i in range(7)]
+        + [f"chroma_{i}" for i in range(12)]
+    )
+
+
+def extract_features(wave, config):
+    """Compute both feature kinds for one waveform.
+
+    Parameters
+    ----------
+    wave : numpy.ndarray, float32, shape (n_samples,)
+        Mono audio at `config.sample_rate` (see `serkeras.audio.load_audio`).
+    config : FeatureConfig
+
+    Returns
+    -------
+    dict
+        `logmel`: (frames, n_mels) log-mel power in dB; `spectral`:
+        (frames, n_spectral) MFCCs, deltas and spectral descriptors. float32.
+    """
+    c = config
+    stft = librosa.stft(wave, n_fft=c.n_fft, hop_length=c.hop_length, win_length=c.win_length, center=True)
+    magnitude = np.abs(stft)
+    power = magnitude**2
+    mel = librosa.feature.melspectrogram(S=power, sr=c.sample_rate, n_mels=c.n_mels, fmin=c.fmin, fmax=c.fmax)
+    # Fixed reference (not per-clip max) so loudness differences survive; floor at -100 dB.
+    logmel = librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None)
+    mfcc = librosa.feature.mfcc(S=logmel, n_mfcc=c.n_mfcc)
+    delta = librosa.feature.delta(mfcc, width=min(9, _odd_at_most(mfcc.shape[1])), mode="nearest")
+    spectral_kwargs = dict(S=magnitude, sr=c.sample_rate, n_fft=c.n_fft)
+    rows = [
+        mfcc,
+        delta,
+        librosa.feature.rms(S=magnitude, frame_length=c.n_fft),
+        librosa.feature.zero_crossing_rate(wave, frame_length=c.n_fft, hop_length=c.hop_length, center=True),
+        librosa.feature.spectral_centroid(**spectral_kwargs) / 1000.0,
+        librosa.feature.spectral_bandwidth(**spectral_kwargs) / 1000.0,
+        librosa.feature.spectral_rolloff(**spectral_kwargs) / 1000.0,
+        librosa.feature.spectral_flatness(S=magnitude),
+        librosa.feature.spectral_contrast(**spectral_kwargs, fmin=min(200.0, c.fmax / 64)),
+        librosa.feature.chroma_stft(S=power, sr=c.sample_rate, n_fft=c.n_fft, tuning=0.0),
+    ]
+    frames = logmel.shape[1]
+    spectral = np.concatenate([r[:, :frames] for r in rows], axis=0)
+    return {
+        "logmel": np.ascontiguousarray(logmel.T, dtype=np.float32),
+        "spectral": np.ascontiguousarray(np.nan_to_num(spectral.T), dtype=np.float32),
+    }
+
+
+def _odd_at_most(n):
+    """librosa.feature.delta needs an odd width >= 3 no larger than the frame count."""
+    return max(3, n if n % 2 else n - 1)
+
+
+def fit_to_length(features, frames):
+    """Crop or zero-pad every feature array to exactly `frames` frames (fixed mode)."""
+    out = {}
+    for key, array in features.items():
+        if len(array) >= frames:
+            out[key] = array[:frames]
+        else:
+            out[key] = np.pad(array, [(0, frames - len(array))] + [(0, 0)] * (array.ndim - 1))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureStats:
+    """Per-feature mean and variance of the training part, for each feature kind."""
+
+    mean: dict
+    variance: dict
+
+    def to_dict(self):
+        return {"mean": {k: list(map(float, v)) for k, v in self.mean.items()},
+                "variance": {k: list(map(float, v)) for k, v in self.variance.items()}}
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls({k: np.asarray(v, np.float32) for k, v in d["mean"].items()},
+                   {k: np.asarray(v, np.float32) for k, v in d["variance"].items()})
+
+
+def compute_stats(feature_list):
+    """Mean and variance over every real frame of every clip (float64 accumulation).
+
+    Parameters
+    ----------
+    feature_list : iterable of dict
+        Outputs of `extract_features` for the training clips only.
+    """
+    sums, squares, count = {}, {}, {}
+    for features in feature_list:
+        for key, array in features.items():
+            a = array.astype(np.float64)
+            sums[key] = sums.get(key, 0.0) + a.sum(axis=0)
+            squares[key] = squares.get(key, 0.0) + (a**2).sum(axis=0)
+            count[key] = count.get(key, 0) + len(a)
+    if not count:
+        raise ValueError("no features to compute statistics from")
+    mean = {k: (sums[k] / count[k]).astype(np.float32) for k in sums}
+    variance = {k: np.maximum(squares[k] / count[k] - (sums[k] / count[k]) ** 2, 1e-6).astype(np.float32) for k in sums}
+    return FeatureStats(mean, variance)

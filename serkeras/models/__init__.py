@@ -1,0 +1,27 @@
+"""Model builders (a registry of functional Keras models) and loading of saved models."""
+
+from serkeras.models import cnn1d, cnn2d, combined  # noqa: F401  (register the architectures)
+from serkeras.models.config import ACTIVATIONS, ModelConfig
+from serkeras.models.layers import SerkerasMetadata
+from serkeras.models.registry import ARCHITECTURES, get_builder, register
+from serkeras.models.saving import load_model, model_metadata
+
+
+def build_model(feature_config, model_config, labels, stats=None):
+    """Build the functional model named by `model_config.arch`.
+
+    Parameters
+    ----------
+    feature_config : serkeras.features.FeatureConfig
+        Feature sizes and length mode (fixed mode gives a fixed time axis and no `lengths` input).
+    model_config : ModelConfig
+    labels : sequence of str
+        Class names, in output order.
+    stats : serkeras.features.FeatureStats, optional
+        Training-part statistics; stored in the model's standardisation layers.
+    """
+    return get_builder(model_config.arch)(feature_config, model_config, list(labels), stats)
+
+
+__all__ = ["ACTIVATIONS", "ARCHITECTURES", "ModelConfig", "SerkerasMetadata", "build_model", "get_builder",
+           "load_model", "model_metadata", "register"]

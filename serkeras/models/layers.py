@@ -1,0 +1,142 @@
+"""Length-aware layers built from `keras.ops` only, so they run on every backend.
+
+Variable-length batches are padded; these layers take each clip's real frame
+count (`lengths`) so that padded frames never change a clip's output.
+"""
+
+import keras
+from keras import ops
+
+
+def time_mask(lengths, frames, dtype="float32"):
+    """(batch, frames) mask: 1 for real frames, 0 for padding."""
+    return ops.cast(ops.arange(frames)[None, :] < ops.cast(lengths, "int32")[:, None], dtype)
+
+
+def _broadcast_mask(mask, ndim):
+    """(batch, frames) -> (batch, frames, 1, ...) to multiply a rank-`ndim` tensor."""
+    return ops.reshape(mask, ops.shape(mask) + (1,) * (ndim - 2))
+
+
+@keras.saving.register_keras_serializable(package="serkeras")
+class TimeMask(keras.layers.Layer):
+    """Zero the frames past each clip's length (before a convolution reads them)."""
+
+    def call(self, inputs, lengths):
+        mask = time_mask(lengths, ops.shape(inputs)[1], inputs.dtype)
+        return inputs * _broadcast_mask(mask, len(inputs.shape))
+
+
+@keras.saving.register_keras_serializable(package="serkeras")
+class PooledLengths(keras.layers.Layer):
+    """Frame counts after a 'valid' pooling of size `pool_size` along time (at least 1)."""
+
+    def __init__(self, pool_size, **kwargs):
+        super().__init__(**kwargs)
+        self.pool_size = int(pool_size)
+
+    def call(self, lengths):
+        return ops.maximum(ops.floor_divide(ops.cast(lengths, "int32"), self.pool_size), 1)
+
+    def compute_output_spec(self, lengths):
+        return keras.KerasTensor(lengths.shape, dtype="int32")
+
+    def get_config(self):
+        return {**super().get_config(), "pool_size": self.pool_size}
+
+
+@keras.saving.register_keras_serializable(package="serkeras")
+class MaskedGroupNormalization(keras.layers.Layer):
+    """Group normalisation whose statistics use real frames only.
+
+    Like `keras.layers.GroupNormalization` on channels-last input of rank 3
+    (batch, time, channels) or 4 (batch, time, freq, channels), but with
+    `lengths` the mean and variance of each group ignore padded frames.
+    """
+
+    def __init__(self, groups=8, epsilon=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.groups = int(groups)
+        self.epsilon = float(epsilon)
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels % self.groups:
+            raise ValueError(f"{channels} channels do not split into {self.groups} groups")
+        self.gamma = self.add_weight(shape=(channels,), initializer="ones", name="gamma")
+        self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta")
+
+    def _group_mean(self, values, mask, count):
+        """Per-channel mean over the real frames of each group, shape (batch, channels)."""
+        axes = tuple(range(1, len(values.shape) - 1))
+        channels = values.shape[-1]
+        per_channel = ops.sum(values * mask, axis=axes)
+        per_group = ops.sum(ops.reshape(per_channel, (-1, self.groups, channels // self.groups)), axis=-1)
+        mean = per_group / (count * (channels // self.groups))
+        return ops.repeat(mean, channels // self.groups, axis=1)
+
+    def call(self, inputs, lengths=None):
+        x = ops.cast(inputs, "float32")
+        ndim = len(x.shape)
+        if lengths is None:
+            mask = ops.ones_like(x[..., :1])
+        else:
+            mask = _broadcast_mask(time_mask(lengths, ops.shape(x)[1]), ndim)
+            mask = mask * ops.ones_like(x[..., :1])  # broadcast over frequency too
+        count = ops.sum(mask, axis=tuple(range(1, ndim)))[:, None]
+        expand = (slice(None),) + (None,) * (ndim - 2) + (slice(None),)
+        mean = self._group_mean(x, mask, count)[expand]
+        centered = x - mean
+        variance = self._group_mean(centered**2, mask, count)[expand]
+        out = centered * ops.rsqrt(variance + self.epsilon) * self.gamma + self.beta
+        return ops.cast(out, self.compute_dtype)
+
+    def compute_output_shape(self, inputs_shape, lengths_shape=None):
+        return inputs_shape
+
+    def get_config(self):
+        return {**super().get_config(), "groups": self.groups, "epsilon": self.epsilon}
+
+
+@keras.saving.register_keras_serializable(package="serkeras")
+class MaskedGlobalAveragePooling(keras.layers.Layer):
+    """Average over every axis but batch and channels, counting real frames only."""
+
+    def call(self, inputs, lengths=None):
+        x = ops.cast(inputs, "float32")
+        ndim = len(x.shape)
+        axes = tuple(range(1, ndim - 1))
+        if lengths is None:
+            return ops.cast(ops.mean(x, axis=axes), self.compute_dtype)
+        mask = _broadcast_mask(time_mask(lengths, ops.shape(x)[1]), ndim) * ops.ones_like(x[..., :1])
+        pooled = ops.sum(x * mask, axis=axes) / ops.maximum(ops.sum(mask, axis=axes), 1.0)
+        return ops.cast(pooled, self.compute_dtype)
+
+    def compute_output_shape(self, inputs_shape, lengths_shape=None):
+        return (inputs_shape[0], inputs_shape[-1])
+
+
+@keras.saving.register_keras_serializable(package="serkeras")
+class SerkerasMetadata(keras.layers.Layer):
+    """Passes its input through unchanged; its config carries what inference needs.
+
+    A `.keras` file holds the model's config, so keeping the label names, the
+    feature settings and the model settings here makes the file self-contained.
+    """
+
+    def __init__(self, labels=(), feature_config=None, model_config=None, version="", **kwargs):
+        super().__init__(**kwargs)
+        self.labels = list(labels)
+        self.feature_config = dict(feature_config or {})
+        self.model_config = dict(model_config or {})
+        self.version = version
+
+    def call(self, inputs):
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "labels": self.labels, "feature_config": self.feature_config,
+                "model_config": self.model_config, "version": self.version}

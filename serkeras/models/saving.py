@@ -1,0 +1,60 @@
+"""Loading `.keras` files safely, with clear errors for files that are not serkeras models."""
+
+import dataclasses
+import zipfile
+from pathlib import Path
+
+import keras
+
+from serkeras.errors import ModelFileError
+from serkeras.features import FeatureConfig
+from serkeras.models.config import ModelConfig
+
+METADATA_LAYER = "serkeras_metadata"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelMetadata:
+    labels: tuple
+    feature_config: FeatureConfig
+    model_config: ModelConfig
+    version: str
+
+
+def model_metadata(model):
+    """Labels, feature settings and model settings stored in a serkeras model."""
+    try:
+        layer = model.get_layer(METADATA_LAYER)
+    except ValueError:
+        raise ModelFileError(f"model {model.name!r} is not a serkeras model (no {METADATA_LAYER} layer)") from None
+    return ModelMetadata(tuple(layer.labels), FeatureConfig.from_dict(layer.feature_config),
+                         ModelConfig.from_dict(layer.model_config), layer.version)
+
+
+def load_model(path):
+    """Load a serkeras `.keras` file in Keras' safe mode (no arbitrary code).
+
+    Returns
+    -------
+    (keras.Model, ModelMetadata)
+
+    Raises
+    ------
+    ModelFileError
+        Missing, truncated or foreign files, each with a one-line reason.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} does not exist")
+    if path.suffix != ".keras":
+        raise ModelFileError(f"model file {path} is not a .keras file")
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(f"model file {path} is corrupt or truncated (not a .keras archive)")
+    import serkeras.models  # noqa: F401  (registers the custom layers)
+
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # Keras raises many types for foreign or damaged files.
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(f"cannot load {path}: {reason[:300]}") from None
+    return model, model_metadata(model)

@@ -1,0 +1,116 @@
+"""tf.data pipelines: ragged variable-length features, bucketed and padded, or fixed-size.
+
+Batches are `(inputs, one_hot_labels)` where `inputs` is a dict keyed by model
+input name: `logmel` (batch, frames, n_mels), `spectral` (batch, frames,
+n_spectral) and, in variable mode, `lengths` (batch,) with each clip's real
+frame count. Keras 3 layers take dense tensors, so ragged features are padded
+per batch; bucketing by length keeps that padding small.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from serkeras.features import FEATURE_KINDS, fit_to_length
+
+#: Padded lengths are rounded up to a multiple of this, bounding the number of
+#: distinct batch shapes (each one is a recompilation under JAX).
+PAD_MULTIPLE = 16
+
+
+def clip_lengths(feature_list):
+    return np.array([len(f["logmel"]) for f in feature_list], dtype=np.int32)
+
+
+def eval_order(lengths):
+    """The order in which unshuffled pipelines emit clips: by length, stable."""
+    return np.argsort(np.asarray(lengths), kind="stable")
+
+
+def bucket_boundaries(lengths, batch_size, max_buckets=24):
+    """Length quantiles that give every bucket several batches' worth of clips."""
+    n_buckets = int(np.clip(len(lengths) // (4 * batch_size), 1, max_buckets))
+    if n_buckets == 1:
+        return []
+    edges = np.quantile(lengths, np.linspace(0, 1, n_buckets + 1)[1:-1])
+    return sorted({int(e) + 1 for e in edges})
+
+
+def _ragged(feature_list, key, order):
+    values = np.concatenate([feature_list[i][key] for i in order], axis=0)
+    row_lengths = [len(feature_list[i][key]) for i in order]
+    return tf.RaggedTensor.from_row_lengths(values, row_lengths)
+
+
+def _pad_to_multiple(inputs, labels):
+    frames = tf.reduce_max([tf.shape(v)[1] for k, v in inputs.items() if k != "lengths"])
+    target = (frames + PAD_MULTIPLE - 1) // PAD_MULTIPLE * PAD_MULTIPLE
+    padded = {k: v if k == "lengths" else tf.pad(v, [[0, 0], [0, target - frames], [0, 0]]) for k, v in inputs.items()}
+    return padded, labels
+
+
+def make_dataset(feature_list, labels, n_classes, length_mode="variable", fixed_frames=None,
+                 batch_size=32, shuffle=False, seed=0, input_names=FEATURE_KINDS + ("lengths",), bucket=True):
+    """Build a batched `tf.data.Dataset` of `(inputs, one_hot_labels)`.
+
+    Parameters
+    ----------
+    feature_list : sequence of dict
+        Per-clip features from `serkeras.cache.cached_features`.
+    labels : sequence of int
+        Class index per clip.
+    n_classes : int
+    length_mode : {"variable", "fixed"}
+        `variable` keeps every frame (ragged, bucketed, padded per batch, with
+        lengths); `fixed` crops/pads every clip to `fixed_frames`.
+    batch_size : int
+    shuffle : bool
+        Shuffle (seeded, reshuffled each epoch). Unshuffled variable-length
+        pipelines emit clips in `eval_order(lengths)`; fixed ones in input order.
+    input_names : tuple of str
+        The model's input names; only these keys are emitted.
+    bucket : bool
+        Bucket shuffled variable-length clips by length (else plain padded batches).
+    """
+    labels = np.asarray(labels, dtype=np.int32)
+    one_hot = np.eye(n_classes, dtype=np.float32)[labels]
+    kinds = [k for k in FEATURE_KINDS if k in input_names]
+    if length_mode == "fixed":
+        fitted = [fit_to_length({k: f[k] for k in kinds}, fixed_frames) for f in feature_list]
+        inputs = {k: np.stack([f[k] for f in fitted]) for k in kinds}
+        if "lengths" in input_names:
+            inputs["lengths"] = np.minimum(clip_lengths(feature_list), fixed_frames)
+        ds = tf.data.Dataset.from_tensor_slices((inputs, one_hot))
+        if shuffle:
+            ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+    lengths = clip_lengths(feature_list)
+    order = np.arange(len(lengths)) if shuffle else eval_order(lengths)
+    ragged = {k: _ragged(feature_list, k, order) for k in kinds}
+    ds = tf.data.Dataset.from_tensor_slices((ragged, one_hot[order]))
+    ds = ds.map(lambda x, y: ({**x, "lengths": tf.shape(x[kinds[0]])[0]}, y))
+    if shuffle:
+        ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    if shuffle and bucket:
+        boundaries = bucket_boundaries(lengths, batch_size)
+        ds = ds.bucket_by_sequence_length(
+            element_length_func=lambda x, y: x["lengths"],
+            bucket_boundaries=boundaries,
+            bucket_batch_sizes=[batch_size] * (len(boundaries) + 1),
+        )
+    else:
+        ds = ds.padded_batch(batch_size)
+    ds = ds.map(_pad_to_multiple, num_parallel_calls=tf.data.AUTOTUNE)
+    if "lengths" not in input_names:
+        ds = ds.map(lambda x, y: ({k: v for k, v in x.items() if k != "lengths"}, y))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def padding_overhead(dataset):
+    """Padded frames / real frames - 1 over one pass of a variable-length dataset."""
+    padded = real = 0
+    for inputs, _ in dataset:
+        frames = next(v for k, v in inputs.items() if k != "lengths").shape
+        padded += frames[0] * frames[1]
+        real += int(tf.reduce_sum(inputs["lengths"]))
+    return padded / max(real, 1) - 1.0
