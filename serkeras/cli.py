@@ -112,5 +112,258 @@ def features(data_dir, manifest, cache_dir, workers, **kwargs):
     click.echo(f"cache: {resolve_cache_dir(cache_dir) / config.extraction_key()}")
 
 
+def split_options(f):
+    """--split / --fold / --folds / fractions / --seed, shared by train, evaluate and tune."""
+    options = [
+        click.option("--split", "split_kind", type=click.Choice(["random", "actor", "kfold"]), default="random",
+                     show_default=True, help="random: the study's protocol; actor/kfold: speaker-independent."),
+        click.option("--fold", type=click.IntRange(min=0), default=0, show_default=True, help="Fold index (kfold)."),
+        click.option("--n-folds", type=click.IntRange(min=2), default=5, show_default=True),
+        click.option("--val-fraction", type=click.FloatRange(0.01, 0.5), default=0.1, show_default=True),
+        click.option("--test-fraction", type=click.FloatRange(0.01, 0.5), default=0.1, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed for the split and training."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def model_options(f):
+    """Architecture and model size; defaults are the study's paper sizes with SiLU."""
+    from serkeras.models import ACTIVATIONS, ARCHITECTURES
+
+    options = [
+        click.option("--arch", type=click.Choice(sorted(ARCHITECTURES)), default="2d", show_default=True),
+        click.option("--activation", type=click.Choice(ACTIVATIONS), default="silu", show_default=True),
+        click.option("--width", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
+                     help="Scale every filter count (e.g. 0.25 for a small CPU model)."),
+        click.option("--dropout", type=click.FloatRange(0, 0.9), default=0.3, show_default=True),
+        click.option("--head-units", type=click.IntRange(min=8), default=256, show_default=True),
+        click.option("--augment/--no-augment", "spec_augment", default=False, show_default=True,
+                     help="SpecAugment-style time/frequency masking during training."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def model_config_from(kwargs):
+    from serkeras.models import ModelConfig
+
+    names = ("arch", "activation", "width", "dropout", "head_units", "spec_augment")
+    return ModelConfig(**{n: kwargs.pop(n) for n in names})
+
+
+def load_split(data_dir, manifest, split_kind, fold, n_folds, val_fraction, test_fraction, seed):
+    from serkeras.corpus import load_corpus
+    from serkeras.splits import make_split
+
+    corpus = load_corpus(data_dir, manifest)
+    split = make_split(corpus.clips, split_kind, val_fraction, test_fraction, fold, n_folds, seed)
+    return corpus, split
+
+
+@main.command()
+@data_options
+@split_options
+@feature_options
+@model_options
+@click.option("--lr", "learning_rate", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=40, show_default=True)
+@click.option("--optimizer", type=click.Choice(["adam", "adamw"]), default="adam", show_default=True)
+@click.option("--schedule", type=click.Choice(["plateau", "cosine", "constant"]), default="plateau", show_default=True)
+@click.option("--warmup-epochs", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--patience", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Early-stopping patience (epochs).")
+@click.option("--monitor", type=click.Choice(["val_accuracy", "val_macro_f1", "val_loss"]), default="val_accuracy",
+              show_default=True, help="Validation objective for checkpoints and early stopping.")
+@click.option("--label-smoothing", type=click.FloatRange(0, 0.5), default=0.0, show_default=True)
+@click.option("--class-weight/--no-class-weight", default=False, show_default=True)
+@click.option("--mixed-precision", is_flag=True, help="float16 compute (GPU).")
+@click.option("--distribute", is_flag=True, help="Data-parallel over all local GPUs (Keras distribution / tf.distribute).")
+@click.option("--folds", "all_folds", is_flag=True, help="With --split kfold: train every fold, report mean and std.")
+@click.option("--run-name", default=None, help="Folder name under saved_models/ and logs/ (default: from the settings).")
+@click.option("--resume", is_flag=True,
+              help="Continue the run --run-name from its last finished epoch, with its stored settings "
+                   "(an explicit --epochs still applies).")
+@click.option("--output-dir", type=click.Path(file_okay=False), default="saved_models", show_default=True)
+@click.option("--log-dir", type=click.Path(file_okay=False), default="logs", show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Feature extraction processes.")
+@click.option("--quiet", is_flag=True, help="No per-epoch progress bars.")
+def train(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction, test_fraction, seed, run_name,
+          resume, output_dir, log_dir, workers, quiet, all_folds, **kwargs):
+    """Train a model; the best one is saved as saved_models/<run>/model.keras."""
+    import json
+    import time
+    from pathlib import Path
+
+    from serkeras.training import TrainConfig
+
+    feature_config = feature_config_from(kwargs)
+    model_config = model_config_from(kwargs)
+    train_config = TrainConfig(seed=seed, **kwargs)
+    if resume:
+        if not run_name:
+            raise SerkerasError("--resume needs the --run-name of the run to continue")
+        stored = Path(output_dir) / run_name / "config.json"
+        if not stored.is_file():
+            raise SerkerasError(f"nothing to resume: {stored} does not exist")
+        from serkeras.features import FeatureConfig
+        from serkeras.models import ModelConfig
+
+        saved = json.loads(stored.read_text())
+        feature_config = FeatureConfig.from_dict(saved["feature_config"])
+        model_config = ModelConfig.from_dict(saved["model_config"])
+        train_config = TrainConfig.from_dict(saved["train_config"])
+        if click.get_current_context().get_parameter_source("epochs").name == "COMMANDLINE":
+            train_config = TrainConfig.from_dict({**train_config.to_dict(), "epochs": kwargs["epochs"]})
+        split_kind, fold, n_folds = saved["split"], saved["fold"], saved["n_folds"]
+        val_fraction, test_fraction, seed = saved["val_fraction"], saved["test_fraction"], saved["seed"]
+        click.echo(f"resuming {run_name} with its stored settings")
+    run_name = run_name or (f"{model_config.arch}-{split_kind}-{model_config.activation}-lr{train_config.learning_rate:g}"
+                            f"-{time.strftime('%Y%m%d-%H%M%S')}")
+    if all_folds and split_kind != "kfold":
+        raise SerkerasError("--folds needs --split kfold")
+    folds = list(range(n_folds)) if all_folds else [fold]
+    results = []
+    for k in folds:
+        name = f"{run_name}/fold{k}" if all_folds else run_name
+        run_dir = Path(output_dir) / name
+        if run_dir.exists() and not resume and (run_dir / "config.json").exists():
+            raise SerkerasError(f"run {name} exists in {output_dir}/: use --resume to continue it or a new --run-name")
+        if resume and all_folds and (run_dir / "metrics.json").is_file() and not (run_dir / "backup").exists():
+            results.append(json.loads((run_dir / "metrics.json").read_text()))
+            continue
+        corpus, split = load_split(data_dir, manifest, split_kind, k, n_folds, val_fraction, test_fraction, seed)
+        click.echo(f"run {name}: {split.description}; train {len(split.train)}, val {len(split.val)}, "
+                   f"test {len(split.test)} clips")
+        results.append(_train_one(corpus, split, feature_config, model_config, train_config, run_dir,
+                                  Path(log_dir) / name, resume, cache_dir, workers, quiet,
+                                  {"split": split_kind, "fold": k, "n_folds": n_folds, "val_fraction": val_fraction,
+                                   "test_fraction": test_fraction, "seed": seed, "corpus": corpus.name}))
+    if all_folds:
+        import numpy as np
+
+        summary = {m: {"mean": float(np.mean([r["test"][m] for r in results])),
+                       "std": float(np.std([r["test"][m] for r in results])),
+                       "folds": [r["test"][m] for r in results]} for m in ("accuracy", "macro_f1")}
+        (Path(output_dir) / run_name / "kfold.json").write_text(json.dumps(summary, indent=2))
+        click.echo(f"{n_folds}-fold test accuracy {summary['accuracy']['mean']:.4f} ± {summary['accuracy']['std']:.4f}, "
+                   f"macro-F1 {summary['macro_f1']['mean']:.4f} ± {summary['macro_f1']['std']:.4f}")
+
+
+def _train_one(corpus, split, feature_config, model_config, train_config, run_dir, log_dir, resume, cache_dir,
+               workers, quiet, describe):
+    from serkeras.evaluation import format_report
+    from serkeras.training import prepare_split, run_training
+
+    data = prepare_split(corpus, split, feature_config, cache_dir, workers)
+    metrics = run_training(data, feature_config, model_config, train_config, run_dir, log_dir, resume=resume,
+                           describe=describe, verbose=0 if quiet else 2)
+    click.echo(format_report(metrics["test"]))
+    click.echo(f"best model: {run_dir / 'model.keras'}  (TensorBoard: tensorboard --logdir {log_dir.parent})")
+    return metrics
+
+
+def _open_model(path):
+    from serkeras.models import load_model
+
+    return load_model(path)
+
+
+@main.command()
+@click.argument("model_path", metavar="MODEL.keras", type=click.Path(dir_okay=False))
+@data_options
+@split_options
+@click.option("--part", type=click.Choice(["test", "val", "train", "all"]), default="test", show_default=True,
+              help="Which part of the split to evaluate ('all': every clip).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the report as JSON.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write the confusion matrix as PNG.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+def evaluate(model_path, data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction, test_fraction, seed,
+             part, json_path, plot, batch_size):
+    """Accuracy, F1, precision, recall, per-class table and confusion matrix of a saved model."""
+    import json
+
+    from serkeras.cache import cached_features
+    from serkeras.evaluation import classification_report, format_report, predict_features, save_confusion_matrix
+
+    model, meta = _open_model(model_path)
+    corpus, split = load_split(data_dir, manifest, split_kind, fold, n_folds, val_fraction, test_fraction, seed)
+    if list(meta.labels) != list(corpus.labels):
+        raise SerkerasError(f"the model's labels {list(meta.labels)} differ from the corpus's {list(corpus.labels)}")
+    clips = corpus.clips if part == "all" else split.parts()[part]
+    kept, features = cached_features(clips, meta.feature_config, cache_dir).of(clips)
+    if not kept:
+        raise SerkerasError("no usable clips to evaluate")
+    config = meta.feature_config
+    probabilities = predict_features(model, features, config.length_mode, config.fixed_frames, batch_size)
+    report = classification_report(corpus.label_indices(kept), probabilities.argmax(axis=1), corpus.labels,
+                                   groups={"sex": [c.sex for c in kept]})
+    report.update({"model": str(model_path), "split": split.description, "part": part})
+    click.echo(f"{model_path} on {corpus.name}, {split.description}, part {part}")
+    click.echo(format_report(report))
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(report, f, indent=2)
+    if plot:
+        save_confusion_matrix(report["confusion_matrix"], corpus.labels, plot, f"{part}: {split.description}")
+
+
+#: The project's pretrained model, used by `predict` when --model is not given.
+SHIPPED_MODEL = "serkeras-crema-d.keras"
+
+
+def default_model_path():
+    from pathlib import Path
+
+    for folder in (Path.cwd() / "saved_models", Path(__file__).resolve().parent.parent / "saved_models"):
+        if (folder / SHIPPED_MODEL).is_file():
+            return folder / SHIPPED_MODEL
+    raise SerkerasError(f"no --model given and no shipped model saved_models/{SHIPPED_MODEL} found: "
+                        "train one with `serkeras train` and pass --model saved_models/<run>/model.keras")
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
+              help=f"A .keras model (default: saved_models/{SHIPPED_MODEL}).")
+@click.option("--format", "output_format", type=click.Choice(["table", "json", "csv"]), default="table",
+              show_default=True)
+@click.option("--window", type=click.FloatRange(min=0.5), default=None,
+              help="Window length in seconds for long recordings (default: the model's clip length, or 4 s).")
+@click.option("--hop", type=click.FloatRange(min=0.1), default=None, help="Window hop in seconds (default: window/2).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+def predict(paths, model_path, output_format, window, hop, batch_size):
+    """Predict the emotion of audio files, folders or globs (any format, rate and channels)."""
+    import json
+
+    from serkeras.inference import expand_paths, predict_files
+
+    model, meta = _open_model(model_path or default_model_path())
+    files = expand_paths(paths)
+    predictions, skipped = predict_files(model, meta, files, window, hop, batch_size)
+    labels = list(meta.labels)
+    if output_format == "json":
+        click.echo(json.dumps([{"path": p.path, "label": p.label, "seconds": round(p.seconds, 3),
+                                "probabilities": p.probabilities,
+                                "timeline": [{"start": s, "end": e, "label": l, "probabilities": pr}
+                                             for s, e, l, pr in p.timeline]} for p in predictions], indent=2))
+    elif output_format == "csv":
+        click.echo(",".join(["path", "label"] + labels))
+        for p in predictions:
+            click.echo(",".join([p.path, p.label] + [f"{p.probabilities[label]:.4f}" for label in labels]))
+    else:
+        width = max([len(p.path) for p in predictions] + [4])
+        click.echo(f"{'file':<{width}}  {'emotion':<8} " + " ".join(f"{label[:7]:>7}" for label in labels))
+        for p in predictions:
+            click.echo(f"{p.path:<{width}}  {p.label:<8} " + " ".join(f"{p.probabilities[label]:>7.3f}" for label in labels))
+            for start, end, label, probabilities in p.timeline:
+                click.echo(f"{'':<{width}}    {start:6.1f}-{end:6.1f} s {label}")
+    if skipped and not predictions:
+        raise SerkerasError(f"none of the {len(skipped)} files could be read as audio")
+
+
 if __name__ == "__main__":
     main()

@@ -5,11 +5,14 @@ import numpy as np
 from keras import layers
 
 from serkeras.models.layers import (MaskedGlobalAveragePooling, MaskedGroupNormalization, PooledLengths,
-                                    SerkerasMetadata, TimeMask)
+                                    SerkerasMetadata, SpecAugment, TimeMask)
 
 
-def feature_input(kind, n_features, feature_config, stats=None):
+def feature_input(kind, n_features, feature_config, model_config, stats=None):
     """An `Input` for one feature kind, standardised with training statistics.
+
+    With `model_config.spec_augment`, training-only masking follows (frequency
+    masks on log-mel only: spectral columns are different descriptors).
 
     Returns the Input and the standardised tensor (batch, frames, n_features).
     Frames are `None` in variable mode and fixed otherwise.
@@ -22,6 +25,8 @@ def feature_input(kind, n_features, feature_config, stats=None):
         mean, variance = np.zeros(n_features), np.ones(n_features)
     x = layers.Normalization(mean=np.asarray(mean).tolist(), variance=np.asarray(variance).tolist(),
                              name=f"{kind}_standardize")(inputs)
+    if model_config.spec_augment:
+        x = SpecAugment(freq_masks=2 if kind == "logmel" else 0, name=f"{kind}_spec_augment")(x)
     return inputs, x
 
 

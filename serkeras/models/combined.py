@@ -10,8 +10,8 @@ from serkeras.models.registry import register
 @register("combined")
 def build_combined(feature_config, model_config, labels, stats=None):
     """Concatenate the pooled 1D and 2D paths; dense head with LayerNorm and Dropout."""
-    spectral, s = feature_input("spectral", feature_config.n_spectral, feature_config, stats)
-    logmel, m = feature_input("logmel", feature_config.n_mels, feature_config, stats)
+    spectral, s = feature_input("spectral", feature_config.n_spectral, feature_config, model_config, stats)
+    logmel, m = feature_input("logmel", feature_config.n_mels, feature_config, model_config, stats)
     lengths = lengths_input(feature_config)
     s = pooled_path(s, lengths, model_config.scaled(model_config.filters_1d), model_config.kernel_1d,
                     model_config, prefix="conv1d")

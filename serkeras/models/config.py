@@ -11,6 +11,7 @@ class ModelConfig:
 
     The defaults are the study's "paper" sizes. `width` scales every filter
     count (0.25 gives a CPU-friendly model with the same structure).
+    `spec_augment` adds training-only time/frequency masking after standardisation.
     """
 
     arch: str = "2d"
@@ -23,6 +24,7 @@ class ModelConfig:
     head_units: int = 256
     groups: int = 8
     width: float = 1.0
+    spec_augment: bool = False
 
     def __post_init__(self):
         if self.activation not in ACTIVATIONS:

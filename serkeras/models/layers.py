@@ -140,3 +140,46 @@ class SerkerasMetadata(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "labels": self.labels, "feature_config": self.feature_config,
                 "model_config": self.model_config, "version": self.version}
+
+
+@keras.saving.register_keras_serializable(package="serkeras")
+class SpecAugment(keras.layers.Layer):
+    """SpecAugment-style masking of standardised features, active in training only.
+
+    Sets `time_masks` random spans of up to `max_time` frames (and, on log-mel
+    input, `freq_masks` spans of up to `max_freq` bins) to 0, the training mean.
+    """
+
+    def __init__(self, time_masks=2, max_time=20, freq_masks=2, max_freq=8, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.time_masks, self.max_time = int(time_masks), int(max_time)
+        self.freq_masks, self.max_freq = int(freq_masks), int(max_freq)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def _spans(self, batch, size, count, max_width):
+        """(batch, size) mask that is 0 inside `count` random spans per row."""
+        positions = ops.arange(size)[None, :]
+        keep = ops.ones((batch, size))
+        for _ in range(count):
+            width = keras.random.randint((batch, 1), 0, max_width + 1, seed=self.seed_generator)
+            start = keras.random.randint((batch, 1), 0, ops.maximum(size, 1), seed=self.seed_generator)
+            inside = ops.logical_and(positions >= start, positions < start + width)
+            keep = keep * (1.0 - ops.cast(inside, "float32"))
+        return keep
+
+    def call(self, inputs, training=False):
+        if not training:
+            return inputs
+        shape = ops.shape(inputs)
+        keep = self._spans(shape[0], shape[1], self.time_masks, self.max_time)[:, :, None]
+        if self.freq_masks:
+            keep = keep * self._spans(shape[0], inputs.shape[2], self.freq_masks, self.max_freq)[:, None, :]
+        return inputs * ops.cast(keep, inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "time_masks": self.time_masks, "max_time": self.max_time,
+                "freq_masks": self.freq_masks, "max_freq": self.max_freq, "seed": self.seed}

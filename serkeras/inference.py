@@ -1,0 +1,96 @@
+"""Emotion predictions for arbitrary audio files, with windows for long recordings."""
+
+import dataclasses
+import glob
+import os
+from pathlib import Path
+
+import numpy as np
+
+from serkeras.audio import AudioError
+from serkeras.cache import compute_clip
+from serkeras.corpus import warn_skipped
+from serkeras.errors import DataError
+from serkeras.evaluation import predict_features
+
+
+@dataclasses.dataclass
+class Prediction:
+    path: str
+    label: str
+    probabilities: dict
+    seconds: float
+    timeline: list  # [(start_s, end_s, label, probabilities)] for windowed recordings
+
+
+def expand_paths(paths):
+    """Files, folders (recursively) and glob patterns -> sorted unique file list."""
+    files = []
+    for p in paths:
+        matches = glob.glob(p, recursive=True) if any(ch in p for ch in "*?[") else [p]
+        if not matches:
+            raise DataError(f"no files match {p}")
+        for m in matches:
+            if os.path.isdir(m):
+                files += [str(f) for f in sorted(Path(m).rglob("*")) if f.is_file() and not f.name.startswith(".")]
+            elif os.path.exists(m):
+                files.append(m)
+            else:
+                raise DataError(f"{m} does not exist")
+    return sorted(dict.fromkeys(files))
+
+
+def windows(frames, window, hop):
+    """Start frames of overlapping windows covering `frames` (last one flush with the end)."""
+    if frames <= window:
+        return [0]
+    starts = list(range(0, frames - window + 1, hop))
+    if starts[-1] + window < frames:
+        starts.append(frames - window)
+    return starts
+
+
+def predict_files(model, metadata, paths, window_seconds=None, hop_seconds=None, batch_size=32):
+    """Predict the emotion of every readable file; unreadable ones are skipped with a warning.
+
+    Recordings longer than `window_seconds` (default: the model's fixed length,
+    or 4 s for variable-length models) are cut into windows `hop_seconds` apart;
+    the overall probabilities are the mean over windows.
+    """
+    config = metadata.feature_config
+    frames_per_second = config.sample_rate / config.hop_length
+    window_seconds = window_seconds or (config.fixed_seconds if config.length_mode == "fixed" else 4.0)
+    hop_seconds = hop_seconds or window_seconds / 2
+    window, hop = int(window_seconds * frames_per_second), max(1, int(hop_seconds * frames_per_second))
+    pieces, owners, skipped, durations = [], [], [], {}
+    for path in paths:
+        try:
+            features = compute_clip(path, config)
+        except AudioError as exc:
+            skipped.append((path, str(exc)))
+            continue
+        n = len(features["logmel"])
+        durations[path] = (n - 1) / frames_per_second
+        for start in windows(n, window, hop):
+            pieces.append({k: v[start:start + window] for k, v in features.items()})
+            owners.append((path, start))
+    warn_skipped(skipped, "audio files")
+    if not pieces:
+        return [], skipped
+    probabilities = predict_features(model, pieces, config.length_mode, config.fixed_frames, batch_size)
+    labels = list(metadata.labels)
+    results = {}
+    for (path, start), p in zip(owners, probabilities):
+        results.setdefault(path, []).append((start, p))
+    predictions = []
+    for path, parts in results.items():
+        mean = np.mean([p for _, p in parts], axis=0)
+        timeline = []
+        if len(parts) > 1:
+            for start, p in parts:
+                end = min(start + window, durations[path] * frames_per_second)
+                timeline.append((start / frames_per_second, end / frames_per_second, labels[int(np.argmax(p))],
+                                 dict(zip(labels, map(float, p)))))
+        predictions.append(Prediction(path, labels[int(np.argmax(mean))], dict(zip(labels, map(float, mean))),
+                                      durations[path], timeline))
+    return predictions, skipped

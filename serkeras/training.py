@@ -1,0 +1,283 @@
+"""Training runs: data for a split, compile, callbacks (TensorBoard, checkpoints, resume), final metrics.
+
+A run writes `saved_models/<run>/` (model.keras, config.json, metrics.json,
+confusion_matrix.png, history.csv, backup/ while in progress) and
+`logs/<run>/` for TensorBoard.
+"""
+
+import dataclasses
+import io
+import json
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from serkeras.cache import cached_features
+from serkeras.errors import SerkerasError
+from serkeras.evaluation import (classification_report, confusion_matrix_figure, model_input_names,
+                                 predict_features, save_confusion_matrix)
+from serkeras.features import compute_stats
+from serkeras.models import build_model
+from serkeras.pipeline import make_dataset
+
+SCHEDULES = ("plateau", "cosine", "constant")
+OPTIMIZERS = ("adam", "adamw")
+MONITORS = ("val_accuracy", "val_macro_f1", "val_loss")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings of a run (serialisable). Defaults: the study's best (lr 1e-3)."""
+
+    epochs: int = 40
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 1e-4
+    schedule: str = "plateau"
+    warmup_epochs: int = 0
+    patience: int = 10
+    monitor: str = "val_accuracy"
+    label_smoothing: float = 0.0
+    class_weight: bool = False
+    mixed_precision: bool = False
+    distribute: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        for value, allowed, what in ((self.schedule, SCHEDULES, "schedule"), (self.optimizer, OPTIMIZERS, "optimizer"),
+                                     (self.monitor, MONITORS, "monitor")):
+            if value not in allowed:
+                raise SerkerasError(f"{what} must be one of {', '.join(allowed)}, got {value!r}")
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, config):
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in config.items() if k in known})
+
+
+@dataclasses.dataclass
+class SplitData:
+    """Clips, features and label indices of each part of a split, plus training statistics."""
+
+    labels: tuple
+    parts: dict  # name -> (clips, feature_list, label_indices)
+    stats: object
+
+    def dataset(self, part, feature_config, batch_size, input_names, shuffle=False, seed=0):
+        clips, features, labels = self.parts[part]
+        return make_dataset(features, labels, len(self.labels), feature_config.length_mode,
+                            feature_config.fixed_frames, batch_size, shuffle=shuffle, seed=seed,
+                            input_names=input_names)
+
+
+def prepare_split(corpus, split, feature_config, cache_dir=None, workers=None, progress=True):
+    """Cached features for every part of `split`; statistics from the training part only."""
+    everything = [c for part in split.parts().values() for c in part]
+    featureset = cached_features(everything, feature_config, cache_dir, workers=workers, progress=progress)
+    parts = {}
+    for name, clips in split.parts().items():
+        kept, features = featureset.of(clips)
+        if not kept:
+            raise SerkerasError(f"the {name} part of the split has no usable clips")
+        parts[name] = (kept, features, corpus.label_indices(kept))
+    return SplitData(corpus.labels, parts, compute_stats(parts["train"][1]))
+
+
+def make_optimizer(config, steps_per_epoch):
+    lr = config.learning_rate
+    if config.schedule == "cosine":
+        total = max(1, config.epochs * steps_per_epoch)
+        warmup = config.warmup_epochs * steps_per_epoch
+        lr = keras.optimizers.schedules.CosineDecay(
+            0.0 if warmup else lr, decay_steps=max(1, total - warmup), warmup_target=lr if warmup else None,
+            warmup_steps=warmup)
+    if config.optimizer == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=config.weight_decay)
+    return keras.optimizers.Adam(lr)
+
+
+def compile_model(model, config, steps_per_epoch):
+    """Categorical cross-entropy (optionally smoothed); accuracy and macro-F1 as metrics."""
+    model.compile(
+        optimizer=make_optimizer(config, steps_per_epoch),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
+                 keras.metrics.F1Score(average="macro", name="macro_f1")],
+    )
+    return model
+
+
+def class_weights(label_indices, n_classes):
+    """Inverse-frequency weights ('balanced', as scikit-learn computes them)."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = np.unique(label_indices)
+    weights = compute_class_weight("balanced", classes=present, y=np.asarray(label_indices))
+    return {int(c): float(w) for c, w in zip(present, weights)}
+
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Adds the optimiser's current learning rate to the epoch logs (before TensorBoard sees them)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+class ConfusionMatrixLogger(keras.callbacks.Callback):
+    """Writes the validation confusion matrix as a TensorBoard image every `every` epochs."""
+
+    def __init__(self, log_dir, features, labels, label_names, feature_config, every=1):
+        super().__init__()
+        self.log_dir, self.features, self.labels = str(log_dir), features, np.asarray(labels)
+        self.label_names, self.feature_config, self.every = list(label_names), feature_config, every
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every:
+            return
+        import tensorflow as tf
+
+        probabilities = predict_features(self.model, self.features, self.feature_config.length_mode,
+                                         self.feature_config.fixed_frames)
+        report = classification_report(self.labels, probabilities.argmax(axis=1), self.label_names)
+        image = figure_to_png(confusion_matrix_figure(report["confusion_matrix"], self.label_names,
+                                                      f"validation, epoch {epoch + 1}"))
+        with tf.summary.create_file_writer(self.log_dir + "/validation").as_default():
+            tf.summary.image("confusion_matrix", tf.image.decode_png(image, channels=4)[None], step=epoch)
+
+
+def figure_to_png(fig):
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def log_hparams(log_dir, hparams, metrics=None):
+    """Record a run's hyperparameters (and final metrics) for TensorBoard's HParams dashboard."""
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import api as hp
+
+    flat = {k: (v if isinstance(v, (bool, int, float, str)) else json.dumps(v)) for k, v in hparams.items()}
+    with tf.summary.create_file_writer(str(log_dir)).as_default():
+        if metrics is None:
+            hp.hparams(flat, trial_id=Path(log_dir).name)
+        else:
+            for name, value in metrics.items():
+                tf.summary.scalar(f"hparams/{name}", value, step=0)
+
+
+def best_so_far(history_csv, monitor):
+    """The best monitored value in an existing history.csv (for resumed checkpoints)."""
+    import csv
+
+    if not Path(history_csv).is_file():
+        return None
+    with open(history_csv, newline="") as f:
+        values = [float(row[monitor]) for row in csv.DictReader(f) if row.get(monitor) not in (None, "")]
+    if not values:
+        return None
+    return min(values) if monitor == "val_loss" else max(values)
+
+
+def make_callbacks(run_dir, log_dir, data, feature_config, train_config, resume=False):
+    mode = "min" if train_config.monitor == "val_loss" else "max"
+    val_clips, val_features, val_labels = data.parts["val"]
+    callbacks = [
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=True),
+        keras.callbacks.ModelCheckpoint(str(run_dir / "model.keras"), monitor=train_config.monitor, mode=mode,
+                                        save_best_only=True,
+                                        initial_value_threshold=best_so_far(run_dir / "history.csv",
+                                                                            train_config.monitor) if resume else None),
+        keras.callbacks.EarlyStopping(monitor=train_config.monitor, mode=mode, patience=train_config.patience,
+                                      restore_best_weights=True),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume),
+        LearningRateLogger(),
+        ConfusionMatrixLogger(log_dir, val_features, val_labels, data.labels, feature_config),
+    ]
+    if train_config.schedule == "plateau":
+        callbacks.insert(4, keras.callbacks.ReduceLROnPlateau(monitor=train_config.monitor, mode=mode, factor=0.5,
+                                                              patience=max(1, train_config.patience // 3)))
+    callbacks.append(keras.callbacks.TensorBoard(str(log_dir), histogram_freq=0, write_graph=False))
+    return callbacks
+
+
+def data_parallel(enabled):
+    """A context for building and compiling a data-parallel model over all local accelerators.
+
+    JAX: Keras' distribution API (`keras.distribution.DataParallel`); TensorFlow:
+    `tf.distribute.MirroredStrategy`. PyTorch has no built-in single-process
+    equivalent in Keras, so it is refused.
+    """
+    import contextlib
+
+    if not enabled:
+        return contextlib.nullcontext()
+    backend = keras.backend.backend()
+    if backend == "jax":
+        keras.distribution.set_distribution(keras.distribution.DataParallel())
+        return contextlib.nullcontext()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.distribute.MirroredStrategy().scope()
+    raise SerkerasError(f"--distribute is supported with the jax and tensorflow backends, not {backend}")
+
+
+def run_training(data, feature_config, model_config, train_config, run_dir, log_dir, resume=False,
+                 describe=None, verbose=1):
+    """Train, keep the best model, evaluate it on validation and test; returns the metrics dict.
+
+    `describe` is extra run information (split, corpus) stored in config.json and HParams.
+    """
+    run_dir, log_dir = Path(run_dir), Path(log_dir)
+    keras.utils.set_random_seed(train_config.seed)
+    if train_config.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = {"feature_config": feature_config.to_dict(), "model_config": model_config.to_dict(),
+              "train_config": train_config.to_dict(), **(describe or {})}
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+    with data_parallel(train_config.distribute):
+        model = build_model(feature_config, model_config, data.labels, data.stats)
+        names = model_input_names(model)
+    train_ds = data.dataset("train", feature_config, train_config.batch_size, names, shuffle=True,
+                            seed=train_config.seed)
+    val_ds = data.dataset("val", feature_config, train_config.batch_size, names)
+    steps = int(np.ceil(len(data.parts["train"][0]) / train_config.batch_size))
+    with data_parallel(train_config.distribute):
+        compile_model(model, train_config, steps)
+    hparams = {**model_config.to_dict(), **train_config.to_dict(), **(describe or {})}
+    if not resume:
+        log_hparams(log_dir, hparams)
+    start = time.perf_counter()
+    model.fit(train_ds, validation_data=val_ds, epochs=train_config.epochs, verbose=verbose,
+              callbacks=make_callbacks(run_dir, log_dir, data, feature_config, train_config, resume),
+              class_weight=class_weights(data.parts["train"][2], len(data.labels)) if train_config.class_weight else None)
+    seconds = time.perf_counter() - start
+    if not (run_dir / "model.keras").is_file():
+        raise SerkerasError(f"training produced no checkpoint in {run_dir} (did the loss become NaN?)")
+    from serkeras.models import load_model
+
+    best, _ = load_model(run_dir / "model.keras")
+    metrics = {"train_seconds": seconds, "parameters": int(best.count_params())}
+    for part in ("val", "test"):
+        clips, features, labels = data.parts[part]
+        probabilities = predict_features(best, features, feature_config.length_mode, feature_config.fixed_frames)
+        metrics[part] = classification_report(labels, probabilities.argmax(axis=1), data.labels,
+                                              groups={"sex": [c.sex for c in clips]})
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    save_confusion_matrix(metrics["test"]["confusion_matrix"], data.labels, run_dir / "confusion_matrix.png",
+                          f"test ({describe.get('split', '') if describe else ''})")
+    log_hparams(log_dir, hparams, {f"{part}_{m}": metrics[part][m] for part in ("val", "test")
+                                   for m in ("accuracy", "macro_f1")})
+    return metrics

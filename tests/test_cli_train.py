@@ -1,0 +1,186 @@
+"""End to end through the CLI on real CREMA-D clips: train, evaluate, predict, resume a killed run."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from serkeras.cli import main
+
+CREMA_D = Path(__file__).resolve().parents[2] / "shared" / "data" / "crema-d"
+ACTORS = ("1001", "1002", "1003", "1004", "1005", "1006", "1007", "1008")
+TINY = ["--arch", "combined", "--width", "0.0625", "--head-units", "16", "--batch-size", "16", "--quiet",
+        "--workers", "1"]
+
+
+@pytest.fixture(scope="module")
+def subset(tmp_path_factory):
+    """Real clips of 8 actors (both sexes), 2 sentences each, as symlinks plus demographics."""
+    if not (CREMA_D / "audio").is_dir():
+        pytest.skip(f"CREMA-D development copy not found at {CREMA_D}")
+    root = tmp_path_factory.mktemp("crema")
+    audio = root / "audio"
+    audio.mkdir()
+    for path in sorted((CREMA_D / "audio").glob("*.ogg")):
+        actor, sentence = path.stem.split("_")[:2]
+        if actor in ACTORS and sentence in ("DFA", "IEO"):
+            (audio / path.name).symlink_to(path)
+    (root / "VideoDemographics.csv").write_text((CREMA_D / "VideoDemographics.csv").read_text())
+    return audio
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("work")
+
+
+def run_cli(args, cwd):
+    runner = CliRunner()
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        return runner.invoke(main, args, catch_exceptions=False)
+    finally:
+        os.chdir(old)
+
+
+@pytest.fixture(scope="module")
+def trained(subset, workdir):
+    result = run_cli(["train", "--data-dir", str(subset), "--split", "actor", "--epochs", "2",
+                      "--run-name", "tiny", "--cache-dir", str(workdir / "cache")] + TINY, workdir)
+    assert result.exit_code == 0, result.output
+    return workdir / "saved_models" / "tiny", result.output
+
+
+def test_train_writes_run_folder(trained):
+    run, output = trained
+    for name in ("model.keras", "config.json", "metrics.json", "history.csv", "confusion_matrix.png"):
+        assert (run / name).is_file(), name
+    assert not (run / "backup").exists(), "a finished run leaves no backup behind"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
+    assert set(metrics["test"]["per_class"]) == {"anger", "disgust", "fear", "happy", "neutral", "sad"}
+    assert set(metrics["test"]["accuracy_by_sex"]) == {"Female", "Male"}
+    assert "confusion matrix" in output
+    config = json.loads((run / "config.json").read_text())
+    assert config["split"] == "actor" and config["model_config"]["arch"] == "combined"
+    rows = list(csv.DictReader(open(run / "history.csv")))
+    assert len(rows) == 2 and {"val_accuracy", "val_macro_f1", "learning_rate"} <= set(rows[0])
+
+
+def test_tensorboard_logs(trained, workdir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logs = workdir / "logs" / "tiny"
+    scalars = set()
+    images = set()
+    for events in logs.rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events), size_guidance={"tensors": 0, "images": 0})
+        acc.Reload()
+        scalars |= set(acc.Tags()["tensors"]) | set(acc.Tags()["scalars"])
+        images |= set(acc.Tags()["tensors"]) | set(acc.Tags()["images"])
+    assert {"epoch_loss", "epoch_accuracy", "epoch_macro_f1", "epoch_learning_rate"} <= scalars
+    assert "confusion_matrix" in images
+    assert "_hparams_/session_start_info" in scalars
+    assert "hparams/test_accuracy" in scalars
+
+
+def test_existing_run_name_is_refused(subset, workdir, trained):
+    result = CliRunner().invoke(main, ["train", "--data-dir", str(subset), "--run-name", "tiny",
+                                       "--output-dir", str(workdir / "saved_models")])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: run tiny exists") and "Traceback" not in result.output
+
+
+def test_evaluate(trained, subset, workdir):
+    run, _ = trained
+    report_path = workdir / "report.json"
+    result = run_cli(["evaluate", str(run / "model.keras"), "--data-dir", str(subset), "--split", "actor",
+                      "--cache-dir", str(workdir / "cache"), "--json", str(report_path),
+                      "--plot", str(workdir / "cm.png")], workdir)
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    # Same model, same split: evaluate reproduces the run's own test metrics.
+    assert report["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+    assert np.array(report["confusion_matrix"]).sum() == report["n"]
+    assert (workdir / "cm.png").stat().st_size > 0
+
+
+def test_predict_formats_and_long_audio(trained, subset, workdir, tmp_path):
+    run, _ = trained
+    clip = sorted(subset.iterdir())[0]
+    wave, rate = sf.read(clip)
+    long_path = tmp_path / "long stereo 44k.flac"
+    long_wave = np.tile(wave, 5)  # about 12 s
+    import soxr
+
+    long_wave = soxr.resample(long_wave, rate, 44100)
+    sf.write(long_path, np.stack([long_wave, long_wave], axis=1), 44100)
+    result = run_cli(["predict", str(clip), str(long_path), "--model", str(run / "model.keras"), "--format", "json"],
+                     workdir)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert len(rows) == 2
+    for row in rows:
+        assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert row["label"] == max(row["probabilities"], key=row["probabilities"].get)
+    short, long = sorted(rows, key=lambda r: r["seconds"])
+    assert short["timeline"] == [] and len(long["timeline"]) >= 3
+    assert long["timeline"][-1]["end"] == pytest.approx(long["seconds"], abs=0.05)
+    csv_out = run_cli(["predict", str(subset), "--model", str(run / "model.keras"), "--format", "csv"], workdir)
+    assert csv_out.exit_code == 0
+    assert len(csv_out.output.strip().splitlines()) == 1 + len(list(subset.iterdir()))
+
+
+def test_predict_errors(trained, workdir, tmp_path):
+    run, _ = trained
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(os.urandom(2000))
+    cases = [
+        (["predict", str(bad), "--model", str(run / "model.keras")], "could be read"),
+        (["predict", str(tmp_path / "missing.wav"), "--model", str(run / "model.keras")], "does not exist"),
+        (["predict", str(bad), "--model", str(tmp_path / "nope.keras")], "does not exist"),
+        (["predict", str(bad), "--model", str(bad)], "not a .keras file"),
+        (["train", "--arch", "nope"], "Invalid value for '--arch'"),
+    ]
+    for args, message in cases:
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code != 0, args
+        assert message in result.output, result.output
+        assert "Traceback" not in result.output
+
+
+def test_resume_after_kill(subset, workdir):
+    """Kill a run after two epochs; --resume continues from epoch 3, not from the start."""
+    args = [sys.executable, "-m", "serkeras.cli", "train", "--data-dir", str(subset), "--split", "actor",
+            "--epochs", "40", "--patience", "40", "--run-name", "killed", "--cache-dir", str(workdir / "cache")] + TINY
+    history = workdir / "saved_models" / "killed" / "history.csv"
+    proc = subprocess.Popen(args, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if history.is_file() and len(history.read_text().strip().splitlines()) >= 3:  # header + 2 epochs
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(list(csv.DictReader(open(history))))
+    assert done >= 2
+    resumed = subprocess.run(args[:args.index("--epochs")] + ["--run-name", "killed", "--resume",
+                                                              "--epochs", str(done + 2)],
+                             cwd=workdir, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    epochs = [int(row["epoch"]) for row in csv.DictReader(open(history))]
+    assert epochs == list(range(done + 2)), epochs
+    assert (workdir / "saved_models" / "killed" / "model.keras").is_file()
