@@ -260,7 +260,7 @@ def run_training(data, feature_config, model_config, train_config, run_dir, log_
     if not resume:
         log_hparams(log_dir, hparams)
     start = time.perf_counter()
-    model.fit(train_ds, validation_data=val_ds, epochs=train_config.epochs, verbose=verbose,
+    model.fit(train_ds, validation_data=val_ds, epochs=train_config.epochs, verbose=verbose, shuffle=False,
               callbacks=make_callbacks(run_dir, log_dir, data, feature_config, train_config, resume),
               class_weight=class_weights(data.parts["train"][2], len(data.labels)) if train_config.class_weight else None)
     seconds = time.perf_counter() - start
