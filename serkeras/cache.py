@@ -1,8 +1,9 @@
 """On-disk feature cache: computed once per (clip, settings), in parallel, resumable.
 
 Layout: `<cache_dir>/<settings hash>/<clip name>-<clip hash>.npz`, where the clip
-hash covers the settings and the audio file's name, size and mtime, so changed
-settings or files never reuse a stale entry. Each entry is written to a
+hash covers the settings and the audio file's absolute path, size and mtime, so
+changed settings or files never reuse a stale entry, and files of the same name
+in different folders never share one. Each entry is written to a
 temporary file and renamed into place, so a killed run leaves only whole
 entries and the next run computes just what is missing. Files that cannot be
 used are remembered as `.bad` entries with the reason, and reported, not retried.
@@ -52,9 +53,9 @@ def resolve_cache_dir(cache_dir=None):
 
 
 def clip_key(path, config):
-    """Hash of the feature settings and the file's name, size and mtime."""
+    """Hash of the feature settings and the file's absolute path, size and mtime."""
     stat = os.stat(path)
-    ident = f"{config.extraction_key()}|{Path(path).name}|{stat.st_size}|{stat.st_mtime_ns}"
+    ident = f"{config.extraction_key()}|{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}"
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 

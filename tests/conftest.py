@@ -1,0 +1,118 @@
+"""Shared fixtures: the real CREMA-D development copy (read in place, never copied into
+the repository), small real subsets copied into tmp folders, and synthetic audio."""
+
+import os
+
+# Quiet TensorFlow's C++ start-up chatter before any test module imports it.
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+
+import csv  # noqa: E402
+import shutil  # noqa: E402
+import types  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import soundfile as sf  # noqa: E402
+
+#: The corpus lives beside the repository: <parent of repo>/shared/data/crema-d.
+CREMA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "crema-d"
+
+EMOTION_CODES = ("ANG", "DIS", "FEA", "HAP", "NEU", "SAD")
+CODE_TO_LABEL = {"ANG": "anger", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "NEU": "neutral", "SAD": "sad"}
+
+
+@pytest.fixture(scope="session")
+def crema_root():
+    """The CREMA-D development folder (audio/, manifest.csv, VideoDemographics.csv)."""
+    if not (CREMA_ROOT / "audio").is_dir() or not (CREMA_ROOT / "manifest.csv").is_file():
+        pytest.skip(f"CREMA-D development copy not found at {CREMA_ROOT} (expected ../shared/data/crema-d)")
+    return CREMA_ROOT
+
+
+@pytest.fixture(scope="session")
+def crema_dir(crema_root):
+    """The shared folder of real clips (Ogg Opus, 16 kHz)."""
+    return crema_root / "audio"
+
+
+@pytest.fixture(scope="session")
+def crema_manifest(crema_root):
+    """manifest.csv rows (file, actor, sentence, emotion, intensity, sex, frames, ...) keyed by file name."""
+    with open(crema_root / "manifest.csv", newline="", encoding="utf-8") as f:
+        return {row["file"]: row for row in csv.DictReader(f)}
+
+
+def _pick(rows, actor, emotion, sentence, level=None):
+    for row in rows:
+        if (row["actor"], row["emotion"], row["sentence"]) == (actor, emotion, sentence) and (
+                level is None or row["intensity"] == level):
+            return row
+    raise LookupError(f"no clip {actor}_{sentence}_{emotion}_{level}")
+
+
+@pytest.fixture(scope="session")
+def real_selection(crema_manifest):
+    """12 real clips: every emotion twice, 4 actors (2 female, 2 male), two sentences, several levels."""
+    rows = sorted(crema_manifest.values(), key=lambda r: r["file"])
+    sex_of = {}
+    for row in rows:
+        sex_of.setdefault(row["actor"], row["sex"])
+    actors = [a for a in sex_of if sex_of[a] == "Female"][:2] + [a for a in sex_of if sex_of[a] == "Male"][:2]
+    levels = ("HI", "MD", "LO")
+    chosen = []
+    for i, emotion in enumerate(EMOTION_CODES):
+        chosen.append(_pick(rows, actors[i % 4], emotion, "DFA"))
+        level = "XX" if emotion == "NEU" else levels[i % 3]
+        chosen.append(_pick(rows, actors[(i + 1) % 4], emotion, "IEO", level))
+    return tuple(chosen)
+
+
+def copy_clips(crema_dir, rows, dest):
+    """Copy real clips (not symlinks: tests may touch them) into `dest`; returns their paths."""
+    dest.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for row in rows:
+        target = dest / row["file"]
+        shutil.copyfile(crema_dir / row["file"], target)
+        paths.append(target)
+    return paths
+
+
+@pytest.fixture
+def real_clips(tmp_path, crema_root, crema_dir, real_selection):
+    """A tmp CREMA-D-style folder with 12 real clips and a copy of VideoDemographics.csv."""
+    folder = tmp_path / "crema"
+    paths = copy_clips(crema_dir, real_selection, folder)
+    shutil.copyfile(crema_root / "VideoDemographics.csv", folder / "VideoDemographics.csv")
+    return types.SimpleNamespace(folder=folder, paths=paths, rows=real_selection)
+
+
+def write_audio(path, seconds=1.0, sample_rate=16000, channels=1, freq=220.0, amplitude=0.5, noise=0.01,
+                subtype=None, seed=0):
+    """Write a tone with a little noise (any format soundfile writes, chosen by suffix)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(round(seconds * sample_rate))) / sample_rate
+    wave = amplitude * np.sin(2 * np.pi * freq * t) + noise * rng.standard_normal(len(t))
+    if channels > 1:
+        wave = np.stack([wave * (1.0 - 0.5 * c / channels) for c in range(channels)], axis=1)
+    sf.write(str(path), wave.astype(np.float32), sample_rate, subtype=subtype)
+    return path
+
+
+@pytest.fixture
+def make_audio(tmp_path):
+    """Factory: make_audio(name="1001_DFA_ANG_XX.wav", folder=None, **write_audio options) -> path."""
+    default = tmp_path / "synth"
+
+    def make(name="1001_DFA_ANG_XX.wav", folder=None, **options):
+        return write_audio(Path(folder or default) / name, **options)
+
+    return make
+
+
+@pytest.fixture
+def cache_dir(tmp_path):
+    return tmp_path / "cache"

@@ -1,0 +1,284 @@
+"""The on-disk feature cache: compute once, reuse, invalidate, skip bad files, survive kills."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from serkeras.cache import CACHE_DIR_ENV, DEFAULT_CACHE_DIR, cached_features, clip_key, compute_clip, resolve_cache_dir
+from serkeras.corpus import Clip, SkippedFilesWarning, load_crema_d
+from serkeras.features import FeatureConfig
+
+from conftest import copy_clips
+
+# Features are stored as float16: log-mel values (|x| <= 100 dB) keep ~3 significant digits.
+F16 = dict(rtol=2e-3, atol=2e-3)
+
+
+def _run(clips, config, cache_dir, **kwargs):
+    kwargs.setdefault("workers", 1)
+    return cached_features(clips, config, cache_dir, progress=False, **kwargs)
+
+
+def _entries(folder, suffix=".npz"):
+    """Final cache entries (temporary files are not entries)."""
+    return sorted(p.name for p in folder.iterdir() if p.suffix == suffix and not p.name.startswith(".tmp-"))
+
+
+def _assert_same_features(a, b, **tolerance):
+    assert set(a) == set(b)
+    for path in a:
+        for key in ("logmel", "spectral"):
+            assert a[path][key].shape == b[path][key].shape
+            if tolerance:
+                np.testing.assert_allclose(a[path][key], b[path][key], **tolerance)
+            else:
+                np.testing.assert_array_equal(a[path][key], b[path][key])
+
+
+@pytest.fixture
+def corpus(real_clips):
+    return load_crema_d(real_clips.folder)
+
+
+def test_computes_then_reuses(corpus, cache_dir):
+    config = FeatureConfig()
+    first = _run(corpus.clips, config, cache_dir)
+    assert (first.computed, first.reused, first.skipped) == (12, 0, [])
+    assert set(first.features) == {c.path for c in corpus.clips}
+    folder = cache_dir / config.extraction_key()
+    assert len(_entries(folder)) == 12
+    assert all(name.endswith(".npz") and "_" in name for name in _entries(folder))
+    second = _run(corpus.clips, config, cache_dir)
+    assert (second.computed, second.reused, second.skipped) == (0, 12, [])
+    _assert_same_features(first.features, second.features)
+    for features in second.features.values():
+        assert all(a.dtype == np.float32 for a in features.values())
+    # What comes back equals a fresh extraction (up to float16 storage).
+    clip = corpus.clips[3]
+    fresh = compute_clip(clip.path, config)
+    for key in ("logmel", "spectral"):
+        np.testing.assert_allclose(second.features[clip.path][key], fresh[key], **F16)
+    # FeatureSet.of keeps the order of the clips asked for.
+    wanted = list(reversed(corpus.clips[:5]))
+    kept, features = second.of(wanted)
+    assert kept == wanted and features[0] is second.features[wanted[0].path]
+
+
+def test_changed_settings_make_new_entries(corpus, cache_dir):
+    base = FeatureConfig()
+    _run(corpus.clips, base, cache_dir)
+    other = _run(corpus.clips, FeatureConfig(n_mels=40), cache_dir)
+    assert (other.computed, other.reused) == (12, 0)
+    assert all(f["logmel"].shape[1] == 40 for f in other.features.values())
+    assert len(_entries(cache_dir / FeatureConfig(n_mels=40).extraction_key())) == 12
+    assert len(_entries(cache_dir / base.extraction_key())) == 12
+    # Fitting to a fixed length happens later: same extraction, same entries.
+    fixed = _run(corpus.clips, FeatureConfig(length_mode="fixed", fixed_seconds=2.0), cache_dir)
+    assert (fixed.computed, fixed.reused) == (0, 12)
+
+
+def test_touched_or_changed_file_is_recomputed_alone(corpus, cache_dir, make_audio):
+    config = FeatureConfig()
+    first = _run(corpus.clips, config, cache_dir)
+    touched, replaced = corpus.clips[2].path, corpus.clips[7].path
+    stat = os.stat(touched)
+    os.utime(touched, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+    second = _run(corpus.clips, config, cache_dir)
+    assert (second.computed, second.reused) == (1, 11)
+    # Same content, so the same features.
+    _assert_same_features({touched: first.features[touched]}, {touched: second.features[touched]})
+    # New content under the same name (the mtime may even be restored): recomputed, new features.
+    old = os.stat(replaced)
+    make_audio(os.path.basename(replaced), folder=os.path.dirname(replaced), seconds=1.5, freq=330.0)
+    os.utime(replaced, ns=(old.st_atime_ns, old.st_mtime_ns))
+    third = _run(corpus.clips, config, cache_dir)
+    assert (third.computed, third.reused) == (1, 11)
+    assert third.features[replaced]["logmel"].shape[0] == 1 + 24000 // 160
+    assert third.features[replaced]["logmel"].shape != first.features[replaced]["logmel"].shape
+
+
+def test_clip_key():
+    config = FeatureConfig()
+    path = __file__
+    assert clip_key(path, config) == clip_key(path, config)
+    assert clip_key(path, config) != clip_key(path, FeatureConfig(n_mels=40))
+    assert clip_key(path, config) == clip_key(path, FeatureConfig(length_mode="fixed"))
+    assert len(clip_key(path, config)) == 16
+
+
+def test_same_name_in_two_folders_does_not_share_an_entry(tmp_path, make_audio, cache_dir):
+    # Manifest corpora often repeat file names across speaker folders; equal length and
+    # mtime (e.g. unpacked from one archive) must still not mix the clips up.
+    a = make_audio("001.wav", folder=tmp_path / "spk1", seconds=1.0, freq=200.0, seed=1)
+    b = make_audio("001.wav", folder=tmp_path / "spk2", seconds=1.0, freq=2000.0, seed=2)
+    os.utime(a, ns=(1_600_000_000 * 10**9, 1_600_000_000 * 10**9))
+    os.utime(b, ns=(1_600_000_000 * 10**9, 1_600_000_000 * 10**9))
+    assert os.path.getsize(a) == os.path.getsize(b)
+    clips = [Clip(str(a), "x", "spk1"), Clip(str(b), "y", "spk2")]
+    config = FeatureConfig()
+    first = _run(clips, config, cache_dir)
+    second = _run(clips, config, cache_dir)
+    assert second.reused == 2
+    assert not np.allclose(second.features[str(a)]["logmel"], second.features[str(b)]["logmel"])
+    _assert_same_features(first.features, second.features)
+
+
+def test_bad_files_are_skipped_with_one_warning_and_remembered(tmp_path, make_audio, cache_dir):
+    folder = tmp_path / "mixed"
+    good = [make_audio(f"100{i}_DFA_ANG_XX.wav", folder=folder, seconds=0.6, seed=i) for i in range(2)]
+    silent = folder / "1002_DFA_SAD_XX.wav"
+    sf.write(str(silent), np.zeros(16000, np.float32), 16000)
+    corrupt = folder / "1003_DFA_FEA_XX.wav"
+    corrupt.write_bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    tiny = make_audio("1004_DFA_HAP_XX.flac", folder=folder, seconds=0.05)
+    clips = load_crema_d(folder).clips
+    assert len(clips) == 5
+    config = FeatureConfig()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        first = _run(clips, config, cache_dir)
+    skips = [w for w in record if issubclass(w.category, SkippedFilesWarning)]
+    assert len(skips) == 1 and str(skips[0].message).startswith("skipped 3 audio files")
+    reasons = dict(first.skipped)
+    assert set(reasons) == {str(silent), str(corrupt), str(tiny)}
+    assert reasons[str(silent)] == "silent"
+    assert reasons[str(corrupt)].startswith("unreadable audio")
+    assert reasons[str(tiny)] == "too short (0.05 s < 0.2 s)"
+    assert set(first.features) == {str(p) for p in good}
+    assert (first.computed, first.reused) == (5, 0)
+    cache = cache_dir / config.extraction_key()
+    assert len(_entries(cache, ".bad")) == 3 and len(_entries(cache)) == 2
+    # Remembered: not retried, still reported.
+    with pytest.warns(SkippedFilesWarning, match="skipped 3 audio files.*silent"):
+        second = _run(clips, config, cache_dir)
+    assert (second.computed, second.reused) == (0, 5)
+    assert dict(second.skipped) == reasons
+    # A shorter minimum is another extraction: the tiny clip is then usable.
+    with pytest.warns(SkippedFilesWarning, match="skipped 2 audio files"):
+        relaxed = _run(clips, FeatureConfig(min_seconds=0.01), cache_dir)
+    assert relaxed.features[str(tiny)]["logmel"].shape[0] == 1 + 800 // 160
+
+
+def test_corrupt_or_wrong_entries_are_recomputed(corpus, cache_dir):
+    config = FeatureConfig()
+    first = _run(corpus.clips, config, cache_dir)
+    folder = cache_dir / config.extraction_key()
+    names = _entries(folder)
+    truncated, garbage, wrong_shape, non_finite = (folder / n for n in names[:4])
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    garbage.write_bytes(b"not a zip file at all")
+    np.savez(wrong_shape, logmel=np.zeros((10, 40), np.float16), spectral=np.zeros((10, config.n_spectral), np.float16))
+    with np.load(non_finite) as data:
+        arrays = {k: data[k].copy() for k in data.files}
+    arrays["logmel"][3, 3] = np.nan
+    np.savez(non_finite, **arrays)
+    # A leftover temporary file from a killed run is not an entry.
+    (folder / ".tmp-abcdef.npz").write_bytes(b"partial")
+    second = _run(corpus.clips, config, cache_dir)
+    assert (second.computed, second.reused, second.skipped) == (4, 8, [])
+    _assert_same_features(first.features, second.features)
+    assert _entries(folder) == names
+    third = _run(corpus.clips, config, cache_dir)
+    assert (third.computed, third.reused) == (0, 12)
+
+
+def test_resolve_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.delenv(CACHE_DIR_ENV, raising=False)
+    assert resolve_cache_dir() == resolve_cache_dir(None) == Path(DEFAULT_CACHE_DIR) == Path("data/cache")
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "env"))
+    assert resolve_cache_dir() == tmp_path / "env"
+    assert resolve_cache_dir(tmp_path / "given") == tmp_path / "given"
+
+
+def test_cache_dir_from_environment(monkeypatch, make_audio, tmp_path):
+    clip = Clip(str(make_audio(seconds=0.5)), "anger", "1001")
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "envcache"))
+    result = _run([clip], FeatureConfig(), None)
+    assert result.computed == 1
+    assert len(_entries(tmp_path / "envcache" / FeatureConfig().extraction_key())) == 1
+
+
+def test_resume_after_kill(tmp_path, crema_dir, crema_manifest, cache_dir):
+    """SIGKILL `serkeras features` mid-run: the next run computes only what is missing."""
+    rows = sorted(crema_manifest.values(), key=lambda r: r["file"])[::149][:40]
+    data = tmp_path / "crema"
+    copy_clips(crema_dir, rows, data)
+    clips = load_crema_d(data).clips
+    total = len(clips)
+    assert total == 40
+    config = FeatureConfig()
+    folder = cache_dir / config.extraction_key()
+    command = [sys.executable, "-m", "serkeras.cli", "features", "--data-dir", str(data),
+               "--cache-dir", str(cache_dir), "--workers", "2"]
+    # Own session, so the kill reaches the worker processes as well.
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (folder.is_dir() and _entries(folder)):
+            assert proc.poll() is None, f"run ended before it could be killed: {proc.stdout.read().decode()}"
+            assert time.monotonic() < deadline, "no cache entry appeared within 120 s"
+            time.sleep(0.01)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+        proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL
+    time.sleep(0.2)
+    done = len(_entries(folder))
+    assert 0 < done < total, done
+    # Whatever the kill left behind in temporary files must not count as entries.
+    (folder / ".tmp-killed.npz").write_bytes(b"PK\x03\x04 half an entry")
+
+    survivors = set(_entries(folder))
+    resumed = _run(clips, config, cache_dir)
+    assert (resumed.computed, resumed.reused, resumed.skipped) == (total - done, done, [])
+    assert len(resumed.features) == total
+    entry_of = {c.path: f"{os.path.splitext(os.path.basename(c.path))[0]}-{clip_key(c.path, config)}.npz"
+                for c in clips}
+    assert set(_entries(folder)) == set(entry_of.values())
+    # The entries the killed process pool wrote are whole and right.
+    pool_made = [c for c in clips if entry_of[c.path] in survivors]
+    assert len(pool_made) == done
+    for clip in pool_made + [clips[-1]]:
+        fresh = compute_clip(clip.path, config)
+        for key in ("logmel", "spectral"):
+            np.testing.assert_allclose(resumed.features[clip.path][key], fresh[key], **F16)
+    again = _run(clips, config, cache_dir)
+    assert (again.computed, again.reused) == (0, total)
+
+
+def _write_long_tone(path, seconds, rate):
+    n = int(seconds * rate)
+    t = np.arange(n, dtype=np.float32) / rate
+    wave = 0.3 * np.sin(2 * np.pi * 180.0 * t) + 0.01 * np.random.default_rng(0).standard_normal(n).astype(np.float32)
+    sf.write(str(path), wave, rate, subtype="PCM_16")
+    return path
+
+
+def test_ten_minute_clip_refused_or_processed(tmp_path, cache_dir):
+    path = _write_long_tone(tmp_path / "1001_DFA_NEU_XX.wav", 600, 8000)
+    clip = Clip(str(path), "neutral", "1001")
+    # Default: longer than max_seconds (60 s) is refused before decoding, and remembered.
+    with pytest.warns(SkippedFilesWarning, match=r"longer than 60 s \(600\.0 s\)"):
+        refused = _run([clip], FeatureConfig(), cache_dir)
+    assert refused.skipped == [(str(path), "longer than 60 s (600.0 s)")] and not refused.features
+    # Allowed: decoded and featurised whole (a coarse hop keeps this quick).
+    config = FeatureConfig(sample_rate=8000, fmax=4000.0, n_fft=2048, win_length=2048, hop_length=800,
+                           max_seconds=900.0)
+    result = _run([clip], config, cache_dir)
+    assert result.skipped == [] and result.computed == 1
+    features = result.features[str(path)]
+    assert features["logmel"].shape == (1 + 600 * 8000 // 800, 64)
+    assert features["spectral"].shape == (6001, config.n_spectral)
+    assert all(np.isfinite(a).all() for a in features.values())

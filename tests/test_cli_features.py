@@ -1,0 +1,123 @@
+"""The `serkeras` command group and its `features` command, run in-process with CliRunner."""
+
+import re
+import warnings
+
+import pytest
+from click.testing import CliRunner
+
+from serkeras import __version__
+from serkeras.cli import main
+from serkeras.corpus import DATA_DIR_ENV
+from serkeras.features import FeatureConfig
+
+
+@pytest.fixture
+def runner(monkeypatch):
+    # `main` installs its own warning printer; keep that from leaking into other tests.
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    return CliRunner()
+
+
+def _lines(text):
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def test_version(runner):
+    result = runner.invoke(main, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"serkeras, version {__version__}"
+
+
+def test_group_help(runner):
+    for flag in ("--help", "-h"):
+        result = runner.invoke(main, [flag])
+        assert result.exit_code == 0
+        assert "Speech emotion recognition with Keras 3." in result.output
+        assert "features" in result.output and "--debug" in result.output
+
+
+def test_features_help(runner):
+    result = runner.invoke(main, ["features", "--help"])
+    assert result.exit_code == 0
+    for option in ("--data-dir", "--manifest", "--cache-dir", "--workers", "--length", "--n-mels", "--hop-length",
+                   "--audio-normalization"):
+        assert option in result.output
+    assert "Precompute and cache features" in result.output
+
+
+def test_features_computes_then_reuses(runner, real_clips, tmp_path):
+    cache = tmp_path / "cache"
+    args = ["features", "--data-dir", str(real_clips.folder), "--cache-dir", str(cache), "--workers", "1"]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert re.search(r"^crema-d: 12 clips, 12 with features, 0 skipped; computed 12, reused 0 from cache in "
+                     r"[\d.]+ s \([\d.]+ clips/s\)$", result.stdout, re.M), result.stdout
+    key_folder = cache / FeatureConfig().extraction_key()
+    assert f"cache: {key_folder}" in result.stdout
+    assert len(list(key_folder.glob("*.npz"))) == 12
+    again = runner.invoke(main, args)
+    assert again.exit_code == 0
+    assert "computed 0, reused 12 from cache" in again.stdout
+    # Other settings go to another folder.
+    other = runner.invoke(main, args + ["--n-mels", "40"])
+    assert other.exit_code == 0 and "computed 12, reused 0" in other.stdout
+    assert f"cache: {cache / FeatureConfig(n_mels=40).extraction_key()}" in other.stdout
+
+
+def test_features_reports_skipped_files(runner, real_clips, tmp_path):
+    (real_clips.folder / "1001_DFA_ANG_XX.wav").write_bytes(b"not audio at all, just bytes" * 10)
+    (real_clips.folder / "readme_clip.wav").write_bytes(b"x")
+    result = runner.invoke(main, ["features", "--data-dir", str(real_clips.folder), "--cache-dir",
+                                  str(tmp_path / "c"), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "crema-d: 13 clips, 12 with features, 1 skipped; computed 13, reused 0" in result.stdout
+    warnings_printed = [line for line in _lines(result.stderr) if line.startswith("warning: ")]
+    assert any("skipped 1 files: readme_clip.wav" in line for line in warnings_printed)
+    assert any("skipped 1 audio files: 1001_DFA_ANG_XX.wav: unreadable audio" in line for line in warnings_printed)
+    assert "Traceback" not in result.output
+
+
+def test_features_missing_data_dir_is_one_line_error(runner, tmp_path):
+    result = runner.invoke(main, ["features", "--data-dir", str(tmp_path / "missing"), "--cache-dir",
+                                  str(tmp_path / "c")])
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    errors = _lines(result.stderr)
+    assert len(errors) == 1, result.stderr
+    assert errors[0].startswith("error: data folder ") and "does not exist" in errors[0]
+    assert "CREMA-D" in errors[0] and "--data-dir" in errors[0]
+    assert "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit)
+
+
+def test_features_default_data_dir_missing(runner, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(main, ["features", "--cache-dir", str(tmp_path / "c")])
+    assert result.exit_code == 1
+    errors = _lines(result.stderr)
+    assert len(errors) == 1 and errors[0].startswith("error: data folder data/Crema does not exist: get CREMA-D")
+
+
+def test_features_bad_settings_are_one_line_errors(runner, real_clips, tmp_path):
+    result = runner.invoke(main, ["features", "--data-dir", str(real_clips.folder), "--cache-dir",
+                                  str(tmp_path / "c"), "--fmax", "12000"])
+    assert result.exit_code == 1
+    errors = _lines(result.stderr)
+    assert len(errors) == 1 and errors[0].startswith("error: bad feature settings: ")
+    assert not (tmp_path / "c").exists()
+
+
+def test_debug_shows_the_traceback(runner, tmp_path):
+    from serkeras.errors import DataError
+
+    result = runner.invoke(main, ["--debug", "features", "--data-dir", str(tmp_path / "missing")])
+    assert result.exit_code == 1
+    assert isinstance(result.exception, DataError)
+
+
+def test_unknown_option_is_a_usage_error(runner):
+    result = runner.invoke(main, ["features", "--no-such-option"])
+    assert result.exit_code == 2
+    assert "No such option" in result.output
