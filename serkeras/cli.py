@@ -365,5 +365,133 @@ def predict(paths, model_path, output_format, window, hop, batch_size):
         raise SerkerasError(f"none of the {len(skipped)} files could be read as audio")
 
 
+def _tune_options(f):
+    """The base model and the search settings of `tune`."""
+    from serkeras.models import ARCHITECTURES
+    from serkeras.tuning import OBJECTIVES, TUNERS
+
+    options = [
+        click.option("--arch", type=click.Choice(sorted(ARCHITECTURES)), default="2d", show_default=True),
+        click.option("--width", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
+                     help="Base width: scales every filter count (--search-width tries 0.5x, 1x, 2x of it)."),
+        click.option("--head-units", type=click.IntRange(min=8), default=256, show_default=True),
+        click.option("--dropout", type=click.FloatRange(0, 0.9), default=0.3, show_default=True,
+                     help="Dropout when it is not searched."),
+        click.option("--tuner", "tuner_kind", type=click.Choice(TUNERS), default="random", show_default=True),
+        click.option("--max-trials", type=click.IntRange(min=1), default=10, show_default=True,
+                     help="Trials in all (random, bayesian, grid; hyperband sets its own from --epochs)."),
+        click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True,
+                     help="Epochs per trial (hyperband: the largest budget)."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
+        click.option("--patience", type=click.IntRange(min=1), default=5, show_default=True,
+                     help="Early-stopping patience within a trial (epochs)."),
+        click.option("--objective", type=click.Choice(OBJECTIVES), default="val_accuracy", show_default=True),
+        click.option("--search-dropout", is_flag=True, help="Also search dropout in {0.1, 0.3, 0.5}."),
+        click.option("--search-width", is_flag=True, help="Also search the width in {0.5, 1, 2} x --width."),
+        click.option("--search-name", default=None,
+                     help="Folder name under --output-dir and --log-dir "
+                          "(default: <arch>-<split>-<tuner>-<objective>)."),
+        click.option("--overwrite", is_flag=True, help="Start the search again instead of resuming it."),
+        click.option("--output-dir", type=click.Path(file_okay=False), default="saved_models", show_default=True),
+        click.option("--log-dir", type=click.Path(file_okay=False), default="logs", show_default=True),
+        click.option("--workers", type=click.IntRange(min=1), default=None, help="Feature extraction processes."),
+        click.option("--quiet", is_flag=True, help="No per-trial and per-epoch progress."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+@main.command()
+@data_options
+@split_options
+@feature_options
+@_tune_options
+def tune(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction, test_fraction, seed, arch, width,
+         head_units, dropout, tuner_kind, max_trials, epochs, batch_size, patience, objective, search_dropout,
+         search_width, search_name, overwrite, output_dir, log_dir, workers, quiet, **kwargs):
+    """Search activation and learning rate (optionally dropout, width) with KerasTuner.
+
+    Resumes an existing search of the same --search-name (finished trials are
+    kept). Writes <output-dir>/<search>/trials.csv, trials.md, best.keras and
+    best.json, and TensorBoard logs with HParams to <log-dir>/<search>/. With
+    KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT set it
+    runs as KerasTuner's chief ("chief" in the id) or as a worker.
+    """
+    import json
+    import math
+    import shutil
+    from pathlib import Path
+
+    from serkeras import tuning
+    from serkeras.evaluation import format_report
+    from serkeras.models import ModelConfig
+    from serkeras.training import TrainConfig, prepare_split
+
+    feature_config = feature_config_from(kwargs)
+    try:
+        model_config = ModelConfig(arch=arch, width=width, head_units=head_units, dropout=dropout)
+    except ValueError as exc:
+        raise SerkerasError(f"bad model settings: {exc}") from None
+    role = tuning.distributed_role()
+    search_name = search_name or f"{arch}-{split_kind}-{tuner_kind}-{objective}"
+    search_dir, search_logs = Path(output_dir) / search_name, Path(log_dir) / search_name
+    describe = {"split": split_kind, "fold": fold, "n_folds": n_folds, "val_fraction": val_fraction,
+                "test_fraction": test_fraction, "seed": seed}
+    settings = tuning.search_settings(feature_config, model_config, describe, tuner_kind, objective, search_dropout,
+                                      search_width, batch_size)
+    if role == "worker":
+        if overwrite:
+            click.echo("warning: --overwrite is ignored by workers (only the chief starts a search again)", err=True)
+        overwrite = False
+    elif overwrite:
+        for name in ("search.json", "trials.csv", "trials.md", "best.keras", "best.json"):
+            (search_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(search_logs, ignore_errors=True)  # KerasTuner removes its own project (tuner/)
+    else:
+        tuning.check_resumable(search_dir, settings)
+
+    corpus, split = load_split(data_dir, manifest, split_kind, fold, n_folds, val_fraction, test_fraction, seed)
+    who = "" if role == "local" else f" ({role} {os.environ['KERASTUNER_TUNER_ID']})"
+    click.echo(f"search {search_name}{who}: {split.description}; train {len(split.train)}, val {len(split.val)}, "
+               f"test {len(split.test)} clips")
+    data = prepare_split(corpus, split, feature_config, cache_dir, workers, progress=not quiet)
+    train_config = TrainConfig(epochs=epochs, batch_size=batch_size, patience=patience, monitor=objective, seed=seed)
+    steps = math.ceil(len(data.parts["train"][0]) / batch_size)
+    hypermodel = tuning.SERHyperModel(feature_config, model_config, data.labels, data.stats, train_config, steps,
+                                      search_dropout=search_dropout, search_width=search_width)
+    if role != "worker":
+        search_dir.mkdir(parents=True, exist_ok=True)
+        (search_dir / "search.json").write_text(json.dumps({"settings": settings, "corpus": corpus.name}, indent=2))
+    tuner = tuning.make_tuner(tuner_kind, hypermodel, objective, max_trials, search_dir, "tuner", seed,
+                              overwrite=overwrite, max_epochs=epochs)
+    if role != "worker" and tuner.oracle.trials:
+        done = len(tuning.completed_trials(tuner))
+        click.echo(f"resuming search {search_name}: {len(tuner.oracle.trials)} trials started before, "
+                   f"{done} completed (kept)")
+    tuning.run_search(tuner, data, epochs, batch_size, search_logs, patience=patience, seed=seed,
+                      verbose=0 if quiet else 2)
+    if role == "worker":
+        click.echo(f"worker {os.environ['KERASTUNER_TUNER_ID']}: no trials left; the chief writes the results")
+        return
+
+    rows = tuning.trial_table(tuner)
+    csv_path, md_path = tuning.save_table(rows, objective, search_dir)
+    click.echo(f"{len(rows)} completed trial{'' if len(rows) == 1 else 's'}, best first "
+               f"(score: {objective} at the best epoch):")
+    click.echo(tuning.format_table(rows, objective))
+    best, model = tuning.best_model(tuner)
+    model.save(search_dir / "best.keras")
+    report = tuning.evaluate(model, data, feature_config, "test")
+    (search_dir / "best.json").write_text(json.dumps(
+        {"trial_id": best.trial_id, "hyperparameters": best.hyperparameters.values, "objective": objective,
+         "score": best.score, "best_epoch": int(best.best_step) + 1, "test": report}, indent=2))
+    click.echo(f"best trial {best.trial_id}: " + ", ".join(f"{k}={v}" for k, v in best.hyperparameters.values.items())
+               + f"; {objective} {best.score:.4f}. On the test part:")
+    click.echo(format_report(report))
+    click.echo(f"tables: {csv_path}, {md_path}")
+    click.echo(f"best model: {search_dir / 'best.keras'}  (TensorBoard HParams: tensorboard --logdir {search_logs})")
+
+
 if __name__ == "__main__":
     main()

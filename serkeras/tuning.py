@@ -1,0 +1,306 @@
+"""Hyper-parameter search with KerasTuner over the serkeras model registry.
+
+The search space is the study's grid: activation in {relu, silu, elu} and
+learning rate in {1e-2, 1e-3, 1e-4} (both `hp.Choice`), optionally dropout
+and width. A search `<search>` writes
+
+* `saved_models/<search>/tuner/`: KerasTuner's own project (oracle.json,
+  trial_*/trial.json, trial_*/checkpoint.weights.h5); an existing project is
+  reloaded, so a re-run resumes: finished trials are kept, an interrupted
+  trial is run again, and the search stops at `max_trials`.
+* `saved_models/<search>/search.json`: the settings (a resume must match them).
+* `saved_models/<search>/trials.csv`, `trials.md`: completed trials, best first.
+* `saved_models/<search>/best.keras`, `best.json`: the best trial's model at its
+  best epoch (restored from KerasTuner's checkpoint through
+  `tuner.get_best_models`, not retrained) and its test metrics. The model holds
+  the serkeras metadata layer, so it is self-contained.
+* `logs/<search>/<trial_id>/execution0/`: TensorBoard logs per trial with
+  HParams, written by KerasTuner's own TensorBoard support.
+
+Distributed tuning is KerasTuner's: with KERASTUNER_TUNER_ID,
+KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT set, the tuner whose id
+contains "chief" serves the oracle and the others run trials.
+"""
+
+import csv
+import json
+import os
+import warnings
+from pathlib import Path
+
+import keras
+import keras_tuner
+import numpy as np
+
+from serkeras.errors import SerkerasError
+from serkeras.evaluation import classification_report, model_input_names, predict_features
+from serkeras.models import build_model
+from serkeras.training import LearningRateLogger, TrainConfig, compile_model
+
+#: The study's grid.
+ACTIVATION_GRID = ("relu", "silu", "elu")
+LEARNING_RATE_GRID = (1e-2, 1e-3, 1e-4)
+#: Optional searches (--search-dropout, --search-width: factors of the base width).
+DROPOUT_GRID = (0.1, 0.3, 0.5)
+WIDTH_FACTORS = (0.5, 1.0, 2.0)
+
+TUNERS = ("random", "bayesian", "hyperband", "grid")
+OBJECTIVES = ("val_accuracy", "val_macro_f1")
+#: Hyperparameter names, in table order.
+HP_NAMES = ("activation", "learning_rate", "dropout", "width")
+#: Metrics reported per trial (values at the trial's best epoch).
+TRIAL_METRICS = ("val_accuracy", "val_macro_f1", "val_loss")
+
+
+def distributed_role():
+    """'local', 'chief' or 'worker', from KerasTuner's environment variables."""
+    if "KERASTUNER_ORACLE_IP" not in os.environ:
+        return "local"
+    for name in ("KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID"):
+        if name not in os.environ:
+            raise SerkerasError(f"KERASTUNER_ORACLE_IP is set but {name} is not (distributed tuning needs both)")
+    return "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
+
+
+class SERHyperModel(keras_tuner.HyperModel):
+    """Builds and compiles a registry model for a set of hyperparameter values.
+
+    Parameters
+    ----------
+    feature_config : serkeras.features.FeatureConfig
+    model_config : serkeras.models.ModelConfig
+        The base model (architecture, width, head size, dropout); searched
+        fields replace its values.
+    labels : sequence of str
+    stats : serkeras.features.FeatureStats
+        Training-part statistics stored in the model's standardisation layers.
+    train_config : serkeras.training.TrainConfig, optional
+        Optimiser settings; the searched learning rate replaces its own.
+    steps_per_epoch : int
+        For learning-rate schedules (the default "plateau" schedule ignores it).
+    search_dropout, search_width : bool
+        Also search dropout in DROPOUT_GRID / width in WIDTH_FACTORS x base width.
+    """
+
+    def __init__(self, feature_config, model_config, labels, stats, train_config=None, steps_per_epoch=1,
+                 search_dropout=False, search_width=False, name="serkeras", tunable=True):
+        super().__init__(name=name, tunable=tunable)
+        self.feature_config, self.model_config = feature_config, model_config
+        self.labels, self.stats = list(labels), stats
+        self.train_config = train_config or TrainConfig()
+        self.steps_per_epoch = steps_per_epoch
+        self.search_dropout, self.search_width = search_dropout, search_width
+
+    def width_grid(self):
+        return tuple(sorted({round(self.model_config.width * f, 6) for f in WIDTH_FACTORS}))
+
+    def configs(self, hp):
+        """(ModelConfig, TrainConfig) for the values in `hp` (declaring the searched hyperparameters)."""
+        changes = {"activation": hp.Choice("activation", list(ACTIVATION_GRID))}
+        learning_rate = hp.Choice("learning_rate", list(LEARNING_RATE_GRID))
+        if self.search_dropout:
+            changes["dropout"] = hp.Choice("dropout", list(DROPOUT_GRID))
+        if self.search_width:
+            changes["width"] = hp.Choice("width", list(self.width_grid()))
+        train_config = TrainConfig.from_dict({**self.train_config.to_dict(), "learning_rate": learning_rate})
+        return self.model_config.replace(**changes), train_config
+
+    def build(self, hp):
+        model_config, train_config = self.configs(hp)
+        model = build_model(self.feature_config, model_config, self.labels, self.stats)
+        return compile_model(model, train_config, self.steps_per_epoch)
+
+    def fit(self, hp, model, *args, **kwargs):
+        return model.fit(*args, **kwargs)
+
+
+def make_objective(objective):
+    if objective not in OBJECTIVES:
+        raise SerkerasError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    return keras_tuner.Objective(objective, direction="max")
+
+
+def make_tuner(kind, hypermodel, objective, max_trials, directory, project_name, seed, overwrite=False,
+               max_epochs=None):
+    """A KerasTuner tuner of `kind` (random, bayesian, hyperband, grid).
+
+    `max_trials` bounds random, bayesian and grid searches; hyperband sets its
+    own number of trials from `max_epochs` (its largest training budget).
+    With `overwrite=False` an existing project in `directory/project_name` is
+    reloaded (the search resumes).
+    The oracle's seed is `seed + 1` (KerasTuner would draw a random seed for 0).
+    """
+    # KerasTuner's oracles treat seed 0 as "no seed" (a random one): shift it so every --seed is reproducible.
+    oracle_seed = seed + 1 if seed >= 0 else seed
+    common = dict(objective=make_objective(objective), seed=oracle_seed, directory=str(directory),
+                  project_name=project_name, overwrite=overwrite)
+    if kind == "random":
+        return keras_tuner.RandomSearch(hypermodel, max_trials=max_trials, **common)
+    if kind == "bayesian":
+        return keras_tuner.BayesianOptimization(hypermodel, max_trials=max_trials, **common)
+    if kind == "grid":
+        return keras_tuner.GridSearch(hypermodel, max_trials=max_trials, **common)
+    if kind == "hyperband":
+        if not max_epochs:
+            raise SerkerasError("the hyperband tuner needs max_epochs")
+        return keras_tuner.Hyperband(hypermodel, max_epochs=max_epochs, **common)
+    raise SerkerasError(f"tuner must be one of {', '.join(TUNERS)}, got {kind!r}")
+
+
+def input_names(hypermodel):
+    """The model's input names (the same for every hyperparameter value)."""
+    model = build_model(hypermodel.feature_config, hypermodel.model_config, hypermodel.labels, hypermodel.stats)
+    names = model_input_names(model)
+    del model
+    keras.backend.clear_session()
+    return names
+
+
+def run_search(tuner, data, epochs, batch_size, log_dir, patience=5, seed=0, verbose=0):
+    """Run (or continue) the search on the train part, scored on the val part.
+
+    Each trial trains for up to `epochs` with EarlyStopping on the objective.
+    The `keras.callbacks.TensorBoard(log_dir)` passed to `tuner.search` is
+    re-pointed by KerasTuner to `log_dir/<trial_id>/execution0` and paired with
+    a TensorBoard HParams callback holding the trial's values.
+    """
+    hypermodel = tuner.hypermodel
+    names = input_names(hypermodel)
+    feature_config = hypermodel.feature_config
+    train = data.dataset("train", feature_config, batch_size, names, shuffle=True, seed=seed)
+    val = data.dataset("val", feature_config, batch_size, names)
+    objective = tuner.oracle.objective.name
+    callbacks = [
+        LearningRateLogger(),
+        keras.callbacks.EarlyStopping(monitor=objective, mode="max", patience=patience),
+        keras.callbacks.TensorBoard(str(log_dir), histogram_freq=0, write_graph=False),
+    ]
+    keras.utils.set_random_seed(seed)
+    try:
+        # The train dataset is shuffled already (fit's own shuffle would only warn).
+        tuner.search(train, validation_data=val, epochs=epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
+    except RuntimeError as exc:  # KerasTuner gives up after repeated failed trials.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SerkerasError(f"the search stopped: {first}") from exc
+
+
+def _value_at(trial, name, step):
+    history = trial.metrics.get_history(name) if trial.metrics.exists(name) else []
+    for observation in history:
+        if observation.step == step:
+            return float(np.mean(observation.value))
+    return None
+
+
+def completed_trials(tuner):
+    """Completed trials, best first."""
+    trials = [t for t in tuner.oracle.trials.values() if t.status == "COMPLETED" and t.score is not None]
+    return sorted(trials, key=lambda t: t.score, reverse=tuner.oracle.objective.direction == "max")
+
+
+def trial_table(tuner):
+    """One row per completed trial, best first: rank, trial_id, hyperparameters, metrics, best epoch."""
+    rows = []
+    for rank, trial in enumerate(completed_trials(tuner), start=1):
+        values = trial.hyperparameters.values
+        row = {"rank": rank, "trial_id": trial.trial_id}
+        row.update({name: values[name] for name in HP_NAMES if name in values})
+        if "tuner/epochs" in values:  # hyperband's training budget for the trial
+            row["epochs"] = values["tuner/epochs"]
+        row["score"] = float(trial.score)
+        for name in TRIAL_METRICS:
+            value = _value_at(trial, name, trial.best_step)
+            if value is not None:
+                row[name] = value
+        row["best_epoch"] = int(trial.best_step) + 1
+        rows.append(row)
+    return rows
+
+
+def _columns(rows):
+    columns = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    return columns
+
+
+def _cell(value):
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def format_table(rows, objective):
+    """The rows as a Markdown table ('score' is the objective)."""
+    if not rows:
+        return "(no completed trials)"
+    columns = _columns(rows)
+    header = [f"score ({objective})" if c == "score" else c for c in columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def save_table(rows, objective, search_dir):
+    """trials.csv and trials.md in `search_dir`; returns their paths."""
+    search_dir = Path(search_dir)
+    csv_path, md_path = search_dir / "trials.csv", search_dir / "trials.md"
+    columns = _columns(rows) or ["rank", "trial_id", "score"]
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    md_path.write_text(f"Completed trials, best first; score = {objective} (best epoch).\n\n"
+                       + format_table(rows, objective) + "\n")
+    return csv_path, md_path
+
+
+def best_model(tuner):
+    """The best trial and its model at its best epoch (KerasTuner's checkpoint, via get_best_models).
+
+    Raises SerkerasError when no trial completed or the checkpoint cannot be
+    read (e.g. distributed workers on machines without a shared --output-dir).
+    """
+    trials = completed_trials(tuner)
+    if not trials:
+        raise SerkerasError(f"no trial completed in {tuner.project_dir}")
+    best = trials[0]
+    try:
+        with warnings.catch_warnings():
+            # The checkpoint holds the optimizer's state too; a model for inference does not need it.
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            model = tuner.load_model(best)
+    except Exception as exc:
+        raise SerkerasError(f"cannot load the checkpoint of the best trial {best.trial_id} "
+                            f"from {tuner.get_trial_dir(best.trial_id)}: {str(exc).strip()[:200]}") from exc
+    return best, model
+
+
+def evaluate(model, data, feature_config, part="test"):
+    clips, features, labels = data.parts[part]
+    probabilities = predict_features(model, features, feature_config.length_mode, feature_config.fixed_frames)
+    return classification_report(labels, probabilities.argmax(axis=1), data.labels,
+                                  groups={"sex": [c.sex for c in clips]})
+
+
+def search_settings(feature_config, model_config, describe, tuner_kind, objective, search_dropout, search_width,
+                    batch_size):
+    """What a resumed search must share with the stored one."""
+    return {"feature_config": feature_config.to_dict(), "model_config": model_config.to_dict(),
+            "tuner": tuner_kind, "objective": objective, "search_dropout": search_dropout,
+            "search_width": search_width, "batch_size": batch_size, **describe}
+
+
+def check_resumable(search_dir, settings):
+    """Refuse to resume a search stored with other settings; returns True when one is stored."""
+    stored_path = Path(search_dir) / "search.json"
+    if not stored_path.is_file():
+        return False
+    stored = json.loads(stored_path.read_text()).get("settings", {})
+    settings = json.loads(json.dumps(settings))
+    different = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+    if different:
+        raise SerkerasError(f"search {Path(search_dir).name} exists with other settings ({', '.join(different)}): "
+                            "use --overwrite to start it again or a new --search-name")
+    return True
