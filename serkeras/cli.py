@@ -11,7 +11,7 @@ from serkeras import __version__
 from serkeras.errors import SerkerasError
 
 # Quiet TensorFlow's C++ start-up chatter before anything imports it.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
