@@ -109,8 +109,9 @@ def _compute_and_store(path, base, config_dict):
     try:
         features = compute_clip(path, config)
     except AudioError as exc:
-        _atomic_write(base.with_suffix(".bad"), lambda f: f.write(str(exc).encode()))
-        return path, str(exc)
+        reason = str(exc)
+        _atomic_write(base.with_suffix(".bad"), lambda f: f.write(reason.encode()))
+        return path, reason
     stored = {k: v.astype(_STORE_DTYPE) for k, v in features.items()}
     _atomic_write(base.with_suffix(".npz"), lambda f: np.savez(f, **stored))
     return path, {k: v.astype(np.float32) for k, v in stored.items()}

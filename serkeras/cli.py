@@ -1,6 +1,5 @@
 """The `serkeras` command line: features, train, evaluate, predict, tune, export."""
 
-import functools
 import os
 import sys
 import warnings

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,47 +14,17 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from serkeras.cli import main
+from conftest import run_cli
 
-CREMA_D = Path(__file__).resolve().parents[2] / "shared" / "data" / "crema-d"
-ACTORS = ("1001", "1002", "1003", "1004", "1005", "1006", "1007", "1008")
 TINY = ["--arch", "combined", "--width", "0.0625", "--head-units", "16", "--batch-size", "16", "--quiet",
         "--workers", "1"]
 
 
-@pytest.fixture(scope="module")
-def subset(tmp_path_factory):
-    """Real clips of 8 actors (both sexes), 2 sentences each, as symlinks plus demographics."""
-    if not (CREMA_D / "audio").is_dir():
-        pytest.skip(f"CREMA-D development copy not found at {CREMA_D}")
-    root = tmp_path_factory.mktemp("crema")
-    audio = root / "audio"
-    audio.mkdir()
-    for path in sorted((CREMA_D / "audio").glob("*.ogg")):
-        actor, sentence = path.stem.split("_")[:2]
-        if actor in ACTORS and sentence in ("DFA", "IEO"):
-            (audio / path.name).symlink_to(path)
-    (root / "VideoDemographics.csv").write_text((CREMA_D / "VideoDemographics.csv").read_text())
-    return audio
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return tmp_path_factory.mktemp("work")
-
-
-def run_cli(args, cwd):
-    runner = CliRunner()
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        return runner.invoke(main, args, catch_exceptions=False)
-    finally:
-        os.chdir(old)
-
-
-@pytest.fixture(scope="module")
-def trained(subset, workdir):
-    result = run_cli(["train", "--data-dir", str(subset), "--split", "actor", "--epochs", "2",
+def trained(crema_subset, workdir):
+    result = run_cli(["train", "--data-dir", str(crema_subset), "--split", "actor", "--epochs", "2",
                       "--run-name", "tiny", "--cache-dir", str(workdir / "cache")] + TINY, workdir)
     assert result.exit_code == 0, result.output
     return workdir / "saved_models" / "tiny", result.output
@@ -94,17 +63,17 @@ def test_tensorboard_logs(trained, workdir):
     assert "hparams/test_accuracy" in scalars
 
 
-def test_existing_run_name_is_refused(subset, workdir, trained):
-    result = CliRunner().invoke(main, ["train", "--data-dir", str(subset), "--run-name", "tiny",
+def test_existing_run_name_is_refused(crema_subset, workdir, trained):
+    result = CliRunner().invoke(main, ["train", "--data-dir", str(crema_subset), "--run-name", "tiny",
                                        "--output-dir", str(workdir / "saved_models")])
     assert result.exit_code == 1
     assert result.output.startswith("error: run tiny exists") and "Traceback" not in result.output
 
 
-def test_evaluate(trained, subset, workdir):
+def test_evaluate(trained, crema_subset, workdir):
     run, _ = trained
     report_path = workdir / "report.json"
-    result = run_cli(["evaluate", str(run / "model.keras"), "--data-dir", str(subset), "--split", "actor",
+    result = run_cli(["evaluate", str(run / "model.keras"), "--data-dir", str(crema_subset), "--split", "actor",
                       "--cache-dir", str(workdir / "cache"), "--json", str(report_path),
                       "--plot", str(workdir / "cm.png")], workdir)
     assert result.exit_code == 0, result.output
@@ -116,9 +85,9 @@ def test_evaluate(trained, subset, workdir):
     assert (workdir / "cm.png").stat().st_size > 0
 
 
-def test_predict_formats_and_long_audio(trained, subset, workdir, tmp_path):
+def test_predict_formats_and_long_audio(trained, crema_subset, workdir, tmp_path):
     run, _ = trained
-    clip = sorted(subset.iterdir())[0]
+    clip = sorted(crema_subset.iterdir())[0]
     wave, rate = sf.read(clip)
     long_path = tmp_path / "long stereo 44k.flac"
     long_wave = np.tile(wave, 5)  # about 12 s
@@ -137,9 +106,9 @@ def test_predict_formats_and_long_audio(trained, subset, workdir, tmp_path):
     short, long = sorted(rows, key=lambda r: r["seconds"])
     assert short["timeline"] == [] and len(long["timeline"]) >= 3
     assert long["timeline"][-1]["end"] == pytest.approx(long["seconds"], abs=0.05)
-    csv_out = run_cli(["predict", str(subset), "--model", str(run / "model.keras"), "--format", "csv"], workdir)
+    csv_out = run_cli(["predict", str(crema_subset), "--model", str(run / "model.keras"), "--format", "csv"], workdir)
     assert csv_out.exit_code == 0
-    assert len(csv_out.output.strip().splitlines()) == 1 + len(list(subset.iterdir()))
+    assert len(csv_out.output.strip().splitlines()) == 1 + len(list(crema_subset.iterdir()))
 
 
 def test_predict_errors(trained, workdir, tmp_path):
@@ -160,9 +129,9 @@ def test_predict_errors(trained, workdir, tmp_path):
         assert "Traceback" not in result.output
 
 
-def test_resume_after_kill(subset, workdir):
+def test_resume_after_kill(crema_subset, workdir):
     """Kill a run after two epochs; --resume continues from epoch 3, not from the start."""
-    args = [sys.executable, "-m", "serkeras.cli", "train", "--data-dir", str(subset), "--split", "actor",
+    args = [sys.executable, "-m", "serkeras.cli", "train", "--data-dir", str(crema_subset), "--split", "actor",
             "--epochs", "40", "--patience", "40", "--run-name", "killed", "--cache-dir", str(workdir / "cache")] + TINY
     history = workdir / "saved_models" / "killed" / "history.csv"
     proc = subprocess.Popen(args, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

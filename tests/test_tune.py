@@ -15,48 +15,18 @@ import pytest
 from click.testing import CliRunner
 
 from serkeras.cli import main
+from conftest import run_cli
 from serkeras.tuning import ACTIVATION_GRID, LEARNING_RATE_GRID
 
-CREMA_D = Path(__file__).resolve().parents[2] / "shared" / "data" / "crema-d"
-ACTORS = ("1001", "1002", "1003", "1004", "1005", "1006", "1007", "1008")
 LABELS = ("anger", "disgust", "fear", "happy", "neutral", "sad")
 TINY = ["--split", "actor", "--arch", "1d", "--width", "0.0625", "--head-units", "16", "--batch-size", "16",
         "--tuner", "random", "--max-trials", "2", "--epochs", "1", "--quiet", "--workers", "1"]
 
 
-@pytest.fixture(scope="module")
-def subset(tmp_path_factory):
-    """Real clips of 8 actors (both sexes), 2 sentences each, as symlinks plus demographics."""
-    if not (CREMA_D / "audio").is_dir():
-        pytest.skip(f"CREMA-D development copy not found at {CREMA_D}")
-    root = tmp_path_factory.mktemp("crema")
-    audio = root / "audio"
-    audio.mkdir()
-    for path in sorted((CREMA_D / "audio").glob("*.ogg")):
-        actor, sentence = path.stem.split("_")[:2]
-        if actor in ACTORS and sentence in ("DFA", "IEO"):
-            (audio / path.name).symlink_to(path)
-    (root / "VideoDemographics.csv").write_text((CREMA_D / "VideoDemographics.csv").read_text())
-    return audio
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return tmp_path_factory.mktemp("work")
-
-
-def run_cli(args, cwd):
-    runner = CliRunner()
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        return runner.invoke(main, args, catch_exceptions=False)
-    finally:
-        os.chdir(old)
-
-
-def tune_args(subset, workdir, *extra):
-    return ["tune", "--data-dir", str(subset), "--cache-dir", str(workdir / "cache"), "--search-name", "tiny",
+def tune_args(crema_subset, workdir, *extra):
+    return ["tune", "--data-dir", str(crema_subset), "--cache-dir", str(workdir / "cache"), "--search-name", "tiny",
             *TINY, *extra]
 
 
@@ -89,8 +59,8 @@ def hparams_of(trial_log_dir):
 
 
 @pytest.fixture(scope="module")
-def search(subset, workdir):
-    result = run_cli(tune_args(subset, workdir), workdir)
+def search(crema_subset, workdir):
+    result = run_cli(tune_args(crema_subset, workdir), workdir)
     assert result.exit_code == 0, result.output
     return workdir / "saved_models" / "tiny", result.output
 
@@ -131,12 +101,12 @@ def test_search_writes_ranked_table_best_model_and_logs(search, workdir):
         assert {"epoch_accuracy", "epoch_macro_f1", "epoch_loss"} <= validation_tags
 
 
-def test_rerun_resumes_without_redoing_trials(search, subset, workdir):
+def test_rerun_resumes_without_redoing_trials(search, crema_subset, workdir):
     search_dir, _ = search
     before = trial_files(search_dir / "tuner")
     rows_before = read_rows(search_dir / "trials.csv")
     started = time.time()
-    result = run_cli(tune_args(subset, workdir), workdir)
+    result = run_cli(tune_args(crema_subset, workdir), workdir)
     assert result.exit_code == 0, result.output
     assert "resuming search tiny: 2 trials started before, 2 completed (kept)" in result.output
     assert trial_files(search_dir / "tuner") == before, "finished trials were run again"
@@ -144,15 +114,15 @@ def test_rerun_resumes_without_redoing_trials(search, subset, workdir):
     assert (search_dir / "best.keras").stat().st_mtime >= started  # rewritten from the stored checkpoint
 
     # A larger --max-trials continues the same search: one new trial, the old ones untouched.
-    result = run_cli(tune_args(subset, workdir, "--max-trials", "3"), workdir)
+    result = run_cli(tune_args(crema_subset, workdir, "--max-trials", "3"), workdir)
     assert result.exit_code == 0, result.output
     after = trial_files(search_dir / "tuner")
     assert len(after) == 3 and {k: after[k] for k in before} == before
     assert len(read_rows(search_dir / "trials.csv")) == 3
 
 
-def test_resume_with_other_settings_is_refused(search, subset, workdir):
-    result = CliRunner().invoke(main, tune_args(subset, workdir, "--arch", "combined", "--output-dir",
+def test_resume_with_other_settings_is_refused(search, crema_subset, workdir):
+    result = CliRunner().invoke(main, tune_args(crema_subset, workdir, "--arch", "combined", "--output-dir",
                                                 str(workdir / "saved_models")))
     assert result.exit_code == 1
     assert result.output.startswith("error: search tiny exists with other settings (model_config)")
@@ -170,10 +140,10 @@ def event_pids(folder):
     return {int(p.name.split(".")[-3]) for p in Path(folder).rglob("events.out.tfevents.*")}
 
 
-def test_distributed_chief_and_two_workers(subset, workdir):
+def test_distributed_chief_and_two_workers(crema_subset, workdir):
     """KerasTuner's own distribution on loopback: the chief serves the oracle, the workers run the trials."""
     port = free_port()
-    args = [sys.executable, "-m", "serkeras.cli", *tune_args(subset, workdir), "--search-name", "dist",
+    args = [sys.executable, "-m", "serkeras.cli", *tune_args(crema_subset, workdir), "--search-name", "dist",
             "--output-dir", str(workdir / "dist_models"), "--log-dir", str(workdir / "dist_logs")]
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}  # gRPC would honour a proxy
     env.update(KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(port), NO_PROXY="127.0.0.1",
