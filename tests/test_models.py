@@ -1,0 +1,415 @@
+"""Tests of serkeras.models: layers, registry, sizes, loading, and every Keras backend.
+
+The layer / registry / loading tests run in this process (TensorFlow unless
+KERAS_BACKEND says otherwise). The backend tests run `tests/backend_checks.py`
+in one subprocess per backend (started together, in the background, as soon as
+the session begins, so they overlap with the in-process tests); the
+cross-backend tests reload a model saved under one backend in another.
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from serkeras.errors import ModelFileError, SerkerasError
+from serkeras.features import FeatureConfig
+from serkeras.models import ARCHITECTURES, ModelConfig, build_model, get_builder, load_model, model_metadata
+from serkeras.models.layers import (MaskedGlobalAveragePooling, MaskedGroupNormalization, PooledLengths,
+                                    TimeMask)
+
+REPO = Path(__file__).resolve().parents[1]
+CHECKS = Path(__file__).with_name("backend_checks.py")
+BACKENDS = ("tensorflow", "jax", "torch")
+#: (saved under, reloaded under): every backend saves once and loads once.
+CROSS = (("torch", "tensorflow"), ("tensorflow", "jax"), ("jax", "torch"))
+TIMEOUT = float(os.environ.get("SERKERAS_BACKEND_TIMEOUT", 300))
+LABELS = ["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"]
+
+
+# --------------------------------------------------------------------------- layers
+
+def _garbage_padded(rng, clips):
+    """Stack clips padded with large values, so any leak of padding into a result shows."""
+    frames = max(len(c) for c in clips) + 5
+    out = np.full((len(clips), frames) + clips[0].shape[1:], 1e3, dtype=np.float32)
+    for i, c in enumerate(clips):
+        out[i, :len(c)] = c
+    return out
+
+
+def _group_norm_pair(shape, groups, epsilon, seed=0):
+    """A MaskedGroupNormalization and a keras GroupNormalization with the same random gamma/beta."""
+    rng = np.random.default_rng(seed)
+    masked = MaskedGroupNormalization(groups=groups, epsilon=epsilon)
+    reference = keras.layers.GroupNormalization(groups=groups, epsilon=epsilon)
+    masked.build(shape)
+    reference.build(shape)
+    gamma = rng.uniform(0.5, 2.0, shape[-1]).astype(np.float32)
+    beta = rng.normal(0.0, 1.0, shape[-1]).astype(np.float32)
+    masked.gamma.assign(gamma)
+    masked.beta.assign(beta)
+    reference.gamma.assign(gamma)
+    reference.beta.assign(beta)
+    return masked, reference
+
+
+@pytest.mark.parametrize("shape", [(3, 37, 16), (2, 23, 9, 16)], ids=["1d", "2d"])
+@pytest.mark.parametrize("groups", [1, 4, 16])
+@pytest.mark.parametrize("epsilon", [1e-5, 1e-3])
+def test_masked_group_norm_equals_group_norm_without_lengths(shape, groups, epsilon):
+    masked, reference = _group_norm_pair((None,) + shape[1:], groups, epsilon)
+    rng = np.random.default_rng(1)
+    x = (rng.normal(2.0, 3.0, shape) * rng.uniform(0.1, 5.0, shape[-1])).astype(np.float32)
+    got = keras.ops.convert_to_numpy(masked(x))
+    want = keras.ops.convert_to_numpy(reference(x))
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("tail", [(), (7,)], ids=["1d", "2d"])
+@pytest.mark.parametrize("groups", [2, 8])
+def test_masked_group_norm_with_lengths_equals_group_norm_on_cropped_clip(tail, groups):
+    rng = np.random.default_rng(2)
+    # No 1-frame clip: with one channel per group its variance is 0 and both layers just amplify
+    # rounding noise by 1/sqrt(epsilon).
+    lengths = [41, 6, 2, 23]
+    clips = [rng.normal(-1.0, 2.0, (n,) + tail + (8,)).astype(np.float32) for n in lengths]
+    masked, reference = _group_norm_pair((None, None) + tail + (8,), groups, 1e-5)
+    out = keras.ops.convert_to_numpy(masked(_garbage_padded(rng, clips), np.array(lengths, np.int32)))
+    for i, clip in enumerate(clips):
+        want = keras.ops.convert_to_numpy(reference(clip[None]))[0]
+        np.testing.assert_allclose(out[i, :lengths[i]], want, atol=2e-5, rtol=1e-5, err_msg=f"clip {i}")
+
+
+def test_masked_group_norm_rejects_channels_not_divisible_by_groups():
+    with pytest.raises(ValueError, match="groups"):
+        MaskedGroupNormalization(groups=3).build((None, 10, 8))
+
+
+@pytest.mark.parametrize("tail", [(), (5,)], ids=["1d", "2d"])
+def test_masked_global_average_pooling_is_mean_over_real_frames(tail):
+    rng = np.random.default_rng(3)
+    lengths = [17, 1, 9]
+    clips = [rng.normal(0.0, 1.0, (n,) + tail + (6,)).astype(np.float32) for n in lengths]
+    pooled = keras.ops.convert_to_numpy(
+        MaskedGlobalAveragePooling()(_garbage_padded(rng, clips), np.array(lengths, np.int32)))
+    want = np.stack([c.reshape(-1, 6).mean(axis=0) for c in clips])
+    np.testing.assert_allclose(pooled, want, atol=1e-5)
+    # Without lengths: a plain mean over every axis but batch and channels.
+    x = rng.normal(0.0, 1.0, (2, 11) + tail + (6,)).astype(np.float32)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(MaskedGlobalAveragePooling()(x)),
+                               x.reshape(2, -1, 6).mean(axis=1), atol=1e-5)
+
+
+@pytest.mark.parametrize("pool_size, lengths, want", [
+    (2, [0, 1, 2, 3, 5, 300, 301], [1, 1, 1, 1, 2, 150, 150]),
+    (3, [1, 2, 3, 8, 9, 10], [1, 1, 1, 2, 3, 3]),
+])
+def test_pooled_lengths_floor_divides_with_minimum_one(pool_size, lengths, want):
+    layer = PooledLengths(pool_size)
+    got = keras.ops.convert_to_numpy(layer(np.array(lengths, np.int32)))
+    np.testing.assert_array_equal(got, want)
+    assert "int" in str(got.dtype)
+    assert PooledLengths.from_config(layer.get_config()).pool_size == pool_size
+
+
+@pytest.mark.parametrize("tail", [(), (4,)], ids=["1d", "2d"])
+def test_time_mask_zeros_padded_frames_only(tail):
+    rng = np.random.default_rng(4)
+    x = rng.normal(3.0, 1.0, (3, 12) + tail + (5,)).astype(np.float32)
+    lengths = np.array([12, 4, 1], np.int32)
+    out = keras.ops.convert_to_numpy(TimeMask()(x, lengths))
+    for i, n in enumerate(lengths):
+        np.testing.assert_array_equal(out[i, :n], x[i, :n])
+        assert not out[i, n:].any(), f"clip {i}: padded frames not zeroed"
+
+
+# --------------------------------------------------------------------------- registry and sizes
+
+def test_registry_has_the_three_architectures():
+    assert {"1d", "2d", "combined"} <= set(ARCHITECTURES)
+    for arch in ("1d", "2d", "combined"):
+        assert callable(get_builder(arch))
+
+
+def test_unknown_architecture_raises_serkeras_error():
+    with pytest.raises(SerkerasError, match=r"unknown architecture 'lstm'.*1d.*2d.*combined"):
+        get_builder("lstm")
+    with pytest.raises(SerkerasError, match="unknown architecture"):
+        build_model(FeatureConfig(), ModelConfig(arch="transformer"), LABELS)
+
+
+@pytest.mark.parametrize("groups", [4, 8])
+@pytest.mark.parametrize("width", [0.05, 0.1, 0.125, 0.25, 0.33, 0.5, 1.0, 1.7])
+def test_scaled_filters_are_multiples_of_groups(width, groups):
+    config = ModelConfig(width=width, groups=groups)
+    for filters in (config.filters_1d, config.filters_2d, (10, 100, 1000)):
+        scaled = config.scaled(filters)
+        assert len(scaled) == len(filters)
+        for f, s in zip(filters, scaled):
+            assert isinstance(s, int) and s % groups == 0 and s >= groups, (f, s)
+            if f * width >= groups:  # rounded to the nearest multiple, not clamped
+                assert abs(s - f * width) <= groups / 2, (f, width, s)
+
+
+def test_scaled_is_identity_at_width_one_for_paper_sizes():
+    config = ModelConfig()
+    assert config.scaled(config.filters_1d) == (128, 256, 512)
+    assert config.scaled(config.filters_2d) == (32, 64, 512, 1024)
+    assert ModelConfig(width=0.25).scaled(config.filters_2d) == (8, 16, 128, 256)
+
+
+@pytest.fixture(scope="module")
+def paper_models():
+    """The three architectures at the study's default sizes (built, never run)."""
+    return {arch: build_model(FeatureConfig(), ModelConfig(arch=arch), LABELS) for arch in ("1d", "2d", "combined")}
+
+
+def _filters(model, layer_type):
+    return [layer.filters for layer in model.layers if type(layer) is layer_type]
+
+
+def test_paper_1d_model_has_the_study_filter_counts(paper_models):
+    model = paper_models["1d"]
+    assert _filters(model, keras.layers.Conv1D) == [128, 256, 512]
+    assert _filters(model, keras.layers.Conv2D) == []
+    assert {layer.kernel_size for layer in model.layers if isinstance(layer, keras.layers.Conv1D)} == {(5,)}
+    assert [t.name for t in model.inputs] == ["spectral", "lengths"]
+
+
+def test_paper_2d_model_has_the_study_filter_counts(paper_models):
+    model = paper_models["2d"]
+    assert _filters(model, keras.layers.Conv2D) == [32, 64, 512, 1024]
+    assert _filters(model, keras.layers.Conv1D) == []
+    assert {layer.kernel_size for layer in model.layers if isinstance(layer, keras.layers.Conv2D)} == {(3, 3)}
+    assert [t.name for t in model.inputs] == ["logmel", "lengths"]
+
+
+def test_paper_combined_model_has_both_paths_and_layer_norm(paper_models):
+    model = paper_models["combined"]
+    assert _filters(model, keras.layers.Conv1D) == [128, 256, 512]
+    assert _filters(model, keras.layers.Conv2D) == [32, 64, 512, 1024]
+    assert any(isinstance(layer, keras.layers.LayerNormalization) for layer in model.layers)
+    assert not any(isinstance(layer, keras.layers.LayerNormalization) for layer in paper_models["2d"].layers)
+    assert sorted(t.name for t in model.inputs) == ["lengths", "logmel", "spectral"]
+
+
+def test_paper_models_parameter_counts_and_outputs(paper_models):
+    counts = {arch: model.count_params() for arch, model in paper_models.items()}
+    assert all(n > 0 for n in counts.values()), counts
+    # The combined model holds both paths (its head differs slightly: wider input, LayerNorm).
+    assert counts["combined"] > max(counts["1d"], counts["2d"])
+    for arch, model in paper_models.items():
+        assert model.outputs[0].shape[-1] == len(LABELS), arch
+        assert model_metadata(model).labels == tuple(LABELS)
+        assert model_metadata(model).model_config == ModelConfig(arch=arch)
+
+
+def test_fixed_mode_models_have_fixed_frames_and_no_lengths_input():
+    feature_config = FeatureConfig(length_mode="fixed", fixed_seconds=1.0)
+    for arch in ("1d", "2d", "combined"):
+        model = build_model(feature_config, ModelConfig(arch=arch, width=0.125, head_units=16), LABELS)
+        assert "lengths" not in [t.name for t in model.inputs]
+        assert {t.shape[1] for t in model.inputs} == {feature_config.fixed_frames}
+
+
+# --------------------------------------------------------------------------- loading bad files
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    """A tiny fixed-mode serkeras model saved to .keras."""
+    feature_config = FeatureConfig(length_mode="fixed", fixed_seconds=0.5)
+    model = build_model(feature_config, ModelConfig(arch="1d", width=0.0625, head_units=8), LABELS)
+    path = tmp_path_factory.mktemp("saved") / "tiny.keras"
+    model.save(path)
+    return path, model, feature_config
+
+
+def test_load_model_round_trips_a_saved_model(saved_model):
+    path, model, feature_config = saved_model
+    loaded, metadata = load_model(path)
+    assert metadata.labels == tuple(LABELS)
+    assert metadata.feature_config == feature_config
+    x = np.random.default_rng(5).normal(size=(2, feature_config.fixed_frames, feature_config.n_spectral))
+    np.testing.assert_allclose(loaded.predict_on_batch(x.astype(np.float32)),
+                               model.predict_on_batch(x.astype(np.float32)), atol=1e-6)
+
+
+def test_load_model_missing_file(tmp_path):
+    with pytest.raises(ModelFileError, match=r"does not exist"):
+        load_model(tmp_path / "absent.keras")
+
+
+def test_load_model_directory_is_not_a_model(tmp_path):
+    (tmp_path / "dir.keras").mkdir()
+    with pytest.raises(ModelFileError, match=r"does not exist"):
+        load_model(tmp_path / "dir.keras")
+
+
+def test_load_model_wrong_suffix(tmp_path, saved_model):
+    path = tmp_path / "model.h5"
+    path.write_bytes(saved_model[0].read_bytes())  # a valid archive, but not named .keras
+    with pytest.raises(ModelFileError, match=r"not a \.keras file"):
+        load_model(path)
+
+
+def test_load_model_truncated_file(tmp_path, saved_model):
+    data = saved_model[0].read_bytes()
+    path = tmp_path / "truncated.keras"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match=r"corrupt or truncated"):
+        load_model(path)
+
+
+def test_load_model_zip_that_is_not_a_keras_archive(tmp_path):
+    path = tmp_path / "other.keras"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("readme.txt", "not a model")
+    with pytest.raises(ModelFileError, match=r"cannot load .*other\.keras"):
+        load_model(path)
+
+
+def test_load_model_plain_keras_model_without_metadata(tmp_path):
+    plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="dense")], name="plain")
+    path = tmp_path / "plain.keras"
+    plain.save(path)
+    with pytest.raises(ModelFileError, match=r"'plain' is not a serkeras model \(no serkeras_metadata layer\)"):
+        load_model(path)
+
+
+# --------------------------------------------------------------------------- every backend
+
+def _available(backend):
+    return importlib.util.find_spec(backend) is not None
+
+
+def _skip_unless_available(*backends):
+    missing = [b for b in backends if not _available(b)]
+    if missing:
+        pytest.skip(f"Keras backend package(s) {', '.join(missing)} not installed "
+                    f"(pip install -e '.[backends]'); backend checks NOT run")
+
+
+class _Run:
+    """One `backend_checks.py` subprocess, its output in a file."""
+
+    def __init__(self, backend, args, log):
+        env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+        env.pop("SERKERAS_EXPORT_DIR", None)
+        self.backend, self.log, self.start = backend, Path(log), time.monotonic()
+        with open(log, "wb") as out:
+            self.process = subprocess.Popen([sys.executable, str(CHECKS), *args], cwd=REPO, env=env,
+                                            stdout=out, stderr=subprocess.STDOUT)
+        self.seconds = None
+        self.timed_out = False
+
+    def finished(self, timeout):
+        """Wait until the run ends or `timeout` seconds after its start; True if it ended."""
+        try:
+            self.process.wait(max(0.1, timeout - (time.monotonic() - self.start)))
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+    def wait(self, timeout):
+        """(exit status or a timeout note, output); kills the run past `timeout` seconds from its start."""
+        if not self.finished(timeout):
+            self.timed_out = True
+            self.stop()
+        if self.seconds is None:
+            self.seconds = time.monotonic() - self.start
+        status = f"killed after {timeout:.0f} s (timeout)" if self.timed_out else self.process.returncode
+        return status, self.log.read_text(errors="replace")
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+class _Backends:
+    """`backend_checks.py` under every installed backend, all at once; each cross-backend reload
+    starts (in a background thread) as soon as the run that saves its model has finished."""
+
+    def __init__(self, root):
+        self.root, self.runs, self.reloads, self.threads = root, {}, {}, {}
+        for backend in BACKENDS:
+            if _available(backend):
+                run = _Run(backend, [str(root / f"export-{backend}")], root / f"{backend}.log")
+                run.export = root / f"export-{backend}"
+                self.runs[backend] = run
+        for saver, loader in CROSS:
+            if saver in self.runs and loader in self.runs:
+                thread = threading.Thread(target=self._reload, args=(saver, loader), daemon=True)
+                thread.start()
+                self.threads[saver, loader] = thread
+
+    def _reload(self, saver, loader):
+        run = self.runs[saver]
+        if run.finished(TIMEOUT) and run.process.returncode == 0 and (run.export / "manifest.json").is_file():
+            self.reloads[saver, loader] = _Run(loader, ["--reload", str(run.export)],
+                                               self.root / f"reload-{saver}-to-{loader}.log")
+
+    def reload(self, saver, loader):
+        """The reload run, or None if the saving run failed or timed out."""
+        self.threads[saver, loader].join(TIMEOUT)
+        return self.reloads.get((saver, loader))
+
+    def stop(self):
+        for run in [*self.runs.values(), *self.reloads.values()]:
+            run.stop()
+
+
+def _uses_backends(item):
+    return item.originalname in ("test_backend_checks", "test_cross_backend_round_trip")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def backend_runs(request, tmp_path_factory):
+    """Start the backend runs at the start of the session, if any selected test needs them."""
+    if not any(_uses_backends(item) for item in request.session.items):
+        yield None
+        return
+    backends = _Backends(tmp_path_factory.mktemp("backends"))
+    yield backends
+    backends.stop()
+
+
+def _explain(what, returncode, output):
+    return f"{what} failed (exit {returncode}); output:\n{output[-15000:]}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backend_checks(backend, backend_runs):
+    _skip_unless_available(backend)
+    run = backend_runs.runs[backend]
+    returncode, output = run.wait(TIMEOUT)
+    print(f"\n{backend}: backend_checks.py took {run.seconds:.0f} s\n{output}")
+    assert returncode == 0, _explain(f"KERAS_BACKEND={backend} python tests/backend_checks.py", returncode, output)
+    lines = output.splitlines()
+    passed = [line for line in lines if line.startswith(f"PASS [{backend}]")]
+    assert not [line for line in lines if line.startswith("FAIL")], output
+    # 6 builds, 3 padding checks (variable mode), 6 fits, 6 saves, 1 export.
+    assert len(passed) == 22, _explain(f"expected 22 PASS lines, got {len(passed)}", returncode, output)
+    assert lines[-1] == "0 failed", output
+
+
+@pytest.mark.parametrize("saver, loader", CROSS, ids=[f"{s}-to-{l}" for s, l in CROSS])
+def test_cross_backend_round_trip(saver, loader, backend_runs):
+    _skip_unless_available(saver, loader)
+    reload_run = backend_runs.reload(saver, loader)
+    if reload_run is None:
+        returncode, output = backend_runs.runs[saver].wait(TIMEOUT)
+        pytest.fail(_explain(f"saving a model under {saver} (nothing to reload)", returncode, output))
+    returncode, output = reload_run.wait(180)
+    print(f"\n{saver} -> {loader} ({reload_run.seconds:.0f} s): {output.strip().splitlines()[-1:]}")
+    assert returncode == 0, _explain(f"reloading a {saver} model under {loader}", returncode, output)
+    assert f"PASS [{loader}] reload: model saved under {saver}" in output, output
