@@ -12,6 +12,7 @@ import librosa
 import numpy as np
 
 from serkeras.audio import NORMALIZATIONS
+from serkeras.config import known_fields
 
 LENGTH_MODES = ("variable", "fixed")
 FEATURE_KINDS = ("logmel", "spectral")
@@ -54,8 +55,7 @@ class FeatureConfig:
 
     @classmethod
     def from_dict(cls, config):
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in config.items() if k in known})
+        return known_fields(cls, config)
 
     def extraction_key(self):
         """Hash of the settings that change extracted features (not the length mode)."""

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 
 from serkeras.cache import cached_features
+from serkeras.config import known_fields
 from serkeras.errors import SerkerasError
 from serkeras.evaluation import (classification_report, confusion_matrix_figure, model_input_names,
                                  predict_features, save_confusion_matrix)
@@ -57,8 +58,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, config):
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in config.items() if k in known})
+        return known_fields(cls, config)
 
 
 @dataclasses.dataclass

@@ -2,6 +2,8 @@
 
 import dataclasses
 
+from serkeras.config import known_fields
+
 ACTIVATIONS = ("relu", "silu", "elu", "gelu")
 
 
@@ -47,8 +49,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, config):
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in config.items() if k in known})
+        return known_fields(cls, config)
 
     def replace(self, **changes):
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
