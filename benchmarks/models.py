@@ -20,7 +20,6 @@ KERAS_BACKEND says otherwise) and fixed-length (3 s) inputs. Example::
 
 import argparse
 import os
-import platform
 import shlex
 import sys
 import time
@@ -33,6 +32,7 @@ import numpy as np  # noqa: E402
 
 from serkeras.features import FeatureConfig  # noqa: E402
 from serkeras.models import ModelConfig, build_model  # noqa: E402
+from serkeras.system import describe_machine, load_average  # noqa: E402
 
 LABELS = ["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"]
 COUNTED = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Dense)
@@ -73,25 +73,6 @@ def throughput(step, batch, warmup, steps, min_seconds):
     return done * batch / elapsed, done, elapsed
 
 
-def machine():
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import tensorflow as tf
-
-    lines = [f"machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {cpu}",
-             f"python {platform.python_version()}, keras {keras.__version__} (backend {keras.backend.backend()}), "
-             f"tensorflow {tf.__version__}, numpy {np.__version__}, {platform.platform()}"]
-    return lines
-
-
-def load_average():
-    return "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--width", type=float, nargs="+", default=[1.0],
@@ -113,7 +94,7 @@ def main(argv=None):
 
     emit("# serkeras model benchmark")
     emit("command: python benchmarks/models.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])))
-    for line in machine():
+    for line in describe_machine():
         emit(line)
     emit(f"start: {time.strftime('%Y-%m-%d %H:%M:%S')}, {load_average()}")
     emit("MACs: analytic, Conv1D/Conv2D/Dense only: prod(output spatial shape) * prod(kernel shape) per layer")

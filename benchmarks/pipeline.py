@@ -9,7 +9,6 @@ without it the default cache (data/cache) is used and must be warm for the
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 
@@ -33,7 +32,10 @@ def main():
     corpus = load_crema_d(args.data_dir)
     clips = corpus.clips[: args.limit] if args.limit else corpus.clips
     config = FeatureConfig()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; {len(clips)} clips")
+    from serkeras.system import describe_machine, load_average
+
+    print("\n".join(describe_machine()))
+    print(f"{len(clips)} clips; {load_average()}")
     cache_dir = args.cache_dir
     if args.cold:
         cache_dir = tempfile.mkdtemp(prefix="serkeras-bench-")

@@ -13,6 +13,39 @@ from serkeras.errors import SerkerasError
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+class LazyChoice(click.Choice):
+    """A `click.Choice` whose values are looked up only when needed.
+
+    The architecture registry and the tuner names live in modules that import
+    Keras; looking them up lazily keeps `--version`, `features` and other
+    commands' start-up free of that cost.
+    """
+
+    def __init__(self, load, case_sensitive=True):
+        self._load = load
+        self.case_sensitive = case_sensitive
+
+    @property
+    def choices(self):
+        return tuple(self._load())
+
+    @choices.setter
+    def choices(self, value):  # click assigns in __init__; the values always come from `load`
+        pass
+
+
+def _architectures():
+    from serkeras.models import ARCHITECTURES
+
+    return sorted(ARCHITECTURES)
+
+
+def _activations():
+    from serkeras.models import ACTIVATIONS
+
+    return ACTIVATIONS
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     click.echo(f"warning: {message}", err=True)
 
@@ -129,11 +162,9 @@ def split_options(f):
 
 def model_options(f):
     """Architecture and model size; defaults are the study's paper sizes with SiLU."""
-    from serkeras.models import ACTIVATIONS, ARCHITECTURES
-
     options = [
-        click.option("--arch", type=click.Choice(sorted(ARCHITECTURES)), default="2d", show_default=True),
-        click.option("--activation", type=click.Choice(ACTIVATIONS), default="silu", show_default=True),
+        click.option("--arch", type=LazyChoice(_architectures), default="2d", show_default=True),
+        click.option("--activation", type=LazyChoice(_activations), default="silu", show_default=True),
         click.option("--width", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
                      help="Scale every filter count (e.g. 0.25 for a small CPU model)."),
         click.option("--dropout", type=click.FloatRange(0, 0.9), default=0.3, show_default=True),
@@ -366,17 +397,22 @@ def predict(paths, model_path, output_format, window, hop, batch_size):
 
 def _tune_options(f):
     """The base model and the search settings of `tune`."""
-    from serkeras.models import ARCHITECTURES
-    from serkeras.tuning import OBJECTIVES, TUNERS
+    def tuning(name):
+        def load():
+            from serkeras import tuning as module
+
+            return getattr(module, name)
+
+        return LazyChoice(load)
 
     options = [
-        click.option("--arch", type=click.Choice(sorted(ARCHITECTURES)), default="2d", show_default=True),
+        click.option("--arch", type=LazyChoice(_architectures), default="2d", show_default=True),
         click.option("--width", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
                      help="Base width: scales every filter count (--search-width tries 0.5x, 1x, 2x of it)."),
         click.option("--head-units", type=click.IntRange(min=8), default=256, show_default=True),
         click.option("--dropout", type=click.FloatRange(0, 0.9), default=0.3, show_default=True,
                      help="Dropout when it is not searched."),
-        click.option("--tuner", "tuner_kind", type=click.Choice(TUNERS), default="random", show_default=True),
+        click.option("--tuner", "tuner_kind", type=tuning("TUNERS"), default="random", show_default=True),
         click.option("--max-trials", type=click.IntRange(min=1), default=10, show_default=True,
                      help="Trials in all (random, bayesian, grid; hyperband sets its own from --epochs)."),
         click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True,
@@ -384,7 +420,7 @@ def _tune_options(f):
         click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
         click.option("--patience", type=click.IntRange(min=1), default=5, show_default=True,
                      help="Early-stopping patience within a trial (epochs)."),
-        click.option("--objective", type=click.Choice(OBJECTIVES), default="val_accuracy", show_default=True),
+        click.option("--objective", type=tuning("OBJECTIVES"), default="val_accuracy", show_default=True),
         click.option("--search-dropout", is_flag=True, help="Also search dropout in {0.1, 0.3, 0.5}."),
         click.option("--search-width", is_flag=True, help="Also search the width in {0.5, 1, 2} x --width."),
         click.option("--search-name", default=None,

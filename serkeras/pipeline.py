@@ -35,6 +35,13 @@ def bucket_boundaries(lengths, batch_size, max_buckets=24):
     return sorted({int(e) + 1 for e in edges})
 
 
+def bucketed_batches(lengths, boundaries, batch_size):
+    """Batches per epoch of `bucket_by_sequence_length`: each bucket's clips, batched, last batch partial."""
+    buckets = np.searchsorted(np.asarray(boundaries), np.asarray(lengths), side="right")
+    counts = np.bincount(buckets, minlength=len(boundaries) + 1)
+    return int(np.sum(-(-counts // batch_size)))
+
+
 def _ragged(feature_list, key, order):
     values = np.concatenate([feature_list[i][key] for i in order], axis=0)
     row_lengths = [len(feature_list[i][key]) for i in order]
@@ -98,6 +105,9 @@ def make_dataset(feature_list, labels, n_classes, length_mode="variable", fixed_
             bucket_boundaries=boundaries,
             bucket_batch_sizes=[batch_size] * (len(boundaries) + 1),
         )
+        # A clip's bucket depends on its length only, so the batch count is the
+        # same every epoch; stating it lets Keras size epochs and progress bars.
+        ds = ds.apply(tf.data.experimental.assert_cardinality(bucketed_batches(lengths, boundaries, batch_size)))
     else:
         ds = ds.padded_batch(batch_size)
     ds = ds.map(_pad_to_multiple, num_parallel_calls=tf.data.AUTOTUNE)
