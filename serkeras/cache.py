@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from serkeras.audio import AudioError, load_audio
 from serkeras.corpus import warn_skipped
+from serkeras.effects import WaveAugmentation, augment_wave
 from serkeras.features import FEATURE_KINDS, FeatureConfig, extract_features
 
 CACHE_DIR_ENV = "SERKERAS_CACHE_DIR"
@@ -52,10 +53,12 @@ def resolve_cache_dir(cache_dir=None):
     return Path(cache_dir or os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR)
 
 
-def clip_key(path, config):
-    """Hash of the feature settings and the file's absolute path, size and mtime."""
+def clip_key(path, config, augmentation=None, copy=0):
+    """Hash of the feature settings, the file's absolute path, size and mtime, and the augmented copy if any."""
     stat = os.stat(path)
     ident = f"{config.extraction_key()}|{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}"
+    if augmentation is not None:
+        ident += f"|{augmentation.key(copy)}"
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
@@ -95,19 +98,23 @@ def _read_entry(base, config):
     return features
 
 
-def compute_clip(path, config):
-    """Decode and featurise one file; raises AudioError when it cannot be used."""
+def compute_clip(path, config, augmentation=None, copy=0):
+    """Decode and featurise one file (or its augmented copy `copy`); raises AudioError when it cannot be used."""
     wave = load_audio(path, config.sample_rate, config.audio_normalization, config.max_seconds)
     if len(wave) < config.min_seconds * config.sample_rate:
         raise AudioError(f"too short ({len(wave) / config.sample_rate:.2f} s < {config.min_seconds:g} s)")
+    if augmentation is not None:
+        rng = augmentation.rng(Path(path).name, copy)
+        wave = augment_wave(wave, config.sample_rate, augmentation, rng)
     return extract_features(wave, config)
 
 
-def _compute_and_store(path, base, config_dict):
+def _compute_and_store(path, base, config_dict, augmentation_dict=None, copy=0):
     """Worker: compute one clip and write its cache entry; returns (path, features or reason)."""
     config = FeatureConfig.from_dict(config_dict)
+    augmentation = WaveAugmentation.from_dict(augmentation_dict) if augmentation_dict else None
     try:
-        features = compute_clip(path, config)
+        features = compute_clip(path, config, augmentation, copy)
     except AudioError as exc:
         reason = str(exc)
         _atomic_write(base.with_suffix(".bad"), lambda f: f.write(reason.encode()))
@@ -117,8 +124,19 @@ def _compute_and_store(path, base, config_dict):
     return path, {k: v.astype(np.float32) for k, v in stored.items()}
 
 
-def _compute_chunk(chunk, config_dict):
-    return [_compute_and_store(path, base, config_dict) for path, base in chunk]
+def _compute_chunk(chunk, *settings):
+    return [_compute_and_store(path, base, *settings) for path, base in chunk]
+
+
+def _compute_only(path, config_dict):
+    try:
+        return path, compute_clip(path, FeatureConfig.from_dict(config_dict))
+    except AudioError as exc:
+        return path, str(exc)
+
+
+def _compute_only_chunk(chunk, config_dict):
+    return [_compute_only(path, config_dict) for path in chunk]
 
 
 def _worker_init():
@@ -126,7 +144,7 @@ def _worker_init():
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def cached_features(clips, config, cache_dir=None, workers=None, progress=True):
+def cached_features(clips, config, cache_dir=None, workers=None, progress=True, augmentation=None, copy=0):
     """Features for `clips`, from the cache where present, computed (in parallel) otherwise.
 
     Parameters
@@ -139,6 +157,9 @@ def cached_features(clips, config, cache_dir=None, workers=None, progress=True):
         Processes for extraction (default: every core).
     progress : bool
         Show a progress bar while extracting.
+    augmentation : serkeras.effects.WaveAugmentation, optional
+        Featurise augmented copy number `copy` of each clip instead of the clip itself.
+    copy : int
 
     Returns
     -------
@@ -150,7 +171,7 @@ def cached_features(clips, config, cache_dir=None, workers=None, progress=True):
     folder.mkdir(parents=True, exist_ok=True)
     features, skipped, todo = {}, [], []
     for clip in clips:
-        base = _entry(folder, clip.path, clip_key(clip.path, config))
+        base = _entry(folder, clip.path, clip_key(clip.path, config, augmentation, copy))
         found = _read_entry(base, config)
         if isinstance(found, dict):
             features[clip.path] = found
@@ -161,8 +182,10 @@ def cached_features(clips, config, cache_dir=None, workers=None, progress=True):
     reused = len(features) + len(skipped)
     if todo:
         workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
-        bar = tqdm(total=len(todo), desc="features", unit="clip", disable=not progress, leave=False)
-        results = _run(todo, config, workers, bar)
+        desc = f"augmented copy {copy}" if augmentation is not None else "features"
+        bar = tqdm(total=len(todo), desc=desc, unit="clip", disable=not progress, leave=False)
+        settings = (config.to_dict(), augmentation.to_dict() if augmentation is not None else None, copy)
+        results = _run(todo, settings, workers, bar)
         bar.close()
         for path, result in results:
             if isinstance(result, str):
@@ -173,21 +196,40 @@ def cached_features(clips, config, cache_dir=None, workers=None, progress=True):
     return FeatureSet(features, skipped, computed=len(todo), reused=reused, seconds=time.perf_counter() - start)
 
 
-def _run(todo, config, workers, bar):
-    config_dict = config.to_dict()
-    if workers == 1 or len(todo) < 8:
+def compute_clips(paths, config, workers=None, progress=False):
+    """Features of many files, computed in parallel and not cached (for one-off audio such as `predict` inputs).
+
+    Returns
+    -------
+    list of (path, features or reason)
+        In the order of `paths`; a reason string for a file that cannot be used.
+    """
+    workers = max(1, min(workers or os.cpu_count() or 1, len(paths) or 1))
+    bar = tqdm(total=len(paths), desc="features", unit="file", disable=not progress, leave=False)
+    results = dict(_parallel(_compute_only, _compute_only_chunk, list(paths), (config.to_dict(),), workers, bar))
+    bar.close()
+    return [(path, results[path]) for path in paths]
+
+
+def _run(todo, settings, workers, bar):
+    return _parallel(lambda item, *s: _compute_and_store(*item, *s), _compute_chunk, todo, settings, workers, bar)
+
+
+def _parallel(one, chunk_worker, items, settings, workers, bar):
+    """`one(item, *settings)` for every item, in `workers` processes (in chunks) or in this one."""
+    if workers == 1 or len(items) < 8:
         out = []
-        for path, base in todo:
-            out.append(_compute_and_store(path, base, config_dict))
+        for item in items:
+            out.append(one(item, *settings))
             bar.update()
         return out
     # spawn: safe even after TensorFlow / JAX / torch have started their threads.
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
         # Chunks amortise inter-process overhead; small enough to keep the bar moving.
-        size = max(1, min(32, len(todo) // (workers * 4)))
-        chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
-        futures = [pool.submit(_compute_chunk, chunk, config_dict) for chunk in chunks]
+        size = max(1, min(32, len(items) // (workers * 4)))
+        chunks = [items[i:i + size] for i in range(0, len(items), size)]
+        futures = [pool.submit(chunk_worker, chunk, *settings) for chunk in chunks]
         out = []
         for future in concurrent.futures.as_completed(futures):
             done = future.result()

@@ -210,6 +210,14 @@ def load_split(data_dir, manifest, split_kind, fold, n_folds, val_fraction, test
               show_default=True, help="Validation objective for checkpoints and early stopping.")
 @click.option("--label-smoothing", type=click.FloatRange(0, 0.5), default=0.0, show_default=True)
 @click.option("--class-weight/--no-class-weight", default=False, show_default=True)
+@click.option("--augment-copies", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Waveform-augmented copies of each training clip (shift, gain, noise), computed once and cached.")
+@click.option("--noise-snr", "noise_snr_db", type=(float, float), default=(10.0, 30.0), show_default=True,
+              help="SNR range (dB) of the white noise added to augmented copies.")
+@click.option("--gain-db", type=click.FloatRange(min=0), default=6.0, show_default=True,
+              help="Augmented copies get a random gain in [-gain, +gain] dB.")
+@click.option("--shift-seconds", type=click.FloatRange(min=0), default=0.25, show_default=True,
+              help="Augmented copies start up to this much earlier or later.")
 @click.option("--mixed-precision", is_flag=True, help="float16 compute (GPU).")
 @click.option("--distribute", is_flag=True, help="Data-parallel over all local GPUs (Keras distribution / tf.distribute).")
 @click.option("--folds", "all_folds", is_flag=True, help="With --split kfold: train every fold, report mean and std.")
@@ -288,7 +296,8 @@ def _train_one(corpus, split, feature_config, model_config, train_config, run_di
     from serkeras.evaluation import format_report
     from serkeras.training import prepare_split, run_training
 
-    data = prepare_split(corpus, split, feature_config, cache_dir, workers)
+    data = prepare_split(corpus, split, feature_config, cache_dir, workers,
+                         augmentation=train_config.wave_augmentation(), copies=train_config.augment_copies)
     metrics = run_training(data, feature_config, model_config, train_config, run_dir, log_dir, resume=resume,
                            describe=describe, verbose=0 if quiet else 2)
     click.echo(format_report(metrics["test"]))
@@ -365,7 +374,8 @@ def default_model_path():
               help="Window length in seconds for long recordings (default: the model's clip length, or 4 s).")
 @click.option("--hop", type=click.FloatRange(min=0.1), default=None, help="Window hop in seconds (default: window/2).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-def predict(paths, model_path, output_format, window, hop, batch_size):
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Feature processes (default: every core).")
+def predict(paths, model_path, output_format, window, hop, batch_size, workers):
     """Predict the emotion of audio files, folders or globs (any format, rate and channels)."""
     import json
 
@@ -373,7 +383,7 @@ def predict(paths, model_path, output_format, window, hop, batch_size):
 
     model, meta = _open_model(model_path or default_model_path())
     files = expand_paths(paths)
-    predictions, skipped = predict_files(model, meta, files, window, hop, batch_size)
+    predictions, skipped = predict_files(model, meta, files, window, hop, batch_size, workers)
     labels = list(meta.labels)
     if output_format == "json":
         click.echo(json.dumps([{"path": p.path, "label": p.label, "seconds": round(p.seconds, 3),

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serkeras.audio import AudioError
-from serkeras.cache import compute_clip
+from serkeras.cache import compute_clips
 from serkeras.corpus import warn_skipped
 from serkeras.errors import DataError
 from serkeras.evaluation import predict_features
@@ -50,12 +49,14 @@ def windows(frames, window, hop):
     return starts
 
 
-def predict_files(model, metadata, paths, window_seconds=None, hop_seconds=None, batch_size=32):
+def predict_files(model, metadata, paths, window_seconds=None, hop_seconds=None, batch_size=32,
+                  workers=None):
     """Predict the emotion of every readable file; unreadable ones are skipped with a warning.
 
     Recordings longer than `window_seconds` (default: the model's fixed length,
     or 4 s for variable-length models) are cut into windows `hop_seconds` apart;
-    the overall probabilities are the mean over windows.
+    the overall probabilities are the mean over windows. Features are computed in
+    `workers` processes (default: every core).
     """
     config = metadata.feature_config
     frames_per_second = config.sample_rate / config.hop_length
@@ -63,11 +64,9 @@ def predict_files(model, metadata, paths, window_seconds=None, hop_seconds=None,
     hop_seconds = hop_seconds or window_seconds / 2
     window, hop = int(window_seconds * frames_per_second), max(1, int(hop_seconds * frames_per_second))
     pieces, owners, skipped, durations = [], [], [], {}
-    for path in paths:
-        try:
-            features = compute_clip(path, config)
-        except AudioError as exc:
-            skipped.append((path, str(exc)))
+    for path, features in compute_clips(paths, config, workers):
+        if isinstance(features, str):
+            skipped.append((path, features))
             continue
         n = len(features["logmel"])
         durations[path] = (n - 1) / frames_per_second

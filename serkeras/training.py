@@ -16,6 +16,7 @@ import numpy as np
 
 from serkeras.cache import cached_features
 from serkeras.config import known_fields
+from serkeras.effects import WaveAugmentation
 from serkeras.errors import SerkerasError
 from serkeras.evaluation import (classification_report, confusion_matrix_figure, model_input_names,
                                  predict_features, save_confusion_matrix)
@@ -46,6 +47,10 @@ class TrainConfig:
     mixed_precision: bool = False
     distribute: bool = False
     seed: int = 0
+    augment_copies: int = 0
+    noise_snr_db: tuple = (10.0, 30.0)
+    gain_db: float = 6.0
+    shift_seconds: float = 0.25
 
     def __post_init__(self):
         for value, allowed, what in ((self.schedule, SCHEDULES, "schedule"), (self.optimizer, OPTIMIZERS, "optimizer"),
@@ -54,11 +59,17 @@ class TrainConfig:
                 raise SerkerasError(f"{what} must be one of {', '.join(allowed)}, got {value!r}")
 
     def to_dict(self):
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "noise_snr_db": list(self.noise_snr_db)}
 
     @classmethod
     def from_dict(cls, config):
         return known_fields(cls, config)
+
+    def wave_augmentation(self):
+        """The waveform augmentation of the training part, or None when `augment_copies` is 0."""
+        if not self.augment_copies:
+            return None
+        return WaveAugmentation(tuple(self.noise_snr_db), self.gain_db, self.shift_seconds, self.seed)
 
 
 @dataclasses.dataclass
@@ -76,8 +87,14 @@ class SplitData:
                             input_names=input_names)
 
 
-def prepare_split(corpus, split, feature_config, cache_dir=None, workers=None, progress=True):
-    """Cached features for every part of `split`; statistics from the training part only."""
+def prepare_split(corpus, split, feature_config, cache_dir=None, workers=None, progress=True, augmentation=None,
+                  copies=0):
+    """Cached features for every part of `split`; statistics from the training part only.
+
+    With `augmentation` (a `serkeras.effects.WaveAugmentation`), the training part
+    also gets `copies` augmented copies of each of its clips; validation and test
+    parts never do, and the statistics come from the original clips.
+    """
     everything = [c for part in split.parts().values() for c in part]
     featureset = cached_features(everything, feature_config, cache_dir, workers=workers, progress=progress)
     parts = {}
@@ -86,7 +103,17 @@ def prepare_split(corpus, split, feature_config, cache_dir=None, workers=None, p
         if not kept:
             raise SerkerasError(f"the {name} part of the split has no usable clips")
         parts[name] = (kept, features, corpus.label_indices(kept))
-    return SplitData(corpus.labels, parts, compute_stats(parts["train"][1]))
+    stats = compute_stats(parts["train"][1])
+    if augmentation is not None:
+        originals = parts["train"][0]
+        train_clips, train_features, train_labels = parts["train"]
+        for copy in range(1, copies + 1):
+            kept, features = cached_features(originals, feature_config, cache_dir, workers=workers, progress=progress,
+                                             augmentation=augmentation, copy=copy).of(originals)
+            train_clips, train_features = train_clips + kept, train_features + features
+            train_labels = list(train_labels) + corpus.label_indices(kept)
+        parts["train"] = (train_clips, train_features, train_labels)
+    return SplitData(corpus.labels, parts, stats)
 
 
 def make_optimizer(config, steps_per_epoch):

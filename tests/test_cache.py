@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from serkeras.cache import CACHE_DIR_ENV, DEFAULT_CACHE_DIR, cached_features, clip_key, compute_clip, resolve_cache_dir
+from serkeras.cache import (CACHE_DIR_ENV, DEFAULT_CACHE_DIR, cached_features, clip_key, compute_clip, compute_clips,
+                            resolve_cache_dir)
 from serkeras.corpus import Clip, SkippedFilesWarning, load_crema_d
 from serkeras.features import FeatureConfig
 
@@ -282,3 +283,17 @@ def test_ten_minute_clip_refused_or_processed(tmp_path, cache_dir):
     assert features["logmel"].shape == (1 + 600 * 8000 // 800, 64)
     assert features["spectral"].shape == (6001, config.n_spectral)
     assert all(np.isfinite(a).all() for a in features.values())
+
+
+def test_compute_clips_in_parallel_matches_one_by_one_and_reports_bad_files(real_clips, tmp_path):
+    good = sorted(str(p) for p in real_clips.paths)[:9]
+    bad = tmp_path / "1001_DFA_ANG_XX.wav"
+    bad.write_bytes(b"not audio at all")
+    paths = good[:4] + [str(bad)] + good[4:]
+    config = FeatureConfig()
+    results = compute_clips(paths, config, workers=2)
+    assert [p for p, _ in results] == paths
+    assert isinstance(results[4][1], str)
+    for path, features in results[:4] + results[5:]:
+        expected = compute_clip(path, config)
+        np.testing.assert_allclose(features["logmel"], expected["logmel"], rtol=1e-5, atol=1e-4)

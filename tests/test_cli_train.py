@@ -153,3 +153,14 @@ def test_resume_after_kill(crema_subset, workdir):
     epochs = [int(row["epoch"]) for row in csv.DictReader(open(history))]
     assert epochs == list(range(done + 2)), epochs
     assert (workdir / "saved_models" / "killed" / "model.keras").is_file()
+
+
+def test_train_with_waveform_augmented_copies(crema_subset, workdir):
+    result = run_cli(["train", "--data-dir", str(crema_subset), "--split", "actor", "--epochs", "1",
+                      "--run-name", "augmented", "--cache-dir", str(workdir / "cache"), "--augment-copies", "1",
+                      "--noise-snr", "5", "20"] + TINY, workdir)
+    assert result.exit_code == 0, result.output
+    config = json.loads((workdir / "saved_models" / "augmented" / "config.json").read_text())
+    assert config["train_config"]["augment_copies"] == 1
+    assert config["train_config"]["noise_snr_db"] == [5.0, 20.0]
+    assert (workdir / "saved_models" / "augmented" / "model.keras").is_file()
