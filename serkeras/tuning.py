@@ -193,9 +193,10 @@ def _value_at(trial, name, step):
 
 
 def completed_trials(tuner):
-    """Completed trials, best first."""
+    """Completed trials, best first; equal scores in trial order, so a reloaded search ranks the same."""
     trials = [t for t in tuner.oracle.trials.values() if t.status == "COMPLETED" and t.score is not None]
-    return sorted(trials, key=lambda t: t.score, reverse=tuner.oracle.objective.direction == "max")
+    sign = -1 if tuner.oracle.objective.direction == "max" else 1
+    return sorted(trials, key=lambda t: (sign * t.score, int(t.trial_id) if t.trial_id.isdigit() else 0, t.trial_id))
 
 
 def trial_table(tuner):
