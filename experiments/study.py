@@ -300,7 +300,24 @@ def report():
              "input length (combined, silu)")
 
     (RESULTS_DIR / "confusions.md").write_text("\n".join(confusions(results)))
+    write_runs_table(results, RESULTS_DIR / "runs.csv")
     click.echo(f"wrote {RESULTS_DIR}/")
+
+
+def write_runs_table(results, path):
+    """Every finished run in one CSV: settings, val/test metrics, time, and the exact command."""
+    import csv
+
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["run", "split", "val_accuracy", "test_accuracy", "test_macro_f1", "test_clips",
+                         "parameters", "train_seconds", "wall_seconds", "command"])
+        for name, result in sorted(results.items()):
+            metrics, record = result["metrics"], result["record"] or {}
+            writer.writerow([name, result["config"]["split"], f"{metrics['val']['accuracy']:.4f}",
+                             f"{metrics['test']['accuracy']:.4f}", f"{metrics['test']['macro_f1']:.4f}",
+                             metrics["test"]["n"], metrics["parameters"], f"{metrics['train_seconds']:.0f}",
+                             record.get("wall_seconds", ""), record.get("command", "")])
 
 
 def confusions(results):
