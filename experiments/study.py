@@ -49,10 +49,12 @@ class Run:
     learning_rate: float = 1e-3
     length: str = "variable"
     split: str = "actor"
+    seed: int = 0  # also picks the split; the tables use seed 0, other seeds repeat a run for its spread
 
     @property
     def name(self):
-        return f"{self.arch}-{self.activation}-lr{self.learning_rate:g}-{self.length}-{self.split}"
+        name = f"{self.arch}-{self.activation}-lr{self.learning_rate:g}-{self.length}-{self.split}"
+        return f"{name}-seed{self.seed}" if self.seed else name
 
 
 def question_runs(question, split):
@@ -76,7 +78,7 @@ def train_command(run, data_dir, budget, resume):
                "--width", f"{budget['width']:g}", "--epochs", str(budget["epochs"]),
                "--hop-length", str(budget["hop_length"]), "--n-mels", str(budget["n_mels"]),
                "--schedule", budget["schedule"], "--patience", str(budget["epochs"]),
-               "--seed", str(budget["seed"]), "--run-name", f"study/{run.name}", "--quiet"]
+               "--seed", str(run.seed), "--run-name", f"study/{run.name}", "--quiet"]
     if data_dir:
         command += ["--data-dir", str(data_dir)]
     if resume:
@@ -111,7 +113,8 @@ def run(data_dir, questions, splits, width, epochs, hop_length, n_mels, schedule
     todo = []
     for question in questions or QUESTIONS:
         for split in splits or SPLITS:
-            todo += [r for r in question_runs(question, split) if r not in todo]
+            todo += [dataclasses.replace(r, seed=seed) for r in question_runs(question, split)
+                     if dataclasses.replace(r, seed=seed) not in todo]
     # Every split's cheap runs first so each question gets answers early.
     todo.sort(key=lambda r: (r.arch != "1d", r.arch == "combined"))
     for i, r in enumerate(todo, 1):

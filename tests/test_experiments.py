@@ -30,13 +30,14 @@ def test_every_question_runs_on_both_splits_and_shared_runs_train_once():
 def test_commands_are_valid_train_invocations():
     study = load_study()
     budget = {"width": 0.25, "epochs": 10, "hop_length": 320, "n_mels": 40, "schedule": "cosine", "seed": 0}
+    assert study.Run("1d", seed=2).name.endswith("-seed2") and "seed" not in study.Run("1d").name
     for resume in (False, True):
-        command = study.train_command(study.Run("combined", "elu", 1e-2, "fixed", "actor"), "/data", budget, resume)
+        command = study.train_command(study.Run("combined", "elu", 1e-2, "fixed", "actor", 3), "/data", budget, resume)
         assert command[:2] == ["serkeras", "train"]
         context = main.commands["train"].make_context("train", command[2:])
         assert context.params["arch"] == "combined" and context.params["length_mode"] == "fixed"
         assert context.params["learning_rate"] == 1e-2 and context.params["hop_length"] == 320
-        assert context.params["resume"] is resume
+        assert context.params["resume"] is resume and context.params["seed"] == 3
 
 
 def test_accuracy_interval():
