@@ -334,7 +334,8 @@ def confusions(results):
              "numbers are not cherry-picked), per-class F1 of that run, and the most confused pairs summed "
              "over every study run on that split. Rows are the acted emotion, columns the prediction.", ""]
     for split in SPLITS:
-        finished = {n: r for n, r in results.items() if r["config"]["split"] == split}
+        # Seed 0 only, like the tables; repeats with other seeds have other validation actors.
+        finished = {n: r for n, r in results.items() if r["config"]["split"] == split and r["config"]["seed"] == 0}
         lines += [f"## {split} split", ""]
         if not finished:
             lines += ["No finished run.", ""]
