@@ -332,7 +332,7 @@ def confusions(results):
     lines = ["# Which emotions are confused", "",
              "Per split: the confusion matrix of the run with the best *validation* accuracy (so the test "
              "numbers are not cherry-picked), per-class F1 of that run, and the most confused pairs summed "
-             "over every study run on that split. Rows are the acted emotion, columns the prediction.", ""]
+             "over every seed-0 study run on that split. Rows are the acted emotion, columns the prediction.", ""]
     for split in SPLITS:
         # Seed 0 only, like the tables; repeats with other seeds have other validation actors.
         finished = {n: r for n, r in results.items() if r["config"]["split"] == split and r["config"]["seed"] == 0}
