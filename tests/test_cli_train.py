@@ -164,3 +164,13 @@ def test_train_with_waveform_augmented_copies(crema_subset, workdir):
     assert config["train_config"]["augment_copies"] == 1
     assert config["train_config"]["noise_snr_db"] == [5.0, 20.0]
     assert (workdir / "saved_models" / "augmented" / "model.keras").is_file()
+
+
+def test_same_seed_gives_the_same_run_on_cpu(crema_subset, workdir, trained):
+    # A second run with the trained fixture's settings and seed: identical per-epoch metrics.
+    result = run_cli(["train", "--data-dir", str(crema_subset), "--split", "actor", "--epochs", "2",
+                      "--run-name", "tiny-again", "--cache-dir", str(workdir / "cache")] + TINY, workdir)
+    assert result.exit_code == 0, result.output
+    first, again = (list(csv.DictReader(open(workdir / "saved_models" / name / "history.csv")))
+                    for name in ("tiny", "tiny-again"))
+    assert first == again
