@@ -538,5 +538,34 @@ def tune(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction,
     click.echo(f"best model: {search_dir / 'best.keras'}  (TensorBoard HParams: tensorboard --logdir {search_logs})")
 
 
+
+@main.command("export")
+@click.argument("model_path", metavar="MODEL.keras", type=click.Path(dir_okay=False))
+@click.option("--format", "export_format", type=click.Choice(["tf_saved_model", "onnx", "litert"]),  # export.FORMATS
+              default="tf_saved_model", show_default=True)
+@click.option("--output", type=click.Path(), default=None,
+              help="Where to write (default: next to the model, named after the format).")
+def export_command(model_path, export_format, output):
+    """Export a model for serving (Keras' Model.export) and check it predicts like the .keras file."""
+    from pathlib import Path
+
+    from serkeras.export import SUFFIXES, check_export, export_model
+
+    model, _ = _open_model(model_path)
+    suffix = SUFFIXES[export_format]
+    output = Path(output) if output else Path(model_path).with_name(f"{Path(model_path).stem}-{export_format}{suffix}")
+    if suffix and output.suffix != suffix:
+        output = output.with_name(output.name + suffix)  # the exporters insist on their suffix
+    export_model(model, output, export_format)
+    difference = check_export(model, output, export_format)
+    if difference is None:
+        click.echo(f"wrote {output} (not checked: the {export_format} runtime is not installed)")
+    elif difference > 1e-4:
+        raise SerkerasError(f"the export at {output} predicts differently from {model_path} "
+                            f"(max difference {difference:.2g})")
+    else:
+        click.echo(f"wrote {output}; reloaded, it gives the same probabilities (max difference {difference:.1g})")
+
+
 if __name__ == "__main__":
     main()
