@@ -124,19 +124,21 @@ def _compute_and_store(path, base, config_dict, augmentation_dict=None, copy=0):
     return path, {k: v.astype(np.float32) for k, v in stored.items()}
 
 
-def _compute_chunk(chunk, *settings):
-    return [_compute_and_store(path, base, *settings) for path, base in chunk]
+def _store_item(item, *settings):
+    path, base = item
+    return _compute_and_store(path, base, *settings)
 
 
 def _compute_only(path, config_dict):
+    """Worker: compute one file's features without caching; returns (path, features or reason)."""
     try:
         return path, compute_clip(path, FeatureConfig.from_dict(config_dict))
     except AudioError as exc:
         return path, str(exc)
 
 
-def _compute_only_chunk(chunk, config_dict):
-    return [_compute_only(path, config_dict) for path in chunk]
+def _apply_chunk(one, chunk, *settings):
+    return [one(item, *settings) for item in chunk]
 
 
 def _worker_init():
@@ -185,7 +187,7 @@ def cached_features(clips, config, cache_dir=None, workers=None, progress=True, 
         desc = f"augmented copy {copy}" if augmentation is not None else "features"
         bar = tqdm(total=len(todo), desc=desc, unit="clip", disable=not progress, leave=False)
         settings = (config.to_dict(), augmentation.to_dict() if augmentation is not None else None, copy)
-        results = _run(todo, settings, workers, bar)
+        results = _parallel(_store_item, todo, settings, workers, bar)
         bar.close()
         for path, result in results:
             if isinstance(result, str):
@@ -206,16 +208,12 @@ def compute_clips(paths, config, workers=None, progress=False):
     """
     workers = max(1, min(workers or os.cpu_count() or 1, len(paths) or 1))
     bar = tqdm(total=len(paths), desc="features", unit="file", disable=not progress, leave=False)
-    results = dict(_parallel(_compute_only, _compute_only_chunk, list(paths), (config.to_dict(),), workers, bar))
+    results = dict(_parallel(_compute_only, list(paths), (config.to_dict(),), workers, bar))
     bar.close()
     return [(path, results[path]) for path in paths]
 
 
-def _run(todo, settings, workers, bar):
-    return _parallel(lambda item, *s: _compute_and_store(*item, *s), _compute_chunk, todo, settings, workers, bar)
-
-
-def _parallel(one, chunk_worker, items, settings, workers, bar):
+def _parallel(one, items, settings, workers, bar):
     """`one(item, *settings)` for every item, in `workers` processes (in chunks) or in this one."""
     if workers == 1 or len(items) < 8:
         out = []
@@ -229,7 +227,7 @@ def _parallel(one, chunk_worker, items, settings, workers, bar):
         # Chunks amortise inter-process overhead; small enough to keep the bar moving.
         size = max(1, min(32, len(items) // (workers * 4)))
         chunks = [items[i:i + size] for i in range(0, len(items), size)]
-        futures = [pool.submit(chunk_worker, chunk, *settings) for chunk in chunks]
+        futures = [pool.submit(_apply_chunk, one, chunk, *settings) for chunk in chunks]
         out = []
         for future in concurrent.futures.as_completed(futures):
             done = future.result()

@@ -7,6 +7,7 @@ import warnings
 import click
 
 from serkeras import __version__
+from serkeras.effects import WaveAugmentation  # numpy only: its defaults are the CLI's
 from serkeras.errors import SerkerasError
 
 # Quiet TensorFlow's C++ start-up chatter before anything imports it.
@@ -34,16 +35,16 @@ class LazyChoice(click.Choice):
         pass
 
 
-def _architectures():
-    from serkeras.models import ARCHITECTURES
+def lazy_choice(module, name):
+    """A LazyChoice over the sequence `name` of serkeras module `module`, imported on first use."""
 
-    return sorted(ARCHITECTURES)
+    def load():
+        import importlib
 
+        values = getattr(importlib.import_module(f"serkeras.{module}"), name)
+        return sorted(values) if isinstance(values, dict) else values  # a registry's names, or a tuple in order
 
-def _activations():
-    from serkeras.models import ACTIVATIONS
-
-    return ACTIVATIONS
+    return LazyChoice(load)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -163,8 +164,8 @@ def split_options(f):
 def model_options(f):
     """Architecture and model size; defaults are the study's paper sizes with SiLU."""
     options = [
-        click.option("--arch", type=LazyChoice(_architectures), default="2d", show_default=True),
-        click.option("--activation", type=LazyChoice(_activations), default="silu", show_default=True),
+        click.option("--arch", type=lazy_choice("models", "ARCHITECTURES"), default="2d", show_default=True),
+        click.option("--activation", type=lazy_choice("models", "ACTIVATIONS"), default="silu", show_default=True),
         click.option("--width", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
                      help="Scale every filter count (e.g. 0.25 for a small CPU model)."),
         click.option("--dropout", type=click.FloatRange(0, 0.9), default=0.3, show_default=True),
@@ -212,11 +213,12 @@ def load_split(data_dir, manifest, split_kind, fold, n_folds, val_fraction, test
 @click.option("--class-weight/--no-class-weight", default=False, show_default=True)
 @click.option("--augment-copies", type=click.IntRange(min=0), default=0, show_default=True,
               help="Waveform-augmented copies of each training clip (shift, gain, noise), computed once and cached.")
-@click.option("--noise-snr", "noise_snr_db", type=(float, float), default=(10.0, 30.0), show_default=True,
+@click.option("--noise-snr", "noise_snr_db", type=(float, float), default=WaveAugmentation.snr_db, show_default=True,
               help="SNR range (dB) of the white noise added to augmented copies.")
-@click.option("--gain-db", type=click.FloatRange(min=0), default=6.0, show_default=True,
+@click.option("--gain-db", type=click.FloatRange(min=0), default=WaveAugmentation.gain_db, show_default=True,
               help="Augmented copies get a random gain in [-gain, +gain] dB.")
-@click.option("--shift-seconds", type=click.FloatRange(min=0), default=0.25, show_default=True,
+@click.option("--shift-seconds", type=click.FloatRange(min=0), default=WaveAugmentation.shift_seconds,
+              show_default=True,
               help="Augmented copies start up to this much earlier or later.")
 @click.option("--mixed-precision", is_flag=True, help="float16 compute (GPU).")
 @click.option("--distribute", is_flag=True, help="Data-parallel over all local GPUs (Keras distribution / tf.distribute).")
@@ -407,22 +409,14 @@ def predict(paths, model_path, output_format, window, hop, batch_size, workers):
 
 def _tune_options(f):
     """The base model and the search settings of `tune`."""
-    def tuning(name):
-        def load():
-            from serkeras import tuning as module
-
-            return getattr(module, name)
-
-        return LazyChoice(load)
-
     options = [
-        click.option("--arch", type=LazyChoice(_architectures), default="2d", show_default=True),
+        click.option("--arch", type=lazy_choice("models", "ARCHITECTURES"), default="2d", show_default=True),
         click.option("--width", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
                      help="Base width: scales every filter count (--search-width tries 0.5x, 1x, 2x of it)."),
         click.option("--head-units", type=click.IntRange(min=8), default=256, show_default=True),
         click.option("--dropout", type=click.FloatRange(0, 0.9), default=0.3, show_default=True,
                      help="Dropout when it is not searched."),
-        click.option("--tuner", "tuner_kind", type=tuning("TUNERS"), default="random", show_default=True),
+        click.option("--tuner", "tuner_kind", type=lazy_choice("tuning", "TUNERS"), default="random", show_default=True),
         click.option("--max-trials", type=click.IntRange(min=1), default=10, show_default=True,
                      help="Trials in all (random, bayesian, grid; hyperband sets its own from --epochs)."),
         click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True,
@@ -430,7 +424,7 @@ def _tune_options(f):
         click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
         click.option("--patience", type=click.IntRange(min=1), default=5, show_default=True,
                      help="Early-stopping patience within a trial (epochs)."),
-        click.option("--objective", type=tuning("OBJECTIVES"), default="val_accuracy", show_default=True),
+        click.option("--objective", type=lazy_choice("tuning", "OBJECTIVES"), default="val_accuracy", show_default=True),
         click.option("--search-dropout", is_flag=True, help="Also search dropout in {0.1, 0.3, 0.5}."),
         click.option("--search-width", is_flag=True, help="Also search the width in {0.5, 1, 2} x --width."),
         click.option("--search-name", default=None,
@@ -541,8 +535,8 @@ def tune(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction,
 
 @main.command("export")
 @click.argument("model_path", metavar="MODEL.keras", type=click.Path(dir_okay=False))
-@click.option("--format", "export_format", type=click.Choice(["tf_saved_model", "onnx", "litert"]),  # export.FORMATS
-              default="tf_saved_model", show_default=True)
+@click.option("--format", "export_format", type=lazy_choice("export", "FORMATS"), default="tf_saved_model",
+              show_default=True)
 @click.option("--output", type=click.Path(), default=None,
               help="Where to write (default: next to the model, named after the format).")
 def export_command(model_path, export_format, output):

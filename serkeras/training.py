@@ -48,9 +48,9 @@ class TrainConfig:
     distribute: bool = False
     seed: int = 0
     augment_copies: int = 0
-    noise_snr_db: tuple = (10.0, 30.0)
-    gain_db: float = 6.0
-    shift_seconds: float = 0.25
+    noise_snr_db: tuple = WaveAugmentation.snr_db
+    gain_db: float = WaveAugmentation.gain_db
+    shift_seconds: float = WaveAugmentation.shift_seconds
 
     def __post_init__(self):
         for value, allowed, what in ((self.schedule, SCHEDULES, "schedule"), (self.optimizer, OPTIMIZERS, "optimizer"),
