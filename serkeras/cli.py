@@ -106,6 +106,8 @@ def feature_options(f):
         click.option("--fmin", type=click.FloatRange(min=0), default=d.fmin, show_default=True),
         click.option("--fmax", type=click.FloatRange(min=100), default=d.fmax, show_default=True),
         click.option("--n-mfcc", type=click.IntRange(min=2), default=d.n_mfcc, show_default=True),
+        click.option("--pitch/--no-pitch", default=d.pitch, show_default=True,
+                     help="Add log F0 (YIN) and its delta to the spectral features."),
         click.option("--audio-normalization", type=click.Choice(["peak", "rms", "none"]),
                      default=d.audio_normalization, show_default=True),
     ]
@@ -119,7 +121,7 @@ def feature_config_from(kwargs):
     from serkeras.features import FeatureConfig
 
     names = ("length_mode", "fixed_seconds", "sample_rate", "n_mels", "n_fft", "win_length", "hop_length",
-             "fmin", "fmax", "n_mfcc", "audio_normalization")
+             "fmin", "fmax", "n_mfcc", "pitch", "audio_normalization")
     try:
         return FeatureConfig(**{n: kwargs.pop(n) for n in names})
     except ValueError as exc:
@@ -172,6 +174,10 @@ def model_options(f):
         click.option("--head-units", type=click.IntRange(min=8), default=256, show_default=True),
         click.option("--augment/--no-augment", "spec_augment", default=False, show_default=True,
                      help="SpecAugment-style time/frequency masking during training."),
+        click.option("--utterance-norm", type=lazy_choice("models", "UTTERANCE_NORMS"), default="none",
+                     show_default=True, help="Remove each clip's own feature mean (and variance) after standardising."),
+        click.option("--pooling", type=lazy_choice("models", "POOLINGS"), default="average", show_default=True,
+                     help="Frames to one vector: masked average or attentive statistics (mean and std)."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -181,7 +187,7 @@ def model_options(f):
 def model_config_from(kwargs):
     from serkeras.models import ModelConfig
 
-    names = ("arch", "activation", "width", "dropout", "head_units", "spec_augment")
+    names = ("arch", "activation", "width", "dropout", "head_units", "spec_augment", "utterance_norm", "pooling")
     return ModelConfig(**{n: kwargs.pop(n) for n in names})
 
 
@@ -220,6 +226,8 @@ def load_split(data_dir, manifest, split_kind, fold, n_folds, val_fraction, test
 @click.option("--shift-seconds", type=click.FloatRange(min=0), default=WaveAugmentation.shift_seconds,
               show_default=True,
               help="Augmented copies start up to this much earlier or later.")
+@click.option("--speed", type=click.FloatRange(0, 0.5), default=WaveAugmentation.speed, show_default=True,
+              help="Augmented copies play at a random speed in [1 - speed, 1 + speed] (tempo and pitch).")
 @click.option("--mixed-precision", is_flag=True, help="float16 compute (GPU).")
 @click.option("--distribute", is_flag=True, help="Data-parallel over all local GPUs (Keras distribution / tf.distribute).")
 @click.option("--folds", "all_folds", is_flag=True, help="With --split kfold: train every fold, report mean and std.")

@@ -1,4 +1,4 @@
-"""Waveform augmentation: time shift, gain and additive noise at a random SNR.
+"""Waveform augmentation: speed perturbation, time shift, gain and additive noise at a random SNR.
 
 Augmented copies of training clips are computed once and cached like any other
 features (see `serkeras.cache.cached_features`), so training costs no extra
@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 
+import librosa
 import numpy as np
 
 from serkeras.config import known_fields
@@ -27,12 +28,16 @@ class WaveAugmentation:
         Gain drawn uniformly from [-gain_db, gain_db] (dB), applied after the loader's normalisation.
     shift_seconds : float
         The clip starts up to this much later (leading silence) or earlier (start cut off).
+    speed : float
+        Speed factor drawn uniformly from [1 - speed, 1 + speed]; tempo and pitch change
+        together, as if another, faster or slower, voice said it (0 turns it off).
     seed : int
     """
 
     snr_db: tuple = (10.0, 30.0)
     gain_db: float = 6.0
     shift_seconds: float = 0.25
+    speed: float = 0.0
     seed: int = 0
 
     def __post_init__(self):
@@ -42,6 +47,8 @@ class WaveAugmentation:
         object.__setattr__(self, "snr_db", (float(low), float(high)))
         if self.gain_db < 0 or self.shift_seconds < 0:
             raise ValueError("gain_db and shift_seconds must be >= 0")
+        if not 0 <= self.speed < 1:
+            raise ValueError(f"speed must be in [0, 1), got {self.speed}")
 
     def to_dict(self):
         return {**dataclasses.asdict(self), "snr_db": list(self.snr_db)}
@@ -52,13 +59,23 @@ class WaveAugmentation:
 
     def key(self, copy):
         """A short hash naming copy number `copy` under these settings (part of the cache key)."""
-        text = json.dumps({**self.to_dict(), "copy": copy}, sort_keys=True)
+        settings = self.to_dict()
+        if not self.speed:  # copies made before speed existed keep their keys
+            del settings["speed"]
+        text = json.dumps({**settings, "copy": copy}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def rng(self, clip_id, copy):
         """The random generator of one copy of one clip: fixed by seed, clip and copy."""
         digest = hashlib.sha256(f"{self.seed}|{clip_id}|{copy}".encode()).digest()
         return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def change_speed(wave, factor):
+    """Play `wave` `factor` times as fast (resampling: tempo and pitch scale together)."""
+    if factor == 1.0:
+        return wave
+    return librosa.resample(wave, orig_sr=factor, target_sr=1.0).astype(wave.dtype)
 
 
 def time_shift(wave, samples):
@@ -86,7 +103,7 @@ def add_noise(wave, snr_db, rng):
 
 
 def augment_wave(wave, sample_rate, augmentation, rng):
-    """One random augmented copy of `wave`: shift, then gain, then noise.
+    """One random augmented copy of `wave`: speed, then shift, then gain, then noise.
 
     Parameters
     ----------
@@ -96,6 +113,8 @@ def augment_wave(wave, sample_rate, augmentation, rng):
     rng : numpy.random.Generator
         From `augmentation.rng(clip_id, copy)` for reproducible copies.
     """
+    if augmentation.speed:  # drawn only when on, so copies made without speed stay as they were
+        wave = change_speed(wave, rng.uniform(1 - augmentation.speed, 1 + augmentation.speed))
     max_shift = int(augmentation.shift_seconds * sample_rate)
     wave = time_shift(wave, int(rng.integers(-max_shift, max_shift + 1)) if max_shift else 0)
     wave = apply_gain(wave, rng.uniform(-augmentation.gain_db, augmentation.gain_db))

@@ -23,7 +23,9 @@ class FeatureConfig:
     """Everything that turns a waveform into model inputs (serialisable).
 
     The defaults suit 16 kHz speech: 25 ms windows every 10 ms, 64 mel bands
-    from 20 Hz to 8 kHz, 20 MFCCs with deltas.
+    from 20 Hz to 8 kHz, 20 MFCCs with deltas. `pitch` adds the log
+    fundamental frequency (YIN, 60-500 Hz) and its delta to the spectral
+    features: prosody that MFCCs and 40-64 mel bands barely resolve.
     """
 
     sample_rate: int = 16000
@@ -34,6 +36,7 @@ class FeatureConfig:
     fmin: float = 20.0
     fmax: float = 8000.0
     n_mfcc: int = 20
+    pitch: bool = False
     audio_normalization: str = "peak"
     length_mode: str = "variable"
     fixed_seconds: float = 3.0
@@ -80,7 +83,11 @@ def spectral_feature_names(config):
         + ["rms", "zcr", "centroid", "bandwidth", "rolloff", "flatness"]
         + [f"contrast_{i}" for i in range(7)]
         + [f"chroma_{i}" for i in range(12)]
+        + (["log_f0", "log_f0_delta"] if config.pitch else [])
     )
+
+# Speech F0 range searched by YIN; the frame must hold two periods of PITCH_FMIN.
+PITCH_FMIN, PITCH_FMAX = 60.0, 500.0
 
 
 def extract_features(wave, config):
@@ -121,11 +128,25 @@ def extract_features(wave, config):
         librosa.feature.chroma_stft(S=power, sr=c.sample_rate, n_fft=c.n_fft, tuning=0.0),
     ]
     frames = logmel.shape[1]
+    if c.pitch:
+        rows += list(_log_f0(wave, c, frames))
     spectral = np.concatenate([r[:, :frames] for r in rows], axis=0)
     return {
         "logmel": np.ascontiguousarray(logmel.T, dtype=np.float32),
         "spectral": np.ascontiguousarray(np.nan_to_num(spectral.T), dtype=np.float32),
     }
+
+
+def _log_f0(wave, config, frames):
+    """Log2 F0 (octaves above 100 Hz) and its delta, one value per STFT frame."""
+    frame_length = max(config.n_fft, 2 ** int(np.ceil(np.log2(2.2 * config.sample_rate / PITCH_FMIN))))
+    f0 = librosa.yin(np.pad(wave, (0, max(0, frame_length - len(wave)))), fmin=PITCH_FMIN,
+                     fmax=min(PITCH_FMAX, config.sample_rate / 4), sr=config.sample_rate,
+                     frame_length=frame_length, hop_length=config.hop_length, center=True)
+    log_f0 = np.log2(f0[:frames] / 100.0)
+    log_f0 = np.pad(log_f0, (0, frames - len(log_f0)), mode="edge")[None, :]
+    delta = librosa.feature.delta(log_f0, width=min(9, _odd_at_most(frames)), mode="nearest")
+    return log_f0, delta
 
 
 def _odd_at_most(n):

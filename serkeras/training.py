@@ -51,6 +51,7 @@ class TrainConfig:
     noise_snr_db: tuple = WaveAugmentation.snr_db
     gain_db: float = WaveAugmentation.gain_db
     shift_seconds: float = WaveAugmentation.shift_seconds
+    speed: float = WaveAugmentation.speed
 
     def __post_init__(self):
         for value, allowed, what in ((self.schedule, SCHEDULES, "schedule"), (self.optimizer, OPTIMIZERS, "optimizer"),
@@ -69,7 +70,7 @@ class TrainConfig:
         """The waveform augmentation of the training part, or None when `augment_copies` is 0."""
         if not self.augment_copies:
             return None
-        return WaveAugmentation(tuple(self.noise_snr_db), self.gain_db, self.shift_seconds, self.seed)
+        return WaveAugmentation(tuple(self.noise_snr_db), self.gain_db, self.shift_seconds, self.speed, self.seed)
 
 
 @dataclasses.dataclass

@@ -5,8 +5,10 @@ Run as::
     KERAS_BACKEND=jax python tests/backend_checks.py [EXPORT_DIR]
     KERAS_BACKEND=tensorflow python tests/backend_checks.py --reload EXPORT_DIR
 
-For every architecture ("1d", "2d", "combined") at a tiny width and both length
-modes (variable, fixed 1 s) it builds a model on synthetic features and checks:
+For every registered architecture at a tiny width and both length modes
+(variable, fixed 1 s) it builds a model on synthetic features and checks (the
+newer architectures with attentive pooling and per-utterance normalisation, so
+those layers run under every backend too):
 
 * ``padding``  (variable mode) a clip predicted alone equals the same clip in a
   batch padded to a much longer clip (atol 1e-5);
@@ -46,10 +48,14 @@ import numpy as np  # noqa: E402
 import keras  # noqa: E402
 
 from serkeras.features import FeatureConfig, compute_stats, fit_to_length  # noqa: E402
-from serkeras.models import ModelConfig, build_model, load_model, model_metadata  # noqa: E402
+from serkeras.models import ARCHITECTURES, ModelConfig, build_model, load_model, model_metadata  # noqa: E402
 
 LABELS = ["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"]
-ARCHS = ("1d", "2d", "combined")
+ARCHS = tuple(sorted(ARCHITECTURES))
+#: Settings beyond the tiny width, per architecture: every optional layer gets built somewhere.
+EXTRA = {"resnet": {"pooling": "attention", "utterance_norm": "mean"},
+         "crnn": {"pooling": "attention", "utterance_norm": "meanvar", "rnn_units": 8},
+         "conformer": {"encoder_layers": 1, "attention_units": 16}}
 TRAIN_LENGTHS = (40, 300, 73, 187, 120, 256, 95, 211)  # 8 clips, batch 4 -> 2 steps
 EXPORT_LENGTHS = (48, 131, 203)
 PAD_ATOL = 1e-5
@@ -246,7 +252,7 @@ def main(argv):
             for arch in ARCHS:
                 start = time.perf_counter()
                 tag = f"{arch}/{length_mode}"
-                model_config = ModelConfig(arch=arch, width=0.125, head_units=32)
+                model_config = ModelConfig(arch=arch, width=0.125, head_units=32, **EXTRA.get(arch, {}))
                 try:
                     model = build_model(feature_config, model_config, LABELS, stats)
                 except Exception as exc:

@@ -1,11 +1,14 @@
 """Waveform augmentation: the effects themselves, reproducible cached copies, and the training part they feed."""
 
+import hashlib
+import json
+
 import numpy as np
 import pytest
 
 from serkeras.cache import cached_features
 from serkeras.corpus import load_crema_d
-from serkeras.effects import WaveAugmentation, add_noise, apply_gain, augment_wave, time_shift
+from serkeras.effects import WaveAugmentation, add_noise, apply_gain, augment_wave, change_speed, time_shift
 from serkeras.features import FeatureConfig
 from serkeras.splits import make_split
 from serkeras.training import TrainConfig, prepare_split
@@ -57,8 +60,10 @@ def test_settings_round_trip_and_validation():
         WaveAugmentation(snr_db=(30, 10))
     with pytest.raises(ValueError):
         WaveAugmentation(gain_db=-1)
+    with pytest.raises(ValueError, match="speed"):
+        WaveAugmentation(speed=1.5)
     config = TrainConfig(augment_copies=2, noise_snr_db=(5.0, 15.0), seed=7)
-    assert TrainConfig.from_dict(config.to_dict()).wave_augmentation() == WaveAugmentation((5.0, 15.0), 6.0, 0.25, 7)
+    assert TrainConfig.from_dict(config.to_dict()).wave_augmentation() == WaveAugmentation((5.0, 15.0), 6.0, 0.25, seed=7)
     assert TrainConfig().wave_augmentation() is None
 
 
@@ -91,3 +96,30 @@ def test_training_part_grows_by_its_copies_and_nothing_else_does(crema_subset, t
         assert augmented.parts[part][0] == plain.parts[part][0]
     # Standardisation statistics come from the original clips only.
     np.testing.assert_array_equal(augmented.stats.mean["logmel"], plain.stats.mean["logmel"])
+
+
+@pytest.mark.parametrize("factor", [0.9, 1.1])
+def test_change_speed_scales_duration_and_pitch(factor):
+    sr = 16000
+    t = np.arange(sr) / sr
+    wave = np.sin(2 * np.pi * 200 * t).astype(np.float32)
+    faster = change_speed(wave, factor)
+    assert faster.dtype == np.float32
+    assert abs(len(faster) - len(wave) / factor) <= 2
+    spectrum = np.abs(np.fft.rfft(faster))
+    peak_hz = np.argmax(spectrum) * sr / len(faster)
+    assert peak_hz == pytest.approx(200 * factor, abs=3)
+    assert change_speed(wave, 1.0) is wave
+
+
+def test_speed_perturbation_is_reproducible_and_leaves_old_keys_alone():
+    wave = np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)
+    augmentation = WaveAugmentation(speed=0.1, seed=3)
+    first = augment_wave(wave, 16000, augmentation, augmentation.rng("clip", 1))
+    again = augment_wave(wave, 16000, augmentation, augmentation.rng("clip", 1))
+    np.testing.assert_array_equal(first, again)
+    assert 16000 / 1.1 - 2 <= len(first) <= 16000 / 0.9 + 2 and len(first) != 16000
+    # Without speed, the key is that of the settings before speed existed (cached copies stay valid).
+    assert WaveAugmentation(seed=3).key(1) != augmentation.key(1)
+    before = {"snr_db": [10.0, 30.0], "gain_db": 6.0, "shift_seconds": 0.25, "seed": 3, "copy": 1}
+    assert WaveAugmentation(seed=3).key(1) == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:12]

@@ -81,6 +81,28 @@ def test_tone_energy_lands_in_its_mel_band():
     assert np.median(centroid_khz) == pytest.approx(1.0, abs=0.1)
 
 
+@pytest.mark.parametrize("f0", [110.0, 220.0, 330.0])
+def test_pitch_tracks_a_harmonic_tone(f0):
+    config = FeatureConfig(hop_length=320, n_mels=40, pitch=True)
+    t = np.arange(16000) / 16000
+    # Harmonics as in a voice, so the fundamental is what YIN must find.
+    wave = sum(0.3 / k * np.sin(2 * np.pi * k * f0 * t) for k in range(1, 5)).astype(np.float32)
+    features = extract_features(wave, config)
+    names = spectral_feature_names(config)
+    assert names[-2:] == ["log_f0", "log_f0_delta"] and config.n_spectral == len(names) == 67
+    assert features["spectral"].shape == (len(features["logmel"]), 67)
+    log_f0 = features["spectral"][5:-5, names.index("log_f0")]
+    np.testing.assert_allclose(log_f0, np.log2(f0 / 100.0), atol=0.03)
+    assert np.abs(features["spectral"][5:-5, names.index("log_f0_delta")]).max() < 0.02
+
+
+def test_pitch_changes_the_extraction_key_and_survives_tiny_clips():
+    assert FeatureConfig(pitch=True).extraction_key() != FeatureConfig().extraction_key()
+    config = FeatureConfig(pitch=True)
+    features = extract_features(np.random.default_rng(0).normal(0, 0.1, 3200).astype(np.float32), config)
+    assert features["spectral"].shape == (21, config.n_spectral) and np.isfinite(features["spectral"]).all()
+
+
 @pytest.mark.parametrize("n_samples,hop,n_mels", [(3200, 160, 64), (3201, 160, 40), (16000, 256, 32), (4000, 100, 80)])
 def test_frame_count_for_other_settings(n_samples, hop, n_mels):
     config = FeatureConfig(hop_length=hop, n_mels=n_mels)

@@ -23,8 +23,9 @@ import pytest
 from serkeras.errors import ModelFileError, SerkerasError
 from serkeras.features import FeatureConfig
 from serkeras.models import ARCHITECTURES, ModelConfig, build_model, get_builder, load_model, model_metadata
-from serkeras.models.layers import (MaskedGlobalAveragePooling, MaskedGroupNormalization, PooledLengths,
-                                    TimeMask)
+from serkeras.models.cost import flops_per_clip
+from serkeras.models.layers import (AttentiveStatisticsPooling, LengthMask, MaskedGlobalAveragePooling,
+                                    MaskedGroupNormalization, PooledLengths, TimeMask, UtteranceNormalization)
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKS = Path(__file__).with_name("backend_checks.py")
@@ -132,12 +133,74 @@ def test_time_mask_zeros_padded_frames_only(tail):
         assert not out[i, n:].any(), f"clip {i}: padded frames not zeroed"
 
 
+@pytest.mark.parametrize("mode", ["mean", "meanvar"])
+def test_utterance_normalization_uses_each_clips_real_frames(mode):
+    rng = np.random.default_rng(5)
+    lengths = [13, 2, 7]
+    clips = [rng.normal(4.0, 3.0, (n, 6)).astype(np.float32) for n in lengths]
+    layer = UtteranceNormalization(mode)
+    out = keras.ops.convert_to_numpy(layer(_garbage_padded(rng, clips), np.array(lengths, np.int32)))
+    for i, clip in enumerate(clips):
+        want = clip - clip.mean(axis=0)
+        if mode == "meanvar":
+            want = want / np.sqrt(want.var(axis=0) + layer.epsilon)
+        np.testing.assert_allclose(out[i, :len(clip)], want, atol=1e-4)
+        assert not out[i, len(clip):].any(), "padding must stay zero"
+    assert UtteranceNormalization.from_config(layer.get_config()).mode == mode
+    with pytest.raises(ValueError, match="mode"):
+        UtteranceNormalization("median")
+
+
+def test_attentive_statistics_pooling_ignores_padding_and_weights_frames():
+    rng = np.random.default_rng(6)
+    lengths = [11, 1, 6]
+    clips = [rng.normal(0.0, 2.0, (n, 4)).astype(np.float32) for n in lengths]
+    layer = AttentiveStatisticsPooling(units=8)
+    padded = _garbage_padded(rng, clips)
+    pooled = keras.ops.convert_to_numpy(layer(padded, np.array(lengths, np.int32)))
+    assert pooled.shape == (3, 8)
+    for i, clip in enumerate(clips):  # each clip alone, unpadded, gives the same vector
+        alone = keras.ops.convert_to_numpy(layer(clip[None], np.array([len(clip)], np.int32)))
+        np.testing.assert_allclose(pooled[i], alone[0], atol=1e-5)
+    # With a zero scoring layer every real frame weighs the same: plain mean and std.
+    layer.score.kernel.assign(np.zeros_like(keras.ops.convert_to_numpy(layer.score.kernel)))
+    uniform = keras.ops.convert_to_numpy(layer(padded, np.array(lengths, np.int32)))
+    for i, clip in enumerate(clips):
+        np.testing.assert_allclose(uniform[i, :4], clip.mean(axis=0), atol=1e-5)
+        np.testing.assert_allclose(uniform[i, 4:], np.sqrt(np.maximum(clip.var(axis=0), 1e-6)), atol=1e-4)
+
+
+def test_length_mask_marks_real_frames():
+    x = np.zeros((3, 5, 2), np.float32)
+    mask = keras.ops.convert_to_numpy(LengthMask()(x, np.array([5, 2, 0], np.int32)))
+    np.testing.assert_array_equal(mask, [[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [0, 0, 0, 0, 0]])
+    assert mask.dtype == bool
+
+
 # --------------------------------------------------------------------------- registry and sizes
 
-def test_registry_has_the_three_architectures():
-    assert {"1d", "2d", "combined"} <= set(ARCHITECTURES)
-    for arch in ("1d", "2d", "combined"):
+def test_registry_has_the_study_and_the_newer_architectures():
+    assert {"1d", "2d", "combined", "resnet", "crnn", "conformer"} <= set(ARCHITECTURES)
+    for arch in ARCHITECTURES:
         assert callable(get_builder(arch))
+
+
+@pytest.mark.parametrize("setting", [{"pooling": "max"}, {"utterance_norm": "cmvn"}])
+def test_model_config_rejects_unknown_pooling_and_normalisation(setting):
+    with pytest.raises(ValueError, match=next(iter(setting))):
+        ModelConfig(**setting)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="FLOPs are counted on TensorFlow graphs")
+def test_flops_per_clip_grow_with_width_and_clip_length():
+    config = FeatureConfig(hop_length=320, n_mels=40)
+    small = build_model(config, ModelConfig(arch="resnet", width=0.125), LABELS)
+    large = build_model(config, ModelConfig(arch="resnet", width=0.25), LABELS)
+    flops = flops_per_clip(small, config, seconds=2.0)
+    # The first residual conv alone: 2 * frames * kernel * channels^2 (32 channels, 101 frames, kernel 3).
+    assert flops > 2 * 101 * 3 * 32 * 32
+    assert flops_per_clip(small, config, seconds=4.0) > 1.8 * flops
+    assert flops_per_clip(large, config, seconds=2.0) > 3 * flops
 
 
 def test_unknown_architecture_raises_serkeras_error():
@@ -397,8 +460,9 @@ def test_backend_checks(backend, backend_runs):
     lines = output.splitlines()
     passed = [line for line in lines if line.startswith(f"PASS [{backend}]")]
     assert not [line for line in lines if line.startswith("FAIL")], output
-    # 6 builds, 3 padding checks (variable mode), 6 fits, 6 saves, 1 export.
-    assert len(passed) == 22, _explain(f"expected 22 PASS lines, got {len(passed)}", returncode, output)
+    # Per architecture: 2 builds, 1 padding check (variable mode), 2 fits, 2 saves; plus 1 export.
+    expected = 7 * len(ARCHITECTURES) + 1
+    assert len(passed) == expected, _explain(f"expected {expected} PASS lines, got {len(passed)}", returncode, output)
     assert lines[-1] == "0 failed", output
 
 

@@ -1,7 +1,7 @@
 """Model builders (a registry of functional Keras models) and loading of saved models."""
 
-from serkeras.models import cnn1d, cnn2d, combined  # noqa: F401  (register the architectures)
-from serkeras.models.config import ACTIVATIONS, ModelConfig
+from serkeras.models import cnn1d, cnn2d, combined, conformer, crnn, resnet  # noqa: F401  (register the architectures)
+from serkeras.models.config import ACTIVATIONS, POOLINGS, UTTERANCE_NORMS, ModelConfig
 from serkeras.models.layers import SerkerasMetadata
 from serkeras.models.registry import ARCHITECTURES, get_builder, register
 from serkeras.models.saving import load_model, model_metadata
@@ -23,5 +23,5 @@ def build_model(feature_config, model_config, labels, stats=None):
     return get_builder(model_config.arch)(feature_config, model_config, list(labels), stats)
 
 
-__all__ = ["ACTIVATIONS", "ARCHITECTURES", "ModelConfig", "SerkerasMetadata", "build_model", "get_builder",
+__all__ = ["ACTIVATIONS", "ARCHITECTURES", "ModelConfig", "POOLINGS", "UTTERANCE_NORMS", "SerkerasMetadata", "build_model", "get_builder",
            "load_model", "model_metadata", "register"]

@@ -4,14 +4,17 @@ import keras
 import numpy as np
 from keras import layers
 
-from serkeras.models.layers import (MaskedGlobalAveragePooling, MaskedGroupNormalization, PooledLengths,
-                                    SerkerasMetadata, SpecAugment, TimeMask)
+from serkeras.models.layers import (AttentiveStatisticsPooling, MaskedGlobalAveragePooling,
+                                    MaskedGroupNormalization, PooledLengths, SerkerasMetadata, SpecAugment, TimeMask,
+                                    UtteranceNormalization)
 
 
-def feature_input(kind, n_features, feature_config, model_config, stats=None):
+def feature_input(kind, n_features, feature_config, model_config, stats=None, lengths=None):
     """An `Input` for one feature kind, standardised with training statistics.
 
-    With `model_config.spec_augment`, training-only masking follows (frequency
+    With `model_config.utterance_norm`, each clip's own mean (and variance)
+    is removed next, over its real frames (`lengths`). With
+    `model_config.spec_augment`, training-only masking follows (frequency
     masks on log-mel only: spectral columns are different descriptors).
 
     Returns the Input and the standardised tensor (batch, frames, n_features).
@@ -25,6 +28,8 @@ def feature_input(kind, n_features, feature_config, model_config, stats=None):
         mean, variance = np.zeros(n_features), np.ones(n_features)
     x = layers.Normalization(mean=np.asarray(mean).tolist(), variance=np.asarray(variance).tolist(),
                              name=f"{kind}_standardize")(inputs)
+    if model_config.utterance_norm != "none":
+        x = UtteranceNormalization(model_config.utterance_norm, name=f"{kind}_utterance_norm")(x, lengths)
     if model_config.spec_augment:
         x = SpecAugment(freq_masks=2 if kind == "logmel" else 0, name=f"{kind}_spec_augment")(x)
     return inputs, x
@@ -37,20 +42,27 @@ def lengths_input(feature_config):
     return keras.Input(shape=(), dtype="int32", name="lengths")
 
 
+def conv_norm_act(x, lengths, filters, kernel_size, config, name, dilation=1, activation=True):
+    """Conv -> GroupNorm [-> activation], length-aware, 1D or 2D; keeps the time axis."""
+    two_d = len(x.shape) == 4
+    if lengths is not None:
+        x = TimeMask(name=f"{name}_mask")(x, lengths)
+    conv = layers.Conv2D if two_d else layers.Conv1D
+    x = conv(filters, kernel_size, padding="same", dilation_rate=dilation, name=f"{name}_conv")(x)
+    x = MaskedGroupNormalization(np.gcd(config.groups, filters), name=f"{name}_norm")(x, lengths)
+    if activation:
+        x = layers.Activation(config.activation, name=f"{name}_act")(x)
+    return x
+
+
 def conv_block(x, lengths, filters, kernel_size, config, name):
     """Conv -> GroupNorm -> activation -> MaxPool -> Dropout, length-aware.
 
     Works for 1D (batch, time, channels) and 2D (batch, time, freq, channels)
     input; returns the block output and the lengths after pooling.
     """
-    two_d = len(x.shape) == 4
-    if lengths is not None:
-        x = TimeMask(name=f"{name}_mask")(x, lengths)
-    conv = layers.Conv2D if two_d else layers.Conv1D
-    pool = layers.MaxPool2D if two_d else layers.MaxPool1D
-    x = conv(filters, kernel_size, padding="same", name=f"{name}_conv")(x)
-    x = MaskedGroupNormalization(np.gcd(config.groups, filters), name=f"{name}_norm")(x, lengths)
-    x = layers.Activation(config.activation, name=f"{name}_act")(x)
+    x = conv_norm_act(x, lengths, filters, kernel_size, config, name)
+    pool = layers.MaxPool2D if len(x.shape) == 4 else layers.MaxPool1D
     # 'valid' pooling: an output frame mixes real frames only, up to floor(length / 2).
     x = pool(2, padding="valid", name=f"{name}_pool")(x)
     if lengths is not None:
@@ -59,11 +71,37 @@ def conv_block(x, lengths, filters, kernel_size, config, name):
     return x, lengths
 
 
+def residual_block(x, lengths, filters, kernel_size, dilation, config, name):
+    """Two dilated Conv1D-GroupNorm layers with an identity (or 1x1 conv) shortcut; keeps the time axis."""
+    shortcut = x
+    if x.shape[-1] != filters:
+        shortcut = layers.Conv1D(filters, 1, name=f"{name}_project")(x)
+    y = conv_norm_act(x, lengths, filters, kernel_size, config, f"{name}_a", dilation=dilation)
+    y = layers.Dropout(config.dropout / 2, name=f"{name}_dropout")(y)
+    y = conv_norm_act(y, lengths, filters, kernel_size, config, f"{name}_b", dilation=dilation, activation=False)
+    x = layers.Add(name=f"{name}_add")([shortcut, y])
+    return layers.Activation(config.activation, name=f"{name}_act")(x)
+
+
 def pooled_path(x, lengths, filters, kernel_size, config, prefix):
-    """A stack of conv blocks followed by length-aware global average pooling."""
+    """A stack of conv blocks followed by length-aware pooling over time."""
     for i, n in enumerate(filters):
         x, lengths = conv_block(x, lengths, n, kernel_size, config, name=f"{prefix}_block{i + 1}")
-    return MaskedGlobalAveragePooling(name=f"{prefix}_pool")(x, lengths)
+    return pool_over_time(x, lengths, config, name=f"{prefix}_pool")
+
+
+def frames_of(x, name):
+    """(batch, time, freq, channels) -> (batch, time, freq * channels); 3D input passes through."""
+    if len(x.shape) == 3:
+        return x
+    return layers.Reshape((-1, x.shape[2] * x.shape[3]), name=name)(x)
+
+
+def pool_over_time(x, lengths, config, name):
+    """One vector per clip: `config.pooling` over real frames ("average" or "attention")."""
+    if config.pooling == "attention":
+        return AttentiveStatisticsPooling(config.attention_units, name=name)(frames_of(x, f"{name}_frames"), lengths)
+    return MaskedGlobalAveragePooling(name=name)(x, lengths)
 
 
 def classifier(x, n_classes, config, normalize=False, name="head"):

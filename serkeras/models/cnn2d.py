@@ -14,8 +14,8 @@ def logmel_image(x, n_mels):
 @register("2d")
 def build_cnn2d(feature_config, model_config, labels, stats=None):
     """Four Conv2D blocks (32/64/512/1024 filters by default), pooled, dense classifier."""
-    logmel, x = feature_input("logmel", feature_config.n_mels, feature_config, model_config, stats)
     lengths = lengths_input(feature_config)
+    logmel, x = feature_input("logmel", feature_config.n_mels, feature_config, model_config, stats, lengths)
     x = pooled_path(logmel_image(x, feature_config.n_mels), lengths, model_config.scaled(model_config.filters_2d),
                     model_config.kernel_2d, model_config, prefix="conv2d")
     probabilities = classifier(x, len(labels), model_config)

@@ -10,9 +10,9 @@ from serkeras.models.registry import register
 @register("combined")
 def build_combined(feature_config, model_config, labels, stats=None):
     """Concatenate the pooled 1D and 2D paths; dense head with LayerNorm and Dropout."""
-    spectral, s = feature_input("spectral", feature_config.n_spectral, feature_config, model_config, stats)
-    logmel, m = feature_input("logmel", feature_config.n_mels, feature_config, model_config, stats)
     lengths = lengths_input(feature_config)
+    spectral, s = feature_input("spectral", feature_config.n_spectral, feature_config, model_config, stats, lengths)
+    logmel, m = feature_input("logmel", feature_config.n_mels, feature_config, model_config, stats, lengths)
     s = pooled_path(s, lengths, model_config.scaled(model_config.filters_1d), model_config.kernel_1d,
                     model_config, prefix="conv1d")
     m = pooled_path(logmel_image(m, feature_config.n_mels), lengths, model_config.scaled(model_config.filters_2d),

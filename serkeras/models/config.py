@@ -5,6 +5,8 @@ import dataclasses
 from serkeras.config import known_fields
 
 ACTIVATIONS = ("relu", "silu", "elu", "gelu")
+UTTERANCE_NORMS = ("none", "mean", "meanvar")
+POOLINGS = ("average", "attention")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -14,6 +16,15 @@ class ModelConfig:
     The defaults are the study's "paper" sizes. `width` scales every filter
     count (0.25 gives a CPU-friendly model with the same structure).
     `spec_augment` adds training-only time/frequency masking after standardisation.
+    `utterance_norm` removes each clip's own feature mean ("mean") or mean and
+    variance ("meanvar") after the corpus-level standardisation. `pooling`
+    turns frames into one vector: a masked average, or attentive statistics
+    (attention-weighted mean and standard deviation).
+
+    Fields of the newer architectures: `filters_residual` (the `resnet`
+    blocks), `filters_front` (the convolutional front end of `crnn` and
+    `conformer`), `rnn_units` (`crnn`'s BiGRU per direction), `encoder_layers`
+    and `attention_heads` (`conformer`), `attention_units` (attentive pooling).
     """
 
     arch: str = "2d"
@@ -27,17 +38,29 @@ class ModelConfig:
     groups: int = 8
     width: float = 1.0
     spec_augment: bool = False
+    utterance_norm: str = "none"
+    pooling: str = "average"
+    filters_residual: tuple = (256, 256, 256, 256)
+    filters_front: tuple = (32, 64, 128)
+    rnn_units: int = 128
+    encoder_layers: int = 2
+    attention_heads: int = 4
+    attention_units: int = 128
 
     def __post_init__(self):
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.utterance_norm not in UTTERANCE_NORMS:
+            raise ValueError(f"utterance_norm must be one of {UTTERANCE_NORMS}, got {self.utterance_norm!r}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if not 0 <= self.dropout < 1:
             raise ValueError("dropout must be in [0, 1)")
         if self.width <= 0:
             raise ValueError("width must be positive")
         # Lists from JSON become tuples so configs compare and hash equal.
-        object.__setattr__(self, "filters_1d", tuple(int(f) for f in self.filters_1d))
-        object.__setattr__(self, "filters_2d", tuple(int(f) for f in self.filters_2d))
+        for name in ("filters_1d", "filters_2d", "filters_residual", "filters_front"):
+            object.__setattr__(self, name, tuple(int(f) for f in getattr(self, name)))
 
     def scaled(self, filters):
         """Filter counts times `width`, rounded to a multiple of `groups` (at least `groups`)."""

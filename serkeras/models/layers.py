@@ -183,3 +183,95 @@ class SpecAugment(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "time_masks": self.time_masks, "max_time": self.max_time,
                 "freq_masks": self.freq_masks, "max_freq": self.max_freq, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="serkeras")
+class UtteranceNormalization(keras.layers.Layer):
+    """Per-clip normalisation of each feature over the clip's real frames.
+
+    `mode="mean"` removes each clip's mean (cepstral mean normalisation: the
+    channel and much of the speaker's timbre); `"meanvar"` also divides by the
+    clip's standard deviation. Input (batch, frames, features).
+    """
+
+    def __init__(self, mode="mean", epsilon=1e-3, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("mean", "meanvar"):
+            raise ValueError(f"mode must be 'mean' or 'meanvar', got {mode!r}")
+        self.mode = mode
+        self.epsilon = float(epsilon)
+
+    def call(self, inputs, lengths=None):
+        x = ops.cast(inputs, "float32")
+        if lengths is None:
+            mask = ops.ones_like(x[..., :1])
+        else:
+            mask = time_mask(lengths, ops.shape(x)[1])[..., None]
+        count = ops.maximum(ops.sum(mask, axis=1, keepdims=True), 1.0)
+        mean = ops.sum(x * mask, axis=1, keepdims=True) / count
+        out = x - mean
+        if self.mode == "meanvar":
+            variance = ops.sum(out**2 * mask, axis=1, keepdims=True) / count
+            out = out * ops.rsqrt(variance + self.epsilon)
+        # Padding stays zero so later length-aware layers see the same clip.
+        return ops.cast(out * mask, self.compute_dtype)
+
+    def compute_output_shape(self, inputs_shape, lengths_shape=None):
+        return inputs_shape
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode, "epsilon": self.epsilon}
+
+
+@keras.saving.register_keras_serializable(package="serkeras")
+class AttentiveStatisticsPooling(keras.layers.Layer):
+    """Attention-weighted mean and standard deviation over time (real frames only).
+
+    A small scoring network (`Dense(units, tanh) -> Dense(1)`) weighs each
+    frame; the weights are a softmax over the clip's real frames. Input
+    (batch, frames, channels); output (batch, 2 * channels).
+    """
+
+    def __init__(self, units=128, **kwargs):
+        super().__init__(**kwargs)
+        self.units = int(units)
+        # Lengths carry the padding; a Keras mask from an RNN upstream is accepted and ends here.
+        self.supports_masking = True
+        self.hidden = keras.layers.Dense(self.units, activation="tanh", name="hidden")
+        self.score = keras.layers.Dense(1, name="score")
+
+    def build(self, inputs_shape, lengths_shape=None):
+        self.hidden.build(inputs_shape)
+        self.score.build(tuple(inputs_shape[:-1]) + (self.units,))
+
+    def call(self, inputs, lengths=None):
+        x = ops.cast(inputs, "float32")
+        scores = ops.cast(self.score(self.hidden(x))[..., 0], "float32")
+        if lengths is not None:
+            real = time_mask(lengths, ops.shape(x)[1]) > 0
+            scores = ops.where(real, scores, ops.full_like(scores, -1e9))
+        weights = ops.softmax(scores, axis=1)[..., None]
+        mean = ops.sum(weights * x, axis=1)
+        variance = ops.sum(weights * x**2, axis=1) - mean**2
+        std = ops.sqrt(ops.maximum(variance, 1e-6))
+        return ops.cast(ops.concatenate([mean, std], axis=-1), self.compute_dtype)
+
+    def compute_output_shape(self, inputs_shape, lengths_shape=None):
+        return (inputs_shape[0], 2 * inputs_shape[-1])
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+@keras.saving.register_keras_serializable(package="serkeras")
+class LengthMask(keras.layers.Layer):
+    """Boolean (batch, frames) mask of real frames, for Keras' own masked layers (RNNs, attention)."""
+
+    def call(self, inputs, lengths):
+        return time_mask(lengths, ops.shape(inputs)[1]) > 0
+
+    def compute_output_spec(self, inputs, lengths):
+        return keras.KerasTensor(tuple(inputs.shape[:2]), dtype="bool")
