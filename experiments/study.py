@@ -127,16 +127,23 @@ def run(data_dir, questions, splits, width, epochs, hop_length, n_mels, schedule
         click.echo(f"[{i}/{len(todo)}] {shlex.join(command)}")
         if dry_run:
             continue
-        started = time.time()
-        # `python -m serkeras`: the serkeras of this interpreter and checkout, whatever is on PATH.
-        status = subprocess.call([sys.executable, "-m", *command], cwd=ROOT)
-        if status != 0:
-            sys.exit(f"{r.name} failed with exit status {status}; rerun to resume it")
-        record = {"run": r.name, **dataclasses.asdict(r), "budget": budget, "command": shlex.join(command),
-                  "machine": machine_lines(), "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
-                  "wall_seconds": round(time.time() - started, 1)}
-        with open(ROOT / RUNS_DIR / "runs.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        run_logged(command, RUNS_DIR, {"run": r.name, **dataclasses.asdict(r), "budget": budget})
+
+
+def run_logged(command, runs_dir, record):
+    """Run one `serkeras ...` command here; on success append `record` (plus the command, machine and
+    wall time) to `<runs_dir>/runs.jsonl`, on failure exit with a one-line message."""
+    started = time.time()
+    # `python -m serkeras`: the serkeras of this interpreter and checkout, whatever is on PATH.
+    status = subprocess.call([sys.executable, "-m", *command], cwd=ROOT)
+    if status != 0:
+        sys.exit(f"{record['run']} failed with exit status {status}; rerun to resume it")
+    record = {**record, "command": shlex.join(command), "machine": machine_lines(),
+              "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+              "wall_seconds": round(time.time() - started, 1)}
+    (ROOT / runs_dir).mkdir(parents=True, exist_ok=True)
+    with open(ROOT / runs_dir / "runs.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def machine_lines():
@@ -145,16 +152,16 @@ def machine_lines():
     return result.stdout.strip().splitlines()
 
 
-def load_results():
-    """{run name: {"metrics", "config", "record"}} for every finished study run."""
+def load_results(runs_dir=RUNS_DIR):
+    """{run name: {"metrics", "config", "record"}} for every finished run under `runs_dir`."""
     records = {}
-    log = ROOT / RUNS_DIR / "runs.jsonl"
+    log = ROOT / runs_dir / "runs.jsonl"
     if log.is_file():
         for line in log.read_text().splitlines():
             record = json.loads(line)
             records[record["run"]] = record  # a resumed run's last record wins
     results = {}
-    for folder in sorted((ROOT / RUNS_DIR).glob("*/metrics.json")):
+    for folder in sorted((ROOT / runs_dir).glob("*/metrics.json")):
         name = folder.parent.name
         results[name] = {"metrics": json.loads(folder.read_text()),
                          "config": json.loads((folder.parent / "config.json").read_text()),

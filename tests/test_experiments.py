@@ -44,3 +44,50 @@ def test_accuracy_interval():
     study = load_study()
     assert abs(study.accuracy_interval(0.5, 600) - 0.04) < 1e-3
     assert study.accuracy_interval(1.0, 100) == 0.0
+
+
+def load_script(name):
+    """An experiments/ script as a module (with experiments/ importable, as when run)."""
+    import sys
+
+    folder = STUDY.parent
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_accuracy_recipe_is_a_valid_train_invocation():
+    accuracy = load_script("accuracy")
+    assert accuracy.SHIPPED in accuracy.RECIPES
+    for name, recipe in accuracy.RECIPES.items():
+        for split, fold in (("actor", None), ("kfold", 3)):
+            command = accuracy.train_command(name, split, fold, 0, None, "/data", resume=False)
+            context = main.commands["train"].make_context("train", command[2:])
+            params = context.params
+            assert params["arch"] == recipe.arch and params["pooling"] == recipe.pooling
+            assert params["utterance_norm"] == recipe.utterance_norm and params["pitch"] is recipe.pitch
+            assert params["epochs"] == recipe.epochs and params["split_kind"] == split
+            assert params["augment_copies"] == recipe.augment_copies and params["hop_length"] == 320
+            assert params["run_name"] == f"accuracy/{accuracy.run_name(name, split, fold)}"
+            if fold is not None:
+                assert params["fold"] == 3 and params["n_folds"] == accuracy.N_FOLDS
+    assert accuracy.run_name("resnet", "kfold", 2, seed=1) == "resnet-kfold-fold2-seed1"
+
+
+def test_model_card_scores_human_votes_with_ties_and_bootstraps_by_actor(crema_root):
+    import numpy as np
+
+    card = load_script("model_card")
+    votes = card.human_votes(crema_root / "summaryTable.csv")
+    assert len(votes) == 5968 and votes["1003_IEO_NEU_XX"] == ("NEU",)
+    assert all(set(v) <= set(card.VOTE_LABELS.values()) for v in votes.values())
+    assert card.vote_credit(("NEU", "SAD"), "SAD") == 0.5 and card.vote_credit(("ANG",), "SAD") == 0.0
+    # Two actors, one always right, one always wrong: resampling actors spans 0 to 1.
+    right = np.array([1.0] * 10 + [0.0] * 10)
+    low, high = card.actor_bootstrap(["a"] * 10 + ["b"] * 10, lambda i: right[i].mean())
+    assert low == 0.0 and high == 1.0
+    low, high = card.actor_bootstrap(["a"] * 10 + ["b"] * 10, lambda i: 0.7)
+    assert low == high == 0.7
