@@ -32,7 +32,7 @@ CHECKS = Path(__file__).with_name("backend_checks.py")
 BACKENDS = ("tensorflow", "jax", "torch")
 #: (saved under, reloaded under): every backend saves once and loads once.
 CROSS = (("torch", "tensorflow"), ("tensorflow", "jax"), ("jax", "torch"))
-TIMEOUT = float(os.environ.get("SERKERAS_BACKEND_TIMEOUT", 300))
+TIMEOUT = float(os.environ.get("SERKERAS_BACKEND_TIMEOUT", 900))
 LABELS = ["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"]
 
 
