@@ -477,3 +477,17 @@ def test_cross_backend_round_trip(saver, loader, backend_runs):
     print(f"\n{saver} -> {loader} ({reload_run.seconds:.0f} s): {output.strip().splitlines()[-1:]}")
     assert returncode == 0, _explain(f"reloading a {saver} model under {loader}", returncode, output)
     assert f"PASS [{loader}] reload: model saved under {saver}" in output, output
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="FLOPs are counted on TensorFlow graphs")
+def test_flops_per_clip_count_the_gru_inside_its_loop():
+    config = FeatureConfig(hop_length=320, n_mels=40)
+    small = build_model(config, ModelConfig(arch="crnn", width=0.25, rnn_units=16), LABELS)
+    large = build_model(config, ModelConfig(arch="crnn", width=0.25, rnn_units=64), LABELS)
+    frames = (1 + 32000 // 320) // 8  # a 2 s clip after three halving blocks
+    features = 5 * 32 + config.n_spectral  # 40 mels / 8 x 32 filters, plus the pooled spectral columns
+    gru = lambda units: 2 * 2 * 3 * (features * units + units * units) * frames  # noqa: E731 (2 directions)
+    difference = flops_per_clip(large, config, seconds=2.0) - flops_per_clip(small, config, seconds=2.0)
+    # The GRUs make the difference, plus the attention scorer and first dense layer after them.
+    assert difference >= gru(64) - gru(16)
+    assert difference < 1.5 * (gru(64) - gru(16))

@@ -2,7 +2,8 @@
 
 FLOPs are counted by TensorFlow's graph profiler on the model's forward pass
 (a multiply-add counts as two operations), so `flops_per_clip` needs the
-TensorFlow backend; parameters work on every backend.
+TensorFlow backend. The profiler does not look inside loops, so recurrent
+layers (GRU, LSTM) are added analytically.
 """
 
 import numpy as np
@@ -43,4 +44,27 @@ def flops_per_clip(model, feature_config, seconds=2.5):
     graph = convert_variables_to_constants_v2(forward).graph
     options = option_builder.ProfileOptionBuilder(option_builder.ProfileOptionBuilder.float_operation())
     options = options.with_empty_output().build()
-    return int(model_analyzer.profile(graph=graph, options=options).total_float_ops)
+    counted = int(model_analyzer.profile(graph=graph, options=options).total_float_ops)
+    return counted + recurrent_flops(model, inputs)
+
+
+def recurrent_flops(model, inputs):
+    """Matrix-multiply FLOPs of every GRU / LSTM (bidirectional ones twice) for `inputs`."""
+    import keras
+
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Bidirectional):
+            rnns = [layer.forward_layer, layer.backward_layer]
+        elif isinstance(layer, (keras.layers.GRU, keras.layers.LSTM)):
+            rnns = [layer]
+        else:
+            continue
+        # A layer called with a `mask` lists it after its input.
+        sequence = layer.input[0] if isinstance(layer.input, (list, tuple)) else layer.input
+        steps = keras.Model(model.inputs, sequence)(inputs).shape[1]
+        for rnn in rnns:
+            gates = 3 if isinstance(rnn, keras.layers.GRU) else 4
+            units, features = rnn.units, sequence.shape[-1]
+            total += 2 * gates * (features * units + units * units) * steps
+    return total

@@ -102,6 +102,14 @@ class MaskedGroupNormalization(keras.layers.Layer):
 class MaskedGlobalAveragePooling(keras.layers.Layer):
     """Average over every axis but batch and channels, counting real frames only."""
 
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        # Lengths carry the padding; a Keras mask from an RNN upstream is accepted and ends here.
+        self.supports_masking = True
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
     def call(self, inputs, lengths=None):
         x = ops.cast(inputs, "float32")
         ndim = len(x.shape)
