@@ -491,3 +491,27 @@ def test_flops_per_clip_count_the_gru_inside_its_loop():
     # The GRUs make the difference, plus the attention scorer and first dense layer after them.
     assert difference >= gru(64) - gru(16)
     assert difference < 1.5 * (gru(64) - gru(16))
+
+
+def test_ensemble_averages_its_members_and_reloads(tmp_path):
+    from serkeras.models.ensemble import ensemble_model
+
+    config = FeatureConfig(hop_length=320, n_mels=40)
+    members = [build_model(config, ModelConfig(arch=arch, width=0.125, head_units=16), LABELS)
+               for arch in ("resnet", "resnet", "crnn")]
+    ensemble = ensemble_model(members)
+    rng = np.random.default_rng(8)
+    inputs = {"logmel": rng.normal(0, 1, (3, 60, 40)).astype(np.float32),
+              "spectral": rng.normal(0, 1, (3, 60, config.n_spectral)).astype(np.float32),
+              "lengths": np.array([60, 31, 12], np.int32)}
+    want = np.mean([np.asarray(m.predict_on_batch(inputs)) for m in members], axis=0)
+    np.testing.assert_allclose(np.asarray(ensemble.predict_on_batch(inputs)), want, atol=1e-6)
+    path = tmp_path / "ensemble.keras"
+    ensemble.save(path)
+    loaded, meta = load_model(path)
+    assert meta.labels == tuple(LABELS) and meta.feature_config == config and meta.model_config.arch == "ensemble"
+    np.testing.assert_allclose(np.asarray(loaded.predict_on_batch(inputs)), want, atol=1e-6)
+    with pytest.raises(SerkerasError, match="labels"):
+        ensemble_model([members[0], build_model(config, ModelConfig(arch="resnet", width=0.125), LABELS[::-1])])
+    with pytest.raises(SerkerasError, match="feature settings"):
+        ensemble_model([members[0], build_model(FeatureConfig(), ModelConfig(arch="resnet", width=0.125), LABELS)])

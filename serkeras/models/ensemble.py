@@ -1,0 +1,46 @@
+"""Ensembles: one functional model that averages the class probabilities of several serkeras models."""
+
+import keras
+from keras import layers
+
+from serkeras.errors import SerkerasError
+from serkeras.models.layers import SerkerasMetadata
+from serkeras.models.saving import METADATA_LAYER, model_metadata
+
+
+def ensemble_model(models, name="ensemble"):
+    """Average the probabilities of `models` in one self-contained functional model.
+
+    Every member must share the labels and the feature settings, so one set of
+    features feeds them all; the result saves to one `.keras` file and is used
+    like any serkeras model (`predict`, `evaluate`, `export`). Its cost is the
+    sum of the members'.
+
+    Parameters
+    ----------
+    models : sequence of keras.Model
+        serkeras models (from `build_model` or `load_model`).
+    """
+    if len(models) < 2:
+        raise SerkerasError("an ensemble needs at least two models")
+    metas = [model_metadata(m) for m in models]
+    for meta in metas[1:]:
+        if meta.labels != metas[0].labels:
+            raise SerkerasError(f"ensemble members disagree on labels: {metas[0].labels} vs {meta.labels}")
+        if meta.feature_config != metas[0].feature_config:
+            raise SerkerasError("ensemble members need the same feature settings")
+    inputs = {}
+    for model in models:
+        for tensor in model.inputs:
+            inputs.setdefault(tensor.name, keras.Input(shape=tensor.shape[1:], dtype=tensor.dtype, name=tensor.name))
+    probabilities = []
+    for i, model in enumerate(models, 1):
+        # A fresh name per member: two members may be the same architecture.
+        member = keras.Model(model.inputs, model.outputs[0], name=f"member{i}_{model.name}")
+        probabilities.append(member([inputs[t.name] for t in model.inputs]))
+    averaged = layers.Average(name="average")(probabilities)
+    model_config = {**metas[0].model_config.to_dict(), "arch": "ensemble"}
+    outputs = SerkerasMetadata(labels=list(metas[0].labels), feature_config=metas[0].feature_config.to_dict(),
+                               model_config=model_config, version=metas[0].version, name=METADATA_LAYER,
+                               dtype="float32")(averaged)
+    return keras.Model(inputs=list(inputs.values()), outputs=outputs, name=name)
