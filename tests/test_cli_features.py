@@ -1,6 +1,7 @@
 """The `serkeras` command group and its `features` command, run in-process with CliRunner."""
 
 import re
+from pathlib import Path
 import warnings
 
 import pytest
@@ -121,3 +122,27 @@ def test_unknown_option_is_a_usage_error(runner):
     result = runner.invoke(main, ["features", "--no-such-option"])
     assert result.exit_code == 2
     assert "No such option" in result.output
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "saved_models" / "serkeras-crema-d.keras"
+
+
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="no shipped model in this checkout")
+def test_predict_without_model_uses_the_shipped_model(runner, real_clips, tmp_path, monkeypatch):
+    import json
+
+    from serkeras.corpus import CREMA_D_LABELS
+    from serkeras.models import load_model
+
+    assert SHIPPED.stat().st_size <= 20 * 2**20
+    _, meta = load_model(SHIPPED)
+    assert meta.labels == CREMA_D_LABELS and meta.feature_config.pitch
+    monkeypatch.chdir(tmp_path)  # no saved_models/ here: the checkout's copy is found
+    clips = [str(p) for p in real_clips.paths[:3]]
+    result = runner.invoke(main, ["predict", *clips, "--format", "json", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output[result.output.index("["):])
+    assert sorted(row["path"] for row in rows) == sorted(clips)
+    for row in rows:
+        assert row["label"] in CREMA_D_LABELS
+        assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
