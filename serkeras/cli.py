@@ -163,32 +163,61 @@ def split_options(f):
     return f
 
 
-def model_options(f):
-    """Architecture and model size; defaults are the study's paper sizes with SiLU."""
-    options = [
-        click.option("--arch", type=lazy_choice("models", "ARCHITECTURES"), default="2d", show_default=True),
-        click.option("--activation", type=lazy_choice("models", "ACTIVATIONS"), default="silu", show_default=True),
-        click.option("--width", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
-                     help="Scale every filter count (e.g. 0.25 for a small CPU model)."),
-        click.option("--dropout", type=click.FloatRange(0, 0.9), default=0.3, show_default=True),
-        click.option("--head-units", type=click.IntRange(min=8), default=256, show_default=True),
-        click.option("--augment/--no-augment", "spec_augment", default=False, show_default=True,
-                     help="SpecAugment-style time/frequency masking during training."),
-        click.option("--utterance-norm", type=lazy_choice("models", "UTTERANCE_NORMS"), default="none",
-                     show_default=True, help="Remove each clip's own feature mean (and variance) after standardising."),
-        click.option("--pooling", type=lazy_choice("models", "POOLINGS"), default="average", show_default=True,
-                     help="Frames to one vector: masked average or attentive statistics (mean and std)."),
-    ]
+def _apply(options, f):
     for option in reversed(options):
         f = option(f)
     return f
+
+
+def _model_option_list(searched=()):
+    """Architecture and model size; `searched` names the ones a search chooses (not options then)."""
+    options = {
+        "arch": click.option("--arch", type=lazy_choice("models", "ARCHITECTURES"), default="2d", show_default=True),
+        "activation": click.option("--activation", type=lazy_choice("models", "ACTIVATIONS"), default="silu",
+                                   show_default=True),
+        "width": click.option("--width", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
+                              help="Scale every filter count (e.g. 0.25 for a small CPU model)."),
+        "dropout": click.option("--dropout", type=click.FloatRange(0, 0.9), default=0.3, show_default=True),
+        "head_units": click.option("--head-units", type=click.IntRange(min=8), default=256, show_default=True),
+        "spec_augment": click.option("--augment/--no-augment", "spec_augment", default=False, show_default=True,
+                                     help="SpecAugment-style time/frequency masking during training."),
+        "utterance_norm": click.option("--utterance-norm", type=lazy_choice("models", "UTTERANCE_NORMS"),
+                                       default="none", show_default=True,
+                                       help="Remove each clip's own feature mean (and variance) after standardising."),
+        "pooling": click.option("--pooling", type=lazy_choice("models", "POOLINGS"), default="average",
+                                show_default=True,
+                                help="Frames to one vector: masked average or attentive statistics (mean and std)."),
+    }
+    return [option for name, option in options.items() if name not in searched]
+
+
+def model_options(f):
+    """Architecture and model size; defaults are the study's paper sizes with SiLU."""
+    return _apply(_model_option_list(), f)
+
+
+def _optimizer_option_list():
+    """How the weights are fitted (shared by `train` and every trial of `tune`)."""
+    return [
+        click.option("--optimizer", type=click.Choice(["adam", "adamw"]), default="adam", show_default=True),
+        click.option("--schedule", type=click.Choice(["plateau", "cosine", "constant"]), default="plateau",
+                     show_default=True,
+                     help="Learning rate: halved when validation stalls, cosine decay, or constant."),
+        click.option("--warmup-epochs", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Linear warm-up before the cosine decay."),
+        click.option("--label-smoothing", type=click.FloatRange(0, 0.5), default=0.0, show_default=True),
+    ]
+
+
+def optimizer_options(f):
+    return _apply(_optimizer_option_list(), f)
 
 
 def model_config_from(kwargs):
     from serkeras.models import ModelConfig
 
     names = ("arch", "activation", "width", "dropout", "head_units", "spec_augment", "utterance_norm", "pooling")
-    return ModelConfig(**{n: kwargs.pop(n) for n in names})
+    return ModelConfig(**{n: kwargs.pop(n) for n in names if n in kwargs})
 
 
 def load_split(data_dir, manifest, split_kind, fold, n_folds, val_fraction, test_fraction, seed):
@@ -208,14 +237,11 @@ def load_split(data_dir, manifest, split_kind, fold, n_folds, val_fraction, test
 @click.option("--lr", "learning_rate", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--epochs", type=click.IntRange(min=1), default=40, show_default=True)
-@click.option("--optimizer", type=click.Choice(["adam", "adamw"]), default="adam", show_default=True)
-@click.option("--schedule", type=click.Choice(["plateau", "cosine", "constant"]), default="plateau", show_default=True)
-@click.option("--warmup-epochs", type=click.IntRange(min=0), default=0, show_default=True)
+@optimizer_options
 @click.option("--patience", type=click.IntRange(min=1), default=10, show_default=True,
               help="Early-stopping patience (epochs).")
 @click.option("--monitor", type=click.Choice(["val_accuracy", "val_macro_f1", "val_loss"]), default="val_accuracy",
               show_default=True, help="Validation objective for checkpoints and early stopping.")
-@click.option("--label-smoothing", type=click.FloatRange(0, 0.5), default=0.0, show_default=True)
 @click.option("--class-weight/--no-class-weight", default=False, show_default=True)
 @click.option("--augment-copies", type=click.IntRange(min=0), default=0, show_default=True,
               help="Waveform-augmented copies of each training clip (shift, gain, noise), computed once and cached.")
@@ -417,13 +443,7 @@ def predict(paths, model_path, output_format, window, hop, batch_size, workers):
 
 def _tune_options(f):
     """The base model and the search settings of `tune`."""
-    options = [
-        click.option("--arch", type=lazy_choice("models", "ARCHITECTURES"), default="2d", show_default=True),
-        click.option("--width", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
-                     help="Base width: scales every filter count (--search-width tries 0.5x, 1x, 2x of it)."),
-        click.option("--head-units", type=click.IntRange(min=8), default=256, show_default=True),
-        click.option("--dropout", type=click.FloatRange(0, 0.9), default=0.3, show_default=True,
-                     help="Dropout when it is not searched."),
+    options = _model_option_list(searched=("activation",)) + _optimizer_option_list() + [
         click.option("--tuner", "tuner_kind", type=lazy_choice("tuning", "TUNERS"), default="random", show_default=True),
         click.option("--max-trials", type=click.IntRange(min=1), default=10, show_default=True,
                      help="Trials in all (random, bayesian, grid; hyperband sets its own from --epochs)."),
@@ -433,7 +453,8 @@ def _tune_options(f):
         click.option("--patience", type=click.IntRange(min=1), default=5, show_default=True,
                      help="Early-stopping patience within a trial (epochs)."),
         click.option("--objective", type=lazy_choice("tuning", "OBJECTIVES"), default="val_accuracy", show_default=True),
-        click.option("--search-dropout", is_flag=True, help="Also search dropout in {0.1, 0.3, 0.5}."),
+        click.option("--search-dropout", is_flag=True,
+                     help="Also search dropout in {0.1, 0.3, 0.5} (instead of using --dropout)."),
         click.option("--search-width", is_flag=True, help="Also search the width in {0.5, 1, 2} x --width."),
         click.option("--search-name", default=None,
                      help="Folder name under --output-dir and --log-dir "
@@ -444,9 +465,7 @@ def _tune_options(f):
         click.option("--workers", type=click.IntRange(min=1), default=None, help="Feature extraction processes."),
         click.option("--quiet", is_flag=True, help="No per-trial and per-epoch progress."),
     ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+    return _apply(options, f)
 
 
 @main.command()
@@ -454,9 +473,9 @@ def _tune_options(f):
 @split_options
 @feature_options
 @_tune_options
-def tune(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction, test_fraction, seed, arch, width,
-         head_units, dropout, tuner_kind, max_trials, epochs, batch_size, patience, objective, search_dropout,
-         search_width, search_name, overwrite, output_dir, log_dir, workers, quiet, **kwargs):
+def tune(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction, test_fraction, seed, tuner_kind,
+         max_trials, epochs, batch_size, patience, objective, search_dropout, search_width, search_name, overwrite,
+         output_dir, log_dir, workers, quiet, **kwargs):
     """Search activation and learning rate (optionally dropout, width) with KerasTuner.
 
     Resumes an existing search of the same --search-name (finished trials are
@@ -472,21 +491,23 @@ def tune(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction,
 
     from serkeras import tuning
     from serkeras.evaluation import format_report
-    from serkeras.models import ModelConfig
     from serkeras.training import TrainConfig, prepare_split
 
     feature_config = feature_config_from(kwargs)
     try:
-        model_config = ModelConfig(arch=arch, width=width, head_units=head_units, dropout=dropout)
+        model_config = model_config_from(kwargs)
     except ValueError as exc:
         raise SerkerasError(f"bad model settings: {exc}") from None
+    # Every trial trains like `serkeras train` would with these settings; the search sets the learning rate.
+    train_config = TrainConfig(epochs=epochs, batch_size=batch_size, patience=patience, monitor=objective, seed=seed,
+                               **kwargs)
     role = tuning.distributed_role()
-    search_name = search_name or f"{arch}-{split_kind}-{tuner_kind}-{objective}"
+    search_name = search_name or f"{model_config.arch}-{split_kind}-{tuner_kind}-{objective}"
     search_dir, search_logs = Path(output_dir) / search_name, Path(log_dir) / search_name
     describe = {"split": split_kind, "fold": fold, "n_folds": n_folds, "val_fraction": val_fraction,
                 "test_fraction": test_fraction, "seed": seed}
-    settings = tuning.search_settings(feature_config, model_config, describe, tuner_kind, objective, search_dropout,
-                                      search_width, batch_size)
+    settings = tuning.search_settings(feature_config, model_config, train_config, describe, tuner_kind, objective,
+                                      search_dropout, search_width)
     if role == "worker":
         if overwrite:
             click.echo("warning: --overwrite is ignored by workers (only the chief starts a search again)", err=True)
@@ -503,7 +524,6 @@ def tune(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction,
     click.echo(f"search {search_name}{who}: {split.description}; train {len(split.train)}, val {len(split.val)}, "
                f"test {len(split.test)} clips")
     data = prepare_split(corpus, split, feature_config, cache_dir, workers, progress=not quiet)
-    train_config = TrainConfig(epochs=epochs, batch_size=batch_size, patience=patience, monitor=objective, seed=seed)
     steps = math.ceil(len(data.parts["train"][0]) / batch_size)
     hypermodel = tuning.SERHyperModel(feature_config, model_config, data.labels, data.stats, train_config, steps,
                                       search_dropout=search_dropout, search_width=search_width)

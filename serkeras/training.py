@@ -216,6 +216,15 @@ def best_so_far(history_csv, monitor):
     return min(values) if monitor == "val_loss" else max(values)
 
 
+def plateau_callback(train_config):
+    """ReduceLROnPlateau for the "plateau" schedule (halve the rate when validation stalls), else None."""
+    if train_config.schedule != "plateau":
+        return None
+    mode = "min" if train_config.monitor == "val_loss" else "max"
+    return keras.callbacks.ReduceLROnPlateau(monitor=train_config.monitor, mode=mode, factor=0.5,
+                                             patience=max(1, train_config.patience // 3))
+
+
 def make_callbacks(run_dir, log_dir, data, feature_config, train_config, resume=False):
     mode = "min" if train_config.monitor == "val_loss" else "max"
     val_clips, val_features, val_labels = data.parts["val"]
@@ -233,8 +242,7 @@ def make_callbacks(run_dir, log_dir, data, feature_config, train_config, resume=
         ConfusionMatrixLogger(log_dir, val_features, val_labels, data.labels, feature_config),
     ]
     if train_config.schedule == "plateau":
-        callbacks.insert(4, keras.callbacks.ReduceLROnPlateau(monitor=train_config.monitor, mode=mode, factor=0.5,
-                                                              patience=max(1, train_config.patience // 3)))
+        callbacks.insert(4, plateau_callback(train_config))
     callbacks.append(keras.callbacks.TensorBoard(str(log_dir), histogram_freq=0, write_graph=False))
     return callbacks
 

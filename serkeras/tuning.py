@@ -35,7 +35,7 @@ import numpy as np
 from serkeras.errors import SerkerasError
 from serkeras.evaluation import classification_report, model_input_names, predict_features
 from serkeras.models import build_model
-from serkeras.training import LearningRateLogger, TrainConfig, compile_model
+from serkeras.training import LearningRateLogger, TrainConfig, compile_model, plateau_callback
 
 #: The study's grid.
 ACTIVATION_GRID = ("relu", "silu", "elu")
@@ -77,7 +77,7 @@ class SERHyperModel(keras_tuner.HyperModel):
     train_config : serkeras.training.TrainConfig, optional
         Optimiser settings; the searched learning rate replaces its own.
     steps_per_epoch : int
-        For learning-rate schedules (the default "plateau" schedule ignores it).
+        For the cosine schedule (the "plateau" schedule is a callback of `run_search`).
     search_dropout, search_width : bool
         Also search dropout in DROPOUT_GRID / width in WIDTH_FACTORS x base width.
     """
@@ -175,6 +175,9 @@ def run_search(tuner, data, epochs, batch_size, log_dir, patience=5, seed=0, ver
         keras.callbacks.EarlyStopping(monitor=objective, mode="max", patience=patience),
         keras.callbacks.TensorBoard(str(log_dir), histogram_freq=0, write_graph=False),
     ]
+    plateau = plateau_callback(hypermodel.train_config)
+    if plateau is not None:
+        callbacks.insert(1, plateau)
     keras.utils.set_random_seed(seed)
     try:
         # The train dataset is shuffled already (fit's own shuffle would only warn).
@@ -285,12 +288,13 @@ def evaluate(model, data, feature_config, part="test"):
                                   groups={"sex": [c.sex for c in clips]})
 
 
-def search_settings(feature_config, model_config, describe, tuner_kind, objective, search_dropout, search_width,
-                    batch_size):
-    """What a resumed search must share with the stored one."""
+def search_settings(feature_config, model_config, train_config, describe, tuner_kind, objective, search_dropout,
+                    search_width):
+    """What a resumed search must share with the stored one (the searched learning rate aside)."""
+    training = {k: v for k, v in train_config.to_dict().items() if k != "learning_rate"}
     return {"feature_config": feature_config.to_dict(), "model_config": model_config.to_dict(),
-            "tuner": tuner_kind, "objective": objective, "search_dropout": search_dropout,
-            "search_width": search_width, "batch_size": batch_size, **describe}
+            "train_config": training, "tuner": tuner_kind, "objective": objective,
+            "search_dropout": search_dropout, "search_width": search_width, **describe}
 
 
 def check_resumable(search_dir, settings):

@@ -129,6 +129,51 @@ def test_resume_with_other_settings_is_refused(search, crema_subset, workdir):
     assert "Traceback" not in result.output
 
 
+def scalar_values(folder, tag):
+    """The values of a scalar summary, by step, from the TensorBoard events under `folder`."""
+    import tensorflow as tf
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    values = {}
+    for events in Path(folder).rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events), size_guidance={"tensors": 0})
+        acc.Reload()
+        if tag in acc.Tags()["tensors"]:
+            values.update({e.step: float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)})
+    return [values[step] for step in sorted(values)]
+
+
+def test_search_trains_like_train_with_the_recipe_options(crema_subset, workdir):
+    """Model and optimiser options of `train` reach every trial: the shipped recipe can be tuned."""
+    from serkeras.models import load_model
+
+    recipe = ["--arch", "resnet", "--width", "0.125", "--pooling", "attention", "--utterance-norm", "mean",
+              "--augment", "--optimizer", "adamw", "--schedule", "cosine", "--warmup-epochs", "1",
+              "--label-smoothing", "0.1"]
+    args = ["tune", "--data-dir", str(crema_subset), "--cache-dir", str(workdir / "cache"), "--search-name", "recipe",
+            *TINY, "--max-trials", "1", "--epochs", "2", *recipe]
+    result = run_cli(args, workdir)
+    assert result.exit_code == 0, result.output
+    search_dir = workdir / "saved_models" / "recipe"
+    _, meta = load_model(search_dir / "best.keras")
+    config = meta.model_config
+    assert (config.arch, config.pooling, config.utterance_norm, config.spec_augment) == ("resnet", "attention", "mean",
+                                                                                          True)
+    training = json.loads((search_dir / "search.json").read_text())["settings"]["train_config"]
+    assert (training["optimizer"], training["schedule"], training["warmup_epochs"]) == ("adamw", "cosine", 1)
+    assert training["label_smoothing"] == 0.1 and "learning_rate" not in training  # searched, not fixed
+
+    # Warm-up to the searched rate in epoch 1, cosine decay towards 0 by the end of epoch 2.
+    trial_id = read_rows(search_dir / "trials.csv")[0]["trial_id"]
+    rates = scalar_values(workdir / "logs" / "recipe" / trial_id, "epoch_learning_rate")
+    best = json.loads((search_dir / "best.json").read_text())["hyperparameters"]["learning_rate"]
+    assert len(rates) == 2 and rates[0] == pytest.approx(best, rel=0.05) and rates[1] < 0.01 * best
+
+    # Another schedule is another search: resuming it is refused and says why.
+    result = CliRunner().invoke(main, args + ["--schedule", "plateau", "--output-dir", str(workdir / "saved_models")])
+    assert result.exit_code == 1 and "exists with other settings (train_config)" in result.output, result.output
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
