@@ -1,21 +1,24 @@
 """Model size, compute and CPU throughput of the serkeras architectures.
 
-For each architecture ("1d", "2d", "combined") and width it prints
+For each architecture (every registered one by default) and width it prints
 
 * parameters: ``model.count_params()``;
-* MACs per 3-second clip: multiply-accumulates of the Conv1D / Conv2D / Dense
-  layers, counted analytically from the built model (fixed mode, 301 frames):
-  ``prod(output spatial shape) * prod(kernel shape)`` per layer. Bias adds,
-  normalisation, activations, pooling and dropout (a few operations per
-  activation) are not counted. FLOPs are about twice the MACs;
+* FLOPs per 3-second clip of the forward pass, from
+  ``serkeras.models.cost.flops_per_clip`` (TensorFlow's graph profiler, plus
+  recurrent layers analytically; a multiply-add is two FLOPs), the same count
+  as in ``experiments/results/accuracy.md``;
 * training throughput: samples/s of ``train_on_batch`` (Adam, categorical
   cross-entropy, batch 16) on synthetic 3-s inputs, after warm-up steps;
 * inference throughput: samples/s of ``predict_on_batch`` at batch 32.
 
 Throughput uses whichever Keras backend is active (TensorFlow unless
-KERAS_BACKEND says otherwise) and fixed-length (3 s) inputs. Example::
+KERAS_BACKEND says otherwise; FLOPs then read "n/a") and fixed-length (3 s)
+inputs. The features default to the study's (10 ms hop, 64 mels); the
+settings of the ``experiments/accuracy.py`` recipes are one option away. Examples::
 
-    python benchmarks/models.py --width 1.0 0.25 --output benchmarks/results_models.txt
+    python benchmarks/models.py --width 1.0 0.25 --arch 1d 2d combined
+    python benchmarks/models.py --width 0.5 --arch resnet crnn conformer \\
+        --hop-length 320 --n-mels 40 --pitch --pooling attention --utterance-norm mean
 """
 
 import argparse
@@ -31,21 +34,18 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from serkeras.features import FeatureConfig  # noqa: E402
-from serkeras.models import ModelConfig, build_model  # noqa: E402
+from serkeras.models import ARCHITECTURES, POOLINGS, UTTERANCE_NORMS, ModelConfig, build_model  # noqa: E402
+from serkeras.models.cost import flops_per_clip  # noqa: E402
 from serkeras.system import describe_machine, load_average  # noqa: E402
 
 LABELS = ["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"]
-COUNTED = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Dense)
 
 
-def macs(model):
-    """Multiply-accumulates per example of the model's Conv1D/Conv2D/Dense layers."""
-    total = 0
-    for layer in model.layers:
-        if isinstance(layer, COUNTED):
-            positions = int(np.prod(layer.output.shape[1:-1]))  # output frames (x frequencies); 1 for Dense
-            total += positions * int(np.prod(layer.kernel.shape))
-    return total
+def flops(model, feature_config):
+    """FLOPs per clip, or None where the backend cannot count them."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    return flops_per_clip(model, feature_config, feature_config.fixed_seconds)
 
 
 def synthetic_batch(model, feature_config, batch, rng):
@@ -77,7 +77,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--width", type=float, nargs="+", default=[1.0],
                         help="filter-count widths to measure (1.0 = the study's paper sizes); default 1.0")
-    parser.add_argument("--arch", nargs="+", default=["1d", "2d", "combined"], help="architectures")
+    parser.add_argument("--arch", nargs="+", default=sorted(ARCHITECTURES), choices=sorted(ARCHITECTURES),
+                        help="architectures (default: all)")
+    parser.add_argument("--hop-length", type=int, default=FeatureConfig.hop_length, help="samples between frames")
+    parser.add_argument("--n-mels", type=int, default=FeatureConfig.n_mels)
+    parser.add_argument("--pitch", action="store_true", help="log F0 features as well")
+    parser.add_argument("--pooling", choices=POOLINGS, default=ModelConfig.pooling)
+    parser.add_argument("--utterance-norm", choices=UTTERANCE_NORMS, default=ModelConfig.utterance_norm)
     parser.add_argument("--train-batch", type=int, default=16)
     parser.add_argument("--infer-batch", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (tracing, allocation)")
@@ -97,24 +103,28 @@ def main(argv=None):
     for line in describe_machine():
         emit(line)
     emit(f"start: {time.strftime('%Y-%m-%d %H:%M:%S')}, {load_average()}")
-    emit("MACs: analytic, Conv1D/Conv2D/Dense only: prod(output spatial shape) * prod(kernel shape) per layer")
-    emit(f"inputs: fixed 3 s clips (301 frames, 64 mels, 65 spectral features), synthetic; "
+    feature_config = FeatureConfig(length_mode="fixed", fixed_seconds=3.0, hop_length=args.hop_length,
+                                   n_mels=args.n_mels, pitch=args.pitch)
+    emit("FLOPs: forward pass of one clip, serkeras.models.cost.flops_per_clip (multiply-add = 2)")
+    emit(f"inputs: fixed 3 s clips ({feature_config.fixed_frames} frames, {feature_config.n_mels} mels, "
+         f"{feature_config.n_spectral} spectral features), synthetic; "
          f"train batch {args.train_batch} (Adam, categorical cross-entropy, train_on_batch), "
          f"inference batch {args.infer_batch} (predict_on_batch); {args.warmup} warm-up steps, "
          f">= {args.steps} timed steps and >= {args.min_seconds:g} s")
     emit()
-    header = f"{'arch':<9} {'width':>5} {'params':>11} {'MMACs/clip':>11} {'train samples/s':>16} {'infer samples/s':>16}"
+    header = f"{'arch':<9} {'width':>5} {'params':>11} {'MFLOPs/clip':>11} {'train samples/s':>16} {'infer samples/s':>16}"
     emit(header)
     emit("-" * len(header))
-    feature_config = FeatureConfig(length_mode="fixed", fixed_seconds=3.0)
     rng = np.random.default_rng(0)
     details = []
     for width in args.width:
         for arch in args.arch:
             keras.utils.clear_session()
             keras.utils.set_random_seed(0)
-            model = build_model(feature_config, ModelConfig(arch=arch, width=width), LABELS)
-            params, mac = model.count_params(), macs(model)
+            model_config = ModelConfig(arch=arch, width=width, pooling=args.pooling,
+                                       utterance_norm=args.utterance_norm)
+            model = build_model(feature_config, model_config, LABELS)
+            params, cost = model.count_params(), flops(model, feature_config)
             model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.CategoricalCrossentropy())
             x_train = synthetic_batch(model, feature_config, args.train_batch, rng)
             y_train = np.eye(len(LABELS), dtype=np.float32)[rng.integers(0, len(LABELS), args.train_batch)]
@@ -123,7 +133,8 @@ def main(argv=None):
             x_infer = synthetic_batch(model, feature_config, args.infer_batch, rng)
             infer, infer_steps, infer_s = throughput(lambda: model.predict_on_batch(x_infer),
                                                      args.infer_batch, args.warmup, args.steps, args.min_seconds)
-            emit(f"{arch:<9} {width:>5g} {params:>11,} {mac / 1e6:>11,.1f} {train:>16.1f} {infer:>16.1f}")
+            cost = "n/a" if cost is None else f"{cost / 1e6:,.1f}"
+            emit(f"{arch:<9} {width:>5g} {params:>11,} {cost:>11} {train:>16.1f} {infer:>16.1f}")
             details.append(f"  {arch} width {width:g}: {train_steps} train steps in {train_s:.2f} s, "
                            f"{infer_steps} inference batches in {infer_s:.2f} s")
     emit()

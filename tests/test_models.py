@@ -515,3 +515,21 @@ def test_ensemble_averages_its_members_and_reloads(tmp_path):
         ensemble_model([members[0], build_model(config, ModelConfig(arch="resnet", width=0.125), LABELS[::-1])])
     with pytest.raises(SerkerasError, match="feature settings"):
         ensemble_model([members[0], build_model(FeatureConfig(), ModelConfig(arch="resnet", width=0.125), LABELS)])
+
+
+def test_model_benchmark_reports_every_architecture(tmp_path):
+    """benchmarks/models.py runs on every registered architecture with the shared FLOP count."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "models.py"
+    spec = importlib.util.spec_from_file_location("benchmark_models", path)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    output = tmp_path / "models.txt"
+    benchmark.main(["--width", "0.0625", "--hop-length", "320", "--n-mels", "40", "--pitch", "--pooling", "attention",
+                    "--warmup", "1", "--steps", "1", "--min-seconds", "0", "--output", str(output)])
+    table = [line.split() for line in output.read_text().splitlines()]
+    rows = {row[0]: row for row in table if len(row) == 6 and row[0] in ARCHITECTURES}
+    assert set(rows) == set(ARCHITECTURES)
+    config = FeatureConfig(length_mode="fixed", fixed_seconds=3.0, hop_length=320, n_mels=40, pitch=True)
+    model = build_model(config, ModelConfig(arch="crnn", width=0.0625, pooling="attention"), LABELS)
+    assert float(rows["crnn"][3].replace(",", "")) == pytest.approx(flops_per_clip(model, config, 3.0) / 1e6, abs=0.1)
+    assert all(float(row[4]) > 0 and float(row[5]) > 0 for row in rows.values())  # samples/s measured
