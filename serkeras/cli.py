@@ -390,10 +390,16 @@ def evaluate(model_path, data_dir, manifest, cache_dir, split_kind, fold, n_fold
 SHIPPED_MODEL = "serkeras-crema-d.keras"
 
 
-def default_model_path():
+def shipped_model_folders():
+    """Where the shipped model is looked for: the project folder, the install prefix, the source checkout."""
     from pathlib import Path
 
-    for folder in (Path.cwd() / "saved_models", Path(__file__).resolve().parent.parent / "saved_models"):
+    return [Path.cwd() / "saved_models", Path(sys.prefix) / "share" / "serkeras",
+            Path(__file__).resolve().parent.parent / "saved_models"]
+
+
+def default_model_path():
+    for folder in shipped_model_folders():
         if (folder / SHIPPED_MODEL).is_file():
             return folder / SHIPPED_MODEL
     raise SerkerasError(f"no --model given and no shipped model saved_models/{SHIPPED_MODEL} found: "

@@ -146,3 +146,33 @@ def test_predict_without_model_uses_the_shipped_model(runner, real_clips, tmp_pa
     for row in rows:
         assert row["label"] in CREMA_D_LABELS
         assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+@pytest.mark.slow
+def test_a_wheel_installs_the_shipped_model_for_predict(real_clips, tmp_path):
+    """A plain (non-editable) install finds the model in <prefix>/share/serkeras, away from any checkout."""
+    import json
+    import subprocess
+    import sys
+    import venv
+
+    root = Path(__file__).resolve().parents[1]
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(root),
+                    "-w", str(wheels)], check=True, capture_output=True)
+    env_dir = tmp_path / "env"
+    venv.create(env_dir, system_site_packages=True, with_pip=False)  # the dependencies come from this Python
+    python = env_dir / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
+                    *map(str, wheels.glob("serkeras-*.whl"))], check=True, capture_output=True)
+    assert (env_dir / "share" / "serkeras" / SHIPPED.name).read_bytes() == SHIPPED.read_bytes()
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    result = subprocess.run([str(env_dir / "bin" / "serkeras"), "predict", str(real_clips.paths[0]), "--format", "json",
+                             "--workers", "1"], cwd=outside, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(result.stdout[result.stdout.index("["):])
+    assert [row["path"] for row in rows] == [str(real_clips.paths[0])]
+    located = subprocess.run([str(python), "-c", "import serkeras.cli as c; print(c.default_model_path())"],
+                             cwd=outside, capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(located) == env_dir / "share" / "serkeras" / SHIPPED.name
+
+
