@@ -160,13 +160,74 @@ def ship(data_dir, epochs):
     model.save(ROOT / SHIPPED_MODEL)
     size = (ROOT / SHIPPED_MODEL).stat().st_size / 2**20
     click.echo(f"saved the average of {', '.join(members)} to {SHIPPED_MODEL} ({size:.1f} MiB)")
+    write_card(data_dir, members, epochs)
+
+
+@cli.command()
+@data_dir_option
+@epochs_option
+def card(data_dir, epochs):
+    """Rewrite MODEL_CARD.md for the shipped model as it is (after more runs, e.g. k-fold, have finished)."""
+    write_card(data_dir, [run_name(recipe, "actor") for recipe in SHIPPED], epochs)
+
+
+def write_card(data_dir, members, epochs):
     from model_card import write_model_card
 
+    if not (ROOT / SHIPPED_MODEL).is_file():
+        raise click.ClickException(f"{SHIPPED_MODEL} does not exist: run `ship` first")
     write_model_card(ROOT / SHIPPED_MODEL, ROOT / MODEL_CARD, data_dir, members=members,
                      command="python experiments/accuracy.py ship" + (f" --epochs {epochs}" if epochs else ""),
                      results=load_results(RUNS_DIR), runs_dir=ROOT / RUNS_DIR,
                      kfold_runs=[run_name(SHIPPED[0], "kfold", k) for k in range(N_FOLDS)])
     click.echo(f"wrote {MODEL_CARD}")
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True)
+@data_dir_option
+def ensemble(runs, data_dir):
+    """Average finished RUNS (one split, one feature setting) and score the average on that split's val and test.
+
+    Builds the same one-file average that `ship` saves (serkeras.models.ensemble)
+    and appends its scores to saved_models/accuracy/ensembles.jsonl, which
+    `report` shows; its cost is the sum of the members'.
+    """
+    import time
+
+    from model_card import part_probabilities
+
+    from serkeras.corpus import load_corpus
+    from serkeras.evaluation import classification_report
+    from serkeras.models import load_model, model_metadata
+    from serkeras.models.ensemble import ensemble_model
+    from serkeras.splits import make_split
+
+    missing = [r for r in runs if not (ROOT / RUNS_DIR / r / "metrics.json").is_file()]
+    if missing:
+        raise click.UsageError(f"not finished: {', '.join(missing)}")
+    configs = [json.loads((ROOT / RUNS_DIR / r / "config.json").read_text()) for r in runs]
+    split_keys = ("split", "fold", "n_folds", "val_fraction", "test_fraction", "seed")
+    if len({tuple(c[k] for k in split_keys) for c in configs}) != 1:
+        raise click.UsageError("the runs were trained on different splits")
+    c = configs[0]
+    corpus = load_corpus(data_dir, None)
+    split = make_split(corpus.clips, c["split"], c["val_fraction"], c["test_fraction"], c["fold"], c["n_folds"],
+                       c["seed"])
+    model = ensemble_model([load_model(ROOT / RUNS_DIR / r / "model.keras")[0] for r in runs])
+    meta = model_metadata(model)
+    started = time.time()
+    reports = {part: classification_report(corpus.label_indices(clips),
+                                            part_probabilities(model, meta, clips).argmax(axis=1), corpus.labels)
+               for part, clips in (("val", split.val), ("test", split.test))}
+    record = {"runs": list(runs), "split": c["split"], "accuracy": reports["test"]["accuracy"],
+              "macro_f1": reports["test"]["macro_f1"], "n": reports["test"]["n"],
+              "val_accuracy": reports["val"]["accuracy"], "predict_seconds": round(time.time() - started, 1)}
+    with open(ROOT / RUNS_DIR / "ensembles.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    click.echo(f"average of {len(runs)}: test accuracy {100 * record['accuracy']:.1f}%, macro-F1 "
+               f"{record['macro_f1']:.3f} on {record['n']} clips; validation {100 * record['val_accuracy']:.1f}% "
+               f"({c['split']} split)")
 
 
 # --------------------------------------------------------------------------- report
@@ -291,15 +352,20 @@ def report():
     ensembles = ROOT / RUNS_DIR / "ensembles.jsonl"
     if ensembles.is_file():
         lines += ["", "## Ensembles (probabilities averaged; cost = the members' summed)", "",
-                  "| members | split | test acc % | macro-F1 | MFLOPs / clip | train min |", "| --- | --- | --- | --- | --- | --- |"]
+                  "| members | split | test acc % | macro-F1 | val acc % | MFLOPs / clip | train min |",
+                  "|" + " --- |" * 7]
+        latest = {}  # a set of members scored again replaces its older record
         for line in ensembles.read_text().splitlines():
             e = json.loads(line)
+            latest[tuple(e["runs"])] = e
+        for e in latest.values():
             members = [results[r] for r in e["runs"] if r in results]
             mflops = sum(model_cost(m["config"])[1] for m in members)
             minutes = sum(m["metrics"]["train_seconds"] for m in members) / 60
             ci = accuracy_interval(e["accuracy"], e["n"])
+            val = f"{100 * e['val_accuracy']:.1f}" if "val_accuracy" in e else ""
             lines.append(f"| {' + '.join(e['runs'])} | {e['split']} | {100 * e['accuracy']:.1f} ± {100 * ci:.1f} | "
-                         f"{e['macro_f1']:.3f} | {mflops:.0f} | {minutes:.0f} |")
+                         f"{e['macro_f1']:.3f} | {val} | {mflops:.0f} | {minutes:.0f} |")
     lines += ["", "## Baselines", "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     lines += ["| " + " | ".join(row) + " |" for row in baseline_rows()]
     lines += ["", "The study's paper-size rows give its reported numbers (random split, not re-measured) and the "
