@@ -517,18 +517,20 @@ def test_ensemble_averages_its_members_and_reloads(tmp_path):
         ensemble_model([members[0], build_model(FeatureConfig(), ModelConfig(arch="resnet", width=0.125), LABELS)])
 
 
-def test_model_benchmark_reports_every_architecture(tmp_path):
-    """benchmarks/models.py runs on every registered architecture with the shared FLOP count."""
+def test_model_benchmark_reports_cost_and_throughput(tmp_path):
+    """benchmarks/models.py runs with the recipes' options and reports the shared FLOP count."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "models.py"
     spec = importlib.util.spec_from_file_location("benchmark_models", path)
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
     output = tmp_path / "models.txt"
-    benchmark.main(["--width", "0.0625", "--hop-length", "320", "--n-mels", "40", "--pitch", "--pooling", "attention",
-                    "--warmup", "1", "--steps", "1", "--min-seconds", "0", "--output", str(output)])
+    benchmark.main(["--width", "0.0625", "--arch", "crnn", "conformer", "--hop-length", "320", "--n-mels", "40",
+                    "--pitch", "--pooling", "attention", "--warmup", "1", "--steps", "1", "--min-seconds", "0",
+                    "--output", str(output)])
     table = [line.split() for line in output.read_text().splitlines()]
     rows = {row[0]: row for row in table if len(row) == 6 and row[0] in ARCHITECTURES}
-    assert set(rows) == set(ARCHITECTURES)
+    assert set(rows) == {"crnn", "conformer"}
+    assert "151 frames, 40 mels, 67 spectral features" in output.read_text()
     config = FeatureConfig(length_mode="fixed", fixed_seconds=3.0, hop_length=320, n_mels=40, pitch=True)
     model = build_model(config, ModelConfig(arch="crnn", width=0.0625, pooling="attention"), LABELS)
     assert float(rows["crnn"][3].replace(",", "")) == pytest.approx(flops_per_clip(model, config, 3.0) / 1e6, abs=0.1)
