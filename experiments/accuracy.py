@@ -70,6 +70,8 @@ RECIPES = {
     "resnet-augmented": Recipe("resnet", 0.5, augment_copies=2, speed=0.1, epochs=10,
                                about="`resnet` + 2 waveform-augmented copies of each training clip (speed 0.9-1.1, "
                                "time shift, gain, noise at 10-30 dB SNR); 10 epochs over the 3x larger training part"),
+    "resnet-long": Recipe("resnet", 0.5, epochs=30, about="`resnet` trained for 30 epochs instead of 15"),
+    "resnet-wide": Recipe("resnet", 1.0, about="`resnet` at width 1 (3.6 times the FLOPs)"),
     "crnn": Recipe("crnn", 0.5, about="Conv2D front end on log-mel + spectral at 1/8 rate, BiGRU, attentive pooling"),
     "conformer": Recipe("conformer", 1.0, about="Conv1D subsampling x8, 2 Conformer-style layers, attentive pooling"),
 }
