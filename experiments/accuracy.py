@@ -2,15 +2,17 @@
 
     python experiments/accuracy.py run resnet --split actor            # one recipe, the fixed actor split
     python experiments/accuracy.py run resnet --split kfold            # its 5 speaker-grouped folds
+    python experiments/accuracy.py ensemble resnet-actor crnn-actor    # average finished runs: val and test
     python experiments/accuracy.py report                              # experiments/results/accuracy.md
     python experiments/accuracy.py ship                                # the shipped model and its card
+    python experiments/accuracy.py card                                # the card only, for the model as it is
 
 Every run is one ``serkeras train`` process writing ``saved_models/accuracy/<run>/`` and
 ``logs/accuracy/<run>/``; a finished run is skipped and an interrupted one resumed.
 ``saved_models/accuracy/runs.jsonl`` records each run's exact command, machine and
-wall time. ``ship`` trains the shipped recipe on the ``actor`` split if that run is not
-there yet, copies its model to ``saved_models/serkeras-crema-d.keras`` and writes
-``saved_models/MODEL_CARD.md`` from the model's predictions on the split's test actors.
+wall time. ``ship`` trains the SHIPPED recipes on the ``actor`` split where those runs
+are missing, saves their average as ``saved_models/serkeras-crema-d.keras`` and writes
+``saved_models/MODEL_CARD.md`` from that model's predictions on the split's test actors.
 """
 
 import dataclasses

@@ -199,8 +199,8 @@ def model_options(f):
 def _optimizer_option_list():
     """How the weights are fitted (shared by `train` and every trial of `tune`)."""
     return [
-        click.option("--optimizer", type=click.Choice(["adam", "adamw"]), default="adam", show_default=True),
-        click.option("--schedule", type=click.Choice(["plateau", "cosine", "constant"]), default="plateau",
+        click.option("--optimizer", type=lazy_choice("training", "OPTIMIZERS"), default="adam", show_default=True),
+        click.option("--schedule", type=lazy_choice("training", "SCHEDULES"), default="plateau",
                      show_default=True,
                      help="Learning rate: halved when validation stalls, cosine decay, or constant."),
         click.option("--warmup-epochs", type=click.IntRange(min=0), default=0, show_default=True,
@@ -240,7 +240,7 @@ def load_split(data_dir, manifest, split_kind, fold, n_folds, val_fraction, test
 @optimizer_options
 @click.option("--patience", type=click.IntRange(min=1), default=10, show_default=True,
               help="Early-stopping patience (epochs).")
-@click.option("--monitor", type=click.Choice(["val_accuracy", "val_macro_f1", "val_loss"]), default="val_accuracy",
+@click.option("--monitor", type=lazy_choice("training", "MONITORS"), default="val_accuracy",
               show_default=True, help="Validation objective for checkpoints and early stopping.")
 @click.option("--class-weight/--no-class-weight", default=False, show_default=True)
 @click.option("--augment-copies", type=click.IntRange(min=0), default=0, show_default=True,

@@ -241,8 +241,9 @@ def make_callbacks(run_dir, log_dir, data, feature_config, train_config, resume=
         LearningRateLogger(),
         ConfusionMatrixLogger(log_dir, val_features, val_labels, data.labels, feature_config),
     ]
-    if train_config.schedule == "plateau":
-        callbacks.insert(4, plateau_callback(train_config))
+    plateau = plateau_callback(train_config)
+    if plateau is not None:
+        callbacks.insert(4, plateau)
     callbacks.append(keras.callbacks.TensorBoard(str(log_dir), histogram_freq=0, write_graph=False))
     return callbacks
 

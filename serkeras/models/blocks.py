@@ -4,6 +4,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from serkeras.models.saving import METADATA_LAYER
 from serkeras.models.layers import (AttentiveStatisticsPooling, MaskedGlobalAveragePooling,
                                     MaskedGroupNormalization, PooledLengths, SerkerasMetadata, SpecAugment, TimeMask,
                                     UtteranceNormalization)
@@ -40,6 +41,18 @@ def lengths_input(feature_config):
     if feature_config.length_mode == "fixed":
         return None
     return keras.Input(shape=(), dtype="int32", name="lengths")
+
+
+def frame_inputs(feature_config, model_config, stats=None):
+    """The inputs of a model that reads both feature kinds frame by frame.
+
+    Returns ([logmel, spectral, lengths] inputs, the standardised log-mel and
+    spectral tensors, and the lengths input (None in fixed mode)).
+    """
+    lengths = lengths_input(feature_config)
+    logmel, m = feature_input("logmel", feature_config.n_mels, feature_config, model_config, stats, lengths)
+    spectral, s = feature_input("spectral", feature_config.n_spectral, feature_config, model_config, stats, lengths)
+    return [logmel, spectral, lengths], m, s, lengths
 
 
 def conv_norm_act(x, lengths, filters, kernel_size, config, name, dilation=1, activation=True):
@@ -118,7 +131,7 @@ def finish(inputs, probabilities, labels, feature_config, model_config, name):
     """Attach the metadata layer and return the functional model."""
     from serkeras import __version__
 
-    outputs = SerkerasMetadata(labels=labels, feature_config=feature_config.to_dict(),
+    outputs = SerkerasMetadata(labels=list(labels), feature_config=feature_config.to_dict(),
                                model_config=model_config.to_dict(), version=__version__,
-                               name="serkeras_metadata", dtype="float32")(probabilities)
+                               name=METADATA_LAYER, dtype="float32")(probabilities)
     return keras.Model(inputs=[i for i in inputs if i is not None], outputs=outputs, name=name)

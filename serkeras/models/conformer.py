@@ -2,7 +2,7 @@
 
 from keras import layers
 
-from serkeras.models.blocks import classifier, conv_block, feature_input, finish, lengths_input, pool_over_time
+from serkeras.models.blocks import classifier, conv_block, finish, frame_inputs, pool_over_time
 from serkeras.models.layers import LengthMask, TimeMask
 from serkeras.models.registry import register
 
@@ -35,9 +35,7 @@ def encoder_layer(x, lengths, mask, config, name):
 @register("conformer")
 def build_conformer(feature_config, model_config, labels, stats=None):
     """Both feature kinds per frame -> Conv1D blocks (`filters_front`, each halving time) -> encoder layers -> pooling."""
-    lengths = lengths_input(feature_config)
-    logmel, m = feature_input("logmel", feature_config.n_mels, feature_config, model_config, stats, lengths)
-    spectral, s = feature_input("spectral", feature_config.n_spectral, feature_config, model_config, stats, lengths)
+    inputs, m, s, lengths = frame_inputs(feature_config, model_config, stats)
     x, pooled = layers.Concatenate(name="frames")([m, s]), lengths
     for i, n in enumerate(model_config.scaled(model_config.filters_front)):
         x, pooled = conv_block(x, pooled, n, model_config.kernel_1d, model_config, name=f"front_block{i + 1}")
@@ -46,4 +44,4 @@ def build_conformer(feature_config, model_config, labels, stats=None):
         x = encoder_layer(x, pooled, mask, model_config, name=f"encoder{i + 1}")
     x = pool_over_time(layers.LayerNormalization(name="encoder_norm")(x), pooled, model_config, name="pool")
     probabilities = classifier(x, len(labels), model_config)
-    return finish([logmel, spectral, lengths], probabilities, labels, feature_config, model_config, name="conformer")
+    return finish(inputs, probabilities, labels, feature_config, model_config, name="conformer")

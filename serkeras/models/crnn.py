@@ -2,7 +2,7 @@
 
 from keras import layers
 
-from serkeras.models.blocks import (classifier, conv_block, feature_input, finish, frames_of, lengths_input,
+from serkeras.models.blocks import (classifier, conv_block, finish, frame_inputs, frames_of,
                                     pool_over_time)
 from serkeras.models.cnn2d import logmel_image
 from serkeras.models.layers import LengthMask
@@ -17,9 +17,7 @@ def build_crnn(feature_config, model_config, labels, stats=None):
     averaged over the same number of frames, so frame `t` of both describes
     the same stretch of audio. The GRU reads real frames only (Keras masking).
     """
-    lengths = lengths_input(feature_config)
-    logmel, m = feature_input("logmel", feature_config.n_mels, feature_config, model_config, stats, lengths)
-    spectral, s = feature_input("spectral", feature_config.n_spectral, feature_config, model_config, stats, lengths)
+    inputs, m, s, lengths = frame_inputs(feature_config, model_config, stats)
     x, pooled = logmel_image(m, feature_config.n_mels), lengths
     filters = model_config.scaled(model_config.filters_front)
     for i, n in enumerate(filters):
@@ -31,4 +29,4 @@ def build_crnn(feature_config, model_config, labels, stats=None):
     x = layers.Bidirectional(layers.GRU(model_config.rnn_units, return_sequences=True), name="bigru")(x, mask=mask)
     x = pool_over_time(x, pooled, model_config, name="pool")
     probabilities = classifier(x, len(labels), model_config, normalize=True)
-    return finish([logmel, spectral, lengths], probabilities, labels, feature_config, model_config, name="crnn")
+    return finish(inputs, probabilities, labels, feature_config, model_config, name="crnn")

@@ -4,8 +4,8 @@ import keras
 from keras import layers
 
 from serkeras.errors import SerkerasError
-from serkeras.models.layers import SerkerasMetadata
-from serkeras.models.saving import METADATA_LAYER, model_metadata
+from serkeras.models.blocks import finish
+from serkeras.models.saving import model_metadata
 
 
 def ensemble_model(models, name="ensemble"):
@@ -39,8 +39,5 @@ def ensemble_model(models, name="ensemble"):
         member = keras.Model(model.inputs, model.outputs[0], name=f"member{i}_{model.name}")
         probabilities.append(member([inputs[t.name] for t in model.inputs]))
     averaged = layers.Average(name="average")(probabilities)
-    model_config = {**metas[0].model_config.to_dict(), "arch": "ensemble"}
-    outputs = SerkerasMetadata(labels=list(metas[0].labels), feature_config=metas[0].feature_config.to_dict(),
-                               model_config=model_config, version=metas[0].version, name=METADATA_LAYER,
-                               dtype="float32")(averaged)
-    return keras.Model(inputs=list(inputs.values()), outputs=outputs, name=name)
+    return finish(list(inputs.values()), averaged, metas[0].labels, metas[0].feature_config,
+                  metas[0].model_config.replace(arch="ensemble"), name=name)

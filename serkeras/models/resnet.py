@@ -2,7 +2,7 @@
 
 from keras import layers
 
-from serkeras.models.blocks import (classifier, conv_norm_act, feature_input, finish, lengths_input, pool_over_time,
+from serkeras.models.blocks import (classifier, conv_norm_act, finish, frame_inputs, pool_over_time,
                                     residual_block)
 from serkeras.models.registry import register
 
@@ -16,9 +16,7 @@ def build_resnet(feature_config, model_config, labels, stats=None):
     10 ms hop and four blocks), so no frame is thrown away before pooling.
     Use with `pooling="attention"` for attentive statistics pooling.
     """
-    lengths = lengths_input(feature_config)
-    logmel, m = feature_input("logmel", feature_config.n_mels, feature_config, model_config, stats, lengths)
-    spectral, s = feature_input("spectral", feature_config.n_spectral, feature_config, model_config, stats, lengths)
+    inputs, m, s, lengths = frame_inputs(feature_config, model_config, stats)
     x = layers.Concatenate(name="frames")([m, s])
     filters = model_config.scaled(model_config.filters_residual)
     x = conv_norm_act(x, lengths, filters[0], model_config.kernel_1d, model_config, name="stem")
@@ -26,4 +24,4 @@ def build_resnet(feature_config, model_config, labels, stats=None):
         x = residual_block(x, lengths, n, 3, 2 ** (i % 3), model_config, name=f"res{i + 1}")
     x = pool_over_time(x, lengths, model_config, name="pool")
     probabilities = classifier(x, len(labels), model_config, normalize=True)
-    return finish([logmel, spectral, lengths], probabilities, labels, feature_config, model_config, name="resnet")
+    return finish(inputs, probabilities, labels, feature_config, model_config, name="resnet")
