@@ -1,11 +1,14 @@
 """On-disk feature cache: computed once per (clip, settings), in parallel, resumable.
 
 Layout: `<cache_dir>/<settings hash>/<clip name>-<clip hash>.npz`, where the clip
-hash covers the settings and the audio file's absolute path, size and mtime, so
-changed settings or files never reuse a stale entry, and files of the same name
-in different folders never share one. Each entry is written to a
+hash covers the settings and the audio file's bytes, so changed settings or
+audio never reuse a stale entry, files of the same name in different folders
+never share one, and a corpus that is copied, moved or touched (new mtimes) is
+still found. Hashing reads each file once per run (about 0.4 s for CREMA-D's
+144 MB), far less than decoding it. Each entry is written to a
 temporary file and renamed into place, so a killed run leaves only whole
-entries and the next run computes just what is missing. Files that cannot be
+entries and the next run computes just what is missing; temporary files that a
+killed run left behind are removed once they are an hour old. Files that cannot be
 used are remembered as `.bad` entries with the reason, and reported, not retried.
 """
 
@@ -54,12 +57,26 @@ def resolve_cache_dir(cache_dir=None):
 
 
 def clip_key(path, config, augmentation=None, copy=0):
-    """Hash of the feature settings, the file's absolute path, size and mtime, and the augmented copy if any."""
-    stat = os.stat(path)
-    ident = f"{config.extraction_key()}|{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}"
+    """Hash of the feature settings, the file's contents, and the augmented copy if any."""
+    content = hashlib.blake2b()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):  # hashlib.file_digest needs Python 3.11
+            content.update(block)
+    ident = f"{config.extraction_key()}|{content.hexdigest()}"
     if augmentation is not None:
         ident += f"|{augmentation.key(copy)}"
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+def remove_stale_temporaries(folder, older_than=3600.0):
+    """Delete `.tmp-*` files that a killed run left in `folder` (young ones may belong to a live run)."""
+    now = time.time()
+    for tmp in Path(folder).glob(".tmp-*"):
+        try:
+            if now - tmp.stat().st_mtime > older_than:
+                tmp.unlink()
+        except FileNotFoundError:  # another run renamed or removed it meanwhile
+            pass
 
 
 def _entry(folder, path, key):
@@ -171,6 +188,7 @@ def cached_features(clips, config, cache_dir=None, workers=None, progress=True, 
     start = time.perf_counter()
     folder = resolve_cache_dir(cache_dir) / config.extraction_key()
     folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(folder)
     features, skipped, todo = {}, [], []
     for clip in clips:
         base = _entry(folder, clip.path, clip_key(clip.path, config, augmentation, copy))

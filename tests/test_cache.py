@@ -1,6 +1,8 @@
 """The on-disk feature cache: compute once, reuse, invalidate, skip bad files, survive kills."""
 
+import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -86,16 +88,14 @@ def test_changed_settings_make_new_entries(corpus, cache_dir):
     assert (fixed.computed, fixed.reused) == (0, 12)
 
 
-def test_touched_or_changed_file_is_recomputed_alone(corpus, cache_dir, make_audio):
+def test_touched_file_is_reused_and_changed_file_recomputed_alone(corpus, cache_dir, make_audio):
     config = FeatureConfig()
     first = _run(corpus.clips, config, cache_dir)
     touched, replaced = corpus.clips[2].path, corpus.clips[7].path
     stat = os.stat(touched)
     os.utime(touched, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
     second = _run(corpus.clips, config, cache_dir)
-    assert (second.computed, second.reused) == (1, 11)
-    # Same content, so the same features.
-    _assert_same_features({touched: first.features[touched]}, {touched: second.features[touched]})
+    assert (second.computed, second.reused) == (0, 12)  # same bytes, new mtime: still cached
     # New content under the same name (the mtime may even be restored): recomputed, new features.
     old = os.stat(replaced)
     make_audio(os.path.basename(replaced), folder=os.path.dirname(replaced), seconds=1.5, freq=330.0)
@@ -104,6 +104,34 @@ def test_touched_or_changed_file_is_recomputed_alone(corpus, cache_dir, make_aud
     assert (third.computed, third.reused) == (1, 11)
     assert third.features[replaced]["logmel"].shape[0] == 1 + 24000 // 160
     assert third.features[replaced]["logmel"].shape != first.features[replaced]["logmel"].shape
+    _assert_same_features({touched: first.features[touched]}, {touched: third.features[touched]})
+
+
+def test_copied_corpus_reuses_the_cache(corpus, cache_dir, tmp_path):
+    config = FeatureConfig()
+    first = _run(corpus.clips, config, cache_dir)
+    copies = []
+    for clip in corpus.clips:
+        target = tmp_path / "copy" / os.path.basename(clip.path)
+        target.parent.mkdir(exist_ok=True)
+        shutil.copy(clip.path, target)  # new path and new mtime
+        copies.append(dataclasses.replace(clip, path=str(target)))
+    again = _run(copies, config, cache_dir)
+    assert (again.computed, again.reused) == (0, 12)
+    _assert_same_features({c.path: first.features[c.path] for c in corpus.clips},
+                          {c.path: again.features[k.path] for c, k in zip(corpus.clips, copies)})
+
+
+def test_leftover_temporaries_of_a_killed_run_are_removed(corpus, cache_dir):
+    config = FeatureConfig()
+    folder = cache_dir / config.extraction_key()
+    folder.mkdir(parents=True)
+    old, young = folder / ".tmp-old.npz", folder / ".tmp-young.npz"
+    old.write_bytes(b"partial")
+    young.write_bytes(b"being written")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    _run(corpus.clips[:2], config, cache_dir)
+    assert not old.exists() and young.exists()
 
 
 def test_clip_key():
