@@ -51,6 +51,7 @@ class Recipe:
     pitch: bool = True
     augment_copies: int = 0
     speed: float = 0.0
+    ema_momentum: float = 0.0
     epochs: int = 15
     about: str = ""
 
@@ -59,6 +60,8 @@ class Recipe:
                    "--width", f"{self.width:g}", "--pooling", self.pooling, "--utterance-norm", self.utterance_norm]
         if self.augment_copies:
             options += ["--augment-copies", str(self.augment_copies), "--speed", f"{self.speed:g}"]
+        if self.ema_momentum:
+            options += ["--ema-momentum", f"{self.ema_momentum:g}"]
         return options
 
 
@@ -73,6 +76,9 @@ RECIPES = {
                                about="`resnet` + 2 waveform-augmented copies of each training clip (speed 0.9-1.1, "
                                "time shift, gain, noise at 10-30 dB SNR); 10 epochs over the 3x larger training part"),
     "resnet-long": Recipe("resnet", 0.5, epochs=30, about="`resnet` trained for 30 epochs instead of 15"),
+    "resnet-ema": Recipe("resnet", 0.5, ema_momentum=0.995,
+                         about="`resnet`, validated and saved with an exponential moving average of its weights "
+                               "(momentum 0.995: about 1.3 epochs)"),
     "resnet-wide": Recipe("resnet", 1.0, about="`resnet` at width 1 (3.6 times the FLOPs)"),
     "crnn": Recipe("crnn", 0.5, about="Conv2D front end on log-mel + spectral at 1/8 rate, BiGRU, attentive pooling"),
     "conformer": Recipe("conformer", 1.0, about="Conv1D subsampling x8, 2 Conformer-style layers, attentive pooling"),
@@ -91,7 +97,7 @@ def train_command(recipe, split, fold, seed, epochs, data_dir, resume):
     """The exact `serkeras train` command line of one run (`epochs` None: the recipe's own)."""
     epochs = epochs or RECIPES[recipe].epochs
     command = ["serkeras", "train", *RECIPES[recipe].options(), "--split", split, "--epochs", str(epochs),
-               "--patience", str(epochs), "--seed", str(seed),
+               "--patience", str(epochs), "--seed", "0", *(["--train-seed", str(seed)] if seed else []),
                "--run-name", f"{RUNS_DIR.name}/{run_name(recipe, split, fold, seed)}", "--quiet"]
     if fold is not None:
         command += ["--fold", str(fold), "--n-folds", str(N_FOLDS)]
@@ -137,7 +143,9 @@ epochs_option = click.option("--epochs", type=click.IntRange(min=1), default=Non
 @click.option("--fold", "folds", type=click.IntRange(0, N_FOLDS - 1), multiple=True,
               help="Only these folds of kfold (repeatable; default all). Two processes may share the folds "
                    "out, never the same fold.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Training seed (initialisation, shuffling, augmentation); the splits stay those of seed 0, "
+                   "so seeds can be compared and averaged on the same actors.")
 @epochs_option
 @click.option("--dry-run", is_flag=True, help="Print the commands only.")
 def run(recipes, data_dir, splits, folds, seed, epochs, dry_run):

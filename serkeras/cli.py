@@ -206,6 +206,8 @@ def _optimizer_option_list():
         click.option("--warmup-epochs", type=click.IntRange(min=0), default=0, show_default=True,
                      help="Linear warm-up before the cosine decay."),
         click.option("--label-smoothing", type=click.FloatRange(0, 0.5), default=0.0, show_default=True),
+        click.option("--ema-momentum", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+                     help="Evaluate and save an exponential moving average of the weights (e.g. 0.99; 0: off)."),
     ]
 
 
@@ -243,6 +245,9 @@ def load_split(data_dir, manifest, split_kind, fold, n_folds, val_fraction, test
 @click.option("--monitor", type=lazy_choice("training", "MONITORS"), default="val_accuracy",
               show_default=True, help="Validation objective for checkpoints and early stopping.")
 @click.option("--class-weight/--no-class-weight", default=False, show_default=True)
+@click.option("--train-seed", type=int, default=None,
+              help="Seed of initialisation, shuffling and augmentation (default: --seed); vary it alone to "
+                   "repeat training on the same split.")
 @click.option("--augment-copies", type=click.IntRange(min=0), default=0, show_default=True,
               help="Waveform-augmented copies of each training clip (shift, gain, noise), computed once and cached.")
 @click.option("--noise-snr", "noise_snr_db", type=(float, float), default=WaveAugmentation.snr_db, show_default=True,
@@ -266,7 +271,7 @@ def load_split(data_dir, manifest, split_kind, fold, n_folds, val_fraction, test
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Feature extraction processes.")
 @click.option("--quiet", is_flag=True, help="No per-epoch progress bars.")
 def train(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction, test_fraction, seed, run_name,
-          resume, output_dir, log_dir, workers, quiet, all_folds, **kwargs):
+          resume, output_dir, log_dir, workers, quiet, all_folds, train_seed, **kwargs):
     """Train a model; the best one is saved as saved_models/<run>/model.keras."""
     import json
     import time
@@ -276,7 +281,7 @@ def train(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction
 
     feature_config = feature_config_from(kwargs)
     model_config = model_config_from(kwargs)
-    train_config = TrainConfig(seed=seed, **kwargs)
+    train_config = TrainConfig(seed=seed if train_seed is None else train_seed, **kwargs)
     if resume:
         if not run_name:
             raise SerkerasError("--resume needs the --run-name of the run to continue")

@@ -43,6 +43,7 @@ class TrainConfig:
     patience: int = 10
     monitor: str = "val_accuracy"
     label_smoothing: float = 0.0
+    ema_momentum: float = 0.0
     class_weight: bool = False
     mixed_precision: bool = False
     distribute: bool = False
@@ -58,6 +59,8 @@ class TrainConfig:
                                      (self.monitor, MONITORS, "monitor")):
             if value not in allowed:
                 raise SerkerasError(f"{what} must be one of {', '.join(allowed)}, got {value!r}")
+        if not 0.0 <= self.ema_momentum < 1.0:
+            raise SerkerasError(f"ema_momentum must be in [0, 1), got {self.ema_momentum}")
 
     def to_dict(self):
         return {**dataclasses.asdict(self), "noise_snr_db": list(self.noise_snr_db)}
@@ -125,9 +128,11 @@ def make_optimizer(config, steps_per_epoch):
         lr = keras.optimizers.schedules.CosineDecay(
             0.0 if warmup else lr, decay_steps=max(1, total - warmup), warmup_target=lr if warmup else None,
             warmup_steps=warmup)
+    # Keras keeps the moving average of the weights inside the optimizer (Polyak averaging).
+    ema = {"use_ema": True, "ema_momentum": config.ema_momentum} if config.ema_momentum else {}
     if config.optimizer == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=config.weight_decay)
-    return keras.optimizers.Adam(lr)
+        return keras.optimizers.AdamW(lr, weight_decay=config.weight_decay, **ema)
+    return keras.optimizers.Adam(lr, **ema)
 
 
 def compile_model(model, config, steps_per_epoch):
@@ -225,6 +230,17 @@ def plateau_callback(train_config):
                                              patience=max(1, train_config.patience // 3))
 
 
+def ema_callback(train_config):
+    """With weight averaging: evaluate, checkpoint and log the averaged weights at each epoch's end, else None.
+
+    Place it after `BackupAndRestore` (which must back up the raw weights that training
+    continues from) and before the callbacks that should see the averaged ones.
+    """
+    if not train_config.ema_momentum:
+        return None
+    return keras.callbacks.SwapEMAWeights(swap_on_epoch=True)
+
+
 def make_callbacks(run_dir, log_dir, data, feature_config, train_config, resume=False):
     mode = "min" if train_config.monitor == "val_loss" else "max"
     val_clips, val_features, val_labels = data.parts["val"]
@@ -244,6 +260,9 @@ def make_callbacks(run_dir, log_dir, data, feature_config, train_config, resume=
     plateau = plateau_callback(train_config)
     if plateau is not None:
         callbacks.insert(4, plateau)
+    ema = ema_callback(train_config)
+    if ema is not None:
+        callbacks.insert(2, ema)
     callbacks.append(keras.callbacks.TensorBoard(str(log_dir), histogram_freq=0, write_graph=False))
     return callbacks
 

@@ -35,7 +35,7 @@ import numpy as np
 from serkeras.errors import SerkerasError
 from serkeras.evaluation import classification_report, model_input_names, predict_features
 from serkeras.models import build_model
-from serkeras.training import LearningRateLogger, TrainConfig, compile_model, plateau_callback
+from serkeras.training import LearningRateLogger, TrainConfig, compile_model, ema_callback, plateau_callback
 
 #: The study's grid.
 ACTIVATION_GRID = ("relu", "silu", "elu")
@@ -178,6 +178,9 @@ def run_search(tuner, data, epochs, batch_size, log_dir, patience=5, seed=0, ver
     plateau = plateau_callback(hypermodel.train_config)
     if plateau is not None:
         callbacks.insert(1, plateau)
+    ema = ema_callback(hypermodel.train_config)
+    if ema is not None:  # first, so the objective and KerasTuner's checkpoint see the averaged weights
+        callbacks.insert(0, ema)
     keras.utils.set_random_seed(seed)
     try:
         # The train dataset is shuffled already (fit's own shuffle would only warn).

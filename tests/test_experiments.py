@@ -73,9 +73,14 @@ def test_every_accuracy_recipe_is_a_valid_train_invocation():
             assert params["epochs"] == recipe.epochs and params["split_kind"] == split
             assert params["augment_copies"] == recipe.augment_copies and params["hop_length"] == 320
             assert params["run_name"] == f"accuracy/{accuracy.run_name(name, split, fold)}"
+            assert params["ema_momentum"] == recipe.ema_momentum
             if fold is not None:
                 assert params["fold"] == 3 and params["n_folds"] == accuracy.N_FOLDS
     assert accuracy.run_name("resnet", "kfold", 2, seed=1) == "resnet-kfold-fold2-seed1"
+    # Another training seed repeats training on the same split (that of seed 0).
+    params = main.commands["train"].make_context("train", accuracy.train_command("resnet", "actor", None, 2, None,
+                                                                                 None, False)[2:]).params
+    assert (params["seed"], params["train_seed"], params["run_name"]) == (0, 2, "accuracy/resnet-actor-seed2")
 
 
 def test_model_card_scores_human_votes_with_ties_and_bootstraps_by_actor(crema_root):
