@@ -215,6 +215,41 @@ def optimizer_options(f):
     return _apply(_optimizer_option_list(), f)
 
 
+def _training_data_option_list():
+    """What the training part is made of (shared by `train` and every trial of `tune`)."""
+    return [
+        click.option("--class-weight/--no-class-weight", default=False, show_default=True,
+                     help="Weight the loss by inverse class frequency."),
+        click.option("--augment-copies", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Waveform-augmented copies of each training clip (shift, gain, noise, speed), computed "
+                          "once and cached."),
+        click.option("--noise-snr", "noise_snr_db", type=(float, float), default=WaveAugmentation.snr_db,
+                     show_default=True, help="SNR range (dB) of the white noise added to augmented copies."),
+        click.option("--gain-db", type=click.FloatRange(min=0), default=WaveAugmentation.gain_db, show_default=True,
+                     help="Augmented copies get a random gain in [-gain, +gain] dB."),
+        click.option("--shift-seconds", type=click.FloatRange(min=0), default=WaveAugmentation.shift_seconds,
+                     show_default=True, help="Augmented copies start up to this much earlier or later."),
+        click.option("--speed", type=click.FloatRange(0, 0.5), default=WaveAugmentation.speed, show_default=True,
+                     help="Augmented copies play at a random speed in [1 - speed, 1 + speed] (tempo and pitch)."),
+    ]
+
+
+def training_data_options(f):
+    return _apply(_training_data_option_list(), f)
+
+
+def prepare_training_data(corpus, split, feature_config, train_config, cache_dir, workers, progress=True):
+    """Features of every part of `split`, with the training part's augmented copies; says how many."""
+    from serkeras.training import prepare_split
+
+    data = prepare_split(corpus, split, feature_config, cache_dir, workers, progress=progress,
+                         augmentation=train_config.wave_augmentation(), copies=train_config.augment_copies)
+    if train_config.augment_copies:
+        total = len(data.parts["train"][0])
+        click.echo(f"training part: {total} clips, of which {total - len(split.train)} augmented copies")
+    return data
+
+
 def model_config_from(kwargs):
     from serkeras.models import ModelConfig
 
@@ -244,21 +279,10 @@ def load_split(data_dir, manifest, split_kind, fold, n_folds, val_fraction, test
               help="Early-stopping patience (epochs).")
 @click.option("--monitor", type=lazy_choice("training", "MONITORS"), default="val_accuracy",
               show_default=True, help="Validation objective for checkpoints and early stopping.")
-@click.option("--class-weight/--no-class-weight", default=False, show_default=True)
+@training_data_options
 @click.option("--train-seed", type=int, default=None,
               help="Seed of initialisation, shuffling and augmentation (default: --seed); vary it alone to "
                    "repeat training on the same split.")
-@click.option("--augment-copies", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Waveform-augmented copies of each training clip (shift, gain, noise), computed once and cached.")
-@click.option("--noise-snr", "noise_snr_db", type=(float, float), default=WaveAugmentation.snr_db, show_default=True,
-              help="SNR range (dB) of the white noise added to augmented copies.")
-@click.option("--gain-db", type=click.FloatRange(min=0), default=WaveAugmentation.gain_db, show_default=True,
-              help="Augmented copies get a random gain in [-gain, +gain] dB.")
-@click.option("--shift-seconds", type=click.FloatRange(min=0), default=WaveAugmentation.shift_seconds,
-              show_default=True,
-              help="Augmented copies start up to this much earlier or later.")
-@click.option("--speed", type=click.FloatRange(0, 0.5), default=WaveAugmentation.speed, show_default=True,
-              help="Augmented copies play at a random speed in [1 - speed, 1 + speed] (tempo and pitch).")
 @click.option("--mixed-precision", is_flag=True, help="float16 compute (GPU).")
 @click.option("--distribute", is_flag=True, help="Data-parallel over all local GPUs (Keras distribution / tf.distribute).")
 @click.option("--folds", "all_folds", is_flag=True, help="With --split kfold: train every fold, report mean and std.")
@@ -335,10 +359,9 @@ def train(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction
 def _train_one(corpus, split, feature_config, model_config, train_config, run_dir, log_dir, resume, cache_dir,
                workers, quiet, describe):
     from serkeras.evaluation import format_report
-    from serkeras.training import prepare_split, run_training
+    from serkeras.training import run_training
 
-    data = prepare_split(corpus, split, feature_config, cache_dir, workers,
-                         augmentation=train_config.wave_augmentation(), copies=train_config.augment_copies)
+    data = prepare_training_data(corpus, split, feature_config, train_config, cache_dir, workers)
     metrics = run_training(data, feature_config, model_config, train_config, run_dir, log_dir, resume=resume,
                            describe=describe, verbose=0 if quiet else 2)
     click.echo(format_report(metrics["test"]))
@@ -454,7 +477,7 @@ def predict(paths, model_path, output_format, window, hop, batch_size, workers):
 
 def _tune_options(f):
     """The base model and the search settings of `tune`."""
-    options = _model_option_list(searched=("activation",)) + _optimizer_option_list() + [
+    options = _model_option_list(searched=("activation",)) + _optimizer_option_list() + _training_data_option_list() + [
         click.option("--tuner", "tuner_kind", type=lazy_choice("tuning", "TUNERS"), default="random", show_default=True),
         click.option("--max-trials", type=click.IntRange(min=1), default=10, show_default=True,
                      help="Trials in all (random, bayesian, grid; hyperband sets its own from --epochs)."),
@@ -502,7 +525,7 @@ def tune(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction,
 
     from serkeras import tuning
     from serkeras.evaluation import format_report
-    from serkeras.training import TrainConfig, prepare_split
+    from serkeras.training import TrainConfig
 
     feature_config = feature_config_from(kwargs)
     try:
@@ -534,7 +557,7 @@ def tune(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction,
     who = "" if role == "local" else f" ({role} {os.environ['KERASTUNER_TUNER_ID']})"
     click.echo(f"search {search_name}{who}: {split.description}; train {len(split.train)}, val {len(split.val)}, "
                f"test {len(split.test)} clips")
-    data = prepare_split(corpus, split, feature_config, cache_dir, workers, progress=not quiet)
+    data = prepare_training_data(corpus, split, feature_config, train_config, cache_dir, workers, progress=not quiet)
     steps = math.ceil(len(data.parts["train"][0]) / batch_size)
     hypermodel = tuning.SERHyperModel(feature_config, model_config, data.labels, data.stats, train_config, steps,
                                       search_dropout=search_dropout, search_width=search_width)
