@@ -18,6 +18,24 @@ def _broadcast_mask(mask, ndim):
     return ops.reshape(mask, ops.shape(mask) + (1,) * (ndim - 2))
 
 
+def real_frames(x, lengths=None):
+    """Float mask of the real frames of channels-last `x`, shaped like `x` with 1 channel.
+
+    (batch, frames, 1) or (batch, frames, freq, 1): summing it counts the real
+    positions that a statistic averages over. All ones when `lengths` is None.
+    """
+    ones = ops.ones_like(x[..., :1])
+    if lengths is None:
+        return ones
+    return _broadcast_mask(time_mask(lengths, ops.shape(x)[1], x.dtype), len(x.shape)) * ones
+
+
+def masked_mean(x, mask, axis, keepdims=False):
+    """Mean of `x` over `axis` where `mask` is 1 (0 where nothing is real)."""
+    total = ops.sum(x * mask, axis=axis, keepdims=keepdims)
+    return total / ops.maximum(ops.sum(mask, axis=axis, keepdims=keepdims), 1.0)
+
+
 @keras.saving.register_keras_serializable(package="serkeras")
 class TimeMask(keras.layers.Layer):
     """Zero the frames past each clip's length (before a convolution reads them)."""
@@ -78,11 +96,7 @@ class MaskedGroupNormalization(keras.layers.Layer):
     def call(self, inputs, lengths=None):
         x = ops.cast(inputs, "float32")
         ndim = len(x.shape)
-        if lengths is None:
-            mask = ops.ones_like(x[..., :1])
-        else:
-            mask = _broadcast_mask(time_mask(lengths, ops.shape(x)[1]), ndim)
-            mask = mask * ops.ones_like(x[..., :1])  # broadcast over frequency too
+        mask = real_frames(x, lengths)
         count = ops.sum(mask, axis=tuple(range(1, ndim)))[:, None]
         expand = (slice(None),) + (None,) * (ndim - 2) + (slice(None),)
         mean = self._group_mean(x, mask, count)[expand]
@@ -112,12 +126,7 @@ class MaskedGlobalAveragePooling(keras.layers.Layer):
 
     def call(self, inputs, lengths=None):
         x = ops.cast(inputs, "float32")
-        ndim = len(x.shape)
-        axes = tuple(range(1, ndim - 1))
-        if lengths is None:
-            return ops.cast(ops.mean(x, axis=axes), self.compute_dtype)
-        mask = _broadcast_mask(time_mask(lengths, ops.shape(x)[1]), ndim) * ops.ones_like(x[..., :1])
-        pooled = ops.sum(x * mask, axis=axes) / ops.maximum(ops.sum(mask, axis=axes), 1.0)
+        pooled = masked_mean(x, real_frames(x, lengths), axis=tuple(range(1, len(x.shape) - 1)))
         return ops.cast(pooled, self.compute_dtype)
 
     def compute_output_shape(self, inputs_shape, lengths_shape=None):
@@ -211,16 +220,10 @@ class UtteranceNormalization(keras.layers.Layer):
 
     def call(self, inputs, lengths=None):
         x = ops.cast(inputs, "float32")
-        if lengths is None:
-            mask = ops.ones_like(x[..., :1])
-        else:
-            mask = time_mask(lengths, ops.shape(x)[1])[..., None]
-        count = ops.maximum(ops.sum(mask, axis=1, keepdims=True), 1.0)
-        mean = ops.sum(x * mask, axis=1, keepdims=True) / count
-        out = x - mean
+        mask = real_frames(x, lengths)
+        out = x - masked_mean(x, mask, axis=1, keepdims=True)
         if self.mode == "meanvar":
-            variance = ops.sum(out**2 * mask, axis=1, keepdims=True) / count
-            out = out * ops.rsqrt(variance + self.epsilon)
+            out = out * ops.rsqrt(masked_mean(out**2, mask, axis=1, keepdims=True) + self.epsilon)
         # Padding stays zero so later length-aware layers see the same clip.
         return ops.cast(out * mask, self.compute_dtype)
 
