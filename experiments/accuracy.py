@@ -303,6 +303,24 @@ def recipe_rows(results):
     return rows
 
 
+def seed_rows(results, max_seed=10):
+    """Recipes trained with more than one training seed on the actor split: each seed and mean ± std."""
+    import numpy as np
+
+    rows = []
+    for recipe in RECIPES:
+        seeds = [k for k in range(max_seed) if run_name(recipe, "actor", seed=k) in results]
+        if len(seeds) < 2:
+            continue
+        metrics = [results[run_name(recipe, "actor", seed=k)]["metrics"] for k in seeds]
+        test = np.array([m["test"]["accuracy"] for m in metrics])
+        val = np.array([m["val"]["accuracy"] for m in metrics])
+        rows.append([recipe, ", ".join(map(str, seeds)), " / ".join(f"{100 * a:.1f}" for a in test),
+                     f"{100 * test.mean():.1f} ± {100 * test.std(ddof=1):.1f}",
+                     " / ".join(f"{100 * a:.1f}" for a in val), f"{100 * val.mean():.1f} ± {100 * val.std(ddof=1):.1f}"])
+    return rows
+
+
 def baseline_rows():
     """The study's architectures at their paper sizes (cost only: they were not trained here) and the
     best reduced-size study runs that were (experiments/study.py)."""
@@ -361,6 +379,13 @@ def report():
         lines += [f"Machine: {'; '.join(records[0]['machine'])}", ""]
     lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     lines += ["| " + " | ".join(row) + " |" for row in recipe_rows(results)]
+    seeds = seed_rows(results)
+    if seeds:
+        lines += ["", "## Training seeds (same actor split; `run --seed N`)", "",
+                  "How far a recipe moves when only its initialisation, shuffling and augmentation change: "
+                  "differences between recipes smaller than this spread are not evidence.", "",
+                  "| recipe | seeds | test acc % | mean ± std | val acc % | mean ± std |", "|" + " --- |" * 6]
+        lines += ["| " + " | ".join(row) + " |" for row in seeds]
     ensembles = ROOT / RUNS_DIR / "ensembles.jsonl"
     if ensembles.is_file():
         lines += ["", "## Ensembles (probabilities averaged; cost = the members' summed)", "",
@@ -383,7 +408,7 @@ def report():
     lines += ["", "The study's paper-size rows give its reported numbers (random split, not re-measured) and the "
               "cost of our implementation of its architectures at 10 ms hop / 64 mels.", "",
               "## Recipes", ""]
-    lines += [f"- `{name}`: {recipe.about}. `serkeras train {shlex.join(recipe.options())}`"
+    lines += [f"- `{name}`: {recipe.about}. `serkeras train {shlex.join(recipe.options())} --epochs {recipe.epochs}`"
               for name, recipe in RECIPES.items()]
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / "accuracy.md").write_text("\n".join(lines) + "\n")
