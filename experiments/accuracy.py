@@ -81,6 +81,8 @@ RECIPES = {
                                "(momentum 0.995: about 1.3 epochs)"),
     "resnet-wide": Recipe("resnet", 1.0, about="`resnet` at width 1 (3.6 times the FLOPs)"),
     "crnn": Recipe("crnn", 0.5, about="Conv2D front end on log-mel + spectral at 1/8 rate, BiGRU, attentive pooling"),
+    "crnn-augmented": Recipe("crnn", 0.5, augment_copies=2, speed=0.1, epochs=10,
+                             about="`crnn` + the 2 waveform-augmented copies of `resnet-augmented`; 10 epochs"),
     "conformer": Recipe("conformer", 1.0, about="Conv1D subsampling x8, 2 Conformer-style layers, attentive pooling"),
 }
 #: The recipes whose actor-split models saved_models/serkeras-crema-d.keras averages. Chosen on the

@@ -98,3 +98,43 @@ def test_model_card_scores_human_votes_with_ties_and_bootstraps_by_actor(crema_r
     assert low == 0.0 and high == 1.0
     low, high = card.actor_bootstrap(["a"] * 10 + ["b"] * 10, lambda i: 0.7)
     assert low == high == 0.7
+
+
+def test_accuracy_script_runs_resumes_ensembles_and_reports(crema_subset, tmp_path, monkeypatch):
+    """`run` trains a recipe once per seed (a second call skips it), `ensemble` scores their average on the
+    same split, `report` lists the recipe, its seeds and the ensemble."""
+    import json
+    import sys
+
+    from click.testing import CliRunner
+
+    accuracy = load_script("accuracy")
+    for module in (accuracy, sys.modules["study"]):  # run_logged and load_results live in study.py
+        monkeypatch.setattr(module, "ROOT", tmp_path)
+    monkeypatch.setattr(accuracy, "RESULTS_DIR", tmp_path / "results")
+    runner = CliRunner()
+    runs = tmp_path / "saved_models" / "accuracy"
+    for seed in (0, 1):
+        args = ["run", "crnn", "--epochs", "1", "--seed", str(seed), "--data-dir", str(crema_subset)]
+        result = runner.invoke(accuracy.cli, args)
+        assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (runs / "runs.jsonl").read_text().splitlines()]
+    assert [r["run"] for r in records] == ["crnn-actor", "crnn-actor-seed1"]
+    assert "--arch crnn" in records[1]["command"] and "--train-seed 1" in records[1]["command"] and records[1]["machine"]
+    again = runner.invoke(accuracy.cli, args)
+    assert again.exit_code == 0 and "crnn-actor-seed1: done" in again.output
+
+    result = runner.invoke(accuracy.cli, ["ensemble", "crnn-actor", "crnn-actor-seed1", "--data-dir", str(crema_subset)])
+    assert result.exit_code == 0, result.output
+    scored = json.loads((runs / "ensembles.jsonl").read_text().splitlines()[-1])
+    member = json.loads((runs / "crnn-actor-seed1" / "metrics.json").read_text())
+    assert scored["runs"] == ["crnn-actor", "crnn-actor-seed1"] and scored["n"] == member["test"]["n"]
+    assert 0.0 <= scored["accuracy"] <= 1.0 and 0.0 <= scored["val_accuracy"] <= 1.0
+    unfinished = runner.invoke(accuracy.cli, ["ensemble", "crnn-actor", "resnet-actor", "--data-dir", str(crema_subset)])
+    assert unfinished.exit_code == 2 and "not finished: resnet-actor" in unfinished.output
+
+    result = runner.invoke(accuracy.cli, ["report"])
+    assert result.exit_code == 0, result.output
+    report = (tmp_path / "results" / "accuracy.md").read_text()
+    assert "| crnn | actor |" in report and "| crnn | 0, 1 |" in report
+    assert f"| crnn-actor + crnn-actor-seed1 | actor | {100 * scored['accuracy']:.1f}" in report
