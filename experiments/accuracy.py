@@ -16,6 +16,7 @@ are missing, saves their average as ``saved_models/serkeras-crema-d.keras`` and 
 """
 
 import dataclasses
+import functools
 import json
 import shlex
 import sys
@@ -272,12 +273,19 @@ def format_cell(s, folds=False):
 
 def model_cost(config):
     """(parameters, MFLOPs per 2.5 s clip) of the architecture in a run's config.json, built afresh."""
+    return _model_cost(json.dumps({k: config[k] for k in ("feature_config", "model_config")}, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=None)
+def _model_cost(settings):
+    # Keyed by the settings: many runs and every ensemble row share a handful of architectures.
     from serkeras.features import FeatureConfig
     from serkeras.models import ModelConfig, build_model
     from serkeras.models.cost import flops_per_clip
 
-    feature_config = FeatureConfig.from_dict(config["feature_config"])
-    model = build_model(feature_config, ModelConfig.from_dict(config["model_config"]), ["a", "b", "c", "d", "e", "f"])
+    settings = json.loads(settings)
+    feature_config = FeatureConfig.from_dict(settings["feature_config"])
+    model = build_model(feature_config, ModelConfig.from_dict(settings["model_config"]), ["a", "b", "c", "d", "e", "f"])
     return model.count_params(), flops_per_clip(model, feature_config) / 1e6
 
 

@@ -18,6 +18,7 @@ interrupted one resumed, so ``run`` can be stopped and restarted at any time.
 """
 
 import dataclasses
+import functools
 import json
 import shlex
 import subprocess
@@ -146,7 +147,9 @@ def run_logged(command, runs_dir, record):
         f.write(json.dumps(record) + "\n")
 
 
+@functools.lru_cache(maxsize=1)
 def machine_lines():
+    """describe_machine() of this interpreter, asked once per process (in a subprocess: it imports TensorFlow)."""
     result = subprocess.run([sys.executable, "-c", "from serkeras.system import describe_machine; "
                              "print('\\n'.join(describe_machine()))"], capture_output=True, text=True)
     return result.stdout.strip().splitlines()
