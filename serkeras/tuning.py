@@ -303,13 +303,31 @@ def search_settings(feature_config, model_config, train_config, describe, tuner_
             "search_dropout": search_dropout, "search_width": search_width, **describe}
 
 
+def _filled_in(settings):
+    """`settings` with the fields added to the config classes since they were stored set to their defaults.
+
+    A new field's default keeps the behaviour from before it existed (e.g. `ema_momentum` 0: no
+    averaging), so a search stored by an older serkeras resumes unless a setting really differs.
+    """
+    from serkeras.features import FeatureConfig
+    from serkeras.models import ModelConfig
+
+    filled = dict(settings)
+    for key, cls in (("feature_config", FeatureConfig), ("model_config", ModelConfig), ("train_config", TrainConfig)):
+        if isinstance(filled.get(key), dict):
+            filled[key] = cls.from_dict(filled[key]).to_dict()
+    if "train_config" in filled:
+        filled["train_config"].pop("learning_rate", None)  # searched, so never stored
+    return json.loads(json.dumps(filled))
+
+
 def check_resumable(search_dir, settings):
     """Refuse to resume a search stored with other settings; returns True when one is stored."""
     stored_path = Path(search_dir) / "search.json"
     if not stored_path.is_file():
         return False
-    stored = json.loads(stored_path.read_text()).get("settings", {})
-    settings = json.loads(json.dumps(settings))
+    stored = _filled_in(json.loads(stored_path.read_text()).get("settings", {}))
+    settings = _filled_in(settings)
     different = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
     if different:
         raise SerkerasError(f"search {Path(search_dir).name} exists with other settings ({', '.join(different)}): "

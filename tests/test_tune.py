@@ -237,3 +237,24 @@ def test_distributed_chief_and_two_workers(crema_subset, workdir):
     for row in rows:
         pids = event_pids(workdir / "dist_logs" / "dist" / row["trial_id"])
         assert pids and pids <= workers, (pids, workers, procs["chief"].pid)
+
+
+def test_a_search_stored_before_a_setting_existed_resumes_with_its_default(tmp_path):
+    from serkeras import tuning
+    from serkeras.errors import SerkerasError
+    from serkeras.features import FeatureConfig
+    from serkeras.models import ModelConfig
+    from serkeras.training import TrainConfig
+
+    def settings(**training):
+        return tuning.search_settings(FeatureConfig(), ModelConfig(arch="resnet"), TrainConfig(**training),
+                                      {"split": "actor", "seed": 0}, "random", "val_accuracy", False, False)
+
+    stored = json.loads(json.dumps(settings()))
+    del stored["train_config"]["ema_momentum"], stored["model_config"]["pooling"]  # as an older serkeras wrote it
+    (tmp_path / "search.json").write_text(json.dumps({"settings": stored}))
+    assert tuning.check_resumable(tmp_path, settings())
+    with pytest.raises(SerkerasError, match=r"other settings \(train_config\)"):
+        tuning.check_resumable(tmp_path, settings(ema_momentum=0.9))
+    with pytest.raises(SerkerasError, match=r"other settings \(train_config\)"):
+        tuning.check_resumable(tmp_path, settings(label_smoothing=0.1))
