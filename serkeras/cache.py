@@ -14,6 +14,7 @@ used are remembered as `.bad` entries with the reason, and reported, not retried
 
 import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import multiprocessing
 import os
@@ -58,14 +59,22 @@ def resolve_cache_dir(cache_dir=None):
 
 def clip_key(path, config, augmentation=None, copy=0):
     """Hash of the feature settings, the file's contents, and the augmented copy if any."""
+    stat = os.stat(path)
+    ident = f"{config.extraction_key()}|{_content_digest(os.path.abspath(path), stat.st_size, stat.st_mtime_ns)}"
+    if augmentation is not None:
+        ident += f"|{augmentation.key(copy)}"
+    return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=65536)
+def _content_digest(path, size, mtime_ns):
+    """Hash of a file's bytes, read once per process for each (path, size, mtime): a training run
+    looks its clips up again for every augmented copy."""
     content = hashlib.blake2b()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):  # hashlib.file_digest needs Python 3.11
             content.update(block)
-    ident = f"{config.extraction_key()}|{content.hexdigest()}"
-    if augmentation is not None:
-        ident += f"|{augmentation.key(copy)}"
-    return hashlib.sha256(ident.encode()).hexdigest()[:16]
+    return content.hexdigest()
 
 
 def remove_stale_temporaries(folder, older_than=3600.0):

@@ -155,6 +155,13 @@ def class_weights(label_indices, n_classes):
     return {int(c): float(w) for c, w in zip(present, weights)}
 
 
+def fit_class_weight(data, train_config):
+    """`fit`'s class_weight for `train_config`: balanced weights of the training part, or None."""
+    if not train_config.class_weight:
+        return None
+    return class_weights(data.parts["train"][2], len(data.labels))
+
+
 class LearningRateLogger(keras.callbacks.Callback):
     """Adds the optimiser's current learning rate to the epoch logs (before TensorBoard sees them)."""
 
@@ -318,7 +325,7 @@ def run_training(data, feature_config, model_config, train_config, run_dir, log_
     start = time.perf_counter()
     model.fit(train_ds, validation_data=val_ds, epochs=train_config.epochs, verbose=verbose, shuffle=False,
               callbacks=make_callbacks(run_dir, log_dir, data, feature_config, train_config, resume),
-              class_weight=class_weights(data.parts["train"][2], len(data.labels)) if train_config.class_weight else None)
+              class_weight=fit_class_weight(data, train_config))
     seconds = time.perf_counter() - start
     if not (run_dir / "model.keras").is_file():
         raise SerkerasError(f"training produced no checkpoint in {run_dir} (did the loss become NaN?)")

@@ -35,7 +35,7 @@ import numpy as np
 from serkeras.errors import SerkerasError
 from serkeras.evaluation import classification_report, model_input_names, predict_features
 from serkeras.models import build_model
-from serkeras.training import (LearningRateLogger, TrainConfig, class_weights, compile_model, ema_callback,
+from serkeras.training import (LearningRateLogger, TrainConfig, compile_model, ema_callback, fit_class_weight,
                                plateau_callback)
 
 #: The study's grid.
@@ -185,9 +185,8 @@ def run_search(tuner, data, epochs, batch_size, log_dir, patience=5, seed=0, ver
     keras.utils.set_random_seed(seed)
     try:
         # The train dataset is shuffled already (fit's own shuffle would only warn).
-        weights = class_weights(data.parts["train"][2], len(data.labels)) if hypermodel.train_config.class_weight else None
         tuner.search(train, validation_data=val, epochs=epochs, callbacks=callbacks, verbose=verbose, shuffle=False,
-                     class_weight=weights)
+                     class_weight=fit_class_weight(data, hypermodel.train_config))
     except RuntimeError as exc:  # KerasTuner gives up after repeated failed trials.
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SerkerasError(f"the search stopped: {first}") from exc
