@@ -155,3 +155,11 @@ def run_cli(args, cwd):
         return CliRunner().invoke(main, args, catch_exceptions=False)
     finally:
         os.chdir(old)
+
+
+#: Test modules that start long background work: run first, so it overlaps with the rest.
+FIRST = ("test_backends.py",)
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.path.name not in FIRST)  # stable: the order is otherwise kept
