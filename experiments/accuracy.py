@@ -90,6 +90,10 @@ RECIPES = {
 #: actor split's validation actors: 65.9% for the three together, 58.2-62.4% for each alone (crnn-augmented
 #: replaced crnn, 63.9% with it, at the same cost).
 SHIPPED = ("resnet", "crnn-augmented", "resnet-augmented")
+#: Test-time augmentation (`ensemble --tta-copies`): copies made like the augmented recipes' training copies.
+TTA_SPEED = 0.1
+TTA_DESCRIPTION = ("made like the augmented recipes' training copies: speed 0.9-1.1, time shift up to 0.25 s, "
+                   "gain ±6 dB, noise at 10-30 dB SNR")
 
 
 def run_name(recipe, split, fold=None, seed=0):
@@ -202,18 +206,24 @@ def write_card(data_dir, members, epochs):
 @cli.command()
 @click.argument("runs", nargs=-1, required=True)
 @data_dir_option
-def ensemble(runs, data_dir):
+@click.option("--tta-copies", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Test-time augmentation: also average over this many augmented copies of each val/test clip, "
+                   "made like the augmented recipes' training copies (speed 0.9-1.1, shift, gain, noise); costs that "
+                   "many more feature extractions and forward passes per clip.")
+def ensemble(runs, data_dir, tta_copies):
     """Average finished RUNS (one split, one feature setting) and score the average on that split's val and test.
 
     Builds the same one-file average that `ship` saves (serkeras.models.ensemble)
     and appends its scores to saved_models/accuracy/ensembles.jsonl, which
-    `report` shows; its cost is the sum of the members'.
+    `report` shows; its cost is the sum of the members' (times 1 + TTA copies).
+    One run alone is scored too (useful with --tta-copies).
     """
     import time
 
     from model_card import part_probabilities
 
     from serkeras.corpus import load_corpus
+    from serkeras.effects import WaveAugmentation
     from serkeras.evaluation import classification_report
     from serkeras.models import load_model, model_metadata
     from serkeras.models.ensemble import ensemble_model
@@ -230,18 +240,22 @@ def ensemble(runs, data_dir):
     corpus = load_corpus(data_dir, None)
     split = make_split(corpus.clips, c["split"], c["val_fraction"], c["test_fraction"], c["fold"], c["n_folds"],
                        c["seed"])
-    model = ensemble_model([load_model(ROOT / RUNS_DIR / r / "model.keras")[0] for r in runs])
+    models = [load_model(ROOT / RUNS_DIR / r / "model.keras")[0] for r in runs]
+    model = ensemble_model(models) if len(models) > 1 else models[0]
     meta = model_metadata(model)
     started = time.time()
     reports = {part: classification_report(corpus.label_indices(clips),
-                                            part_probabilities(model, meta, clips).argmax(axis=1), corpus.labels)
+                                            part_probabilities(model, meta, clips, WaveAugmentation(speed=TTA_SPEED),
+                                                               tta_copies).argmax(axis=1), corpus.labels)
                for part, clips in (("val", split.val), ("test", split.test))}
-    record = {"runs": list(runs), "split": c["split"], "accuracy": reports["test"]["accuracy"],
+    record = {"runs": list(runs), **({"tta_copies": tta_copies} if tta_copies else {}),
+              "split": c["split"], "accuracy": reports["test"]["accuracy"],
               "macro_f1": reports["test"]["macro_f1"], "n": reports["test"]["n"],
               "val_accuracy": reports["val"]["accuracy"], "predict_seconds": round(time.time() - started, 1)}
     with open(ROOT / RUNS_DIR / "ensembles.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
-    click.echo(f"average of {len(runs)}: test accuracy {100 * record['accuracy']:.1f}%, macro-F1 "
+    tta = f" with {tta_copies} TTA copies" if tta_copies else ""
+    click.echo(f"average of {len(runs)}{tta}: test accuracy {100 * record['accuracy']:.1f}%, macro-F1 "
                f"{record['macro_f1']:.3f} on {record['n']} clips; validation {100 * record['val_accuracy']:.1f}% "
                f"({c['split']} split)")
 
@@ -400,19 +414,24 @@ def report():
     ensembles = ROOT / RUNS_DIR / "ensembles.jsonl"
     if ensembles.is_file():
         lines += ["", "## Ensembles (probabilities averaged; cost = the members' summed)", "",
+                  "With test-time augmentation (TTA), each clip's probabilities are also averaged over its "
+                  f"augmented copies ({TTA_DESCRIPTION}): the forward cost is multiplied by 1 + copies, and every "
+                  "copy also costs a waveform augmentation and a feature extraction.", "",
                   "| members | split | test acc % | macro-F1 | val acc % | MFLOPs / clip | train min |",
                   "|" + " --- |" * 7]
-        latest = {}  # a set of members scored again replaces its older record
+        latest = {}  # a set of members scored again (with the same TTA) replaces its older record
         for line in ensembles.read_text().splitlines():
             e = json.loads(line)
-            latest[tuple(e["runs"])] = e
+            latest[tuple(e["runs"]), e.get("tta_copies", 0)] = e
         for e in latest.values():
             members = [results[r] for r in e["runs"] if r in results]
-            mflops = sum(model_cost(m["config"])[1] for m in members)
+            tta = e.get("tta_copies", 0)
+            mflops = sum(model_cost(m["config"])[1] for m in members) * (1 + tta)
             minutes = sum(m["metrics"]["train_seconds"] for m in members) / 60
             ci = accuracy_interval(e["accuracy"], e["n"])
             val = f"{100 * e['val_accuracy']:.1f}" if "val_accuracy" in e else ""
-            lines.append(f"| {' + '.join(e['runs'])} | {e['split']} | {100 * e['accuracy']:.1f} ± {100 * ci:.1f} | "
+            name = " + ".join(e["runs"]) + (f", TTA: clip + {tta} augmented copies" if tta else "")
+            lines.append(f"| {name} | {e['split']} | {100 * e['accuracy']:.1f} ± {100 * ci:.1f} | "
                          f"{e['macro_f1']:.3f} | {val} | {mflops:.0f} | {minutes:.0f} |")
     lines += ["", "## Baselines", "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     lines += ["| " + " | ".join(row) + " |" for row in baseline_rows()]

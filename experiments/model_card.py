@@ -43,16 +43,25 @@ def actor_bootstrap(actors, statistic, seed=0):
     return np.percentile(draws, [2.5, 97.5])
 
 
-def part_probabilities(model, meta, clips):
-    """Class probabilities of `model` for `clips` (all of which must have features)."""
+def part_probabilities(model, meta, clips, augmentation=None, copies=0):
+    """Class probabilities of `model` for `clips` (all of which must have features).
+
+    With `copies` > 0 (test-time augmentation), the probabilities are averaged over each clip
+    and its augmented copies 1..`copies` under `augmentation` (cached like training copies).
+    """
     from serkeras.cache import cached_features
     from serkeras.evaluation import predict_features
 
-    kept, features = cached_features(clips, meta.feature_config).of(clips)
-    if len(kept) != len(clips):
-        raise RuntimeError(f"{len(clips) - len(kept)} clips have no features")
     config = meta.feature_config
-    return predict_features(model, features, config.length_mode, config.fixed_frames)
+    versions = [cached_features(clips, config)]
+    versions += [cached_features(clips, config, augmentation=augmentation, copy=k) for k in range(1, copies + 1)]
+    probabilities = []
+    for feature_set in versions:
+        kept, features = feature_set.of(clips)
+        if len(kept) != len(clips):
+            raise RuntimeError(f"{len(clips) - len(kept)} clips have no features")
+        probabilities.append(predict_features(model, features, config.length_mode, config.fixed_frames))
+    return np.mean(probabilities, axis=0)
 
 
 def write_model_card(model_path, card_path, data_dir, members, command, results, runs_dir, kfold_runs):

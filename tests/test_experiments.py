@@ -112,6 +112,7 @@ def test_accuracy_script_runs_resumes_ensembles_and_reports(crema_subset, tmp_pa
     for module in (accuracy, sys.modules["study"]):  # run_logged and load_results live in study.py
         monkeypatch.setattr(module, "ROOT", tmp_path)
     monkeypatch.setattr(accuracy, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.chdir(tmp_path)  # in-process scoring shares the training runs' feature cache (data/cache)
     runner = CliRunner()
     runs = tmp_path / "saved_models" / "accuracy"
     for seed in (0, 1):
@@ -132,9 +133,17 @@ def test_accuracy_script_runs_resumes_ensembles_and_reports(crema_subset, tmp_pa
     assert 0.0 <= scored["accuracy"] <= 1.0 and 0.0 <= scored["val_accuracy"] <= 1.0
     unfinished = runner.invoke(accuracy.cli, ["ensemble", "crnn-actor", "resnet-actor", "--data-dir", str(crema_subset)])
     assert unfinished.exit_code == 2 and "not finished: resnet-actor" in unfinished.output
+    # One run with test-time augmentation: each val/test clip's first augmented copy is featurised too.
+    copies = len(list((tmp_path / "data" / "cache").rglob("*.npz")))
+    result = runner.invoke(accuracy.cli, ["ensemble", "crnn-actor", "--tta-copies", "1", "--data-dir", str(crema_subset)])
+    assert result.exit_code == 0, result.output
+    tta = json.loads((runs / "ensembles.jsonl").read_text().splitlines()[-1])
+    assert (tta["runs"], tta["tta_copies"], tta["n"]) == (["crnn-actor"], 1, scored["n"])
+    assert len(list((tmp_path / "data" / "cache").rglob("*.npz"))) - copies == scored["n"] + member["val"]["n"]
 
     result = runner.invoke(accuracy.cli, ["report"])
     assert result.exit_code == 0, result.output
     report = (tmp_path / "results" / "accuracy.md").read_text()
     assert "| crnn | actor |" in report and "| crnn | 0, 1 |" in report
     assert f"| crnn-actor + crnn-actor-seed1 | actor | {100 * scored['accuracy']:.1f}" in report
+    assert f"| crnn-actor, TTA: clip + 1 augmented copies | actor | {100 * tta['accuracy']:.1f}" in report
