@@ -90,10 +90,10 @@ RECIPES = {
 #: actor split's validation actors: 65.9% for the three together, 58.2-62.4% for each alone (crnn-augmented
 #: replaced crnn, 63.9% with it, at the same cost).
 SHIPPED = ("resnet", "crnn-augmented", "resnet-augmented")
-#: Test-time augmentation (`ensemble --tta-copies`): copies made like the augmented recipes' training copies.
-TTA_SPEED = 0.1
-TTA_DESCRIPTION = ("made like the augmented recipes' training copies: speed 0.9-1.1, time shift up to 0.25 s, "
-                   "gain ±6 dB, noise at 10-30 dB SNR")
+#: Test-time augmentation (`ensemble --tta-copies`): serkeras.effects.TEST_TIME_AUGMENTATION, as in
+#: `serkeras evaluate --tta-copies`.
+TTA_DESCRIPTION = ("serkeras' TEST_TIME_AUGMENTATION, made like the augmented recipes' training copies: speed "
+                   "0.9-1.1, time shift up to 0.25 s, gain within ±6 dB, noise at 10-30 dB SNR")
 
 
 def run_name(recipe, split, fold=None, seed=0):
@@ -223,7 +223,7 @@ def ensemble(runs, data_dir, tta_copies):
     from model_card import part_probabilities
 
     from serkeras.corpus import load_corpus
-    from serkeras.effects import WaveAugmentation
+    from serkeras.effects import TEST_TIME_AUGMENTATION
     from serkeras.evaluation import classification_report
     from serkeras.models import load_model, model_metadata
     from serkeras.models.ensemble import ensemble_model
@@ -245,7 +245,7 @@ def ensemble(runs, data_dir, tta_copies):
     meta = model_metadata(model)
     started = time.time()
     reports = {part: classification_report(corpus.label_indices(clips),
-                                            part_probabilities(model, meta, clips, WaveAugmentation(speed=TTA_SPEED),
+                                            part_probabilities(model, meta, clips, TEST_TIME_AUGMENTATION,
                                                                tta_copies).argmax(axis=1), corpus.labels)
                for part, clips in (("val", split.val), ("test", split.test))}
     record = {"runs": list(runs), **({"tta_copies": tta_copies} if tta_copies else {}),

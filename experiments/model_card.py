@@ -47,21 +47,22 @@ def part_probabilities(model, meta, clips, augmentation=None, copies=0):
     """Class probabilities of `model` for `clips` (all of which must have features).
 
     With `copies` > 0 (test-time augmentation), the probabilities are averaged over each clip
-    and its augmented copies 1..`copies` under `augmentation` (cached like training copies).
+    and its augmented copies 1..`copies` under `augmentation` (cached like training copies), as
+    `serkeras evaluate --tta-copies` does.
     """
     from serkeras.cache import cached_features
-    from serkeras.evaluation import predict_features
+    from serkeras.evaluation import predict_versions
 
     config = meta.feature_config
     versions = [cached_features(clips, config)]
     versions += [cached_features(clips, config, augmentation=augmentation, copy=k) for k in range(1, copies + 1)]
-    probabilities = []
+    features = []
     for feature_set in versions:
-        kept, features = feature_set.of(clips)
+        kept, version = feature_set.of(clips)
         if len(kept) != len(clips):
             raise RuntimeError(f"{len(clips) - len(kept)} clips have no features")
-        probabilities.append(predict_features(model, features, config.length_mode, config.fixed_frames))
-    return np.mean(probabilities, axis=0)
+        features.append(version)
+    return predict_versions(model, features, config.length_mode, config.fixed_frames)
 
 
 def write_model_card(model_path, card_path, data_dir, members, command, results, runs_dir, kfold_runs):

@@ -155,10 +155,11 @@ def _store_item(item, *settings):
     return _compute_and_store(path, base, *settings)
 
 
-def _compute_only(path, config_dict):
+def _compute_only(path, config_dict, augmentation_dict=None, copy=0):
     """Worker: compute one file's features without caching; returns (path, features or reason)."""
+    augmentation = WaveAugmentation.from_dict(augmentation_dict) if augmentation_dict else None
     try:
-        return path, compute_clip(path, FeatureConfig.from_dict(config_dict))
+        return path, compute_clip(path, FeatureConfig.from_dict(config_dict), augmentation, copy)
     except AudioError as exc:
         return path, str(exc)
 
@@ -225,8 +226,10 @@ def cached_features(clips, config, cache_dir=None, workers=None, progress=True, 
     return FeatureSet(features, skipped, computed=len(todo), reused=reused, seconds=time.perf_counter() - start)
 
 
-def compute_clips(paths, config, workers=None, progress=False):
+def compute_clips(paths, config, workers=None, progress=False, augmentation=None, copy=0):
     """Features of many files, computed in parallel and not cached (for one-off audio such as `predict` inputs).
+
+    `augmentation` and `copy` as in `cached_features`.
 
     Returns
     -------
@@ -235,7 +238,8 @@ def compute_clips(paths, config, workers=None, progress=False):
     """
     workers = max(1, min(workers or os.cpu_count() or 1, len(paths) or 1))
     bar = tqdm(total=len(paths), desc="features", unit="file", disable=not progress, leave=False)
-    results = dict(_parallel(_compute_only, list(paths), (config.to_dict(),), workers, bar))
+    settings = (config.to_dict(), augmentation.to_dict() if augmentation is not None else None, copy)
+    results = dict(_parallel(_compute_only, list(paths), settings, workers, bar))
     bar.close()
     return [(path, results[path]) for path in paths]
 

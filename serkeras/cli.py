@@ -369,6 +369,14 @@ def _train_one(corpus, split, feature_config, model_config, train_config, run_di
     return metrics
 
 
+#: `--tta-copies` of evaluate and predict.
+tta_option = click.option(
+    "--tta-copies", type=click.IntRange(min=0), default=0, show_default=True,
+    help="Test-time augmentation: average each clip's probabilities with those of this many augmented copies "
+         "(speed 0.9-1.1, shift, gain, noise at 10-30 dB SNR: like the augmented recipes' training copies). "
+         "Costs that many more feature extractions and forward passes; for models trained on such copies.")
+
+
 def _open_model(path):
     from serkeras.models import load_model
 
@@ -384,13 +392,15 @@ def _open_model(path):
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the report as JSON.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write the confusion matrix as PNG.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@tta_option
 def evaluate(model_path, data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction, test_fraction, seed,
-             part, json_path, plot, batch_size):
+             part, json_path, plot, batch_size, tta_copies):
     """Accuracy, F1, precision, recall, per-class table and confusion matrix of a saved model."""
     import json
 
     from serkeras.cache import cached_features
-    from serkeras.evaluation import classification_report, format_report, predict_features, save_confusion_matrix
+    from serkeras.effects import TEST_TIME_AUGMENTATION
+    from serkeras.evaluation import classification_report, format_report, predict_versions, save_confusion_matrix
 
     model, meta = _open_model(model_path)
     corpus, split = load_split(data_dir, manifest, split_kind, fold, n_folds, val_fraction, test_fraction, seed)
@@ -401,11 +411,16 @@ def evaluate(model_path, data_dir, manifest, cache_dir, split_kind, fold, n_fold
     if not kept:
         raise SerkerasError("no usable clips to evaluate")
     config = meta.feature_config
-    probabilities = predict_features(model, features, config.length_mode, config.fixed_frames, batch_size)
+    versions = [features] + [cached_features(kept, config, cache_dir, augmentation=TEST_TIME_AUGMENTATION,
+                                             copy=k).of(kept)[1] for k in range(1, tta_copies + 1)]
+    if any(len(v) != len(kept) for v in versions):
+        raise SerkerasError("some test-time augmented copies could not be computed")
+    probabilities = predict_versions(model, versions, config.length_mode, config.fixed_frames, batch_size)
     report = classification_report(corpus.label_indices(kept), probabilities.argmax(axis=1), corpus.labels,
                                    groups={"sex": [c.sex for c in kept]})
-    report.update({"model": str(model_path), "split": split.description, "part": part})
-    click.echo(f"{model_path} on {corpus.name}, {split.description}, part {part}")
+    report.update({"model": str(model_path), "split": split.description, "part": part, "tta_copies": tta_copies})
+    tta = f", test-time augmentation: each clip + {tta_copies} copies" if tta_copies else ""
+    click.echo(f"{model_path} on {corpus.name}, {split.description}, part {part}{tta}")
     click.echo(format_report(report))
     if json_path:
         with open(json_path, "w") as f:
@@ -445,7 +460,8 @@ def default_model_path():
 @click.option("--hop", type=click.FloatRange(min=0.1), default=None, help="Window hop in seconds (default: window/2).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Feature processes (default: every core).")
-def predict(paths, model_path, output_format, window, hop, batch_size, workers):
+@tta_option
+def predict(paths, model_path, output_format, window, hop, batch_size, workers, tta_copies):
     """Predict the emotion of audio files, folders or globs (any format, rate and channels)."""
     import json
 
@@ -453,7 +469,7 @@ def predict(paths, model_path, output_format, window, hop, batch_size, workers):
 
     model, meta = _open_model(model_path or default_model_path())
     files = expand_paths(paths)
-    predictions, skipped = predict_files(model, meta, files, window, hop, batch_size, workers)
+    predictions, skipped = predict_files(model, meta, files, window, hop, batch_size, workers, tta_copies)
     labels = list(meta.labels)
     if output_format == "json":
         click.echo(json.dumps([{"path": p.path, "label": p.label, "seconds": round(p.seconds, 3),

@@ -71,6 +71,12 @@ class WaveAugmentation:
         return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
+#: The copies of test-time augmentation (`evaluate` / `predict --tta-copies`): drawn like the training
+#: copies of the augmented recipes (speed 0.9-1.1, time shift up to 0.25 s, gain within 6 dB, noise at
+#: 10-30 dB SNR), so they suit models trained on such copies (others can lose accuracy on them).
+TEST_TIME_AUGMENTATION = WaveAugmentation(speed=0.1)
+
+
 def change_speed(wave, factor):
     """Play `wave` `factor` times as fast (resampling: tempo and pitch scale together)."""
     if factor == 1.0:

@@ -28,6 +28,12 @@ def predict_features(model, feature_list, length_mode, fixed_frames=None, batch_
     return out
 
 
+def predict_versions(model, versions, length_mode, fixed_frames=None, batch_size=32):
+    """Mean class probabilities over versions of the same clips, such as each clip and its
+    test-time augmented copies (`versions`: feature lists, all in one clip order)."""
+    return np.mean([predict_features(model, v, length_mode, fixed_frames, batch_size) for v in versions], axis=0)
+
+
 def classification_report(y_true, y_pred, labels, groups=None):
     """Accuracy, macro/weighted F1, precision, recall, per-class table, confusion matrix.
 

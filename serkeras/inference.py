@@ -9,6 +9,7 @@ import numpy as np
 
 from serkeras.cache import compute_clips
 from serkeras.corpus import warn_skipped
+from serkeras.effects import TEST_TIME_AUGMENTATION
 from serkeras.errors import DataError
 from serkeras.evaluation import predict_features
 
@@ -50,13 +51,15 @@ def windows(frames, window, hop):
 
 
 def predict_files(model, metadata, paths, window_seconds=None, hop_seconds=None, batch_size=32,
-                  workers=None):
+                  workers=None, tta_copies=0):
     """Predict the emotion of every readable file; unreadable ones are skipped with a warning.
 
     Recordings longer than `window_seconds` (default: the model's fixed length,
     or 4 s for variable-length models) are cut into windows `hop_seconds` apart;
     the overall probabilities are the mean over windows. Features are computed in
-    `workers` processes (default: every core).
+    `workers` processes (default: every core). With `tta_copies` > 0 (test-time
+    augmentation) a file's probabilities are also averaged over that many copies
+    made with `TEST_TIME_AUGMENTATION`; a windowed recording's timeline is the file's own.
     """
     config = metadata.feature_config
     frames_per_second = config.sample_rate / config.hop_length
@@ -64,27 +67,31 @@ def predict_files(model, metadata, paths, window_seconds=None, hop_seconds=None,
     hop_seconds = hop_seconds or window_seconds / 2
     window, hop = int(window_seconds * frames_per_second), max(1, int(hop_seconds * frames_per_second))
     pieces, owners, skipped, durations = [], [], [], {}
-    for path, features in compute_clips(paths, config, workers):
-        if isinstance(features, str):
-            skipped.append((path, features))
-            continue
-        n = len(features["logmel"])
-        durations[path] = (n - 1) / frames_per_second
-        for start in windows(n, window, hop):
-            pieces.append({k: v[start:start + window] for k, v in features.items()})
-            owners.append((path, start))
+    for copy in range(tta_copies + 1):
+        augmentation = TEST_TIME_AUGMENTATION if copy else None
+        for path, features in compute_clips(list(durations) if copy else paths, config, workers,
+                                            augmentation=augmentation, copy=copy):
+            if isinstance(features, str):  # (a copy of a readable file is readable)
+                skipped.append((path, features))
+                continue
+            n = len(features["logmel"])
+            if not copy:
+                durations[path] = (n - 1) / frames_per_second
+            for start in windows(n, window, hop):
+                pieces.append({k: v[start:start + window] for k, v in features.items()})
+                owners.append((path, copy, start))
     warn_skipped(skipped, "audio files")
     if not pieces:
         return [], skipped
     probabilities = predict_features(model, pieces, config.length_mode, config.fixed_frames, batch_size)
     labels = list(metadata.labels)
-    results = {}
-    for (path, start), p in zip(owners, probabilities):
-        results.setdefault(path, []).append((start, p))
+    results = {}  # path -> copy -> [(start, probabilities)]
+    for (path, copy, start), p in zip(owners, probabilities):
+        results.setdefault(path, {}).setdefault(copy, []).append((start, p))
     predictions = []
-    for path, parts in results.items():
-        mean = np.mean([p for _, p in parts], axis=0)
-        timeline = []
+    for path, copies in results.items():
+        mean = np.mean([np.mean([p for _, p in parts], axis=0) for parts in copies.values()], axis=0)
+        parts, timeline = copies[0], []
         if len(parts) > 1:
             for start, p in parts:
                 end = min(start + window, durations[path] * frames_per_second)

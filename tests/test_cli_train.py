@@ -20,8 +20,6 @@ TINY = ["--arch", "combined", "--width", "0.0625", "--head-units", "16", "--batc
         "--workers", "1"]
 
 
-
-
 @pytest.fixture(scope="module")
 def trained(crema_subset, workdir):
     result = run_cli(["train", "--data-dir", str(crema_subset), "--split", "actor", "--epochs", "2",
@@ -109,6 +107,49 @@ def test_predict_formats_and_long_audio(trained, crema_subset, workdir, tmp_path
     csv_out = run_cli(["predict", str(crema_subset), "--model", str(run / "model.keras"), "--format", "csv"], workdir)
     assert csv_out.exit_code == 0
     assert len(csv_out.output.strip().splitlines()) == 1 + len(list(crema_subset.iterdir()))
+
+
+def test_evaluate_and_predict_with_test_time_augmentation(trained, crema_subset, workdir):
+    """--tta-copies K: each clip's probabilities are the mean over the clip and its augmented copies 1..K."""
+    from serkeras.cache import cached_features, compute_clips
+    from serkeras.corpus import load_corpus
+    from serkeras.effects import TEST_TIME_AUGMENTATION
+    from serkeras.evaluation import predict_features
+    from serkeras.inference import predict_files
+    from serkeras.models import load_model
+    from serkeras.splits import make_split
+    from sklearn.metrics import confusion_matrix
+
+    run, _ = trained
+    model, meta = load_model(run / "model.keras")
+    config = meta.feature_config
+    report_path = workdir / "tta.json"
+    result = run_cli(["evaluate", str(run / "model.keras"), "--data-dir", str(crema_subset), "--split", "actor",
+                      "--cache-dir", str(workdir / "cache"), "--json", str(report_path), "--tta-copies", "2"], workdir)
+    assert result.exit_code == 0, result.output
+    assert "test-time augmentation: each clip + 2 copies" in result.output
+    report = json.loads(report_path.read_text())
+    test = make_split(load_corpus(crema_subset, None).clips, "actor", 0.1, 0.1, seed=0).test
+    versions = [cached_features(test, config, workdir / "cache", progress=False,
+                                augmentation=TEST_TIME_AUGMENTATION if k else None, copy=k).of(test)[1]
+                for k in range(3)]
+    per_version = [predict_features(model, v, config.length_mode, config.fixed_frames) for v in versions]
+    assert not np.allclose(per_version[0], per_version[1])  # the copies are other inputs
+    labels = np.array(load_corpus(crema_subset, None).label_indices(test))
+    assert report["tta_copies"] == 2 and report["n"] == len(test)
+    predicted = np.mean(per_version, axis=0).argmax(1)
+    assert report["confusion_matrix"] == confusion_matrix(labels, predicted, labels=range(len(meta.labels))).tolist()
+
+    clips = sorted(crema_subset.iterdir())[:3]
+    plain, _ = predict_files(model, meta, [str(c) for c in clips], workers=1)
+    augmented, _ = predict_files(model, meta, [str(c) for c in clips], workers=1, tta_copies=1)
+    copies = [f for _, f in compute_clips([str(c) for c in clips], config, 1, augmentation=TEST_TIME_AUGMENTATION,
+                                          copy=1)]
+    on_copies = predict_features(model, copies, config.length_mode, config.fixed_frames)
+    for before, after, copy in zip(plain, augmented, on_copies):
+        assert after.path == before.path and after.seconds == before.seconds
+        expected = (np.array(list(before.probabilities.values())) + copy) / 2
+        np.testing.assert_allclose(list(after.probabilities.values()), expected, atol=1e-5)
 
 
 def test_predict_errors(trained, workdir, tmp_path):
