@@ -1,5 +1,8 @@
 """Export a serkeras model for serving through Keras' own `Model.export`, and check the export."""
 
+import warnings
+
+import keras
 import numpy as np
 
 from serkeras.errors import SerkerasError
@@ -22,8 +25,34 @@ def example_inputs(model, frames=300, batch=2, seed=0):
     return inputs
 
 
+def _all_layers(model):
+    """Every layer of `model`, those of nested models (ensemble members) included."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+
+
+def embed_normalization_constants(model):
+    """Hold each built `Normalization` layer's mean and variance as NumPy arrays, in place.
+
+    A `Normalization` given its statistics keeps them as eager tensors, which a
+    traced function captures from outside; tf2onnx turns captured tensors into
+    extra graph inputs, so the ONNX file would ask the caller for the
+    statistics. NumPy arrays are written into the traced graph as constants
+    instead. The layer computes exactly the same thing either way.
+    """
+    for layer in _all_layers(model):
+        if isinstance(layer, keras.layers.Normalization) and layer.built and layer.input_mean is not None:
+            layer.mean = keras.ops.convert_to_numpy(layer.mean)
+            layer.variance = keras.ops.convert_to_numpy(layer.variance)
+    return model
+
+
 def export_model(model, path, export_format="tf_saved_model"):
     """Write `model` to `path` in `export_format` with `keras.Model.export`.
+
+    For `onnx`, `model` is first changed in place by `embed_normalization_constants`.
 
     Raises
     ------
@@ -32,10 +61,15 @@ def export_model(model, path, export_format="tf_saved_model"):
     """
     if export_format not in FORMATS:
         raise SerkerasError(f"unknown export format {export_format!r}; choose one of {', '.join(FORMATS)}")
+    if export_format == "onnx":
+        embed_normalization_constants(model)
     # A model fresh from a .keras file has not been called yet; exporters trace a called one.
     model.predict(example_inputs(model), verbose=0)
     try:
-        model.export(str(path), format=export_format, verbose=False)
+        with warnings.catch_warnings():
+            # Keras' own numpy-2 patch of tf2onnx probes `np.object`, which warns; nothing to act on.
+            warnings.filterwarnings("ignore", message=".*np.object.*", category=FutureWarning)
+            model.export(str(path), format=export_format, verbose=False)
     except ImportError as exc:
         raise SerkerasError(f"exporting to {export_format} needs a package that is not installed: {exc}") from None
     except ValueError as exc:  # the exporter refused the model or the path
@@ -63,13 +97,15 @@ def check_export(model, path, export_format="tf_saved_model"):
         except ImportError:
             return None
         session = onnxruntime.InferenceSession(str(path))
-        got = session.run(None, {i.name: x for i, x in zip(session.get_inputs(), ordered)})[0]
+        expected_names = [t.name for t in model.inputs]
+        names = [i.name for i in session.get_inputs()]
+        if names != expected_names:
+            raise SerkerasError(f"the ONNX export at {path} asks for inputs {names}, the model for {expected_names}")
+        got = session.run(None, dict(zip(names, ordered)))[0]
     else:
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError:  # TensorFlow's own (deprecated) copy of the same interpreter
-            import warnings
-
             import tensorflow as tf
 
             warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
