@@ -168,8 +168,30 @@ def load_results(runs_dir=RUNS_DIR):
         name = folder.parent.name
         results[name] = {"metrics": json.loads(folder.read_text()),
                          "config": json.loads((folder.parent / "config.json").read_text()),
-                         "record": records.get(name)}
+                         "record": records.get(name), "folder": folder.parent}
     return results
+
+
+def training_time(result):
+    """(seconds per epoch or None, epochs trained, training seconds, whether those seconds are complete).
+
+    serkeras times every epoch of every session of a run (`timed_epochs`). Runs trained
+    before it did, and resumed, know only their last session's time: a lower bound, with
+    no rate per epoch.
+    """
+    history = result["folder"] / "history.csv"
+    epochs = max(0, len(history.read_text().strip().splitlines()) - 1) if history.is_file() else 0
+    metrics = result["metrics"]
+    if metrics.get("timed_epochs"):
+        return metrics["train_seconds"] / metrics["timed_epochs"], epochs, metrics["train_seconds"], True
+    if "--resume" in ((result["record"] or {}).get("command") or ""):
+        return None, epochs, metrics["train_seconds"], False
+    return (metrics["train_seconds"] / epochs if epochs else None), epochs, metrics["train_seconds"], True
+
+
+def format_minutes(seconds, complete):
+    """Training minutes for a table: '≥N' where only part of the time is known."""
+    return f"{'' if complete else '≥'}{seconds / 60:.0f}"
 
 
 def accuracy_interval(accuracy, n):
@@ -208,9 +230,8 @@ def comparison_table(results, rows, row_label, study_key):
 
 
 def epoch_seconds(result):
-    history = ROOT / RUNS_DIR / result["run_name"] / "history.csv"
-    epochs = max(1, len(history.read_text().strip().splitlines()) - 1) if history.is_file() else None
-    return f"{result['metrics']['train_seconds'] / epochs:.0f}" if epochs else ""
+    per_epoch = training_time(result)[0]
+    return f"{per_epoch:.0f}" if per_epoch else ""
 
 
 def bar_plot(results, groups, path, title):

@@ -27,6 +27,8 @@ from serkeras.pipeline import make_dataset
 SCHEDULES = ("plateau", "cosine", "constant")
 OPTIMIZERS = ("adam", "adamw")
 MONITORS = ("val_accuracy", "val_macro_f1", "val_loss")
+#: Per-epoch wall-clock seconds in a run folder, kept across resumed sessions (EpochTimer).
+EPOCH_SECONDS = "epoch_seconds.csv"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,6 +194,40 @@ class ConfusionMatrixLogger(keras.callbacks.Callback):
             tf.summary.image("confusion_matrix", tf.image.decode_png(image, channels=4)[None], step=epoch)
 
 
+class EpochTimer(keras.callbacks.Callback):
+    """Appends each finished epoch's wall-clock seconds to a CSV file (`epoch,seconds`).
+
+    An epoch's time runs from the end of the one before (or from the start of training), so
+    the other callbacks' end-of-epoch work is counted too. Put it first: its line is written
+    before `BackupAndRestore` saves the epoch, so an epoch that a kill makes training do again
+    is timed again (and counted once, with its last time). A resumed run appends to the same
+    file, so its training time adds up over every session.
+    """
+
+    def __init__(self, path, resume=False):
+        super().__init__()
+        self.path = Path(path)
+        if not resume:
+            self.path.unlink(missing_ok=True)
+
+    def on_train_begin(self, logs=None):
+        self.last = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.perf_counter()
+        with open(self.path, "a") as f:
+            f.write(f"{epoch},{now - self.last:.3f}\n")
+        self.last = now
+
+
+def epoch_seconds(path):
+    """{epoch: seconds} from an `EpochTimer` file ({} when there is none)."""
+    if not Path(path).is_file():
+        return {}
+    rows = (line.split(",") for line in Path(path).read_text().split())
+    return {int(epoch): float(seconds) for epoch, seconds in rows}
+
+
 def figure_to_png(fig):
     import matplotlib.pyplot as plt
 
@@ -252,6 +288,7 @@ def make_callbacks(run_dir, log_dir, data, feature_config, train_config, resume=
     mode = "min" if train_config.monitor == "val_loss" else "max"
     val_clips, val_features, val_labels = data.parts["val"]
     callbacks = [
+        EpochTimer(run_dir / EPOCH_SECONDS, resume),
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=True),
         keras.callbacks.ModelCheckpoint(str(run_dir / "model.keras"), monitor=train_config.monitor, mode=mode,
@@ -266,10 +303,10 @@ def make_callbacks(run_dir, log_dir, data, feature_config, train_config, resume=
     ]
     plateau = plateau_callback(train_config)
     if plateau is not None:
-        callbacks.insert(4, plateau)
+        callbacks.insert(5, plateau)
     ema = ema_callback(train_config)
     if ema is not None:
-        callbacks.insert(2, ema)
+        callbacks.insert(3, ema)
     callbacks.append(keras.callbacks.TensorBoard(str(log_dir), histogram_freq=0, write_graph=False))
     return callbacks
 
@@ -322,17 +359,18 @@ def run_training(data, feature_config, model_config, train_config, run_dir, log_
     hparams = {**model_config.to_dict(), **train_config.to_dict(), **(describe or {})}
     if not resume:
         log_hparams(log_dir, hparams)
-    start = time.perf_counter()
     model.fit(train_ds, validation_data=val_ds, epochs=train_config.epochs, verbose=verbose, shuffle=False,
               callbacks=make_callbacks(run_dir, log_dir, data, feature_config, train_config, resume),
               class_weight=fit_class_weight(data, train_config))
-    seconds = time.perf_counter() - start
     if not (run_dir / "model.keras").is_file():
         raise SerkerasError(f"training produced no checkpoint in {run_dir} (did the loss become NaN?)")
     from serkeras.models import load_model
 
     best, _ = load_model(run_dir / "model.keras")
-    metrics = {"train_seconds": seconds, "parameters": int(best.count_params())}
+    # Every session's epochs, not only this one's: a resumed run's time adds up.
+    timed = epoch_seconds(run_dir / EPOCH_SECONDS)
+    metrics = {"train_seconds": sum(timed.values()), "timed_epochs": len(timed),
+               "parameters": int(best.count_params())}
     for part in ("val", "test"):
         clips, features, labels = data.parts[part]
         probabilities = predict_features(best, features, feature_config.length_mode, feature_config.fixed_frames)

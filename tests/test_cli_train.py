@@ -194,6 +194,13 @@ def test_resume_after_kill(crema_subset, workdir):
     epochs = [int(row["epoch"]) for row in csv.DictReader(open(history))]
     assert epochs == list(range(done + 2)), epochs
     assert (workdir / "saved_models" / "killed" / "model.keras").is_file()
+    # The training time covers the killed session's epochs as well as the resumed ones, each once.
+    from serkeras.training import epoch_seconds
+
+    timed = epoch_seconds(workdir / "saved_models" / "killed" / "epoch_seconds.csv")
+    metrics = json.loads((workdir / "saved_models" / "killed" / "metrics.json").read_text())
+    assert sorted(timed) == list(range(done + 2)) and metrics["timed_epochs"] == done + 2
+    assert metrics["train_seconds"] == pytest.approx(sum(timed.values())) and min(timed.values()) > 0
 
 
 def test_train_with_waveform_augmented_copies(crema_subset, workdir):
