@@ -3,6 +3,7 @@
     python experiments/accuracy.py run resnet --split actor            # one recipe, the fixed actor split
     python experiments/accuracy.py run resnet --split kfold            # its 5 speaker-grouped folds
     python experiments/accuracy.py ensemble resnet-actor crnn-actor    # average finished runs: val and test
+    python experiments/accuracy.py kfold-ensemble resnet crnn          # the same average on every finished fold
     python experiments/accuracy.py report                              # experiments/results/accuracy.md
     python experiments/accuracy.py ship                                # the shipped model and its card
     python experiments/accuracy.py card                                # the card only, for the model as it is
@@ -25,7 +26,8 @@ from pathlib import Path
 import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study import RESULTS_DIR, ROOT, STUDY, accuracy_interval, load_results, run_logged  # noqa: E402
+from study import (RESULTS_DIR, ROOT, STUDY, accuracy_interval, format_minutes, load_results,  # noqa: E402
+                   run_logged, training_time)
 
 RUNS_DIR = Path("saved_models") / "accuracy"
 LOG_DIR = Path("logs") / "accuracy"
@@ -203,25 +205,92 @@ def write_card(data_dir, members, epochs):
                      command="python experiments/accuracy.py ship" + (f" --epochs {epochs}" if epochs else ""),
                      results=load_results(RUNS_DIR), runs_dir=ROOT / RUNS_DIR,
                      kfold_runs={recipe: [run_name(recipe, "kfold", k) for k in range(N_FOLDS)] for recipe in SHIPPED},
-                     tta_copies=CARD_TTA_COPIES)
+                     tta_copies=CARD_TTA_COPIES, kfold_ensembles=shipped_kfold_ensembles())
     click.echo(f"wrote {MODEL_CARD}")
+
+
+def shipped_kfold_ensembles():
+    """(TTA copies, per-fold records) of the SHIPPED recipes averaged on k-fold folds (`kfold-ensemble`)."""
+    scored = latest_ensembles()
+    found = []
+    for copies in (0, CARD_TTA_COPIES):
+        records = [scored[key] for fold in range(N_FOLDS)
+                   if (key := (tuple(run_name(r, "kfold", fold) for r in SHIPPED), copies)) in scored]
+        if records:
+            found.append((copies, records))
+    return found
+
+
+tta_copies_option = click.option(
+    "--tta-copies", type=click.IntRange(min=0), default=0, show_default=True,
+    help="Test-time augmentation: also average over this many augmented copies of each val/test clip, made like "
+         "the augmented recipes' training copies (speed 0.9-1.1, shift, gain, noise); costs that many more feature "
+         "extractions and forward passes per clip.")
 
 
 @cli.command()
 @click.argument("runs", nargs=-1, required=True)
 @data_dir_option
-@click.option("--tta-copies", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Test-time augmentation: also average over this many augmented copies of each val/test clip, "
-                   "made like the augmented recipes' training copies (speed 0.9-1.1, shift, gain, noise); costs that "
-                   "many more feature extractions and forward passes per clip.")
+@tta_copies_option
 def ensemble(runs, data_dir, tta_copies):
     """Average finished RUNS (one split, one feature setting) and score the average on that split's val and test.
 
-    Builds the same one-file average that `ship` saves (serkeras.models.ensemble)
-    and appends its scores to saved_models/accuracy/ensembles.jsonl, which
-    `report` shows; its cost is the sum of the members' (times 1 + TTA copies).
-    One run alone is scored too (useful with --tta-copies).
+    Builds the same one-file average that `ship` saves
+    (serkeras.models.ensemble) and appends its scores to
+    saved_models/accuracy/ensembles.jsonl, which `report` shows; its cost is the
+    sum of the members' (times 1 + TTA copies). One run alone is scored too
+    (useful with --tta-copies).
     """
+    missing = [r for r in runs if not (ROOT / RUNS_DIR / r / "metrics.json").is_file()]
+    if missing:
+        raise click.UsageError(f"not finished: {', '.join(missing)}")
+    record = score_average(runs, data_dir, tta_copies)
+    tta = f" with {tta_copies} TTA copies" if tta_copies else ""
+    click.echo(f"average of {len(runs)}{tta}: test accuracy {100 * record['accuracy']:.1f}%, macro-F1 "
+               f"{record['macro_f1']:.3f} on {record['n']} clips; validation {100 * record['val_accuracy']:.1f}% "
+               f"({record['split']} split)")
+
+
+@cli.command("kfold-ensemble")
+@click.argument("recipes", nargs=-1, required=True, type=click.Choice(sorted(RECIPES)))
+@data_dir_option
+@tta_copies_option
+def kfold_ensemble(recipes, data_dir, tta_copies):
+    """Cross-validate the average of RECIPES: score it on every k-fold fold where all of them have finished.
+
+    Each fold's members were trained without that fold's actors, so this is the
+    5-fold estimate of the ensemble (and, with one recipe, of test-time
+    augmentation). Folds already scored with the same TTA are not scored again;
+    `report` shows the mean and spread.
+    """
+    import numpy as np
+
+    scored = latest_ensembles()
+    accuracies = []
+    for fold in range(N_FOLDS):
+        runs = tuple(run_name(recipe, "kfold", fold) for recipe in recipes)
+        if not all((ROOT / RUNS_DIR / r / "metrics.json").is_file() for r in runs):
+            click.echo(f"fold {fold}: not all of {', '.join(runs)} have finished; skipped")
+            continue
+        record = scored.get((runs, tta_copies)) or score_average(runs, data_dir, tta_copies)
+        accuracies.append(record["accuracy"])
+        click.echo(f"fold {fold}: test accuracy {100 * record['accuracy']:.1f}% on {record['n']} clips, "
+                   f"macro-F1 {record['macro_f1']:.3f}; validation {100 * record['val_accuracy']:.1f}%")
+    if accuracies:
+        spread = f" ± {100 * np.std(accuracies, ddof=1):.1f} (std)" if len(accuracies) > 1 else ""
+        click.echo(f"{len(accuracies)} of {N_FOLDS} folds: mean test accuracy {100 * np.mean(accuracies):.1f}%{spread}")
+
+
+def latest_ensembles():
+    """{(runs, TTA copies): record} from saved_models/accuracy/ensembles.jsonl; a set of runs scored again
+    with the same TTA replaces its older record."""
+    path = ROOT / RUNS_DIR / "ensembles.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    return {(tuple(e["runs"]), e.get("tta_copies", 0)): e for e in records}
+
+
+def score_average(runs, data_dir, tta_copies):
+    """Score the average of finished `runs` on their split's val and test parts; append and return the record."""
     import time
 
     from model_card import part_probabilities
@@ -233,9 +302,6 @@ def ensemble(runs, data_dir, tta_copies):
     from serkeras.models.ensemble import ensemble_model
     from serkeras.splits import make_split
 
-    missing = [r for r in runs if not (ROOT / RUNS_DIR / r / "metrics.json").is_file()]
-    if missing:
-        raise click.UsageError(f"not finished: {', '.join(missing)}")
     configs = [json.loads((ROOT / RUNS_DIR / r / "config.json").read_text()) for r in runs]
     split_keys = ("split", "fold", "n_folds", "val_fraction", "test_fraction", "seed")
     if len({tuple(c[k] for k in split_keys) for c in configs}) != 1:
@@ -253,15 +319,13 @@ def ensemble(runs, data_dir, tta_copies):
                                                                tta_copies).argmax(axis=1), corpus.labels)
                for part, clips in (("val", split.val), ("test", split.test))}
     record = {"runs": list(runs), **({"tta_copies": tta_copies} if tta_copies else {}),
-              "split": c["split"], "accuracy": reports["test"]["accuracy"],
-              "macro_f1": reports["test"]["macro_f1"], "n": reports["test"]["n"],
-              "val_accuracy": reports["val"]["accuracy"], "predict_seconds": round(time.time() - started, 1)}
+              "split": c["split"], **({"fold": c["fold"]} if c["split"] == "kfold" else {}),
+              "accuracy": reports["test"]["accuracy"], "macro_f1": reports["test"]["macro_f1"],
+              "n": reports["test"]["n"], "val_accuracy": reports["val"]["accuracy"],
+              "predict_seconds": round(time.time() - started, 1)}
     with open(ROOT / RUNS_DIR / "ensembles.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
-    tta = f" with {tta_copies} TTA copies" if tta_copies else ""
-    click.echo(f"average of {len(runs)}{tta}: test accuracy {100 * record['accuracy']:.1f}%, macro-F1 "
-               f"{record['macro_f1']:.3f} on {record['n']} clips; validation {100 * record['val_accuracy']:.1f}% "
-               f"({c['split']} split)")
+    return record
 
 
 # --------------------------------------------------------------------------- report
@@ -307,10 +371,16 @@ def _model_cost(settings):
     return model.count_params(), flops_per_clip(model, feature_config) / 1e6
 
 
-def seconds_per_epoch(folder, metrics):
-    history = folder / "history.csv"
-    epochs = max(1, len(history.read_text().strip().splitlines()) - 1) if history.is_file() else 0
-    return (metrics["train_seconds"] / epochs, epochs) if epochs else (None, 0)
+def time_cells(runs):
+    """[s / epoch, epochs, train min] cells for finished `runs` (results entries) trained alike.
+
+    The rate comes from the first run whose every epoch was timed; the minutes are summed
+    ('≥N' where some run's early sessions were not timed).
+    """
+    times = [training_time(r) for r in runs]
+    per_epoch = next((t[0] for t in times if t[0]), None)
+    return [f"{per_epoch:.0f}" if per_epoch else "", str(times[0][1]),
+            format_minutes(sum(t[2] for t in times), all(t[3] for t in times))]
 
 
 def recipe_rows(results):
@@ -322,13 +392,10 @@ def recipe_rows(results):
             s = summary(results, names)
             if s is None:
                 continue
-            first = results[next(n for n in names if n in results)]
-            params, mflops = model_cost(first["config"])
-            per_epoch, epochs = seconds_per_epoch(ROOT / RUNS_DIR / next(n for n in names if n in results),
-                                                  first["metrics"])
-            minutes = sum(results[n]["metrics"]["train_seconds"] for n in names if n in results) / 60
+            finished = [results[n] for n in names if n in results]
+            params, mflops = model_cost(finished[0]["config"])
             rows.append([recipe, split, *format_cell(s, folds=split == "kfold"), f"{params / 1e3:.0f} k",
-                         f"{mflops:.0f}", f"{per_epoch:.0f}" if per_epoch else "", str(epochs), f"{minutes:.0f}"])
+                         f"{mflops:.0f}", *time_cells(finished)])
     return rows
 
 
@@ -374,12 +441,38 @@ def baseline_rows():
         result = study[name]
         test = result["metrics"]["test"]
         params, mflops = model_cost(result["config"])
-        per_epoch, epochs = seconds_per_epoch(ROOT / STUDY_RUNS_DIR / name, result["metrics"])
         rows.append([f"study budget: {name}", result["config"]["split"],
                      f"{100 * test['accuracy']:.1f} ± {100 * accuracy_interval(test['accuracy'], test['n']):.1f}",
-                     f"{test['macro_f1']:.3f}", f"{params / 1e3:.0f} k", f"{mflops:.0f}",
-                     f"{per_epoch:.0f}" if per_epoch else "", str(epochs),
-                     f"{result['metrics']['train_seconds'] / 60:.0f}"])
+                     f"{test['macro_f1']:.3f}", f"{params / 1e3:.0f} k", f"{mflops:.0f}", *time_cells([result])])
+    return rows
+
+
+def ensemble_mflops(members, tta_copies):
+    """Forward MFLOPs per clip of an average of `members` (results entries), times 1 + TTA copies."""
+    return sum(model_cost(m["config"])[1] for m in members) * (1 + tta_copies)
+
+
+def kfold_ensemble_rows(ensembles):
+    """One row per (recipes, TTA copies) scored on k-fold folds: per-fold, mean ± std accuracy and F1."""
+    import re
+
+    import numpy as np
+
+    groups = {}
+    for (runs, tta), e in sorted(ensembles.items(), key=lambda item: item[1].get("fold", 0)):
+        if e["split"] != "kfold":
+            continue
+        recipes = tuple(re.sub(r"-kfold-fold\d+$", "", r) for r in runs)
+        groups.setdefault((recipes, tta), []).append(e)
+    rows = []
+    for (recipes, tta), records in groups.items():
+        acc = np.array([e["accuracy"] for e in records])
+        f1 = np.array([e["macro_f1"] for e in records])
+        val = np.array([e["val_accuracy"] for e in records])
+        std = (lambda a: a.std(ddof=1) if len(a) > 1 else 0.0)
+        rows.append([" + ".join(recipes), str(tta), f"{len(records)}/{N_FOLDS}",
+                     ", ".join(f"{100 * a:.1f}" for a in acc), f"{100 * acc.mean():.1f} ± {100 * std(acc):.1f}",
+                     f"{f1.mean():.3f} ± {std(f1):.3f}", f"{100 * val.mean():.1f}"])
     return rows
 
 
@@ -415,28 +508,32 @@ def report():
                   "differences between recipes smaller than this spread are not evidence.", "",
                   "| recipe | seeds | test acc % | mean ± std | val acc % | mean ± std |", "|" + " --- |" * 6]
         lines += ["| " + " | ".join(row) + " |" for row in seeds]
-    ensembles = ROOT / RUNS_DIR / "ensembles.jsonl"
-    if ensembles.is_file():
+    ensembles = latest_ensembles()
+    single_split = [e for e in ensembles.values() if e["split"] != "kfold"]
+    if single_split:
         lines += ["", "## Ensembles (probabilities averaged; cost = the members' summed)", "",
                   "With test-time augmentation (TTA), each clip's probabilities are also averaged over its "
                   f"augmented copies ({TTA_DESCRIPTION}): the forward cost is multiplied by 1 + copies, and every "
                   "copy also costs a waveform augmentation and a feature extraction.", "",
                   "| members | split | test acc % | macro-F1 | val acc % | MFLOPs / clip | train min |",
                   "|" + " --- |" * 7]
-        latest = {}  # a set of members scored again (with the same TTA) replaces its older record
-        for line in ensembles.read_text().splitlines():
-            e = json.loads(line)
-            latest[tuple(e["runs"]), e.get("tta_copies", 0)] = e
-        for e in latest.values():
+        for e in single_split:
             members = [results[r] for r in e["runs"] if r in results]
             tta = e.get("tta_copies", 0)
-            mflops = sum(model_cost(m["config"])[1] for m in members) * (1 + tta)
-            minutes = sum(m["metrics"]["train_seconds"] for m in members) / 60
             ci = accuracy_interval(e["accuracy"], e["n"])
             val = f"{100 * e['val_accuracy']:.1f}" if "val_accuracy" in e else ""
             name = " + ".join(e["runs"]) + (f", TTA: clip + {tta} augmented copies" if tta else "")
             lines.append(f"| {name} | {e['split']} | {100 * e['accuracy']:.1f} ± {100 * ci:.1f} | "
-                         f"{e['macro_f1']:.3f} | {val} | {mflops:.0f} | {minutes:.0f} |")
+                         f"{e['macro_f1']:.3f} | {val} | {ensemble_mflops(members, tta):.0f} | "
+                         f"{time_cells(members)[2]} |")
+    cross_validated = kfold_ensemble_rows(ensembles)
+    if cross_validated:
+        lines += ["", "## Ensembles and TTA cross-validated by actor (`kfold-ensemble`)", "",
+                  "Each fold's average is made of that fold's models, none of which heard its test actors; "
+                  "mean ± standard deviation over the folds scored.", "",
+                  "| recipes averaged | TTA copies | folds | test acc % per fold | test acc % | macro-F1 | "
+                  "val acc % |", "|" + " --- |" * 7]
+        lines += ["| " + " | ".join(row) + " |" for row in cross_validated]
     lines += ["", "## Baselines", "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     lines += ["| " + " | ".join(row) + " |" for row in baseline_rows()]
     lines += ["", "The study's paper-size rows give its reported numbers (random split, not re-measured) and the "

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from study import format_minutes, training_time  # experiments/ is on the path of every script here
+
 #: CREMA-D's VoiceVote letters (summaryTable.csv) -> serkeras' CREMA-D label names.
 VOTE_LABELS = {"A": "anger", "D": "disgust", "F": "fear", "H": "happy", "N": "neutral", "S": "sad"}
 BOOTSTRAP = 2000
@@ -68,11 +70,13 @@ def part_probabilities(model, meta, clips, augmentation=None, copies=0):
     return predict_versions(model, versions, config.length_mode, config.fixed_frames)
 
 
-def write_model_card(model_path, card_path, data_dir, members, command, results, runs_dir, kfold_runs, tta_copies):
+def write_model_card(model_path, card_path, data_dir, members, command, results, runs_dir, kfold_runs, tta_copies,
+                     kfold_ensembles=()):
     """Write the card of the ensemble at `model_path`, made of the actor-split runs `members`.
 
     `kfold_runs`: {recipe: its k-fold run names} (recipes with no finished fold are left out);
-    `tta_copies`: the test-time augmentation to report beside the plain results.
+    `tta_copies`: the test-time augmentation to report beside the plain results;
+    `kfold_ensembles`: (TTA copies, [per-fold records]) of the members' recipes averaged on each k-fold fold.
     """
     from sklearn.metrics import accuracy_score, f1_score
 
@@ -90,16 +94,17 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
     probabilities = part_probabilities(model, meta, clips)
     y_val = np.asarray(corpus.label_indices(split.val))
     val_accuracy = float((part_probabilities(model, meta, list(split.val)).argmax(axis=1) == y_val).mean())
-    member_rows, mflops, train_minutes = [], 0.0, 0.0
+    member_rows, mflops, times = [], 0.0, []
     for name in members:
         member, member_meta = load_model(Path(runs_dir) / name / "model.keras")
         member_flops = flops_per_clip(member, member_meta.feature_config) / 1e6
         mflops += member_flops
         metrics = results[name]["metrics"]
-        train_minutes += metrics["train_seconds"] / 60
+        times.append(training_time(results[name]))
         member_rows.append(f"| `{name}` | {member_meta.model_config.arch} | {member.count_params():,} | "
                            f"{member_flops:.0f} | {100 * metrics['val']['accuracy']:.1f} | "
-                           f"{100 * metrics['test']['accuracy']:.1f} | {metrics['train_seconds'] / 60:.0f} |")
+                           f"{100 * metrics['test']['accuracy']:.1f} | {format_minutes(*times[-1][2:])} |")
+    train_minutes = format_minutes(sum(t[2] for t in times), all(t[3] for t in times))
     labels = list(meta.labels)
     y_true = np.asarray(corpus.label_indices(clips))
     y_pred = probabilities.argmax(axis=1)
@@ -152,7 +157,7 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
         f"{n_actors['train']} actors, validation {len(split.val)} clips of {n_actors['val']} actors (checkpoint "
         f"and member choice), test {len(split.test)} clips of {n_actors['test']} actors (below). No actor is in "
         "two parts.",
-        f"- {train_minutes:.0f} min of training in all (wall-clock, with other jobs sharing the machine), on: "
+        f"- {train_minutes} min of training in all (wall-clock, with other jobs sharing the machine), on: "
         f"{'; '.join(records[0].get('machine', []))}."
         if records and records[0] else "",
     ]
@@ -194,11 +199,21 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
                   f"{100 * (tta_val == y_val).mean():.1f}% on the validation actors (without: "
                   f"{100 * val_accuracy:.1f}%). It costs {tta_copies + 1} times the forward passes and "
                   f"{tta_copies} more waveform augmentations and feature extractions per clip."]
-    lines += ["", "## Other unseen actors: 5-fold cross-validation of the members' recipes", "",
-              "Each fold trains a new single model from scratch on ~52 actors and tests it on 14-15 others, so "
-              "every development actor is tested once. These are single members' recipes, not the ensemble "
-              "(cross-validating the ensemble would train three times as many models); the ensemble did "
-              "better than its members on both the validation and the test actors above.", ""]
+    lines += ["", "## Other unseen actors: 5-fold cross-validation", "",
+              "Each fold trains new models from scratch on ~52 actors and tests them on 14-15 others, so every "
+              "development actor is tested once, by models that never heard them.", ""]
+    for copies, records in kfold_ensembles:
+        accs = np.array([r["accuracy"] for r in records])
+        f1s = np.array([r["macro_f1"] for r in records])
+        tta = f", with {copies} TTA copies" if copies else ""
+        lines += [f"- **This model's recipe** (the average of the members' recipes, each trained on the fold){tta}: "
+                  f"folds scored {len(records)} of {len(kfold_runs[next(iter(kfold_runs))])}. Accuracy per fold: "
+                  + ", ".join(f"{100 * a:.1f}%" for a in accs)
+                  + f"; mean **{100 * accs.mean():.1f}%** ± {100 * accs.std(ddof=1) if len(accs) > 1 else 0:.1f} "
+                  f"(std); macro-F1 {f1s.mean():.3f} ± {f1s.std(ddof=1) if len(f1s) > 1 else 0:.3f} "
+                  f"(`python experiments/accuracy.py kfold-ensemble {' '.join(kfold_runs)}"
+                  f"{f' --tta-copies {copies}' if copies else ''}`)."]
+    lines += ["", "Its members' recipes alone:", ""] if kfold_ensembles else []
     for recipe, runs in kfold_runs.items():
         folds = [results[n]["metrics"]["test"] for n in runs if n in results]
         if not folds:

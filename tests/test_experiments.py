@@ -147,3 +147,22 @@ def test_accuracy_script_runs_resumes_ensembles_and_reports(crema_subset, tmp_pa
     assert "| crnn | actor |" in report and "| crnn | 0, 1 |" in report
     assert f"| crnn-actor + crnn-actor-seed1 | actor | {100 * scored['accuracy']:.1f}" in report
     assert f"| crnn-actor, TTA: clip + 1 augmented copies | actor | {100 * tta['accuracy']:.1f}" in report
+    # No k-fold run has finished: every fold is skipped, nothing is scored.
+    result = runner.invoke(accuracy.cli, ["kfold-ensemble", "crnn", "--data-dir", str(crema_subset)])
+    assert result.exit_code == 0 and result.output.count("skipped") == accuracy.N_FOLDS
+    assert len((runs / "ensembles.jsonl").read_text().splitlines()) == 2
+
+
+def test_cross_validated_ensembles_are_grouped_by_recipes_and_tta():
+    accuracy = load_script("accuracy")
+
+    def record(fold, acc, tta=0, recipes=("resnet", "crnn")):
+        runs = tuple(f"{r}-kfold-fold{fold}" for r in recipes)
+        return (runs, tta), {"runs": list(runs), "split": "kfold", "fold": fold, "accuracy": acc, "macro_f1": acc - 0.1,
+                             "n": 1000, "val_accuracy": 0.5, **({"tta_copies": tta} if tta else {})}
+
+    ensembles = dict([record(1, 0.60), record(0, 0.50), record(0, 0.70, tta=2), record(0, 0.4, recipes=("crnn",))])
+    ensembles[("resnet-actor",), 0] = {"runs": ["resnet-actor"], "split": "actor", "accuracy": 0.9}
+    rows = accuracy.kfold_ensemble_rows(ensembles)
+    assert rows[0] == ["resnet + crnn", "0", "2/5", "50.0, 60.0", "55.0 ± 7.1", "0.450 ± 0.071", "50.0"]
+    assert [row[:4] for row in rows[1:]] == [["resnet + crnn", "2", "1/5", "70.0"], ["crnn", "0", "1/5", "40.0"]]
