@@ -25,6 +25,8 @@ from pathlib import Path
 
 import click
 
+from serkeras.cli import tta_option
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from study import (RESULTS_DIR, ROOT, STUDY, accuracy_interval, format_minutes, load_results,  # noqa: E402
                    run_logged, training_time)
@@ -221,17 +223,10 @@ def shipped_kfold_ensembles():
     return found
 
 
-tta_copies_option = click.option(
-    "--tta-copies", type=click.IntRange(min=0), default=0, show_default=True,
-    help="Test-time augmentation: also average over this many augmented copies of each val/test clip, made like "
-         "the augmented recipes' training copies (speed 0.9-1.1, shift, gain, noise); costs that many more feature "
-         "extractions and forward passes per clip.")
-
-
 @cli.command()
 @click.argument("runs", nargs=-1, required=True)
 @data_dir_option
-@tta_copies_option
+@tta_option
 def ensemble(runs, data_dir, tta_copies):
     """Average finished RUNS (one split, one feature setting) and score the average on that split's val and test.
 
@@ -254,7 +249,7 @@ def ensemble(runs, data_dir, tta_copies):
 @cli.command("kfold-ensemble")
 @click.argument("recipes", nargs=-1, required=True, type=click.Choice(sorted(RECIPES)))
 @data_dir_option
-@tta_copies_option
+@tta_option
 def kfold_ensemble(recipes, data_dir, tta_copies):
     """Cross-validate the average of RECIPES: score it on every k-fold fold where all of them have finished.
 

@@ -238,20 +238,28 @@ def test_same_seed_trains_the_same_and_weight_averaging_is_what_is_validated_and
     assert metrics["val"]["accuracy"] == pytest.approx(max(float(r["val_accuracy"]) for r in history), abs=1e-6)
 
 
-def test_export_tf_saved_model_predicts_like_the_keras_file(trained, workdir):
-    import tensorflow as tf
+def export_checked(run, workdir, export_format, out):
+    """Export a run's model through the CLI (which checks the export itself).
 
+    Returns the Keras model and a batch of another length than the command's check uses.
+    """
     from serkeras.export import example_inputs
     from serkeras.models import load_model
 
-    run, _ = trained
-    out = workdir / "exported"
-    result = run_cli(["export", str(run / "model.keras"), "--format", "tf_saved_model", "--output", str(out)], workdir)
+    result = run_cli(["export", str(run / "model.keras"), "--format", export_format, "--output", str(out)], workdir)
     assert result.exit_code == 0, result.output
     assert "same probabilities" in result.output
-    # Independently of the command's own check: real-length inputs through the reloaded SavedModel.
     model, _ = load_model(run / "model.keras")
-    inputs = example_inputs(model, frames=123, seed=5)
+    return model, example_inputs(model, frames=123, seed=5)
+
+
+def test_export_tf_saved_model_predicts_like_the_keras_file(trained, workdir):
+    import tensorflow as tf
+
+    run, _ = trained
+    out = workdir / "exported"
+    model, inputs = export_checked(run, workdir, "tf_saved_model", out)
+    # Independently of the command's own check: real-length inputs through the reloaded SavedModel.
     loaded = tf.saved_model.load(str(out))
     served = loaded.serve([inputs[t.name] for t in model.inputs])
     np.testing.assert_allclose(np.asarray(served), model.predict(inputs, verbose=0), atol=1e-5)
@@ -276,28 +284,18 @@ def test_export_onnx_without_its_packages_is_one_line(trained, workdir, tmp_path
 
 def test_export_onnx_is_self_contained_and_checked(trained, workdir):
     onnxruntime = pytest.importorskip("onnxruntime")  # installed by the test extra, so CI runs this
-    from serkeras.export import example_inputs
-    from serkeras.models import load_model
-
     run, _ = trained
     out = workdir / "tiny.onnx"
-    result = run_cli(["export", str(run / "model.keras"), "--format", "onnx", "--output", str(out)], workdir)
-    assert result.exit_code == 0, result.output
-    assert "same probabilities" in result.output
+    model, inputs = export_checked(run, workdir, "onnx", out)
     # Independently of the command's own check: the file asks only for the model's inputs (the
     # standardisation statistics are inside it), and other lengths than the check's give the same.
-    model, _ = load_model(run / "model.keras")
     session = onnxruntime.InferenceSession(str(out))
     assert [i.name for i in session.get_inputs()] == [t.name for t in model.inputs]
-    inputs = example_inputs(model, frames=123, seed=5)
     got = session.run(None, {t.name: inputs[t.name] for t in model.inputs})[0]
     np.testing.assert_allclose(got, model.predict(inputs, verbose=0), atol=1e-5)
 
 
 def test_export_litert_is_checked_against_the_keras_model(trained, workdir):
     run, _ = trained
-    result = run_cli(["export", str(run / "model.keras"), "--format", "litert", "--output", str(workdir / "tiny")],
-                     workdir)
-    assert result.exit_code == 0, result.output
+    export_checked(run, workdir, "litert", workdir / "tiny")
     assert (workdir / "tiny.tflite").is_file()  # the exporter's suffix is added
-    assert "same probabilities" in result.output
