@@ -29,7 +29,7 @@ from serkeras.cli import tta_option
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from study import (RESULTS_DIR, ROOT, STUDY, accuracy_interval, format_minutes, load_results,  # noqa: E402
-                   run_logged, training_time)
+                   mean_std, run_logged, training_time)
 
 RUNS_DIR = Path("saved_models") / "accuracy"
 LOG_DIR = Path("logs") / "accuracy"
@@ -258,8 +258,6 @@ def kfold_ensemble(recipes, data_dir, tta_copies):
     augmentation). Folds already scored with the same TTA are not scored again;
     `report` shows the mean and spread.
     """
-    import numpy as np
-
     scored = latest_ensembles()
     accuracies = []
     for fold in range(N_FOLDS):
@@ -272,8 +270,9 @@ def kfold_ensemble(recipes, data_dir, tta_copies):
         click.echo(f"fold {fold}: test accuracy {100 * record['accuracy']:.1f}% on {record['n']} clips, "
                    f"macro-F1 {record['macro_f1']:.3f}; validation {100 * record['val_accuracy']:.1f}%")
     if accuracies:
-        spread = f" ± {100 * np.std(accuracies, ddof=1):.1f} (std)" if len(accuracies) > 1 else ""
-        click.echo(f"{len(accuracies)} of {N_FOLDS} folds: mean test accuracy {100 * np.mean(accuracies):.1f}%{spread}")
+        mean, std = mean_std(accuracies)
+        spread = f" ± {100 * std:.1f} (std)" if len(accuracies) > 1 else ""
+        click.echo(f"{len(accuracies)} of {N_FOLDS} folds: mean test accuracy {100 * mean:.1f}%{spread}")
 
 
 def latest_ensembles():
@@ -291,7 +290,6 @@ def score_average(runs, data_dir, tta_copies):
     from model_card import part_probabilities
 
     from serkeras.corpus import load_corpus
-    from serkeras.effects import TEST_TIME_AUGMENTATION
     from serkeras.evaluation import classification_report
     from serkeras.models import load_model, model_metadata
     from serkeras.models.ensemble import ensemble_model
@@ -310,8 +308,8 @@ def score_average(runs, data_dir, tta_copies):
     meta = model_metadata(model)
     started = time.time()
     reports = {part: classification_report(corpus.label_indices(clips),
-                                            part_probabilities(model, meta, clips, TEST_TIME_AUGMENTATION,
-                                                               tta_copies).argmax(axis=1), corpus.labels)
+                                            part_probabilities(model, meta, clips, tta_copies).argmax(axis=1),
+                                            corpus.labels)
                for part, clips in (("val", split.val), ("test", split.test))}
     record = {"runs": list(runs), **({"tta_copies": tta_copies} if tta_copies else {}),
               "split": c["split"], **({"fold": c["fold"]} if c["split"] == "kfold" else {}),
@@ -327,15 +325,12 @@ def score_average(runs, data_dir, tta_copies):
 
 def summary(results, names):
     """(mean, std, n) of test accuracy and macro-F1 over the finished runs among `names`."""
-    import numpy as np
-
     tests = [results[n]["metrics"]["test"] for n in names if n in results]
     if not tests:
         return None
-    acc = np.array([t["accuracy"] for t in tests])
-    f1 = np.array([t["macro_f1"] for t in tests])
-    return {"acc": acc.mean(), "acc_std": acc.std(ddof=1) if len(acc) > 1 else 0.0, "f1": f1.mean(),
-            "f1_std": f1.std(ddof=1) if len(f1) > 1 else 0.0, "n": len(tests), "clips": sum(t["n"] for t in tests)}
+    (acc, acc_std), (f1, f1_std) = (mean_std([t[key] for t in tests]) for key in ("accuracy", "macro_f1"))
+    return {"acc": acc, "acc_std": acc_std, "f1": f1, "f1_std": f1_std, "n": len(tests),
+            "clips": sum(t["n"] for t in tests)}
 
 
 def format_cell(s, folds=False):
@@ -373,9 +368,9 @@ def time_cells(runs):
     ('≥N' where some run's early sessions were not timed).
     """
     times = [training_time(r) for r in runs]
-    per_epoch = next((t[0] for t in times if t[0]), None)
-    return [f"{per_epoch:.0f}" if per_epoch else "", str(times[0][1]),
-            format_minutes(sum(t[2] for t in times), all(t[3] for t in times))]
+    per_epoch = next((t.per_epoch for t in times if t.per_epoch), None)
+    return [f"{per_epoch:.0f}" if per_epoch else "", str(times[0].epochs),
+            format_minutes(sum(t.seconds for t in times), all(t.complete for t in times))]
 
 
 def recipe_rows(results):
@@ -451,8 +446,6 @@ def kfold_ensemble_rows(ensembles):
     """One row per (recipes, TTA copies) scored on k-fold folds: per-fold, mean ± std accuracy and F1."""
     import re
 
-    import numpy as np
-
     groups = {}
     for (runs, tta), e in sorted(ensembles.items(), key=lambda item: item[1].get("fold", 0)):
         if e["split"] != "kfold":
@@ -461,13 +454,11 @@ def kfold_ensemble_rows(ensembles):
         groups.setdefault((recipes, tta), []).append(e)
     rows = []
     for (recipes, tta), records in groups.items():
-        acc = np.array([e["accuracy"] for e in records])
-        f1 = np.array([e["macro_f1"] for e in records])
-        val = np.array([e["val_accuracy"] for e in records])
-        std = (lambda a: a.std(ddof=1) if len(a) > 1 else 0.0)
+        (acc, acc_std), (f1, f1_std), (val, _) = (mean_std([e[key] for e in records])
+                                                  for key in ("accuracy", "macro_f1", "val_accuracy"))
         rows.append([" + ".join(recipes), str(tta), f"{len(records)}/{N_FOLDS}",
-                     ", ".join(f"{100 * a:.1f}" for a in acc), f"{100 * acc.mean():.1f} ± {100 * std(acc):.1f}",
-                     f"{f1.mean():.3f} ± {std(f1):.3f}", f"{100 * val.mean():.1f}"])
+                     ", ".join(f"{100 * e['accuracy']:.1f}" for e in records),
+                     f"{100 * acc:.1f} ± {100 * acc_std:.1f}", f"{f1:.3f} ± {f1_std:.3f}", f"{100 * val:.1f}"])
     return rows
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from study import format_minutes, training_time  # experiments/ is on the path of every script here
+from study import format_minutes, mean_std, training_time  # experiments/ is on the path of every script here
 
 #: CREMA-D's VoiceVote letters (summaryTable.csv) -> serkeras' CREMA-D label names.
 VOTE_LABELS = {"A": "anger", "D": "disgust", "F": "fear", "H": "happy", "N": "neutral", "S": "sad"}
@@ -45,28 +45,36 @@ def actor_bootstrap(actors, statistic, seed=0):
     return np.percentile(draws, [2.5, 97.5])
 
 
-def version_features(clips, config, augmentation=None, copy=0):
-    """Cached features of `clips` (or of their augmented copy `copy`), all of which must be usable."""
+def per_fold_summary(scores, bold=False):
+    """'Accuracy per fold: ...; mean ...% ± ... (std); macro-F1 ... ± ...' of per-fold test scores."""
+    (acc, acc_std), (f1, f1_std) = (mean_std([s[key] for s in scores]) for key in ("accuracy", "macro_f1"))
+    mark = "**" if bold else ""
+    return ("Accuracy per fold: " + ", ".join(f"{100 * s['accuracy']:.1f}%" for s in scores)
+            + f"; mean {mark}{100 * acc:.1f}%{mark} ± {100 * acc_std:.1f} (std); macro-F1 {f1:.3f} ± {f1_std:.3f}")
+
+
+def clip_features(clips, config):
+    """Cached features of `clips`, all of which must be usable."""
     from serkeras.cache import cached_features
 
-    kept, features = cached_features(clips, config, augmentation=augmentation, copy=copy).of(clips)
+    kept, features = cached_features(clips, config).of(clips)
     if len(kept) != len(clips):
         raise RuntimeError(f"{len(clips) - len(kept)} clips have no features")
     return features
 
 
-def part_probabilities(model, meta, clips, augmentation=None, copies=0):
+def part_probabilities(model, meta, clips, copies=0):
     """Class probabilities of `model` for `clips` (all of which must have features).
 
     With `copies` > 0 (test-time augmentation), the probabilities are averaged over each clip
-    and its augmented copies 1..`copies` under `augmentation` (cached like training copies), as
+    and its copies 1..`copies` made with serkeras' TEST_TIME_AUGMENTATION, as
     `serkeras evaluate --tta-copies` does.
     """
+    from serkeras.cache import copy_features
     from serkeras.evaluation import predict_versions
 
     config = meta.feature_config
-    versions = [version_features(clips, config)]
-    versions += [version_features(clips, config, augmentation, k) for k in range(1, copies + 1)]
+    versions = [clip_features(clips, config)] + copy_features(clips, config, copies)
     return predict_versions(model, versions, config.length_mode, config.fixed_frames)
 
 
@@ -80,8 +88,8 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
     """
     from sklearn.metrics import accuracy_score, f1_score
 
+    from serkeras.cache import copy_features
     from serkeras.corpus import load_corpus
-    from serkeras.effects import TEST_TIME_AUGMENTATION
     from serkeras.evaluation import classification_report, predict_features
     from serkeras.models import load_model
     from serkeras.models.cost import flops_per_clip
@@ -103,8 +111,9 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
         times.append(training_time(results[name]))
         member_rows.append(f"| `{name}` | {member_meta.model_config.arch} | {member.count_params():,} | "
                            f"{member_flops:.0f} | {100 * metrics['val']['accuracy']:.1f} | "
-                           f"{100 * metrics['test']['accuracy']:.1f} | {format_minutes(*times[-1][2:])} |")
-    train_minutes = format_minutes(sum(t[2] for t in times), all(t[3] for t in times))
+                           f"{100 * metrics['test']['accuracy']:.1f} | "
+                           f"{format_minutes(times[-1].seconds, times[-1].complete)} |")
+    train_minutes = format_minutes(sum(t.seconds for t in times), all(t.complete for t in times))
     labels = list(meta.labels)
     y_true = np.asarray(corpus.label_indices(clips))
     y_pred = probabilities.argmax(axis=1)
@@ -179,7 +188,7 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
         lines.append(f"| **{label}** | " + " | ".join(str(v) for v in row) + " |")
     # The same clips degraded: each one's first augmented copy alone (speed, shift, gain, noise).
     augmented = sum(bool(results[name]["config"]["train_config"].get("augment_copies")) for name in members)
-    degraded = predict_features(model, version_features(clips, meta.feature_config, TEST_TIME_AUGMENTATION, 1),
+    degraded = predict_features(model, copy_features(clips, meta.feature_config, 1)[0],
                                 meta.feature_config.length_mode, meta.feature_config.fixed_frames).argmax(axis=1)
     lines += ["", "### On degraded audio", "",
               f"The same test clips, each replaced by one augmented copy (speed 0.9-1.1, time shift up to 0.25 s, gain "
@@ -187,8 +196,8 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
               f"(clean: {100 * report['accuracy']:.1f}%). Members trained on such copies (`--augment-copies`): "
               f"{augmented} of {len(members)}."]
     if tta_copies:
-        tta_test = part_probabilities(model, meta, clips, TEST_TIME_AUGMENTATION, tta_copies).argmax(axis=1)
-        tta_val = part_probabilities(model, meta, list(split.val), TEST_TIME_AUGMENTATION, tta_copies).argmax(axis=1)
+        tta_test = part_probabilities(model, meta, clips, tta_copies).argmax(axis=1)
+        tta_val = part_probabilities(model, meta, list(split.val), tta_copies).argmax(axis=1)
         tta_ci = actor_bootstrap(actors, lambda i: accuracy_score(y_true[i], tta_test[i]))
         tta_f1 = f1_score(y_true, tta_test, average="macro", labels=range(len(labels)), zero_division=0)
         lines += ["", f"### With test-time augmentation (`serkeras predict --tta-copies {tta_copies}`)", "",
@@ -202,29 +211,19 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
     lines += ["", "## Other unseen actors: 5-fold cross-validation", "",
               "Each fold trains new models from scratch on ~52 actors and tests them on 14-15 others, so every "
               "development actor is tested once, by models that never heard them.", ""]
+    n_folds = len(next(iter(kfold_runs.values())))
     for copies, records in kfold_ensembles:
-        accs = np.array([r["accuracy"] for r in records])
-        f1s = np.array([r["macro_f1"] for r in records])
         tta = f", with {copies} TTA copies" if copies else ""
         lines += [f"- **This model's recipe** (the average of the members' recipes, each trained on the fold){tta}: "
-                  f"folds scored {len(records)} of {len(kfold_runs[next(iter(kfold_runs))])}. Accuracy per fold: "
-                  + ", ".join(f"{100 * a:.1f}%" for a in accs)
-                  + f"; mean **{100 * accs.mean():.1f}%** ± {100 * accs.std(ddof=1) if len(accs) > 1 else 0:.1f} "
-                  f"(std); macro-F1 {f1s.mean():.3f} ± {f1s.std(ddof=1) if len(f1s) > 1 else 0:.3f} "
+                  f"folds scored {len(records)} of {n_folds}. {per_fold_summary(records, bold=True)} "
                   f"(`python experiments/accuracy.py kfold-ensemble {' '.join(kfold_runs)}"
                   f"{f' --tta-copies {copies}' if copies else ''}`)."]
     lines += ["", "Its members' recipes alone:", ""] if kfold_ensembles else []
     for recipe, runs in kfold_runs.items():
         folds = [results[n]["metrics"]["test"] for n in runs if n in results]
-        if not folds:
-            continue
-        accs = np.array([f["accuracy"] for f in folds])
-        f1s = np.array([f["macro_f1"] for f in folds])
-        lines += [f"- `{recipe}`: folds finished {len(folds)} of {len(runs)}. Accuracy per fold: "
-                  + ", ".join(f"{100 * a:.1f}%" for a in accs)
-                  + f"; mean {100 * accs.mean():.1f}% ± {100 * accs.std(ddof=1) if len(accs) > 1 else 0:.1f} (std); "
-                  f"macro-F1 {f1s.mean():.3f} ± {f1s.std(ddof=1) if len(f1s) > 1 else 0:.3f} "
-                  f"(`python experiments/accuracy.py run {recipe} --split kfold`)."]
+        if folds:
+            lines += [f"- `{recipe}`: folds finished {len(folds)} of {len(runs)}. {per_fold_summary(folds)} "
+                      f"(`python experiments/accuracy.py run {recipe} --split kfold`)."]
     lines += [
         "", "## Compared with human listeners on the same clips", "",
         "CREMA-D's `summaryTable.csv` gives, per clip, the majority emotion chosen by crowd-sourced listeners who "

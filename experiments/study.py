@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import click
 
@@ -172,8 +173,17 @@ def load_results(runs_dir=RUNS_DIR):
     return results
 
 
+class TrainingTime(NamedTuple):
+    """How long one finished run trained."""
+
+    per_epoch: float | None  # seconds; None where unknown
+    epochs: int
+    seconds: float
+    complete: bool  # False: `seconds` is only the last session's, a lower bound
+
+
 def training_time(result):
-    """(seconds per epoch or None, epochs trained, training seconds, whether those seconds are complete).
+    """The `TrainingTime` of a finished run (a `load_results` entry).
 
     serkeras times every epoch of every session of a run (`timed_epochs`). Runs trained
     before it did, and resumed, know only their last session's time: a lower bound, with
@@ -181,12 +191,20 @@ def training_time(result):
     """
     history = result["folder"] / "history.csv"
     epochs = max(0, len(history.read_text().strip().splitlines()) - 1) if history.is_file() else 0
-    metrics = result["metrics"]
-    if metrics.get("timed_epochs"):
-        return metrics["train_seconds"] / metrics["timed_epochs"], epochs, metrics["train_seconds"], True
+    seconds, timed = result["metrics"]["train_seconds"], result["metrics"].get("timed_epochs")
+    if timed:
+        return TrainingTime(seconds / timed, epochs, seconds, True)
     if "--resume" in ((result["record"] or {}).get("command") or ""):
-        return None, epochs, metrics["train_seconds"], False
-    return (metrics["train_seconds"] / epochs if epochs else None), epochs, metrics["train_seconds"], True
+        return TrainingTime(None, epochs, seconds, False)
+    return TrainingTime(seconds / epochs if epochs else None, epochs, seconds, True)
+
+
+def mean_std(values):
+    """Mean and sample standard deviation (0 for a single value) of `values`."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=float)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
 def format_minutes(seconds, complete):
@@ -230,7 +248,7 @@ def comparison_table(results, rows, row_label, study_key):
 
 
 def epoch_seconds(result):
-    per_epoch = training_time(result)[0]
+    per_epoch = training_time(result).per_epoch
     return f"{per_epoch:.0f}" if per_epoch else ""
 
 

@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 
 from serkeras.audio import AudioError, load_audio
 from serkeras.corpus import warn_skipped
-from serkeras.effects import WaveAugmentation, augment_wave
+from serkeras.effects import TEST_TIME_AUGMENTATION, WaveAugmentation, augment_wave
+from serkeras.errors import DataError
 from serkeras.features import FEATURE_KINDS, FeatureConfig, extract_features
 
 CACHE_DIR_ENV = "SERKERAS_CACHE_DIR"
@@ -224,6 +225,25 @@ def cached_features(clips, config, cache_dir=None, workers=None, progress=True, 
                 features[path] = result
     warn_skipped(skipped, "audio files")
     return FeatureSet(features, skipped, computed=len(todo), reused=reused, seconds=time.perf_counter() - start)
+
+
+def copy_features(clips, config, copies, augmentation=TEST_TIME_AUGMENTATION, cache_dir=None):
+    """Features of augmented copies 1..`copies` of every clip (cached like training copies).
+
+    For test-time augmentation: one feature list per copy, each in the order of `clips`.
+
+    Raises
+    ------
+    DataError
+        When some copy cannot be computed (`clips` should be clips whose own features could).
+    """
+    versions = []
+    for copy in range(1, copies + 1):
+        kept, features = cached_features(clips, config, cache_dir, augmentation=augmentation, copy=copy).of(clips)
+        if len(kept) != len(clips):
+            raise DataError(f"{len(clips) - len(kept)} test-time augmented copies could not be computed")
+        versions.append(features)
+    return versions
 
 
 def compute_clips(paths, config, workers=None, progress=False, augmentation=None, copy=0):

@@ -398,8 +398,7 @@ def evaluate(model_path, data_dir, manifest, cache_dir, split_kind, fold, n_fold
     """Accuracy, F1, precision, recall, per-class table and confusion matrix of a saved model."""
     import json
 
-    from serkeras.cache import cached_features
-    from serkeras.effects import TEST_TIME_AUGMENTATION
+    from serkeras.cache import cached_features, copy_features
     from serkeras.evaluation import classification_report, format_report, predict_versions, save_confusion_matrix
 
     model, meta = _open_model(model_path)
@@ -411,10 +410,7 @@ def evaluate(model_path, data_dir, manifest, cache_dir, split_kind, fold, n_fold
     if not kept:
         raise SerkerasError("no usable clips to evaluate")
     config = meta.feature_config
-    versions = [features] + [cached_features(kept, config, cache_dir, augmentation=TEST_TIME_AUGMENTATION,
-                                             copy=k).of(kept)[1] for k in range(1, tta_copies + 1)]
-    if any(len(v) != len(kept) for v in versions):
-        raise SerkerasError("some test-time augmented copies could not be computed")
+    versions = [features] + copy_features(kept, config, tta_copies, cache_dir=cache_dir)
     probabilities = predict_versions(model, versions, config.length_mode, config.fixed_frames, batch_size)
     report = classification_report(corpus.label_indices(kept), probabilities.argmax(axis=1), corpus.labels,
                                    groups={"sex": [c.sex for c in kept]})

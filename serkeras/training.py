@@ -291,23 +291,21 @@ def make_callbacks(run_dir, log_dir, data, feature_config, train_config, resume=
         EpochTimer(run_dir / EPOCH_SECONDS, resume),
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=True),
+        ema_callback(train_config),
         keras.callbacks.ModelCheckpoint(str(run_dir / "model.keras"), monitor=train_config.monitor, mode=mode,
                                         save_best_only=True,
                                         initial_value_threshold=best_so_far(run_dir / "history.csv",
                                                                             train_config.monitor) if resume else None),
         keras.callbacks.EarlyStopping(monitor=train_config.monitor, mode=mode, patience=train_config.patience,
                                       restore_best_weights=True),
+        plateau_callback(train_config),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume),
         LearningRateLogger(),
         ConfusionMatrixLogger(log_dir, val_features, val_labels, data.labels, feature_config),
+        keras.callbacks.TensorBoard(str(log_dir), histogram_freq=0, write_graph=False),
     ]
-    plateau = plateau_callback(train_config)
-    if plateau is not None:
-        callbacks.insert(5, plateau)
-    ema = ema_callback(train_config)
-    if ema is not None:
-        callbacks.insert(3, ema)
-    callbacks.append(keras.callbacks.TensorBoard(str(log_dir), histogram_freq=0, write_graph=False))
+    # The optional ones (None when not asked for) sit where their order matters.
+    callbacks = [c for c in callbacks if c is not None]
     return callbacks
 
 

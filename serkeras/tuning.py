@@ -172,16 +172,13 @@ def run_search(tuner, data, epochs, batch_size, log_dir, patience=5, seed=0, ver
     val = data.dataset("val", feature_config, batch_size, names)
     objective = tuner.oracle.objective.name
     callbacks = [
+        ema_callback(hypermodel.train_config),  # first: the objective and KerasTuner's checkpoint see its weights
         LearningRateLogger(),
+        plateau_callback(hypermodel.train_config),
         keras.callbacks.EarlyStopping(monitor=objective, mode="max", patience=patience),
         keras.callbacks.TensorBoard(str(log_dir), histogram_freq=0, write_graph=False),
     ]
-    plateau = plateau_callback(hypermodel.train_config)
-    if plateau is not None:
-        callbacks.insert(1, plateau)
-    ema = ema_callback(hypermodel.train_config)
-    if ema is not None:  # first, so the objective and KerasTuner's checkpoint see the averaged weights
-        callbacks.insert(0, ema)
+    callbacks = [c for c in callbacks if c is not None]  # the optional ones are None when not asked for
     keras.utils.set_random_seed(seed)
     try:
         # The train dataset is shuffled already (fit's own shuffle would only warn).
