@@ -220,6 +220,9 @@ def _training_data_option_list():
     return [
         click.option("--class-weight/--no-class-weight", default=False, show_default=True,
                      help="Weight the loss by inverse class frequency."),
+        click.option("--mixup", "mixup_alpha", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                     help="Mix each training batch with a shuffled copy of itself, weights from "
+                          "Beta(ALPHA, ALPHA) (e.g. 0.2; 0: off)."),
         click.option("--augment-copies", type=click.IntRange(min=0), default=0, show_default=True,
                      help="Waveform-augmented copies of each training clip (shift, gain, noise, speed), computed "
                           "once and cached."),

@@ -55,8 +55,55 @@ def _pad_to_multiple(inputs, labels):
     return padded, labels
 
 
+def mixup(dataset, alpha, seed=0):
+    """Mix every batch of `(inputs, one_hot_labels)` with a shuffled copy of itself (mixup).
+
+    Clip `i` becomes `lam * x[i] + (1 - lam) * x[j]` for a random partner `j` of
+    the same batch, its label the same mix of the two one-hot labels (Zhang et
+    al., 2018, "mixup: Beyond Empirical Risk Minimization"). `lam` is drawn per
+    clip from Beta(alpha, alpha) and folded to `lam >= 0.5`, so each clip stays
+    mostly itself. A mixed clip's length is the shorter of the two: frames
+    where one of them is padding are masked, not mixed. Draws are seeded and
+    differ from epoch to epoch.
+
+    Parameters
+    ----------
+    dataset : tf.data.Dataset
+        Batches from `make_dataset`, before any key is dropped.
+    alpha : float
+        Beta distribution parameter; small values (0.2-0.4) mix lightly.
+    seed : int
+    """
+    if not alpha > 0:
+        raise ValueError(f"mixup alpha must be positive, got {alpha}")
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+
+    def mix(batch, pair):
+        inputs, labels = batch
+        partner_seed, gamma_seed, other_seed = tf.unstack(tf.random.experimental.stateless_split(pair, 3))
+        n = tf.shape(labels)[0]
+        partner = tf.argsort(tf.random.stateless_uniform([n], partner_seed))
+        a = tf.random.stateless_gamma([n], gamma_seed, alpha=alpha)
+        b = tf.random.stateless_gamma([n], other_seed, alpha=alpha)
+        lam = a / tf.maximum(a + b, 1e-12)
+        lam = tf.maximum(lam, 1.0 - lam)
+        mixed = {}
+        for key, value in inputs.items():
+            other = tf.gather(value, partner)
+            if key == "lengths":
+                mixed[key] = tf.minimum(value, other)
+            else:
+                weight = tf.reshape(tf.cast(lam, value.dtype), [-1, 1, 1])
+                mixed[key] = weight * value + (1 - weight) * other
+        weight = tf.cast(lam, labels.dtype)[:, None]
+        return mixed, weight * labels + (1 - weight) * tf.gather(labels, partner)
+
+    return tf.data.Dataset.zip((dataset, seeds)).map(mix, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
 def make_dataset(feature_list, labels, n_classes, length_mode="variable", fixed_frames=None,
-                 batch_size=32, shuffle=False, seed=0, input_names=FEATURE_KINDS + ("lengths",), bucket=True):
+                 batch_size=32, shuffle=False, seed=0, input_names=FEATURE_KINDS + ("lengths",), bucket=True,
+                 mixup_alpha=0.0):
     """Build a batched `tf.data.Dataset` of `(inputs, one_hot_labels)`.
 
     Parameters
@@ -77,6 +124,8 @@ def make_dataset(feature_list, labels, n_classes, length_mode="variable", fixed_
         The model's input names; only these keys are emitted.
     bucket : bool
         Bucket shuffled variable-length clips by length (else plain padded batches).
+    mixup_alpha : float
+        With a positive value, `mixup` the batches (training pipelines only: labels become soft).
     """
     labels = np.asarray(labels, dtype=np.int32)
     one_hot = np.eye(n_classes, dtype=np.float32)[labels]
@@ -89,7 +138,10 @@ def make_dataset(feature_list, labels, n_classes, length_mode="variable", fixed_
         ds = tf.data.Dataset.from_tensor_slices((inputs, one_hot))
         if shuffle:
             ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        ds = ds.batch(batch_size)
+        if mixup_alpha:
+            ds = mixup(ds, mixup_alpha, seed)
+        return ds.prefetch(tf.data.AUTOTUNE)
 
     lengths = clip_lengths(feature_list)
     order = np.arange(len(lengths)) if shuffle else eval_order(lengths)
@@ -111,6 +163,8 @@ def make_dataset(feature_list, labels, n_classes, length_mode="variable", fixed_
     else:
         ds = ds.padded_batch(batch_size)
     ds = ds.map(_pad_to_multiple, num_parallel_calls=tf.data.AUTOTUNE)
+    if mixup_alpha:
+        ds = mixup(ds, mixup_alpha, seed)
     if "lengths" not in input_names:
         ds = ds.map(lambda x, y: ({k: v for k, v in x.items() if k != "lengths"}, y))
     return ds.prefetch(tf.data.AUTOTUNE)

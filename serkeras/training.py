@@ -47,6 +47,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     ema_momentum: float = 0.0
     class_weight: bool = False
+    mixup_alpha: float = 0.0
     mixed_precision: bool = False
     distribute: bool = False
     seed: int = 0
@@ -63,6 +64,8 @@ class TrainConfig:
                 raise SerkerasError(f"{what} must be one of {', '.join(allowed)}, got {value!r}")
         if not 0.0 <= self.ema_momentum < 1.0:
             raise SerkerasError(f"ema_momentum must be in [0, 1), got {self.ema_momentum}")
+        if self.mixup_alpha < 0:
+            raise SerkerasError(f"mixup_alpha must be >= 0 (0: off), got {self.mixup_alpha}")
 
     def to_dict(self):
         return {**dataclasses.asdict(self), "noise_snr_db": list(self.noise_snr_db)}
@@ -86,11 +89,11 @@ class SplitData:
     parts: dict  # name -> (clips, feature_list, label_indices)
     stats: object
 
-    def dataset(self, part, feature_config, batch_size, input_names, shuffle=False, seed=0):
+    def dataset(self, part, feature_config, batch_size, input_names, shuffle=False, seed=0, mixup_alpha=0.0):
         clips, features, labels = self.parts[part]
         return make_dataset(features, labels, len(self.labels), feature_config.length_mode,
                             feature_config.fixed_frames, batch_size, shuffle=shuffle, seed=seed,
-                            input_names=input_names)
+                            input_names=input_names, mixup_alpha=mixup_alpha)
 
 
 def prepare_split(corpus, split, feature_config, cache_dir=None, workers=None, progress=True, augmentation=None,
@@ -349,7 +352,7 @@ def run_training(data, feature_config, model_config, train_config, run_dir, log_
         model = build_model(feature_config, model_config, data.labels, data.stats)
         names = model_input_names(model)
     train_ds = data.dataset("train", feature_config, train_config.batch_size, names, shuffle=True,
-                            seed=train_config.seed)
+                            seed=train_config.seed, mixup_alpha=train_config.mixup_alpha)
     val_ds = data.dataset("val", feature_config, train_config.batch_size, names)
     steps = int(np.ceil(len(data.parts["train"][0]) / train_config.batch_size))
     with data_parallel(train_config.distribute):

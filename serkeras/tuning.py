@@ -168,7 +168,8 @@ def run_search(tuner, data, epochs, batch_size, log_dir, patience=5, seed=0, ver
     hypermodel = tuner.hypermodel
     names = input_names(hypermodel)
     feature_config = hypermodel.feature_config
-    train = data.dataset("train", feature_config, batch_size, names, shuffle=True, seed=seed)
+    train = data.dataset("train", feature_config, batch_size, names, shuffle=True, seed=seed,
+                         mixup_alpha=hypermodel.train_config.mixup_alpha)
     val = data.dataset("val", feature_config, batch_size, names)
     objective = tuner.oracle.objective.name
     callbacks = [

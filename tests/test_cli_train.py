@@ -203,13 +203,13 @@ def test_resume_after_kill(crema_subset, workdir):
     assert metrics["train_seconds"] == pytest.approx(sum(timed.values())) and min(timed.values()) > 0
 
 
-def test_train_with_waveform_augmented_copies(crema_subset, workdir):
+def test_train_with_waveform_augmented_copies_and_mixup(crema_subset, workdir):
     result = run_cli(["train", "--data-dir", str(crema_subset), "--split", "actor", "--epochs", "1",
                       "--run-name", "augmented", "--cache-dir", str(workdir / "cache"), "--augment-copies", "1",
-                      "--noise-snr", "5", "20", "--train-seed", "7"] + TINY, workdir)
+                      "--noise-snr", "5", "20", "--train-seed", "7", "--mixup", "0.2"] + TINY, workdir)
     assert result.exit_code == 0, result.output
     config = json.loads((workdir / "saved_models" / "augmented" / "config.json").read_text())
-    assert config["train_config"]["augment_copies"] == 1
+    assert config["train_config"]["augment_copies"] == 1 and config["train_config"]["mixup_alpha"] == 0.2
     assert (config["seed"], config["train_config"]["seed"]) == (0, 7)  # the split's seed, training's seed
     assert config["train_config"]["noise_snr_db"] == [5.0, 20.0]
     assert (workdir / "saved_models" / "augmented" / "model.keras").is_file()

@@ -17,6 +17,7 @@ from serkeras.pipeline import (  # noqa: E402
     clip_lengths,
     eval_order,
     make_dataset,
+    mixup,
     padding_overhead,
 )
 from serkeras.splits import actor_split  # noqa: E402
@@ -253,3 +254,50 @@ def test_bucketed_dataset_states_its_exact_batch_count():
     assert stated > 300 // 16  # buckets end in partial batches
     for _ in range(2):
         assert sum(1 for _ in ds) == stated
+
+
+def _labelled_constant_clips(n):
+    """Clip k: label k, length 20 + 3k, every log-mel value 10k and every spectral value -k."""
+    return [{"logmel": np.full((20 + 3 * k, 2), 10.0 * k, np.float32),
+             "spectral": np.full((20 + 3 * k, 3), -float(k), np.float32)} for k in range(n)]
+
+
+@pytest.mark.parametrize("length_mode", ["variable", "fixed"])
+def test_mixup_mixes_inputs_and_labels_with_one_weight_and_masks_padding(length_mode):
+    n = 12
+    features = _labelled_constant_clips(n)
+    ds = make_dataset(features, np.arange(n), n, length_mode=length_mode, fixed_frames=64, batch_size=n,
+                      shuffle=True, seed=3, bucket=False, mixup_alpha=1.0)
+    assert int(ds.cardinality()) == 1
+    epochs = [_batches(ds) for _ in range(2)]
+    mixed_rows = 0
+    for (inputs, labels), in epochs:
+        np.testing.assert_allclose(labels.sum(axis=1), 1.0, rtol=1e-6)
+        assert (labels.max(axis=1) >= 0.5 - 1e-6).all()  # each clip stays mostly itself
+        for row, label in enumerate(labels):
+            present = np.flatnonzero(label > 1e-6)
+            assert 1 <= len(present) <= 2
+            mixed_rows += len(present) == 2
+            # The inputs are the same mix of the same clips as the labels.
+            length = inputs["lengths"][row]
+            assert length == min(20 + 3 * k for k in present)
+            np.testing.assert_allclose(inputs["logmel"][row, :length], label @ (10.0 * np.arange(n)), rtol=1e-5)
+            np.testing.assert_allclose(inputs["spectral"][row, :length], -(label @ np.arange(n)), rtol=1e-5,
+                                       atol=1e-5)
+    assert mixed_rows > n  # most clips get a partner
+    assert not np.array_equal(epochs[0][0][1], epochs[1][0][1])  # new draws every epoch
+    again = _batches(make_dataset(features, np.arange(n), n, length_mode=length_mode, fixed_frames=64,
+                                  batch_size=n, shuffle=True, seed=3, bucket=False, mixup_alpha=1.0))
+    np.testing.assert_array_equal(again[0][1], epochs[0][0][1])  # seeded
+
+
+def test_mixup_keeps_the_bucketed_batch_count_and_drops_lengths_after_mixing():
+    features = _labelled_constant_clips(40)
+    plain = make_dataset(features, np.arange(40) % 6, 6, batch_size=8, shuffle=True, seed=0)
+    mixed = make_dataset(features, np.arange(40) % 6, 6, batch_size=8, shuffle=True, seed=0, mixup_alpha=0.2,
+                         input_names=("logmel",))
+    assert int(mixed.cardinality()) == int(plain.cardinality()) == sum(1 for _ in mixed)
+    inputs, labels = next(iter(mixed))
+    assert set(inputs) == {"logmel"} and labels.shape[1] == 6
+    with pytest.raises(ValueError, match="alpha must be positive"):
+        mixup(plain, -1.0)

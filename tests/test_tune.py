@@ -151,7 +151,7 @@ def test_search_trains_like_train_with_the_recipe_options(crema_subset, workdir)
     recipe = ["--arch", "resnet", "--width", "0.125", "--pooling", "attention", "--utterance-norm", "mean",
               "--augment", "--optimizer", "adamw", "--schedule", "cosine", "--warmup-epochs", "1",
               "--label-smoothing", "0.1", "--ema-momentum", "0.5", "--augment-copies", "1", "--speed", "0.1",
-              "--class-weight"]
+              "--class-weight", "--mixup", "0.2"]
     args = ["tune", "--data-dir", str(crema_subset), "--cache-dir", str(workdir / "cache"), "--search-name", "recipe",
             *TINY, "--max-trials", "1", "--epochs", "2", *recipe]
     result = run_cli(args, workdir)
@@ -164,8 +164,8 @@ def test_search_trains_like_train_with_the_recipe_options(crema_subset, workdir)
     training = json.loads((search_dir / "search.json").read_text())["settings"]["train_config"]
     assert (training["optimizer"], training["schedule"], training["warmup_epochs"]) == ("adamw", "cosine", 1)
     assert training["label_smoothing"] == 0.1 and "learning_rate" not in training  # searched, not fixed
-    assert (training["ema_momentum"], training["augment_copies"], training["speed"], training["class_weight"]) == (
-        0.5, 1, 0.1, True)
+    assert (training["ema_momentum"], training["augment_copies"], training["speed"], training["class_weight"],
+            training["mixup_alpha"]) == (0.5, 1, 0.1, True, 0.2)
     copies = re.search(r"training part: (\d+) clips, of which (\d+) augmented copies", result.output)
     assert copies and int(copies.group(1)) == 2 * int(copies.group(2)) > 0, result.output
 
