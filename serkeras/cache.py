@@ -10,12 +10,18 @@ temporary file and renamed into place, so a killed run leaves only whole
 entries and the next run computes just what is missing; temporary files that a
 killed run left behind are removed once they are an hour old. Files that cannot be
 used are remembered as `.bad` entries with the reason, and reported, not retried.
+
+Each settings folder records its settings in `settings.json`. Reading an entry
+refreshes its modification time (at most once a day), so `prune_cache` can
+remove entries that no run has used for a while: features of audio that changed
+or of settings no longer trained with.
 """
 
 import concurrent.futures
 import dataclasses
 import functools
 import hashlib
+import json
 import multiprocessing
 import os
 import tempfile
@@ -36,6 +42,10 @@ CACHE_DIR_ENV = "SERKERAS_CACHE_DIR"
 DEFAULT_CACHE_DIR = "data/cache"
 # Features are stored as float16: half the disk and I/O, error far below feature noise.
 _STORE_DTYPE = np.float16
+SETTINGS_FILE = "settings.json"
+#: A reused entry's modification time is refreshed when older than this: "last used"
+#: to within a day, without a write for every read.
+_MARK_USED_AFTER = 86400.0
 
 
 @dataclasses.dataclass
@@ -105,14 +115,24 @@ def _atomic_write(target, write):
         raise
 
 
+def _mark_used(path):
+    try:
+        if time.time() - path.stat().st_mtime > _MARK_USED_AFTER:
+            os.utime(path)
+    except OSError:  # read-only cache or removed meanwhile: only pruning loses precision
+        pass
+
+
 def _read_entry(base, config):
     """Cached features, a reason string for a known-bad file, or None if absent/corrupt."""
     bad = base.with_suffix(".bad")
     if bad.is_file():
+        _mark_used(bad)
         return bad.read_text(encoding="utf-8").strip() or "unusable"
     npz = base.with_suffix(".npz")
     if not npz.is_file():
         return None
+    _mark_used(npz)
     try:
         with np.load(npz, allow_pickle=False) as data:
             features = {k: data[k].astype(np.float32) for k in FEATURE_KINDS}
@@ -199,6 +219,9 @@ def cached_features(clips, config, cache_dir=None, workers=None, progress=True, 
     start = time.perf_counter()
     folder = resolve_cache_dir(cache_dir) / config.extraction_key()
     folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / SETTINGS_FILE).is_file():
+        settings = json.dumps(config.to_dict(), indent=2, sort_keys=True).encode()
+        _atomic_write(folder / SETTINGS_FILE, lambda f: f.write(settings))
     remove_stale_temporaries(folder)
     features, skipped, todo = {}, [], []
     for clip in clips:
@@ -262,6 +285,75 @@ def compute_clips(paths, config, workers=None, progress=False, augmentation=None
     results = dict(_parallel(_compute_only, list(paths), settings, workers, bar))
     bar.close()
     return [(path, results[path]) for path in paths]
+
+
+@dataclasses.dataclass
+class CacheFolder:
+    """One settings folder of the cache: what it holds and when it was last used."""
+
+    path: Path
+    settings: dict  # FeatureConfig.to_dict(), or {} when not recorded
+    entries: int  # feature files
+    unusable: int  # `.bad` entries
+    size: int  # bytes
+    last_used: float  # newest entry's modification time (0 when empty)
+
+
+def _entries(folder):
+    return [p for p in folder.iterdir() if p.suffix in (".npz", ".bad") and not p.name.startswith(".tmp-")]
+
+
+def cache_folders(cache_dir=None):
+    """The settings folders of the cache, largest first.
+
+    Raises
+    ------
+    DataError
+        When there is no cache folder at `cache_dir`.
+    """
+    root = resolve_cache_dir(cache_dir)
+    if not root.is_dir():
+        raise DataError(f"no feature cache at {root}")
+    folders = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        stats = [(p.suffix, p.stat()) for p in _entries(folder)]
+        try:
+            settings = json.loads((folder / SETTINGS_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            settings = {}
+        folders.append(CacheFolder(folder, settings, sum(s == ".npz" for s, _ in stats),
+                                   sum(s == ".bad" for s, _ in stats), sum(st.st_size for _, st in stats),
+                                   max((st.st_mtime for _, st in stats), default=0.0)))
+    return sorted(folders, key=lambda f: -f.size)
+
+
+def prune_cache(unused_days, cache_dir=None):
+    """Delete the entries that no run has read or written for `unused_days` days.
+
+    Settings folders left without entries go too, as do temporary files that
+    killed runs left behind.
+
+    Returns
+    -------
+    (int, int)
+        Entries removed and the bytes they took.
+    """
+    cutoff = time.time() - unused_days * 86400.0
+    removed = freed = 0
+    for folder in cache_folders(cache_dir):
+        remove_stale_temporaries(folder.path)
+        for entry in _entries(folder.path):
+            stat = entry.stat()
+            if stat.st_mtime < cutoff:
+                entry.unlink(missing_ok=True)
+                removed, freed = removed + 1, freed + stat.st_size
+        if not _entries(folder.path) and not any(folder.path.glob(".tmp-*")):
+            (folder.path / SETTINGS_FILE).unlink(missing_ok=True)
+            try:
+                folder.path.rmdir()
+            except OSError:  # something else lives there: leave it
+                pass
+    return removed, freed
 
 
 def _parallel(one, items, settings, workers, bar):

@@ -147,6 +147,36 @@ def features(data_dir, manifest, cache_dir, workers, **kwargs):
     click.echo(f"cache: {resolve_cache_dir(cache_dir) / config.extraction_key()}")
 
 
+@main.command("cache")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Feature cache (default $SERKERAS_CACHE_DIR or data/cache).")
+@click.option("--prune-unused-days", type=click.FloatRange(min=0), default=None,
+              help="Delete entries that no run has used for this many days (0: everything).")
+def cache_command(cache_dir, prune_unused_days):
+    """Show what the feature cache holds: size, entries and last use per feature setting."""
+    import time
+
+    from serkeras.cache import cache_folders, prune_cache, resolve_cache_dir
+    from serkeras.features import FeatureConfig
+
+    if prune_unused_days is not None:
+        removed, freed = prune_cache(prune_unused_days, cache_dir)
+        click.echo(f"removed {removed:,} entries unused for {prune_unused_days:g} days ({freed / 2**20:.1f} MiB)")
+    folders = cache_folders(cache_dir)
+    plural = "" if len(folders) == 1 else "s"
+    click.echo(f"{resolve_cache_dir(cache_dir)}: {len(folders)} settings folder{plural}, "
+               f"{sum(f.entries for f in folders):,} entries, {sum(f.size for f in folders) / 2**20:.1f} MiB")
+    defaults = FeatureConfig().to_dict()
+    for folder in folders:
+        changed = {k: v for k, v in folder.settings.items() if defaults.get(k) != v}
+        settings = (" ".join(f"{k}={v}" for k, v in sorted(changed.items())) or "default settings"
+                    ) if folder.settings else "settings not recorded"
+        used = time.strftime("%Y-%m-%d", time.localtime(folder.last_used)) if folder.last_used else "never"
+        unusable = f" (+{folder.unusable} unusable)" if folder.unusable else ""
+        click.echo(f"  {folder.path.name}  {folder.entries:,} entries{unusable}  {folder.size / 2**20:.1f} MiB  "
+                   f"last used {used}  {settings}")
+
+
 def split_options(f):
     """--split / --fold / --folds / fractions / --seed, shared by train, evaluate and tune."""
     options = [

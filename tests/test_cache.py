@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from serkeras.cache import (CACHE_DIR_ENV, DEFAULT_CACHE_DIR, cached_features, clip_key, compute_clip, compute_clips,
-                            resolve_cache_dir)
+from serkeras.cache import (CACHE_DIR_ENV, DEFAULT_CACHE_DIR, cache_folders, cached_features, clip_key, compute_clip,
+                            compute_clips, prune_cache, resolve_cache_dir)
 from serkeras.corpus import Clip, SkippedFilesWarning, load_crema_d
+from serkeras.errors import DataError
 from serkeras.features import FeatureConfig
 
 from conftest import copy_clips
@@ -325,3 +326,34 @@ def test_compute_clips_in_parallel_matches_one_by_one_and_reports_bad_files(real
     for path, features in results[:4] + results[5:]:
         expected = compute_clip(path, config)
         np.testing.assert_allclose(features["logmel"], expected["logmel"], rtol=1e-5, atol=1e-4)
+
+
+def test_inventory_and_pruning_keep_what_runs_use(corpus, cache_dir):
+    config, other = FeatureConfig(), FeatureConfig(n_mels=40)
+    _run(corpus.clips, config, cache_dir)
+    _run(corpus.clips[:3], other, cache_dir)
+    folders = cache_folders(cache_dir)
+    assert [f.path.name for f in folders] == [config.extraction_key(), other.extraction_key()]  # largest first
+    main, small = folders
+    assert (main.entries, main.unusable, small.entries) == (12, 0, 3)
+    assert main.settings == config.to_dict() and small.settings["n_mels"] == 40
+    assert main.size == sum(p.stat().st_size for p in main.path.glob("*.npz"))
+    # Nothing used for 40 days; then a run reads 4 of the entries again: only those are kept.
+    old = time.time() - 40 * 86400
+    for entry in cache_dir.rglob("*.npz"):
+        os.utime(entry, (old, old))
+    assert max(f.last_used for f in cache_folders(cache_dir)) == pytest.approx(old)
+    assert _run(corpus.clips[:4], config, cache_dir).reused == 4
+    assert cache_folders(cache_dir)[0].last_used > time.time() - 60
+    removed, freed = prune_cache(30, cache_dir)
+    assert removed == 8 + 3 and freed > 0
+    assert len(_entries(main.path)) == 4
+    assert not small.path.exists()  # a settings folder left empty goes too
+    assert prune_cache(30, cache_dir) == (0, 0)
+    again = _run(corpus.clips, config, cache_dir)
+    assert (again.computed, again.reused) == (8, 4)
+
+
+def test_inventory_of_a_missing_cache_is_an_error(tmp_path):
+    with pytest.raises(DataError, match="no feature cache at"):
+        cache_folders(tmp_path / "none")

@@ -67,6 +67,28 @@ def test_features_computes_then_reuses(runner, real_clips, tmp_path):
     assert f"cache: {cache / FeatureConfig(n_mels=40).extraction_key()}" in other.stdout
 
 
+def test_cache_command_lists_and_prunes(runner, real_clips, tmp_path):
+    import time
+
+    cache = tmp_path / "cache"
+    extracted = runner.invoke(main, ["features", "--data-dir", str(real_clips.folder), "--cache-dir", str(cache),
+                                     "--workers", "1", "--n-mels", "40"])
+    assert extracted.exit_code == 0, extracted.output
+    result = runner.invoke(main, ["cache", "--cache-dir", str(cache)])
+    assert result.exit_code == 0, result.output
+    summary, folder = _lines(result.stdout)
+    assert re.fullmatch(rf"{re.escape(str(cache))}: 1 settings folder, 12 entries, [\d.]+ MiB", summary), summary
+    assert folder.split()[:3] == [FeatureConfig(n_mels=40).extraction_key(), "12", "entries"]
+    assert f"last used {time.strftime('%Y-%m-%d')}" in folder and folder.endswith("n_mels=40")
+    pruned = runner.invoke(main, ["cache", "--cache-dir", str(cache), "--prune-unused-days", "0"])
+    assert pruned.exit_code == 0, pruned.output
+    removed, summary = _lines(pruned.stdout)
+    assert re.fullmatch(r"removed 12 entries unused for 0 days \([\d.]+ MiB\)", removed), removed
+    assert summary == f"{cache}: 0 settings folders, 0 entries, 0.0 MiB"
+    missing = runner.invoke(main, ["cache", "--cache-dir", str(tmp_path / "none")])
+    assert missing.exit_code == 1 and _lines(missing.stderr) == [f"error: no feature cache at {tmp_path / 'none'}"]
+
+
 def test_features_reports_skipped_files(runner, real_clips, tmp_path):
     (real_clips.folder / "1001_DFA_ANG_XX.wav").write_bytes(b"not audio at all, just bytes" * 10)
     (real_clips.folder / "readme_clip.wav").write_bytes(b"x")
