@@ -135,6 +135,8 @@ def test_utterance_normalization_uses_each_clips_real_frames(mode):
         UtteranceNormalization("median")
 
 
+# The one-frame clip, pooled alone, is a softmax over one frame: Keras warns, and weight 1 is what we want.
+@pytest.mark.filterwarnings("ignore:You are using a softmax over axis 1:UserWarning")
 def test_attentive_statistics_pooling_ignores_padding_and_weights_frames():
     rng = np.random.default_rng(6)
     lengths = [11, 1, 6]
