@@ -116,23 +116,25 @@ def _atomic_write(target, write):
 
 
 def _mark_used(path):
+    """Refresh `path`'s modification time if it is older than a day; False when there is no such file."""
     try:
         if time.time() - path.stat().st_mtime > _MARK_USED_AFTER:
             os.utime(path)
-    except OSError:  # read-only cache or removed meanwhile: only pruning loses precision
+    except FileNotFoundError:
+        return False
+    except OSError:  # a read-only cache: only pruning loses precision
         pass
+    return True
 
 
 def _read_entry(base, config):
     """Cached features, a reason string for a known-bad file, or None if absent/corrupt."""
     bad = base.with_suffix(".bad")
-    if bad.is_file():
-        _mark_used(bad)
+    if _mark_used(bad):
         return bad.read_text(encoding="utf-8").strip() or "unusable"
     npz = base.with_suffix(".npz")
-    if not npz.is_file():
+    if not _mark_used(npz):
         return None
-    _mark_used(npz)
     try:
         with np.load(npz, allow_pickle=False) as data:
             features = {k: data[k].astype(np.float32) for k in FEATURE_KINDS}
@@ -342,12 +344,15 @@ def prune_cache(unused_days, cache_dir=None):
     removed = freed = 0
     for folder in cache_folders(cache_dir):
         remove_stale_temporaries(folder.path)
+        kept = 0
         for entry in _entries(folder.path):
             stat = entry.stat()
             if stat.st_mtime < cutoff:
                 entry.unlink(missing_ok=True)
                 removed, freed = removed + 1, freed + stat.st_size
-        if not _entries(folder.path) and not any(folder.path.glob(".tmp-*")):
+            else:
+                kept += 1
+        if not kept and not any(folder.path.glob(".tmp-*")):
             (folder.path / SETTINGS_FILE).unlink(missing_ok=True)
             try:
                 folder.path.rmdir()
