@@ -53,16 +53,6 @@ def per_fold_summary(scores, bold=False):
             + f"; mean {mark}{100 * acc:.1f}%{mark} ± {100 * acc_std:.1f} (std); macro-F1 {f1:.3f} ± {f1_std:.3f}")
 
 
-def clip_features(clips, config):
-    """Cached features of `clips`, all of which must be usable."""
-    from serkeras.cache import cached_features
-
-    kept, features = cached_features(clips, config).of(clips)
-    if len(kept) != len(clips):
-        raise RuntimeError(f"{len(clips) - len(kept)} clips have no features")
-    return features
-
-
 def part_probabilities(model, meta, clips, copies=0):
     """Class probabilities of `model` for `clips` (all of which must have features).
 
@@ -70,11 +60,11 @@ def part_probabilities(model, meta, clips, copies=0):
     and its copies 1..`copies` made with serkeras' TEST_TIME_AUGMENTATION, as
     `serkeras evaluate --tta-copies` does.
     """
-    from serkeras.cache import copy_features
+    from serkeras.cache import cached_features, copy_features
     from serkeras.evaluation import predict_versions
 
     config = meta.feature_config
-    versions = [clip_features(clips, config)] + copy_features(clips, config, copies)
+    versions = [cached_features(clips, config).all_of(clips)] + copy_features(clips, config, copies)
     return predict_versions(model, versions, config.length_mode, config.fixed_frames)
 
 

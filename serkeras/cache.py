@@ -63,6 +63,19 @@ class FeatureSet:
         kept = [c for c in clips if c.path in self.features]
         return kept, [self.features[c.path] for c in kept]
 
+    def all_of(self, clips, what="clips"):
+        """Features of every one of `clips`, in order.
+
+        Raises
+        ------
+        DataError
+            When some of them could not be used (`what` names them in the message).
+        """
+        kept, features = self.of(clips)
+        if len(kept) != len(clips):
+            raise DataError(f"{len(clips) - len(kept)} {what} could not be computed")
+        return features
+
 
 def resolve_cache_dir(cache_dir=None):
     return Path(cache_dir or os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR)
@@ -262,13 +275,8 @@ def copy_features(clips, config, copies, augmentation=TEST_TIME_AUGMENTATION, ca
     DataError
         When some copy cannot be computed (`clips` should be clips whose own features could).
     """
-    versions = []
-    for copy in range(1, copies + 1):
-        kept, features = cached_features(clips, config, cache_dir, augmentation=augmentation, copy=copy).of(clips)
-        if len(kept) != len(clips):
-            raise DataError(f"{len(clips) - len(kept)} test-time augmented copies could not be computed")
-        versions.append(features)
-    return versions
+    return [cached_features(clips, config, cache_dir, augmentation=augmentation, copy=copy)
+            .all_of(clips, "test-time augmented copies") for copy in range(1, copies + 1)]
 
 
 def compute_clips(paths, config, workers=None, progress=False, augmentation=None, copy=0):

@@ -191,6 +191,10 @@ def test_bad_files_are_skipped_with_one_warning_and_remembered(tmp_path, make_au
         second = _run(clips, config, cache_dir)
     assert (second.computed, second.reused) == (0, 5)
     assert dict(second.skipped) == reasons
+    # Callers that need every clip (test-time copies, the model card) get a one-line error instead.
+    assert [f["logmel"].shape for f in second.all_of(clips[:2])] == [f["logmel"].shape for f in second.of(clips)[1]]
+    with pytest.raises(DataError, match="^3 clips could not be computed$"):
+        second.all_of(clips)
     # A shorter minimum is another extraction: the tiny clip is then usable.
     with pytest.warns(SkippedFilesWarning, match="skipped 2 audio files"):
         relaxed = _run(clips, FeatureConfig(min_seconds=0.01), cache_dir)
