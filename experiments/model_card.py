@@ -60,11 +60,11 @@ def part_probabilities(model, meta, clips, copies=0):
     and its copies 1..`copies` made with serkeras' TEST_TIME_AUGMENTATION, as
     `serkeras evaluate --tta-copies` does.
     """
-    from serkeras.cache import cached_features, copy_features
+    from serkeras.cache import model_features
     from serkeras.evaluation import predict_versions
 
     config = meta.feature_config
-    versions = [cached_features(clips, config).all_of(clips)] + copy_features(clips, config, copies)
+    _, versions = model_features(clips, config, copies, require_all=True)
     return predict_versions(model, versions, config.length_mode, config.fixed_frames)
 
 
@@ -78,7 +78,7 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
     """
     from sklearn.metrics import accuracy_score, f1_score
 
-    from serkeras.cache import copy_features
+    from serkeras.cache import model_features
     from serkeras.corpus import load_corpus
     from serkeras.evaluation import classification_report, predict_features
     from serkeras.models import load_model
@@ -178,7 +178,7 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
         lines.append(f"| **{label}** | " + " | ".join(str(v) for v in row) + " |")
     # The same clips degraded: each one's first augmented copy alone (speed, shift, gain, noise).
     augmented = sum(bool(results[name]["config"]["train_config"].get("augment_copies")) for name in members)
-    degraded = predict_features(model, copy_features(clips, meta.feature_config, 1)[0],
+    degraded = predict_features(model, model_features(clips, meta.feature_config, 1, require_all=True)[1][1],
                                 meta.feature_config.length_mode, meta.feature_config.fixed_frames).argmax(axis=1)
     lines += ["", "### On degraded audio", "",
               f"The same test clips, each replaced by one augmented copy (speed 0.9-1.1, time shift up to 0.25 s, gain "

@@ -36,7 +36,7 @@ from serkeras.audio import AudioError, load_audio
 from serkeras.corpus import warn_skipped
 from serkeras.effects import TEST_TIME_AUGMENTATION, WaveAugmentation, augment_wave
 from serkeras.errors import DataError
-from serkeras.features import FEATURE_KINDS, FeatureConfig, extract_features
+from serkeras.features import FEATURE_KINDS, FeatureConfig, extract_features, speaker_normalized
 
 CACHE_DIR_ENV = "SERKERAS_CACHE_DIR"
 DEFAULT_CACHE_DIR = "data/cache"
@@ -277,6 +277,25 @@ def copy_features(clips, config, copies, augmentation=TEST_TIME_AUGMENTATION, ca
     """
     return [cached_features(clips, config, cache_dir, augmentation=augmentation, copy=copy)
             .all_of(clips, "test-time augmented copies") for copy in range(1, copies + 1)]
+
+
+def model_features(clips, config, copies=0, cache_dir=None, require_all=False):
+    """What a model made with `config` is given for `clips`: cached features, speaker-normalised where
+    `config` asks, of each usable clip and of its `copies` test-time augmented copies.
+
+    With `require_all`, a clip without features raises `DataError` instead of being left out.
+
+    Returns
+    -------
+    kept : list of Clip
+        The usable clips among `clips`, in order.
+    versions : list of list of dict
+        The clips' own features, then one list per copy; each in the order of `kept`.
+    """
+    found = cached_features(clips, config, cache_dir)
+    kept, features = (list(clips), found.all_of(clips)) if require_all else found.of(clips)
+    return kept, [speaker_normalized(version, kept, config)
+                  for version in [features] + copy_features(kept, config, copies, cache_dir=cache_dir)]
 
 
 def compute_clips(paths, config, workers=None, progress=False, augmentation=None, copy=0):

@@ -110,6 +110,9 @@ def feature_options(f):
                      help="Add log F0 (YIN) and its delta to the spectral features."),
         click.option("--audio-normalization", type=click.Choice(["peak", "rms", "none"]),
                      default=d.audio_normalization, show_default=True),
+        click.option("--speaker-norm/--no-speaker-norm", default=d.speaker_norm, show_default=True,
+                     help="Remove each speaker's mean features, over all of the speaker's clips in a part of "
+                          "the split (predict: see --speaker); use with --utterance-norm none."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -121,7 +124,7 @@ def feature_config_from(kwargs):
     from serkeras.features import FeatureConfig
 
     names = ("length_mode", "fixed_seconds", "sample_rate", "n_mels", "n_fft", "win_length", "hop_length",
-             "fmin", "fmax", "n_mfcc", "pitch", "audio_normalization")
+             "fmin", "fmax", "n_mfcc", "pitch", "audio_normalization", "speaker_norm")
     try:
         return FeatureConfig(**{n: kwargs.pop(n) for n in names})
     except ValueError as exc:
@@ -431,7 +434,7 @@ def evaluate(model_path, data_dir, manifest, cache_dir, split_kind, fold, n_fold
     """Accuracy, F1, precision, recall, per-class table and confusion matrix of a saved model."""
     import json
 
-    from serkeras.cache import cached_features, copy_features
+    from serkeras.cache import model_features
     from serkeras.evaluation import classification_report, format_report, predict_versions, save_confusion_matrix
 
     model, meta = _open_model(model_path)
@@ -439,11 +442,10 @@ def evaluate(model_path, data_dir, manifest, cache_dir, split_kind, fold, n_fold
     if list(meta.labels) != list(corpus.labels):
         raise SerkerasError(f"the model's labels {list(meta.labels)} differ from the corpus's {list(corpus.labels)}")
     clips = corpus.clips if part == "all" else split.parts()[part]
-    kept, features = cached_features(clips, meta.feature_config, cache_dir).of(clips)
+    config = meta.feature_config
+    kept, versions = model_features(clips, config, tta_copies, cache_dir)
     if not kept:
         raise SerkerasError("no usable clips to evaluate")
-    config = meta.feature_config
-    versions = [features] + copy_features(kept, config, tta_copies, cache_dir=cache_dir)
     probabilities = predict_versions(model, versions, config.length_mode, config.fixed_frames, batch_size)
     report = classification_report(corpus.label_indices(kept), probabilities.argmax(axis=1), corpus.labels,
                                    groups={"sex": [c.sex for c in kept]})
@@ -490,7 +492,12 @@ def default_model_path():
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Feature processes (default: every core).")
 @tta_option
-def predict(paths, model_path, output_format, window, hop, batch_size, workers, tta_copies):
+@click.option("--speaker", "speaker_grouping", type=lazy_choice("inference", "SPEAKER_GROUPINGS"), default="folder",
+              show_default=True,
+              help="For models trained with --speaker-norm: which files share a speaker, whose mean features are "
+                   "removed ('folder': files in one folder; 'prefix': the file name up to its first underscore, as "
+                   "in CREMA-D; 'all'; 'file'). Give several recordings of each speaker.")
+def predict(paths, model_path, output_format, window, hop, batch_size, workers, tta_copies, speaker_grouping):
     """Predict the emotion of audio files, folders or globs (any format, rate and channels)."""
     import json
 
@@ -498,7 +505,8 @@ def predict(paths, model_path, output_format, window, hop, batch_size, workers, 
 
     model, meta = _open_model(model_path or default_model_path())
     files = expand_paths(paths)
-    predictions, skipped = predict_files(model, meta, files, window, hop, batch_size, workers, tta_copies)
+    predictions, skipped = predict_files(model, meta, files, window, hop, batch_size, workers, tta_copies,
+                                         speaker_grouping)
     labels = list(meta.labels)
     if output_format == "json":
         click.echo(json.dumps([{"path": p.path, "label": p.label, "seconds": round(p.seconds, 3),

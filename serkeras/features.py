@@ -12,6 +12,7 @@ import librosa
 import numpy as np
 
 from serkeras.audio import NORMALIZATIONS
+from serkeras.errors import DataError
 from serkeras.config import known_fields
 
 LENGTH_MODES = ("variable", "fixed")
@@ -26,6 +27,9 @@ class FeatureConfig:
     from 20 Hz to 8 kHz, 20 MFCCs with deltas. `pitch` adds the log
     fundamental frequency (YIN, 60-500 Hz) and its delta to the spectral
     features: prosody that MFCCs and 40-64 mel bands barely resolve.
+    `speaker_norm` removes each speaker's mean features, taken over all of
+    that speaker's recordings (`normalize_by_speaker`), before the model sees
+    them: the voice's own level goes, how each clip departs from it stays.
     """
 
     sample_rate: int = 16000
@@ -42,6 +46,7 @@ class FeatureConfig:
     fixed_seconds: float = 3.0
     min_seconds: float = 0.2
     max_seconds: float = 60.0
+    speaker_norm: bool = False
 
     def __post_init__(self):
         if self.length_mode not in LENGTH_MODES:
@@ -61,8 +66,10 @@ class FeatureConfig:
         return known_fields(cls, config)
 
     def extraction_key(self):
-        """Hash of the settings that change extracted features (not the length mode)."""
-        settings = {k: v for k, v in self.to_dict().items() if k not in ("length_mode", "fixed_seconds")}
+        """Hash of the settings that change each clip's extracted features (not the length mode, nor the
+        speaker normalisation applied after extraction)."""
+        settings = {k: v for k, v in self.to_dict().items()
+                    if k not in ("length_mode", "fixed_seconds", "speaker_norm")}
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
@@ -180,6 +187,55 @@ class FeatureStats:
     def from_dict(cls, d):
         return cls({k: np.asarray(v, np.float32) for k, v in d["mean"].items()},
                    {k: np.asarray(v, np.float32) for k, v in d["variance"].items()})
+
+
+def normalize_by_speaker(feature_list, speakers):
+    """Remove each speaker's mean from the features of that speaker's clips.
+
+    The mean is taken over every frame of every clip with the same entry in
+    `speakers`, so it should hold several recordings of each speaker, ideally
+    across emotions: with one clip it is that clip's own mean.
+
+    Parameters
+    ----------
+    feature_list : sequence of dict
+        Outputs of `extract_features`.
+    speakers : sequence of hashable
+        One entry per clip. Clips that differ in conditions (such as the
+        augmented copies of a training set) should get separate entries.
+
+    Returns
+    -------
+    list of dict
+        New arrays with the same shapes and dtypes, in the order of `feature_list`.
+    """
+    if len(feature_list) != len(speakers):
+        raise ValueError(f"{len(feature_list)} clips but {len(speakers)} speakers")
+    clips_of = {}
+    for features, speaker in zip(feature_list, speakers):
+        clips_of.setdefault(speaker, []).append(features)
+    means = {speaker: compute_stats(found).mean for speaker, found in clips_of.items()}
+    return [{key: (array - means[speaker][key]).astype(array.dtype) for key, array in features.items()}
+            for features, speaker in zip(feature_list, speakers)]
+
+
+def speaker_normalized(feature_list, clips, config):
+    """The features of `clips` as a model made with `config` takes them.
+
+    With `config.speaker_norm`, each clip loses the mean of its speaker's clips
+    among `clips` (`normalize_by_speaker`); otherwise they are returned as they are.
+
+    Raises
+    ------
+    DataError
+        With `config.speaker_norm`, when some clip has no speaker.
+    """
+    if not config.speaker_norm:
+        return list(feature_list)
+    unknown = sum(not clip.speaker for clip in clips)
+    if unknown:
+        raise DataError(f"speaker normalisation needs each clip's speaker; {unknown} clips have none")
+    return normalize_by_speaker(feature_list, [clip.speaker for clip in clips])
 
 
 def compute_stats(feature_list):

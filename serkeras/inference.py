@@ -1,8 +1,10 @@
 """Emotion predictions for arbitrary audio files, with windows for long recordings."""
 
+import collections
 import dataclasses
 import glob
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ from serkeras.corpus import warn_skipped
 from serkeras.effects import TEST_TIME_AUGMENTATION
 from serkeras.errors import DataError
 from serkeras.evaluation import predict_features
+from serkeras.features import normalize_by_speaker
 
 
 @dataclasses.dataclass
@@ -40,6 +43,24 @@ def expand_paths(paths):
     return sorted(dict.fromkeys(files))
 
 
+#: How `speaker_of` tells whose voice a file is, for models trained with speaker normalisation.
+SPEAKER_GROUPINGS = {
+    "folder": "files in the same folder are one speaker",
+    "prefix": "the file name up to its first underscore (CREMA-D: 1001_DFA_ANG_XX.wav is speaker 1001)",
+    "all": "every file given is one speaker",
+    "file": "each file is its own speaker (the model then sees each file's own mean removed)",
+}
+
+
+def speaker_of(path, grouping="folder"):
+    """The speaker key of the file at `path` under `grouping` (one of SPEAKER_GROUPINGS)."""
+    if grouping not in SPEAKER_GROUPINGS:
+        raise ValueError(f"grouping must be one of {tuple(SPEAKER_GROUPINGS)}, got {grouping!r}")
+    path = Path(path)
+    return {"folder": lambda: str(path.resolve().parent), "prefix": lambda: path.name.split("_")[0],
+            "all": lambda: "", "file": lambda: str(path.resolve())}[grouping]()
+
+
 def windows(frames, window, hop):
     """Start frames of overlapping windows covering `frames` (last one flush with the end)."""
     if frames <= window:
@@ -51,7 +72,7 @@ def windows(frames, window, hop):
 
 
 def predict_files(model, metadata, paths, window_seconds=None, hop_seconds=None, batch_size=32,
-                  workers=None, tta_copies=0):
+                  workers=None, tta_copies=0, speakers="folder"):
     """Predict the emotion of every readable file; unreadable ones are skipped with a warning.
 
     Recordings longer than `window_seconds` (default: the model's fixed length,
@@ -60,6 +81,9 @@ def predict_files(model, metadata, paths, window_seconds=None, hop_seconds=None,
     `workers` processes (default: every core). With `tta_copies` > 0 (test-time
     augmentation) a file's probabilities are also averaged over that many copies
     made with `TEST_TIME_AUGMENTATION`; a windowed recording's timeline is the file's own.
+    A model trained with speaker normalisation gets each file's features less the
+    mean over the readable files of its speaker, as `speaker_of(path, speakers)`
+    tells them apart; speakers heard in one file only are reported in a warning.
     """
     config = metadata.feature_config
     frames_per_second = config.sample_rate / config.hop_length
@@ -69,11 +93,20 @@ def predict_files(model, metadata, paths, window_seconds=None, hop_seconds=None,
     pieces, owners, skipped, durations = [], [], [], {}
     for copy in range(tta_copies + 1):
         augmentation = TEST_TIME_AUGMENTATION if copy else None
+        readable = []
         for path, features in compute_clips(list(durations) if copy else paths, config, workers,
                                             augmentation=augmentation, copy=copy):
             if isinstance(features, str):  # (a copy of a readable file is readable)
                 skipped.append((path, features))
-                continue
+            else:
+                readable.append((path, features))
+        if config.speaker_norm and readable:
+            keys = [speaker_of(path, speakers) for path, _ in readable]
+            if not copy:
+                _warn_lone_speakers(keys, speakers)
+            readable = list(zip([path for path, _ in readable],
+                                normalize_by_speaker([features for _, features in readable], keys)))
+        for path, features in readable:
             n = len(features["logmel"])
             if not copy:
                 durations[path] = (n - 1) / frames_per_second
@@ -100,3 +133,16 @@ def predict_files(model, metadata, paths, window_seconds=None, hop_seconds=None,
         predictions.append(Prediction(path, labels[int(np.argmax(mean))], dict(zip(labels, map(float, mean))),
                                       durations[path], timeline))
     return predictions, skipped
+
+
+class LoneSpeakerWarning(UserWarning):
+    """Speaker normalisation had a single recording of some speaker to take the mean from."""
+
+
+def _warn_lone_speakers(keys, grouping):
+    counts = collections.Counter(keys)
+    lone = sum(n == 1 for n in counts.values())
+    if lone:
+        warnings.warn(f"the model normalises by speaker and {lone} of {len(counts)} speakers (--speaker {grouping}) "
+                      "have one recording only: their means are less reliable, so are their predictions",
+                      LoneSpeakerWarning, stacklevel=3)

@@ -20,7 +20,7 @@ from serkeras.effects import WaveAugmentation
 from serkeras.errors import SerkerasError
 from serkeras.evaluation import (classification_report, confusion_matrix_figure, model_input_names,
                                  predict_features, save_confusion_matrix)
-from serkeras.features import compute_stats
+from serkeras.features import compute_stats, speaker_normalized
 from serkeras.models import build_model
 from serkeras.pipeline import make_dataset
 
@@ -102,7 +102,9 @@ def prepare_split(corpus, split, feature_config, cache_dir=None, workers=None, p
 
     With `augmentation` (a `serkeras.effects.WaveAugmentation`), the training part
     also gets `copies` augmented copies of each of its clips; validation and test
-    parts never do, and the statistics come from the original clips.
+    parts never do, and the statistics come from the original clips. With
+    `feature_config.speaker_norm`, each part's clips lose their speaker's mean
+    over that part (each set of augmented copies apart from the originals).
     """
     everything = [c for part in split.parts().values() for c in part]
     featureset = cached_features(everything, feature_config, cache_dir, workers=workers, progress=progress)
@@ -111,7 +113,7 @@ def prepare_split(corpus, split, feature_config, cache_dir=None, workers=None, p
         kept, features = featureset.of(clips)
         if not kept:
             raise SerkerasError(f"the {name} part of the split has no usable clips")
-        parts[name] = (kept, features, corpus.label_indices(kept))
+        parts[name] = (kept, speaker_normalized(features, kept, feature_config), corpus.label_indices(kept))
     stats = compute_stats(parts["train"][1])
     if augmentation is not None:
         originals = parts["train"][0]
@@ -119,7 +121,8 @@ def prepare_split(corpus, split, feature_config, cache_dir=None, workers=None, p
         for copy in range(1, copies + 1):
             kept, features = cached_features(originals, feature_config, cache_dir, workers=workers, progress=progress,
                                              augmentation=augmentation, copy=copy).of(originals)
-            train_clips, train_features = train_clips + kept, train_features + features
+            train_clips = train_clips + kept
+            train_features = train_features + speaker_normalized(features, kept, feature_config)
             train_labels = list(train_labels) + corpus.label_indices(kept)
         parts["train"] = (train_clips, train_features, train_labels)
     return SplitData(corpus.labels, parts, stats)

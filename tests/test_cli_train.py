@@ -215,6 +215,52 @@ def test_train_with_waveform_augmented_copies_and_mixup(crema_subset, workdir):
     assert (workdir / "saved_models" / "augmented" / "model.keras").is_file()
 
 
+def test_speaker_normalised_model_is_evaluated_and_predicts_with_its_speakers_means(crema_subset, workdir, tmp_path):
+    """--speaker-norm: the saved model says so, and evaluate and predict remove each speaker's mean as training did."""
+    from serkeras.corpus import load_corpus
+    from serkeras.splits import make_split
+
+    result = run_cli(["train", "--data-dir", str(crema_subset), "--split", "actor", "--epochs", "1",
+                      "--run-name", "by-speaker", "--cache-dir", str(workdir / "cache"), "--speaker-norm",
+                      "--utterance-norm", "none"] + TINY, workdir)
+    assert result.exit_code == 0, result.output
+    run = workdir / "saved_models" / "by-speaker"
+    assert json.loads((run / "config.json").read_text())["feature_config"]["speaker_norm"] is True
+    report_path = tmp_path / "report.json"
+    result = run_cli(["evaluate", str(run / "model.keras"), "--data-dir", str(crema_subset), "--split", "actor",
+                      "--cache-dir", str(workdir / "cache"), "--json", str(report_path)], workdir)
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert report["confusion_matrix"] == metrics["test"]["confusion_matrix"]  # normalised as in training
+
+    # predict on the test actors' files: grouped by name prefix (CREMA-D's actor), it sees what evaluate saw.
+    corpus = load_corpus(crema_subset, None)
+    test = make_split(corpus.clips, "actor", 0.1, 0.1, seed=0).test
+    for clip in test:
+        (tmp_path / "test").mkdir(exist_ok=True)
+        (tmp_path / "test" / os.path.basename(clip.path)).symlink_to(clip.path)
+
+    def predicted(grouping):
+        result = run_cli(["predict", str(tmp_path / "test"), "--model", str(run / "model.keras"), "--format",
+                          "json", "--speaker", grouping], workdir)
+        assert result.exit_code == 0, result.output
+        rows = json.loads(result.output[result.output.index("[\n"):])  # after any warning line
+        return result.output, {os.path.basename(r["path"]): list(r["probabilities"].values()) for r in rows}
+
+    _, by_prefix = predicted("prefix")
+    labels = np.array(corpus.label_indices(test))
+    guesses = np.array([np.argmax(by_prefix[os.path.basename(c.path)]) for c in test])
+    assert np.mean(guesses == labels) == pytest.approx(metrics["test"]["accuracy"])
+    # 'all' pools the test actors into one speaker, 'file' makes every file its own: other inputs.
+    assert len({c.speaker for c in test}) >= 2
+    for grouping in ("all", "file"):
+        output, found = predicted(grouping)
+        assert sorted(found) == sorted(by_prefix)
+        assert any(not np.allclose(found[name], by_prefix[name], atol=1e-4) for name in found), grouping
+        assert ("have one recording only" in output) is (grouping == "file")
+
+
 def test_same_seed_trains_the_same_and_weight_averaging_is_what_is_validated_and_saved(crema_subset, workdir,
                                                                                        trained):
     result = run_cli(["train", "--data-dir", str(crema_subset), "--split", "actor", "--epochs", "2",

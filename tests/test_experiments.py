@@ -167,37 +167,3 @@ def test_cross_validated_ensembles_are_grouped_by_recipes_and_tta():
     assert rows[0] == ["resnet + crnn", "0", "2/5", "50.0, 60.0", "55.0 ± 7.1", "0.450 ± 0.071", "50.0"]
     assert [row[:4] for row in rows[1:]] == [["resnet + crnn", "2", "1/5", "70.0"], ["crnn", "0", "1/5", "40.0"]]
 
-
-def test_speaker_normalisation_removes_each_speakers_mean_within_its_group():
-    import numpy as np
-
-    from serkeras.corpus import Clip
-    from serkeras.training import SplitData
-
-    speaker_norm = load_script("speaker_norm")
-    rng = np.random.default_rng(0)
-    clips = [Clip(f"{i}.wav", "anger", speaker) for i, speaker in enumerate(["1001", "1001", "1002"])]
-
-    def features(offset):
-        return [{"logmel": (rng.normal(size=(n, 4)) + offset + 10 * i).astype(np.float16),
-                 "spectral": rng.normal(size=(n, 2)).astype(np.float32)} for i, n in enumerate((3, 5, 4))]
-
-    originals, copies = features(0.0), features(50.0)  # a copy's conditions shift every frame
-    data = SplitData(("anger",), {"train": (clips + clips, originals + copies, [0] * 6),
-                                  "val": (clips, features(-5.0), [0] * 3), "test": (clips, features(0.0), [0] * 3)},
-                     stats=None)
-    normalised = speaker_norm.speaker_normalised(data, originals=3)
-    for part, groups in (("train", (slice(0, 2), slice(2, 3), slice(3, 5), slice(5, 6))),
-                         ("val", (slice(0, 2), slice(2, 3)))):
-        found = normalised.parts[part][1]
-        for group in groups:  # frame-weighted: the means over one speaker's frames of one group are zero
-            for key in ("logmel", "spectral"):
-                frames = np.concatenate([f[key] for f in found[group]]).astype(np.float64)
-                np.testing.assert_allclose(frames.mean(axis=0), 0.0, atol=0.05)
-    # Within a speaker, what tells clips apart is kept: clip 1 stays 10 above clip 0.
-    train = normalised.parts["train"][1]
-    assert abs(train[1]["logmel"].astype(np.float64).mean() - train[0]["logmel"].astype(np.float64).mean() - 10) < 2
-    assert train[0]["logmel"].dtype == np.float16 and train[0]["logmel"].shape == (3, 4)
-    # Training statistics come from the normalised originals only.
-    np.testing.assert_allclose(normalised.stats.mean["logmel"], np.concatenate(
-        [f["logmel"] for f in train[:3]]).astype(np.float64).mean(axis=0), atol=1e-3)

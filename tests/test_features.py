@@ -13,7 +13,9 @@ from serkeras.features import (
     compute_stats,
     extract_features,
     fit_to_length,
+    normalize_by_speaker,
     spectral_feature_names,
+    speaker_normalized,
 )
 
 
@@ -216,6 +218,44 @@ def test_extraction_key():
     # ... how clips are fitted to a length afterwards does not.
     assert FeatureConfig(length_mode="fixed").extraction_key() == base.extraction_key()
     assert FeatureConfig(length_mode="fixed", fixed_seconds=4.0).extraction_key() == base.extraction_key()
+    assert FeatureConfig(speaker_norm=True).extraction_key() == base.extraction_key()
+
+
+def _clip_features(rng, offsets, frames=(3, 5, 4)):
+    return [{"logmel": (rng.normal(size=(n, 4)) + offset).astype(np.float16),
+             "spectral": rng.normal(size=(n, 2)).astype(np.float32)} for n, offset in zip(frames, offsets)]
+
+
+def test_normalize_by_speaker_removes_each_speakers_frame_weighted_mean():
+    rng = np.random.default_rng(0)
+    features = _clip_features(rng, (0.0, 10.0, 50.0))
+    normalised = normalize_by_speaker(features, ["a", "a", "b"])
+    for group in (normalised[:2], normalised[2:]):  # over one speaker's frames, every column averages 0
+        for key in ("logmel", "spectral"):
+            frames = np.concatenate([f[key] for f in group]).astype(np.float64)
+            np.testing.assert_allclose(frames.mean(axis=0), 0.0, atol=0.05)
+    # What tells one speaker's clips apart stays: the second clip is still about 10 above the first
+    # (per-utterance normalisation would make both 0).
+    gap = normalised[1]["logmel"].astype(np.float64).mean() - normalised[0]["logmel"].astype(np.float64).mean()
+    assert gap == pytest.approx(10.0, abs=1.5)
+    assert [(f["logmel"].dtype, f["logmel"].shape) for f in normalised] == [(np.float16, (n, 4)) for n in (3, 5, 4)]
+    assert features[0]["logmel"].astype(np.float64).mean() != pytest.approx(normalised[0]["logmel"].mean(), abs=1)
+    with pytest.raises(ValueError, match="3 clips but 2 speakers"):
+        normalize_by_speaker(features, ["a", "a"])
+
+
+def test_speaker_normalized_follows_the_config_and_needs_speakers():
+    from serkeras.corpus import Clip
+    from serkeras.errors import DataError
+
+    features = _clip_features(np.random.default_rng(1), (0.0, 10.0, 50.0))
+    clips = [Clip(f"{i}.wav", "anger", speaker) for i, speaker in enumerate(["1001", "1001", "1002"])]
+    assert all(a is b for a, b in zip(speaker_normalized(features, clips, FeatureConfig()), features))
+    normalised = speaker_normalized(features, clips, FeatureConfig(speaker_norm=True))
+    expected = normalize_by_speaker(features, ["1001", "1001", "1002"])
+    assert all(np.array_equal(a["logmel"], b["logmel"]) for a, b in zip(normalised, expected))
+    with pytest.raises(DataError, match="1 clips have none"):
+        speaker_normalized(features, clips[:2] + [Clip("2.wav", "anger")], FeatureConfig(speaker_norm=True))
 
 
 @pytest.mark.parametrize("bad", [
