@@ -492,11 +492,12 @@ def default_model_path():
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Feature processes (default: every core).")
 @tta_option
-@click.option("--speaker", "speaker_grouping", type=lazy_choice("inference", "SPEAKER_GROUPINGS"), default="folder",
+@click.option("--speaker", "speaker_grouping", type=lazy_choice("inference", "SPEAKER_GROUPINGS"), default="auto",
               show_default=True,
               help="For models trained with --speaker-norm: which files share a speaker, whose mean features are "
-                   "removed ('folder': files in one folder; 'prefix': the file name up to its first underscore, as "
-                   "in CREMA-D; 'all'; 'file'). Give several recordings of each speaker.")
+                   "removed ('auto': a CREMA-D file name's actor, else the folder; 'folder': files in one folder; "
+                   "'prefix': the file name up to its first underscore; 'all'; 'file'). Give several recordings "
+                   "of each speaker.")
 def predict(paths, model_path, output_format, window, hop, batch_size, workers, tta_copies, speaker_grouping):
     """Predict the emotion of audio files, folders or globs (any format, rate and channels)."""
     import json

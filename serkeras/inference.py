@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from serkeras.cache import compute_clips
-from serkeras.corpus import warn_skipped
+from serkeras.corpus import parse_crema_d_name, warn_skipped
 from serkeras.effects import TEST_TIME_AUGMENTATION
 from serkeras.errors import DataError
 from serkeras.evaluation import predict_features
@@ -45,6 +45,7 @@ def expand_paths(paths):
 
 #: How `speaker_of` tells whose voice a file is, for models trained with speaker normalisation.
 SPEAKER_GROUPINGS = {
+    "auto": "CREMA-D file names give their actor; other files are grouped by folder",
     "folder": "files in the same folder are one speaker",
     "prefix": "the file name up to its first underscore (CREMA-D: 1001_DFA_ANG_XX.wav is speaker 1001)",
     "all": "every file given is one speaker",
@@ -52,11 +53,14 @@ SPEAKER_GROUPINGS = {
 }
 
 
-def speaker_of(path, grouping="folder"):
+def speaker_of(path, grouping="auto"):
     """The speaker key of the file at `path` under `grouping` (one of SPEAKER_GROUPINGS)."""
     if grouping not in SPEAKER_GROUPINGS:
         raise ValueError(f"grouping must be one of {tuple(SPEAKER_GROUPINGS)}, got {grouping!r}")
     path = Path(path)
+    if grouping == "auto":
+        crema_d = parse_crema_d_name(path.stem)
+        return f"crema-d actor {crema_d[0]}" if crema_d else speaker_of(path, "folder")
     return {"folder": lambda: str(path.resolve().parent), "prefix": lambda: path.name.split("_")[0],
             "all": lambda: "", "file": lambda: str(path.resolve())}[grouping]()
 
@@ -72,7 +76,7 @@ def windows(frames, window, hop):
 
 
 def predict_files(model, metadata, paths, window_seconds=None, hop_seconds=None, batch_size=32,
-                  workers=None, tta_copies=0, speakers="folder"):
+                  workers=None, tta_copies=0, speakers="auto"):
     """Predict the emotion of every readable file; unreadable ones are skipped with a warning.
 
     Recordings longer than `window_seconds` (default: the model's fixed length,

@@ -215,6 +215,20 @@ def test_train_with_waveform_augmented_copies_and_mixup(crema_subset, workdir):
     assert (workdir / "saved_models" / "augmented" / "model.keras").is_file()
 
 
+def test_speaker_of_each_grouping(tmp_path):
+    from serkeras.inference import speaker_of
+
+    crema, other = tmp_path / "a" / "1001_DFA_ANG_XX.ogg", tmp_path / "b" / "rec_1.wav"
+    assert speaker_of(crema) == speaker_of(tmp_path / "z" / "1001_IEO_SAD_HI.wav") != speaker_of(
+        tmp_path / "a" / "1002_DFA_ANG_XX.ogg")
+    assert speaker_of(other) == speaker_of(other, "folder") == str(tmp_path / "b")
+    assert speaker_of(crema, "folder") == str(tmp_path / "a") and speaker_of(other, "prefix") == "rec"
+    assert speaker_of(crema, "all") == speaker_of(other, "all")
+    assert speaker_of(crema, "file") != speaker_of(tmp_path / "a" / "1001_IEO_SAD_HI.ogg", "file")
+    with pytest.raises(ValueError, match="grouping must be one of"):
+        speaker_of(crema, "voice")
+
+
 def test_speaker_normalised_model_is_evaluated_and_predicts_with_its_speakers_means(crema_subset, workdir, tmp_path):
     """--speaker-norm: the saved model says so, and evaluate and predict remove each speaker's mean as training did."""
     from serkeras.corpus import load_corpus
@@ -252,7 +266,10 @@ def test_speaker_normalised_model_is_evaluated_and_predicts_with_its_speakers_me
     labels = np.array(corpus.label_indices(test))
     guesses = np.array([np.argmax(by_prefix[os.path.basename(c.path)]) for c in test])
     assert np.mean(guesses == labels) == pytest.approx(metrics["test"]["accuracy"])
-    # 'all' pools the test actors into one speaker, 'file' makes every file its own: other inputs.
+    # The default finds CREMA-D's actors in the names too; 'all' pools the test actors into one speaker,
+    # 'file' makes every file its own: other inputs.
+    _, by_default = predicted("auto")
+    assert all(np.allclose(by_default[name], by_prefix[name], atol=1e-6) for name in by_prefix)
     assert len({c.speaker for c in test}) >= 2
     for grouping in ("all", "file"):
         output, found = predicted(grouping)
