@@ -78,9 +78,10 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
     """
     from sklearn.metrics import accuracy_score, f1_score
 
-    from serkeras.cache import model_features
+    from serkeras.cache import cached_features, model_features
     from serkeras.corpus import load_corpus
     from serkeras.evaluation import classification_report, predict_features
+    from serkeras.features import normalize_by_speaker
     from serkeras.models import load_model
     from serkeras.models.cost import flops_per_clip
     from serkeras.splits import make_split
@@ -128,7 +129,9 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
         "from 16 kHz speech. Written by `python experiments/accuracy.py ship`; every number below is computed "
         "from the model files and the corpus by `experiments/model_card.py`.", "",
         "## Use", "",
-        "```", "serkeras predict my_recording.wav        # uses this model when --model is not given",
+        "```", ("serkeras predict recordings_of_one_speaker/   # uses this model when --model is not given; "
+                "several recordings per speaker (below)" if fc.speaker_norm else
+                "serkeras predict my_recording.wav        # uses this model when --model is not given"),
         *([f"serkeras predict my_recording.wav --tta-copies {tta_copies}   # test-time augmentation (below)"]
           if tta_copies else []),
         "serkeras evaluate saved_models/serkeras-crema-d.keras --split actor", "```", "",
@@ -185,6 +188,20 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
               f"within 6 dB, white noise at 10-30 dB SNR): accuracy {100 * (degraded == y_true).mean():.1f}% "
               f"(clean: {100 * report['accuracy']:.1f}%). Members trained on such copies (`--augment-copies`): "
               f"{augmented} of {len(members)}."]
+    if fc.speaker_norm:
+        # The same clips with no other recording of their speaker: each loses its own mean only.
+        own = cached_features(clips, fc).all_of(clips)
+        alone = predict_features(model, normalize_by_speaker(own, [c.path for c in clips]), fc.length_mode,
+                                 fc.fixed_frames).argmax(axis=1)
+        lines += ["", "### Speaker normalisation: give several recordings of each speaker", "",
+                  "The members were trained with `--speaker-norm`: each clip loses its speaker's mean features, "
+                  "taken over all of that speaker's clips (above: the about 80 test clips of each test actor, all "
+                  "six emotions). `serkeras predict` groups files by speaker with `--speaker` (default `auto`: "
+                  "CREMA-D file names give their actor, other files are grouped by folder), so put each speaker's "
+                  "recordings in one folder. "
+                  f"With one recording per speaker (`--speaker file`), the mean is the clip's own and accuracy on "
+                  f"the same test clips falls to {100 * (alone == y_true).mean():.1f}% (against "
+                  f"{100 * report['accuracy']:.1f}%)."]
     if tta_copies:
         tta_test = part_probabilities(model, meta, clips, tta_copies).argmax(axis=1)
         tta_val = part_probabilities(model, meta, list(split.val), tta_copies).argmax(axis=1)
