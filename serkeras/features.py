@@ -12,8 +12,8 @@ import librosa
 import numpy as np
 
 from serkeras.audio import NORMALIZATIONS
-from serkeras.errors import DataError
 from serkeras.config import known_fields
+from serkeras.errors import DataError
 
 LENGTH_MODES = ("variable", "fixed")
 FEATURE_KINDS = ("logmel", "spectral")
