@@ -7,6 +7,7 @@ import os
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 
 import csv  # noqa: E402
+import gc  # noqa: E402
 import shutil  # noqa: E402
 import types  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -163,3 +164,13 @@ FIRST = ("test_backends.py",)
 
 def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.path.name not in FIRST)  # stable: the order is otherwise kept
+
+
+def pytest_sessionfinish(session):
+    # At exit pytest runs gc.collect() five times to find unraisable exceptions. A pytest-xdist worker
+    # holding many TensorFlow graphs (and JAX's gc callback, which TensorFlow imports) needs longer than
+    # the 5 s execnet gives it to shut down, and execnet then SIGINTs it: "Exception ignored in
+    # _xla_gc_callback ... KeyboardInterrupt". Collect once here, while the run still waits for this worker,
+    # and freeze what survives, so those exit-time collections scan only objects made after this point.
+    gc.collect()
+    gc.freeze()
