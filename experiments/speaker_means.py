@@ -21,15 +21,14 @@ DRAWS = 3
 def accuracy_with_means(model, meta, clips, features, labels, chosen):
     """Accuracy when each clip loses the mean of the clips `chosen(indices of its speaker)` picks."""
     from serkeras.evaluation import predict_features
-    from serkeras.features import compute_stats
+    from serkeras.features import compute_stats, normalize_by_speaker
 
     config = meta.feature_config
     means = {}
     for speaker in {c.speaker for c in clips}:
         picked = chosen([i for i, c in enumerate(clips) if c.speaker == speaker])
         means[speaker] = compute_stats([features[i] for i in picked]).mean
-    normalised = [{key: (array - means[clip.speaker][key]).astype(array.dtype) for key, array in found.items()}
-                  for found, clip in zip(features, clips)]
+    normalised = normalize_by_speaker(features, [c.speaker for c in clips], means)
     predicted = predict_features(model, normalised, config.length_mode, config.fixed_frames).argmax(axis=1)
     return float(np.mean(predicted == labels))
 

@@ -189,7 +189,7 @@ class FeatureStats:
                    {k: np.asarray(v, np.float32) for k, v in d["variance"].items()})
 
 
-def normalize_by_speaker(feature_list, speakers):
+def normalize_by_speaker(feature_list, speakers, means=None):
     """Remove each speaker's mean from the features of that speaker's clips.
 
     The mean is taken over every frame of every clip with the same entry in
@@ -203,6 +203,8 @@ def normalize_by_speaker(feature_list, speakers):
     speakers : sequence of hashable
         One entry per clip. Clips that differ in conditions (such as the
         augmented copies of a training set) should get separate entries.
+    means : dict, optional
+        {speaker: {feature kind: mean}} to remove instead of the means over `feature_list`.
 
     Returns
     -------
@@ -211,10 +213,11 @@ def normalize_by_speaker(feature_list, speakers):
     """
     if len(feature_list) != len(speakers):
         raise ValueError(f"{len(feature_list)} clips but {len(speakers)} speakers")
-    clips_of = {}
-    for features, speaker in zip(feature_list, speakers):
-        clips_of.setdefault(speaker, []).append(features)
-    means = {speaker: compute_stats(found).mean for speaker, found in clips_of.items()}
+    if means is None:
+        clips_of = {}
+        for features, speaker in zip(feature_list, speakers):
+            clips_of.setdefault(speaker, []).append(features)
+        means = {speaker: compute_stats(found).mean for speaker, found in clips_of.items()}
     return [{key: (array - means[speaker][key]).astype(array.dtype) for key, array in features.items()}
             for features, speaker in zip(feature_list, speakers)]
 

@@ -108,8 +108,8 @@ def predict_files(model, metadata, paths, window_seconds=None, hop_seconds=None,
             keys = [speaker_of(path, speakers) for path, _ in readable]
             if not copy:
                 _warn_lone_speakers(keys, speakers)
-            readable = list(zip([path for path, _ in readable],
-                                normalize_by_speaker([features for _, features in readable], keys)))
+            paths_read, features_read = zip(*readable)
+            readable = list(zip(paths_read, normalize_by_speaker(features_read, keys)))
         for path, features in readable:
             n = len(features["logmel"])
             if not copy:
