@@ -25,7 +25,7 @@ def accuracy_with_means(model, meta, clips, features, labels, chosen):
 
     config = meta.feature_config
     means = {}
-    for speaker in {c.speaker for c in clips}:
+    for speaker in sorted({c.speaker for c in clips}):  # a fixed order: the random draws are reproducible
         picked = chosen([i for i, c in enumerate(clips) if c.speaker == speaker])
         means[speaker] = compute_stats([features[i] for i in picked]).mean
     normalised = normalize_by_speaker(features, [c.speaker for c in clips], means)
