@@ -267,6 +267,10 @@ def _training_data_option_list():
                      show_default=True, help="Augmented copies start up to this much earlier or later."),
         click.option("--speed", type=click.FloatRange(0, 0.5), default=WaveAugmentation.speed, show_default=True,
                      help="Augmented copies play at a random speed in [1 - speed, 1 + speed] (tempo and pitch)."),
+        click.option("--speaker-subsets", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+                     help="With --speaker-norm: this share of training clips lose the mean of a random subset of "
+                          "their speaker's clips (1 to all, the clip included), so the model copes with few "
+                          "recordings per speaker (e.g. 0.5; 0: off)."),
     ]
 
 
@@ -278,8 +282,11 @@ def prepare_training_data(corpus, split, feature_config, train_config, cache_dir
     """Features of every part of `split`, with the training part's augmented copies; says how many."""
     from serkeras.training import prepare_split
 
+    if train_config.speaker_subsets and not feature_config.speaker_norm:
+        raise click.UsageError("--speaker-subsets needs --speaker-norm")
     data = prepare_split(corpus, split, feature_config, cache_dir, workers, progress=progress,
-                         augmentation=train_config.wave_augmentation(), copies=train_config.augment_copies)
+                         augmentation=train_config.wave_augmentation(), copies=train_config.augment_copies,
+                         speaker_subsets=train_config.speaker_subsets, seed=train_config.seed)
     if train_config.augment_copies:
         total = len(data.parts["train"][0])
         click.echo(f"training part: {total} clips, of which {total - len(split.train)} augmented copies")

@@ -211,22 +211,75 @@ def normalize_by_speaker(feature_list, speakers, means=None):
     list of dict
         New arrays with the same shapes and dtypes, in the order of `feature_list`.
     """
-    if len(feature_list) != len(speakers):
-        raise ValueError(f"{len(feature_list)} clips but {len(speakers)} speakers")
+    _check_speakers(feature_list, speakers)
     if means is None:
         clips_of = {}
         for features, speaker in zip(feature_list, speakers):
             clips_of.setdefault(speaker, []).append(features)
         means = {speaker: compute_stats(found).mean for speaker, found in clips_of.items()}
-    return [{key: (array - means[speaker][key]).astype(array.dtype) for key, array in features.items()}
-            for features, speaker in zip(feature_list, speakers)]
+    return _subtract(feature_list, [means[speaker] for speaker in speakers])
 
 
-def speaker_normalized(feature_list, clips, config):
+def normalize_by_speaker_subsets(feature_list, speakers, share, seed=0):
+    """`normalize_by_speaker` where a random `share` of the clips each lose the mean of a random
+    subset of their speaker's clips instead: a training-time augmentation.
+
+    A subset holds the clip itself and `n - 1` other clips of its speaker, with
+    `n` drawn log-uniformly from 1 to all of them, so a model trained on the
+    result has seen means from one recording (the clip's own), a few, and many,
+    as users will give it.
+
+    Parameters
+    ----------
+    feature_list, speakers
+        As in `normalize_by_speaker`.
+    share : float in [0, 1]
+        Fraction of clips that get a subset mean (0: exactly `normalize_by_speaker`).
+    seed : int
+        Seed of the draws.
+    """
+    _check_speakers(feature_list, speakers)
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"share must be in [0, 1], got {share}")
+    rng = np.random.default_rng(seed)
+    kinds = list(feature_list[0]) if feature_list else []
+    # Per-clip frame sums and counts: any subset's frame-weighted mean is then a sum of rows.
+    sums = {k: np.stack([f[k].sum(axis=0, dtype=np.float64) for f in feature_list]) for k in kinds}
+    frames = {k: np.array([len(f[k]) for f in feature_list], np.float64) for k in kinds}
+    indices_of = {}
+    for i, speaker in enumerate(speakers):
+        indices_of.setdefault(speaker, []).append(i)
+    clip_means = [None] * len(feature_list)
+    for speaker in indices_of:  # insertion order: the draws follow the order of `feature_list`
+        indices = np.asarray(indices_of[speaker])
+        for i in indices:
+            picked = indices
+            if rng.random() < share:
+                n = int(round(np.exp(rng.uniform(0.0, np.log(len(indices))))))
+                others = indices[indices != i]
+                picked = np.concatenate([[i], rng.choice(others, n - 1, replace=False)])
+            clip_means[i] = {k: (sums[k][picked].sum(axis=0) / frames[k][picked].sum()).astype(np.float32)
+                             for k in kinds}
+    return _subtract(feature_list, clip_means)
+
+
+def _check_speakers(feature_list, speakers):
+    if len(feature_list) != len(speakers):
+        raise ValueError(f"{len(feature_list)} clips but {len(speakers)} speakers")
+
+
+def _subtract(feature_list, clip_means):
+    return [{key: (array - means[key]).astype(array.dtype) for key, array in features.items()}
+            for features, means in zip(feature_list, clip_means)]
+
+
+def speaker_normalized(feature_list, clips, config, subset_share=0.0, seed=0):
     """The features of `clips` as a model made with `config` takes them.
 
     With `config.speaker_norm`, each clip loses the mean of its speaker's clips
-    among `clips` (`normalize_by_speaker`); otherwise they are returned as they are.
+    among `clips` (`normalize_by_speaker`), or, for a `subset_share` of them,
+    of a random subset of those clips (`normalize_by_speaker_subsets`, for
+    training); otherwise they are returned as they are.
 
     Raises
     ------
@@ -238,7 +291,10 @@ def speaker_normalized(feature_list, clips, config):
     unknown = sum(not clip.speaker for clip in clips)
     if unknown:
         raise DataError(f"speaker normalisation needs each clip's speaker; {unknown} clips have none")
-    return normalize_by_speaker(feature_list, [clip.speaker for clip in clips])
+    speakers = [clip.speaker for clip in clips]
+    if subset_share:
+        return normalize_by_speaker_subsets(feature_list, speakers, subset_share, seed)
+    return normalize_by_speaker(feature_list, speakers)
 
 
 def compute_stats(feature_list):

@@ -56,6 +56,7 @@ class TrainConfig:
     gain_db: float = WaveAugmentation.gain_db
     shift_seconds: float = WaveAugmentation.shift_seconds
     speed: float = WaveAugmentation.speed
+    speaker_subsets: float = 0.0
 
     def __post_init__(self):
         for value, allowed, what in ((self.schedule, SCHEDULES, "schedule"), (self.optimizer, OPTIMIZERS, "optimizer"),
@@ -66,6 +67,8 @@ class TrainConfig:
             raise SerkerasError(f"ema_momentum must be in [0, 1), got {self.ema_momentum}")
         if self.mixup_alpha < 0:
             raise SerkerasError(f"mixup_alpha must be >= 0 (0: off), got {self.mixup_alpha}")
+        if not 0.0 <= self.speaker_subsets <= 1.0:
+            raise SerkerasError(f"speaker_subsets must be in [0, 1] (0: off), got {self.speaker_subsets}")
 
     def to_dict(self):
         return {**dataclasses.asdict(self), "noise_snr_db": list(self.noise_snr_db)}
@@ -97,14 +100,16 @@ class SplitData:
 
 
 def prepare_split(corpus, split, feature_config, cache_dir=None, workers=None, progress=True, augmentation=None,
-                  copies=0):
+                  copies=0, speaker_subsets=0.0, seed=0):
     """Cached features for every part of `split`; statistics from the training part only.
 
     With `augmentation` (a `serkeras.effects.WaveAugmentation`), the training part
     also gets `copies` augmented copies of each of its clips; validation and test
     parts never do, and the statistics come from the original clips. With
     `feature_config.speaker_norm`, each part's clips lose their speaker's mean
-    over that part (each set of augmented copies apart from the originals).
+    over that part (each set of augmented copies apart from the originals);
+    in the training part, a `speaker_subsets` share of them lose the mean of a
+    random subset of their speaker's clips instead (drawn with `seed`).
     """
     everything = [c for part in split.parts().values() for c in part]
     featureset = cached_features(everything, feature_config, cache_dir, workers=workers, progress=progress)
@@ -113,7 +118,9 @@ def prepare_split(corpus, split, feature_config, cache_dir=None, workers=None, p
         kept, features = featureset.of(clips)
         if not kept:
             raise SerkerasError(f"the {name} part of the split has no usable clips")
-        parts[name] = (kept, speaker_normalized(features, kept, feature_config), corpus.label_indices(kept))
+        share = speaker_subsets if name == "train" else 0.0
+        parts[name] = (kept, speaker_normalized(features, kept, feature_config, share, seed),
+                       corpus.label_indices(kept))
     stats = compute_stats(parts["train"][1])
     if augmentation is not None:
         originals = parts["train"][0]
@@ -122,7 +129,8 @@ def prepare_split(corpus, split, feature_config, cache_dir=None, workers=None, p
             kept, features = cached_features(originals, feature_config, cache_dir, workers=workers, progress=progress,
                                              augmentation=augmentation, copy=copy).of(originals)
             train_clips = train_clips + kept
-            train_features = train_features + speaker_normalized(features, kept, feature_config)
+            train_features = train_features + speaker_normalized(features, kept, feature_config, speaker_subsets,
+                                                                  seed + copy)
             train_labels = list(train_labels) + corpus.label_indices(kept)
         parts["train"] = (train_clips, train_features, train_labels)
     return SplitData(corpus.labels, parts, stats)

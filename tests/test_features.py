@@ -1,5 +1,6 @@
 """Frame-aligned log-mel and spectral features, fixed-length fitting, statistics, config."""
 
+import itertools
 import json
 
 import librosa
@@ -14,6 +15,7 @@ from serkeras.features import (
     extract_features,
     fit_to_length,
     normalize_by_speaker,
+    normalize_by_speaker_subsets,
     spectral_feature_names,
     speaker_normalized,
 )
@@ -244,6 +246,58 @@ def test_normalize_by_speaker_removes_each_speakers_frame_weighted_mean():
         normalize_by_speaker(features, ["a", "a"])
 
 
+def test_normalize_by_speaker_subsets_removes_the_mean_of_a_subset_that_holds_the_clip():
+    # One speaker, one frame per clip, values whose subsets all have different means (0.0007 apart at
+    # least): the mean a clip lost names the clips it was taken over.
+    values = 10 * np.sqrt([2.0, 3, 5, 7, 11, 13, 17, 19])
+    subsets_by_mean = [(np.mean(values[list(s)]), set(s)) for n in range(1, len(values) + 1)
+                       for s in itertools.combinations(range(len(values)), n)]
+    features = [{"spectral": np.full((1, 1), v, np.float32)} for v in values]
+    speakers = ["a"] * len(values)
+
+    def subsets(normalised):
+        removed = values - np.array([f["spectral"][0, 0] for f in normalised])
+        found = []
+        for i, mean in enumerate(removed):
+            gap, members = min((abs(mean - m), s) for m, s in subsets_by_mean)
+            assert gap < 1e-4 and i in members, (i, members)  # the clip itself and some others
+            found.append(len(members))
+        return found
+
+    everyone = [len(values)] * len(values)
+    assert subsets(normalize_by_speaker_subsets(features, speakers, 0.0)) == everyone
+    draws = [subsets(normalize_by_speaker_subsets(features, speakers, 1.0, seed=s)) for s in range(25)]
+    sizes = np.concatenate(draws)
+    assert sizes.min() == 1 and sizes.max() == len(values)  # from the clip alone to all of them
+    assert np.mean(sizes <= 3) > 0.4  # log-uniform: small subsets are common
+    assert draws[0] == subsets(normalize_by_speaker_subsets(features, speakers, 1.0, seed=0)) != draws[1]
+    # share: the fraction of clips that get a subset; the rest keep the whole speaker's mean.
+    half = np.concatenate([subsets(normalize_by_speaker_subsets(features, speakers, 0.5, seed=s))
+                           for s in range(25)])
+    assert 0.35 < np.mean(half == len(values)) - np.mean(sizes == len(values)) < 0.65
+
+
+def test_normalize_by_speaker_subsets_keeps_speakers_apart_and_checks_its_arguments():
+    rng = np.random.default_rng(2)
+    features = _clip_features(rng, (0.0, 10.0, 50.0, 60.0), frames=(3, 5, 4, 2))
+    speakers = ["a", "a", "b", "c"]
+    plain = normalize_by_speaker(features, speakers)
+    # With share 0 the subsets are every clip of the speaker: normalize_by_speaker's result, frame-weighted.
+    for got, expected in zip(normalize_by_speaker_subsets(features, speakers, 0.0), plain):
+        assert got["logmel"].dtype == np.float16 and got["logmel"].shape == expected["logmel"].shape
+        np.testing.assert_allclose(got["logmel"].astype(np.float32), expected["logmel"].astype(np.float32),
+                                   atol=1e-2)
+        np.testing.assert_allclose(got["spectral"], expected["spectral"], atol=1e-5)
+    # A speaker's subset never takes another speaker's clips: the one-clip speakers lose their own mean.
+    for normalised in (normalize_by_speaker_subsets(features, speakers, 1.0, seed=s) for s in range(5)):
+        for i in (2, 3):
+            np.testing.assert_allclose(normalised[i]["spectral"].mean(axis=0), 0.0, atol=1e-5)
+    with pytest.raises(ValueError, match="share must be in"):
+        normalize_by_speaker_subsets(features, speakers, 1.5)
+    with pytest.raises(ValueError, match="4 clips but 3 speakers"):
+        normalize_by_speaker_subsets(features, speakers[:3], 0.5)
+
+
 def test_speaker_normalized_follows_the_config_and_needs_speakers():
     from serkeras.corpus import Clip
     from serkeras.errors import DataError
@@ -254,6 +308,9 @@ def test_speaker_normalized_follows_the_config_and_needs_speakers():
     normalised = speaker_normalized(features, clips, FeatureConfig(speaker_norm=True))
     expected = normalize_by_speaker(features, ["1001", "1001", "1002"])
     assert all(np.array_equal(a["logmel"], b["logmel"]) for a, b in zip(normalised, expected))
+    subsets = speaker_normalized(features, clips, FeatureConfig(speaker_norm=True), subset_share=1.0, seed=3)
+    expected = normalize_by_speaker_subsets(features, ["1001", "1001", "1002"], 1.0, seed=3)
+    assert all(np.array_equal(a["logmel"], b["logmel"]) for a, b in zip(subsets, expected))
     with pytest.raises(DataError, match="1 clips have none"):
         speaker_normalized(features, clips[:2] + [Clip("2.wav", "anger")], FeatureConfig(speaker_norm=True))
 
