@@ -60,6 +60,7 @@ class Recipe:
     class_weight: bool = False
     mixup_alpha: float = 0.0
     speaker_norm: bool = False
+    speaker_subsets: float = 0.0
     epochs: int = 15
     about: str = ""
 
@@ -76,6 +77,8 @@ class Recipe:
             options += ["--mixup", f"{self.mixup_alpha:g}"]
         if self.speaker_norm:
             options.append("--speaker-norm")
+        if self.speaker_subsets:
+            options += ["--speaker-subsets", f"{self.speaker_subsets:g}"]
         return options
 
 
@@ -95,6 +98,13 @@ RECIPES = {
     "resnet-speaker-norm": Recipe("resnet", 0.5, utterance_norm="none", speaker_norm=True,
                                   about="`resnet` with each speaker's mean features removed (over all of the "
                                         "speaker's clips in that part of the split) instead of each clip's own"),
+    "resnet-speaker-subsets": Recipe("resnet", 0.5, utterance_norm="none", speaker_norm=True, speaker_subsets=0.5,
+                                     about="`resnet-speaker-norm` where half the training clips lose the mean of a "
+                                           "random subset of their speaker's clips (1 to all, log-uniform, the "
+                                           "clip included), for speakers with few recordings"),
+    "resnet-speaker-subsets-all": Recipe("resnet", 0.5, utterance_norm="none", speaker_norm=True,
+                                         speaker_subsets=1.0,
+                                         about="`resnet-speaker-subsets` with a subset mean for every training clip"),
     "resnet-long": Recipe("resnet", 0.5, epochs=30, about="`resnet` trained for 30 epochs instead of 15"),
     "resnet-ema": Recipe("resnet", 0.5, ema_momentum=0.995,
                          about="`resnet`, validated and saved with an exponential moving average of its weights "

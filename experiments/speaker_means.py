@@ -14,7 +14,7 @@ import click
 import numpy as np
 
 #: Random subset sizes, and how many draws of each are averaged.
-SUBSET_SIZES = (6, 12, 24)
+SUBSET_SIZES = (2, 3, 6, 12, 24)
 DRAWS = 3
 
 
