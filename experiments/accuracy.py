@@ -511,9 +511,19 @@ def kfold_ensemble_rows(ensembles):
 
 
 @cli.command()
-def report():
+@click.option("--drop-missing", is_flag=True,
+              help="Write the report even though runs it listed before are not under saved_models/accuracy/ "
+                   "(their rows are lost).")
+def report(drop_missing):
     """Write experiments/results/accuracy.md from every finished run."""
     results = load_results(RUNS_DIR)
+    listed = RESULTS_DIR / "accuracy_runs.jsonl"
+    # The report is rebuilt from the run folders, which a fresh checkout does not have: refuse to lose rows.
+    missing = sorted({json.loads(line)["run"] for line in listed.read_text().splitlines()} - set(results)
+                     if listed.is_file() else [])
+    if missing and not drop_missing:
+        raise click.ClickException(f"{len(missing)} runs in {listed} are not under {RUNS_DIR}/ (e.g. {missing[0]}); "
+                                   "their rows would be lost (--drop-missing to write it anyway)")
     head = ["recipe", "split", "test acc %", "macro-F1", "params", "MFLOPs / clip", "s / epoch", "epochs",
             "train min"]
     lines = ["# Accuracy on unseen speakers: every recipe tried", "",

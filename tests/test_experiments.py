@@ -147,6 +147,14 @@ def test_accuracy_script_runs_resumes_ensembles_and_reports(crema_subset, tmp_pa
     assert "| crnn | actor |" in report and "| crnn | 0, 1 |" in report
     assert f"| crnn-actor + crnn-actor-seed1 | actor | {100 * scored['accuracy']:.1f}" in report
     assert f"| crnn-actor, TTA: clip + 1 augmented copies | actor | {100 * tta['accuracy']:.1f}" in report
+    # A checkout without one of the runs the report listed (a fresh clone) does not silently lose its rows.
+    (runs / "crnn-actor-seed1").rename(tmp_path / "elsewhere")
+    refused = runner.invoke(accuracy.cli, ["report"])
+    assert refused.exit_code == 1 and "1 runs in" in refused.output and "crnn-actor-seed1" in refused.output
+    assert (tmp_path / "results" / "accuracy.md").read_text() == report
+    assert runner.invoke(accuracy.cli, ["report", "--drop-missing"]).exit_code == 0
+    assert "| crnn | 0, 1 |" not in (tmp_path / "results" / "accuracy.md").read_text()
+    (tmp_path / "elsewhere").rename(runs / "crnn-actor-seed1")
     # No k-fold run has finished: every fold is skipped, nothing is scored.
     result = runner.invoke(accuracy.cli, ["kfold-ensemble", "crnn", "--data-dir", str(crema_subset)])
     assert result.exit_code == 0 and result.output.count("skipped") == accuracy.N_FOLDS
