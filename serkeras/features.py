@@ -249,17 +249,19 @@ def normalize_by_speaker_subsets(feature_list, speakers, share, seed=0):
     indices_of = {}
     for i, speaker in enumerate(speakers):
         indices_of.setdefault(speaker, []).append(i)
+    def mean_of(picked):
+        return {k: (sums[k][picked].sum(axis=0) / frames[k][picked].sum()).astype(np.float32) for k in kinds}
+
     clip_means = [None] * len(feature_list)
     for speaker in indices_of:  # insertion order: the draws follow the order of `feature_list`
         indices = np.asarray(indices_of[speaker])
+        whole = mean_of(indices)
         for i in indices:
-            picked = indices
+            clip_means[i] = whole
             if rng.random() < share:
                 n = int(round(np.exp(rng.uniform(0.0, np.log(len(indices))))))
                 others = indices[indices != i]
-                picked = np.concatenate([[i], rng.choice(others, n - 1, replace=False)])
-            clip_means[i] = {k: (sums[k][picked].sum(axis=0) / frames[k][picked].sum()).astype(np.float32)
-                             for k in kinds}
+                clip_means[i] = mean_of(np.concatenate([[i], rng.choice(others, n - 1, replace=False)]))
     return _subtract(feature_list, clip_means)
 
 
