@@ -249,6 +249,7 @@ def normalize_by_speaker_subsets(feature_list, speakers, share, seed=0):
     indices_of = {}
     for i, speaker in enumerate(speakers):
         indices_of.setdefault(speaker, []).append(i)
+
     def mean_of(picked):
         return {k: (sums[k][picked].sum(axis=0) / frames[k][picked].sum()).astype(np.float32) for k in kinds}
 
