@@ -510,25 +510,92 @@ def kfold_ensemble_rows(ensembles):
     return rows
 
 
+#: Headings of the report's tables after the first (recipes); previous rows are found again under them.
+SEEDS_TABLE = "Training seeds (same actor split; `run --seed N`)"
+ENSEMBLES_TABLE = "Ensembles (probabilities averaged; cost = the members' summed)"
+KFOLD_ENSEMBLES_TABLE = "Ensembles and TTA cross-validated by actor (`kfold-ensemble`)"
+BASELINES_TABLE = "Baselines"
+
+
+def previous_tables(path):
+    """{table heading ('' for the first table): [row cells]} of the report at `path`, if there is one."""
+    tables, heading = {}, ""
+    lines = path.read_text().splitlines() if path.is_file() else []
+    for line, after in zip(lines, lines[1:] + [""]):
+        if line.startswith("## "):
+            heading = line[3:]
+        elif line.startswith("|") and not after.startswith("| ---") and not line.startswith("| ---"):
+            tables.setdefault(heading, []).append([cell.strip() for cell in line.strip()[1:-1].split("|")])
+    return tables
+
+
+def merge_rows(built, previous, key_cells, partial=None, order=None):
+    """The rows of one report table: those `built` from the runs in this checkout, and the `previous`
+    report's rows for what it cannot rebuild (runs trained on another machine or in another session).
+
+    Rows are matched by their first `key_cells` cells. A built row replaces the previous one, except
+    that a row from some of the folds (`partial`) does not replace one from all of them.
+    """
+    partial = partial or (lambda row: False)
+    merged = {tuple(row[:key_cells]): row for row in previous}
+    for row in built:
+        key = tuple(row[:key_cells])
+        if not (key in merged and partial(row) and not partial(merged[key])):
+            merged[key] = row
+    return sorted(merged.values(), key=order) if order else list(merged.values())
+
+
+def recipe_order(row):
+    """Report order of a recipe-table row: recipes as listed in RECIPES, then by split."""
+    recipe, split = row[0], row[1]
+    return (list(RECIPES).index(recipe) if recipe in RECIPES else len(RECIPES),
+            SPLITS.index(split) if split in SPLITS else len(SPLITS))
+
+
+def ensemble_rows(ensembles, results):
+    """One row per average scored on a single split (`ensemble`); its cost is left blank where some member
+    run is not here."""
+    rows = []
+    for e in ensembles:
+        members = [results[r] for r in e["runs"] if r in results]
+        tta = e.get("tta_copies", 0)
+        ci = accuracy_interval(e["accuracy"], e["n"])
+        cost = ([f"{ensemble_mflops(members, tta):.0f}", time_cells(members)[2]]
+                if len(members) == len(e["runs"]) else ["", ""])
+        rows.append([" + ".join(e["runs"]) + (f", TTA: clip + {tta} augmented copies" if tta else ""), e["split"],
+                     f"{100 * e['accuracy']:.1f} ± {100 * ci:.1f}", f"{e['macro_f1']:.3f}",
+                     f"{100 * e['val_accuracy']:.1f}" if "val_accuracy" in e else "", *cost])
+    return rows
+
+
+def table(head, rows):
+    return ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
 @cli.command()
 @click.option("--drop-missing", is_flag=True,
-              help="Write the report even though runs it listed before are not under saved_models/accuracy/ "
-                   "(their rows are lost).")
+              help="Drop the rows of runs that are not under saved_models/accuracy/ instead of carrying them "
+                   "over from the previous report.")
 def report(drop_missing):
-    """Write experiments/results/accuracy.md from every finished run."""
+    """Write experiments/results/accuracy.md from every finished run.
+
+    A fresh checkout has none of the run folders that earlier reports were built
+    from, so rows it cannot rebuild are carried over from the previous report, and
+    its runs stay listed in accuracy_runs.jsonl.
+    """
     results = load_results(RUNS_DIR)
-    listed = RESULTS_DIR / "accuracy_runs.jsonl"
-    # The report is rebuilt from the run folders, which a fresh checkout does not have: refuse to lose rows.
-    missing = sorted({json.loads(line)["run"] for line in listed.read_text().splitlines()} - set(results)
-                     if listed.is_file() else [])
-    if missing and not drop_missing:
-        raise click.ClickException(f"{len(missing)} runs in {listed} are not under {RUNS_DIR}/ (e.g. {missing[0]}); "
-                                   "their rows would be lost (--drop-missing to write it anyway)")
+    path, listed = RESULTS_DIR / "accuracy.md", RESULTS_DIR / "accuracy_runs.jsonl"
+    before = {} if drop_missing else previous_tables(path)
+    runs = {} if drop_missing or not listed.is_file() else {
+        r["run"]: r for r in map(json.loads, listed.read_text().splitlines())}
+    carried = sorted(set(runs) - set(results))
     head = ["recipe", "split", "test acc %", "macro-F1", "params", "MFLOPs / clip", "s / epoch", "epochs",
             "train min"]
     lines = ["# Accuracy on unseen speakers: every recipe tried", "",
              "Written by `python experiments/accuracy.py report` from `saved_models/accuracy/` "
-             "(commands in `runs.csv` and `saved_models/accuracy/runs.jsonl`).", "",
+             "(commands in `accuracy_runs.jsonl` and `saved_models/accuracy/runs.jsonl`). Rows whose runs are not "
+             "in the checkout that wrote it (runs trained on another machine or in another session) are carried "
+             "over from the report before.", "",
              "- `actor`: the fixed speaker-independent split (seed 0): 59 training, 7 validation and 7 test actors, "
              "balanced by sex; accuracy ± the 95% normal-approximation interval over its test clips.",
              "- `kfold`: 5 folds grouped by actor (14-15 test actors each, so every actor is tested once, by a "
@@ -537,62 +604,59 @@ def report(drop_missing):
              "- `random`: the study's protocol (clips shuffled over all 73 actors).",
              "- MFLOPs: forward pass of one 2.5 s clip (CREMA-D's mean length), counted by TensorFlow's profiler "
              "(a multiply-add is 2); the GRU of `crnn` is counted analytically (the profiler skips loops). "
-             "s / epoch and train min are wall-clock on the machine below, often shared with other jobs.",
+             "s / epoch and train min are wall-clock on the machine that trained the run, often shared with "
+             "other jobs.",
              "- Recipes: 20 ms hop, 40 mel bands; AdamW, 1 warm-up epoch + cosine, label smoothing 0.1, "
              "SpecAugment masks, batch 32; the checkpoint with the best validation accuracy is tested.", ""]
-    records = [r["record"] for r in results.values() if r["record"]]
-    if records:
-        lines += [f"Machine: {'; '.join(records[0]['machine'])}", ""]
-    lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    lines += ["| " + " | ".join(row) + " |" for row in recipe_rows(results)]
-    seeds = seed_rows(results)
+    machines = [] if drop_missing or not path.is_file() else [
+        line for line in path.read_text().splitlines() if line.startswith("Machine: ")]
+    for record in (r["record"] for r in results.values() if r["record"]):
+        machine = f"Machine: {'; '.join(record['machine'])}"
+        if machine not in machines:
+            machines.append(machine)
+    lines += [line for machine in machines for line in (machine, "")]
+    lines += table(head, merge_rows(recipe_rows(results), before.get("", []), 2, order=recipe_order,
+                                    partial=lambda row: row[1] == "kfold" and "folds)" in row[2]))
+    seeds = merge_rows(seed_rows(results), before.get(SEEDS_TABLE, []), 1, order=recipe_order)
     if seeds:
-        lines += ["", "## Training seeds (same actor split; `run --seed N`)", "",
+        lines += ["", f"## {SEEDS_TABLE}", "",
                   "How far a recipe moves when only its initialisation, shuffling and augmentation change: "
-                  "differences between recipes smaller than this spread are not evidence.", "",
-                  "| recipe | seeds | test acc % | mean ± std | val acc % | mean ± std |", "|" + " --- |" * 6]
-        lines += ["| " + " | ".join(row) + " |" for row in seeds]
+                  "differences between recipes smaller than this spread are not evidence.", ""]
+        lines += table(["recipe", "seeds", "test acc %", "mean ± std", "val acc %", "mean ± std"], seeds)
     ensembles = latest_ensembles()
-    single_split = [e for e in ensembles.values() if e["split"] != "kfold"]
+    single_split = merge_rows(ensemble_rows([e for e in ensembles.values() if e["split"] != "kfold"], results),
+                              before.get(ENSEMBLES_TABLE, []), 2, partial=lambda row: row[5] == "")
     if single_split:
-        lines += ["", "## Ensembles (probabilities averaged; cost = the members' summed)", "",
+        lines += ["", f"## {ENSEMBLES_TABLE}", "",
                   "With test-time augmentation (TTA), each clip's probabilities are also averaged over its "
                   f"augmented copies ({TTA_DESCRIPTION}): the forward cost is multiplied by 1 + copies, and every "
-                  "copy also costs a waveform augmentation and a feature extraction.", "",
-                  "| members | split | test acc % | macro-F1 | val acc % | MFLOPs / clip | train min |",
-                  "|" + " --- |" * 7]
-        for e in single_split:
-            members = [results[r] for r in e["runs"] if r in results]
-            tta = e.get("tta_copies", 0)
-            ci = accuracy_interval(e["accuracy"], e["n"])
-            val = f"{100 * e['val_accuracy']:.1f}" if "val_accuracy" in e else ""
-            name = " + ".join(e["runs"]) + (f", TTA: clip + {tta} augmented copies" if tta else "")
-            lines.append(f"| {name} | {e['split']} | {100 * e['accuracy']:.1f} ± {100 * ci:.1f} | "
-                         f"{e['macro_f1']:.3f} | {val} | {ensemble_mflops(members, tta):.0f} | "
-                         f"{time_cells(members)[2]} |")
-    cross_validated = kfold_ensemble_rows(ensembles)
+                  "copy also costs a waveform augmentation and a feature extraction.", ""]
+        lines += table(["members", "split", "test acc %", "macro-F1", "val acc %", "MFLOPs / clip", "train min"],
+                       single_split)
+    cross_validated = merge_rows(kfold_ensemble_rows(ensembles), before.get(KFOLD_ENSEMBLES_TABLE, []), 2,
+                                 partial=lambda row: row[2] != f"{N_FOLDS}/{N_FOLDS}")
     if cross_validated:
-        lines += ["", "## Ensembles and TTA cross-validated by actor (`kfold-ensemble`)", "",
+        lines += ["", f"## {KFOLD_ENSEMBLES_TABLE}", "",
                   "Each fold's average is made of that fold's models, none of which heard its test actors; "
-                  "mean ± standard deviation over the folds scored.", "",
-                  "| recipes averaged | TTA copies | folds | test acc % per fold | test acc % | macro-F1 | "
-                  "val acc % |", "|" + " --- |" * 7]
-        lines += ["| " + " | ".join(row) + " |" for row in cross_validated]
-    lines += ["", "## Baselines", "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    lines += ["| " + " | ".join(row) + " |" for row in baseline_rows()]
+                  "mean ± standard deviation over the folds scored.", ""]
+        lines += table(["recipes averaged", "TTA copies", "folds", "test acc % per fold", "test acc %", "macro-F1",
+                        "val acc %"], cross_validated)
+    lines += ["", f"## {BASELINES_TABLE}", ""]
+    lines += table(head, merge_rows(baseline_rows(), before.get(BASELINES_TABLE, []), 1))
     lines += ["", "The study's paper-size rows give its reported numbers (random split, not re-measured) and the "
               "cost of our implementation of its architectures at 10 ms hop / 64 mels.", "",
               "## Recipes", ""]
     lines += [f"- `{name}`: {recipe.about}. `serkeras train {shlex.join(recipe.options())} --epochs {recipe.epochs}`"
               for name, recipe in RECIPES.items()]
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / "accuracy.md").write_text("\n".join(lines) + "\n")
-    with open(RESULTS_DIR / "accuracy_runs.jsonl", "w") as f:
-        for name, result in sorted(results.items()):
-            test = result["metrics"]["test"]
-            f.write(json.dumps({"run": name, "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
-                                "test_clips": test["n"], "command": (result["record"] or {}).get("command")}) + "\n")
-    click.echo(f"wrote {RESULTS_DIR / 'accuracy.md'}")
+    path.write_text("\n".join(lines) + "\n")
+    for name, result in results.items():
+        test = result["metrics"]["test"]
+        runs[name] = {"run": name, "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
+                      "test_clips": test["n"], "command": (result["record"] or {}).get("command")}
+    listed.write_text("".join(json.dumps(runs[name]) + "\n" for name in sorted(runs)))
+    note = f" ({len(carried)} runs not here carried over from the report before)" if carried else ""
+    click.echo(f"wrote {path}{note}")
 
 
 if __name__ == "__main__":
