@@ -196,4 +196,5 @@ def test_report_carries_over_rows_it_cannot_rebuild(tmp_path):
     assert rows == [["resnet", "actor", ""], ["crnn", "actor", "56.7"], ["crnn", "kfold", "57.2 ± 2.4"]]
     every_fold = [["crnn", "kfold", "58.0 ± 1.0"]]
     assert accuracy.merge_rows(every_fold, before[""], 2, partial=partial)[0] == ["crnn", "kfold", "58.0 ± 1.0"]
-    assert accuracy.table(["what", "acc"], before["Baselines"]) == ["| what | acc |", "| --- | --- |", "| study | 64.1 |"]
+    lines = ["| what | acc |", "| --- | --- |", "| study | 64.1 |"]
+    assert accuracy.table(["what", "acc"], before["Baselines"]) == lines
