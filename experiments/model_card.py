@@ -1,4 +1,4 @@
-"""Write saved_models/MODEL_CARD.md for a shipped model from its predictions on unseen actors.
+"""Write the card of a shipped model (saved_models/MODEL_CARD*.md) from its predictions on unseen actors.
 
 Used by ``python experiments/accuracy.py ship``; everything in the card is computed
 here from the model file, the corpus and the finished runs, nothing is typed in.
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from serkeras.cli import SHIPPED_MODELS
 from study import format_minutes, mean_std, training_time  # experiments/ is on the path of every script here
 
 #: CREMA-D's VoiceVote letters (summaryTable.csv) -> serkeras' CREMA-D label names.
@@ -69,19 +70,19 @@ def part_probabilities(model, meta, clips, copies=0):
 
 
 def write_model_card(model_path, card_path, data_dir, members, command, results, runs_dir, kfold_runs, tta_copies,
-                     kfold_ensembles=()):
+                     kfold_ensembles=(), chosen="The members were chosen on the validation actors"):
     """Write the card of the ensemble at `model_path`, made of the actor-split runs `members`.
 
+    `command`: the command that made the model; `chosen`: how its members were chosen (a sentence);
     `kfold_runs`: {recipe: its k-fold run names} (recipes with no finished fold are left out);
     `tta_copies`: the test-time augmentation to report beside the plain results;
     `kfold_ensembles`: (TTA copies, [per-fold records]) of the members' recipes averaged on each k-fold fold.
     """
     from sklearn.metrics import accuracy_score, f1_score
 
-    from serkeras.cache import cached_features, model_features
+    from serkeras.cache import model_features
     from serkeras.corpus import load_corpus
     from serkeras.evaluation import classification_report, predict_features
-    from serkeras.features import normalize_by_speaker
     from serkeras.models import load_model
     from serkeras.models.cost import flops_per_clip
     from serkeras.splits import make_split
@@ -123,27 +124,28 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
     size = Path(model_path).stat().st_size / 2**20
     n_actors = {part: len({c.speaker for c in clips_}) for part, clips_ in split.parts().items()}
     fc = meta.feature_config
+    name = Path(model_path).stem
+    model_option = "" if name == SHIPPED_MODELS[0] else f" --model {name}"
     lines = [
-        "# Model card: `serkeras-crema-d.keras`", "",
+        f"# Model card: `{name}.keras`", "",
         "Speech emotion recognition for six acted emotions (anger, disgust, fear, happy, neutral, sad) "
-        "from 16 kHz speech. Written by `python experiments/accuracy.py ship`; every number below is computed "
+        f"from 16 kHz speech. Written by `{command}`; every number below is computed "
         "from the model files and the corpus by `experiments/model_card.py`.", "",
         "## Use", "",
-        "```", ("serkeras predict recordings_of_one_speaker/   # uses this model when --model is not given; "
-                "several recordings per speaker (below)" if fc.speaker_norm else
-                "serkeras predict my_recording.wav        # uses this model when --model is not given"),
-        *([f"serkeras predict my_recording.wav --tta-copies {tta_copies}   # test-time augmentation (below)"]
-          if tta_copies else []),
-        "serkeras evaluate saved_models/serkeras-crema-d.keras --split actor", "```", "",
+        "```", (f"serkeras predict{model_option} recordings_of_one_speaker/   # several recordings per speaker "
+                "(below)" if fc.speaker_norm else f"serkeras predict{model_option} my_recording.wav"
+                + ("        # uses this model when --model is not given" if not model_option else "")),
+        *([f"serkeras predict{model_option} my_recording.wav --tta-copies {tta_copies}   # test-time augmentation "
+           "(below)"] if tta_copies else []),
+        f"serkeras evaluate {name} --split actor", "```", "",
         "In Python: `model, meta = serkeras.models.load_model(path)`, then "
         "`serkeras.inference.predict_files(model, meta, paths)`; `meta.labels` and `meta.feature_config` "
         "travel with the file.", "",
         "## Model", "",
         f"One Keras functional model that averages the class probabilities of {len(members)} models trained "
         f"separately on the same split ({model.count_params():,} parameters in all, {size:.1f} MiB on disk, "
-        f"{mflops:.0f} MFLOPs per 2.5 s clip: the members' sum, forward pass). The members were chosen on the "
-        f"validation actors: together they reach {100 * val_accuracy:.1f}% there, each alone the figure in the "
-        "table.", "",
+        f"{mflops:.0f} MFLOPs per 2.5 s clip: the members' sum, forward pass). {chosen}. Together the members "
+        f"reach {100 * val_accuracy:.1f}% on the validation actors, each alone the figure in the table.", "",
         "| member run | architecture | parameters | MFLOPs / clip | val acc % | test acc % | train min |",
         "| --- | --- | --- | --- | --- | --- | --- |", *member_rows, "",
         f"Features (stored in the file): {fc.n_mels} log-mel bands and {fc.n_spectral} spectral columns "
@@ -189,19 +191,17 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
               f"(clean: {100 * report['accuracy']:.1f}%). Members trained on such copies (`--augment-copies`): "
               f"{augmented} of {len(members)}."]
     if fc.speaker_norm:
-        # The same clips with no other recording of their speaker: each loses its own mean only.
-        own = cached_features(clips, fc).all_of(clips)
-        alone = predict_features(model, normalize_by_speaker(own, [c.path for c in clips]), fc.length_mode,
-                                 fc.fixed_frames).argmax(axis=1)
+        from speaker_means import speaker_mean_table
+
         lines += ["", "### Speaker normalisation: give several recordings of each speaker", "",
                   "The members were trained with `--speaker-norm`: each clip loses its speaker's mean features, "
                   "taken over all of that speaker's clips (above: the about 80 test clips of each test actor, all "
                   "six emotions). `serkeras predict` groups files by speaker with `--speaker` (default `auto`: "
                   "CREMA-D file names give their actor, other files are grouped by folder), so put each speaker's "
-                  "recordings in one folder. "
-                  f"With one recording per speaker (`--speaker file`), the mean is the clip's own and accuracy on "
-                  f"the same test clips falls to {100 * (alone == y_true).mean():.1f}% (against "
-                  f"{100 * report['accuracy']:.1f}%)."]
+                  "recordings in one folder. With fewer recordings per speaker the mean is less typical of the "
+                  "voice, and with one (`--speaker file`) it is the clip's own. Accuracy on the same actors when "
+                  "each speaker's mean comes from:", "",
+                  *speaker_mean_table(model, meta, corpus, split)]
     if tta_copies:
         tta_test = part_probabilities(model, meta, clips, tta_copies).argmax(axis=1)
         tta_val = part_probabilities(model, meta, list(split.val), tta_copies).argmax(axis=1)

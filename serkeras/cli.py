@@ -421,13 +421,14 @@ tta_option = click.option(
 
 
 def _open_model(path):
+    """Load a .keras file, or a shipped model by name (see `resolve_model`)."""
     from serkeras.models import load_model
 
-    return load_model(path)
+    return load_model(resolve_model(path))
 
 
 @main.command()
-@click.argument("model_path", metavar="MODEL.keras", type=click.Path(dir_okay=False))
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
 @data_options
 @split_options
 @click.option("--part", type=click.Choice(["test", "val", "train", "all"]), default="test", show_default=True,
@@ -438,7 +439,10 @@ def _open_model(path):
 @tta_option
 def evaluate(model_path, data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction, test_fraction, seed,
              part, json_path, plot, batch_size, tta_copies):
-    """Accuracy, F1, precision, recall, per-class table and confusion matrix of a saved model."""
+    """Accuracy, F1, precision, recall, per-class table and confusion matrix of a saved model.
+
+    MODEL is a .keras file or a shipped model's name (serkeras-crema-d, serkeras-crema-d-speaker-norm).
+    """
     import json
 
     from serkeras.cache import model_features
@@ -467,30 +471,49 @@ def evaluate(model_path, data_dir, manifest, cache_dir, split_kind, fold, n_fold
         save_confusion_matrix(report["confusion_matrix"], corpus.labels, plot, f"{part}: {split.description}")
 
 
-#: The project's pretrained model, used by `predict` when --model is not given.
-SHIPPED_MODEL = "serkeras-crema-d.keras"
+#: The project's pretrained models (saved_models/<name>.keras); `predict` uses the first when --model is not
+#: given. The second needs several recordings of each speaker (it was trained with --speaker-norm).
+SHIPPED_MODELS = ("serkeras-crema-d", "serkeras-crema-d-speaker-norm")
+SHIPPED_MODEL = f"{SHIPPED_MODELS[0]}.keras"
 
 
 def shipped_model_folders():
-    """Where the shipped model is looked for: the project folder, the install prefix, the source checkout."""
+    """Where shipped models are looked for: the project folder, the install prefix, the source checkout."""
     from pathlib import Path
 
     return [Path.cwd() / "saved_models", Path(sys.prefix) / "share" / "serkeras",
             Path(__file__).resolve().parent.parent / "saved_models"]
 
 
-def default_model_path():
+def shipped_model_path(name):
+    """The file of the shipped model `name` (with or without .keras) in the first folder that has it."""
+    file_name = f"{name.removesuffix('.keras')}.keras"
     for folder in shipped_model_folders():
-        if (folder / SHIPPED_MODEL).is_file():
-            return folder / SHIPPED_MODEL
-    raise SerkerasError(f"no --model given and no shipped model saved_models/{SHIPPED_MODEL} found: "
-                        "train one with `serkeras train` and pass --model saved_models/<run>/model.keras")
+        if (folder / file_name).is_file():
+            return folder / file_name
+    raise SerkerasError(f"no shipped model saved_models/{file_name} found: train one with `serkeras train` "
+                        "and pass --model saved_models/<run>/model.keras")
+
+
+def default_model_path():
+    return shipped_model_path(SHIPPED_MODEL)
+
+
+def resolve_model(value):
+    """`value` if it names a file, else the shipped model of that name (`serkeras-crema-d-speaker-norm`)."""
+    from pathlib import Path
+
+    if value is None:
+        return default_model_path()
+    if Path(value).is_file() or value.removesuffix(".keras") not in SHIPPED_MODELS:
+        return Path(value)
+    return shipped_model_path(value)
 
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
-              help=f"A .keras model (default: saved_models/{SHIPPED_MODEL}).")
+              help=f"A .keras file, or a shipped model by name: {', '.join(SHIPPED_MODELS)} (default: the first).")
 @click.option("--format", "output_format", type=click.Choice(["table", "json", "csv"]), default="table",
               show_default=True)
 @click.option("--window", type=click.FloatRange(min=0.5), default=None,
@@ -511,7 +534,7 @@ def predict(paths, model_path, output_format, window, hop, batch_size, workers, 
 
     from serkeras.inference import expand_paths, predict_files
 
-    model, meta = _open_model(model_path or default_model_path())
+    model, meta = _open_model(model_path)
     files = expand_paths(paths)
     predictions, skipped = predict_files(model, meta, files, window, hop, batch_size, workers, tta_copies,
                                          speaker_grouping)
@@ -657,13 +680,16 @@ def tune(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction,
 
 
 @main.command("export")
-@click.argument("model_path", metavar="MODEL.keras", type=click.Path(dir_okay=False))
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
 @click.option("--format", "export_format", type=lazy_choice("export", "FORMATS"), default="tf_saved_model",
               show_default=True)
 @click.option("--output", type=click.Path(), default=None,
               help="Where to write (default: next to the model, named after the format).")
 def export_command(model_path, export_format, output):
-    """Export a model for serving (Keras' Model.export) and check it predicts like the .keras file."""
+    """Export a model for serving (Keras' Model.export) and check it predicts like the .keras file.
+
+    MODEL is a .keras file or a shipped model's name (serkeras-crema-d, serkeras-crema-d-speaker-norm).
+    """
     from pathlib import Path
 
     from serkeras.export import SUFFIXES, check_export, export_model

@@ -135,6 +135,7 @@ def crema_subset(tmp_path_factory, crema_root, crema_dir):
         if actor in SUBSET_ACTORS and sentence in ("DFA", "IEO"):
             (audio / path.name).symlink_to(path)
     (root / "VideoDemographics.csv").write_text((Path(crema_root) / "VideoDemographics.csv").read_text())
+    (root / "summaryTable.csv").symlink_to(Path(crema_root) / "summaryTable.csv")  # listeners' votes
     return audio
 
 

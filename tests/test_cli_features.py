@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from serkeras import __version__
-from serkeras.cli import main
+from serkeras.cli import SHIPPED_MODEL, SHIPPED_MODELS, main
 from serkeras.corpus import DATA_DIR_ENV
 from serkeras.features import FeatureConfig
 
@@ -146,7 +146,8 @@ def test_unknown_option_is_a_usage_error(runner):
     assert "No such option" in result.output
 
 
-SHIPPED = Path(__file__).resolve().parents[1] / "saved_models" / "serkeras-crema-d.keras"
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "saved_models"
+SHIPPED = SHIPPED_DIR / SHIPPED_MODEL
 
 
 @pytest.mark.skipif(not SHIPPED.is_file(), reason="no shipped model in this checkout")
@@ -168,6 +169,69 @@ def test_predict_without_model_uses_the_shipped_model(runner, real_clips, tmp_pa
     for row in rows:
         assert row["label"] in CREMA_D_LABELS
         assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_every_shipped_model_is_in_the_checkout_the_install_and_git():
+    """Each name in SHIPPED_MODELS has its file and card here, in setup.cfg's data files and not git-ignored."""
+    import configparser
+    import subprocess
+
+    root = SHIPPED_DIR.parent
+    setup = configparser.ConfigParser()
+    setup.read(root / "setup.cfg")
+    installed = setup["options.data_files"]["share/serkeras"].split()
+    for name in SHIPPED_MODELS:
+        model = SHIPPED_DIR / f"{name}.keras"
+        assert model.is_file() and model.stat().st_size <= 20 * 2**20
+        assert f"saved_models/{model.name}" in installed
+    cards = sorted(p.name for p in SHIPPED_DIR.glob("MODEL_CARD*.md"))
+    assert len(cards) == len(SHIPPED_MODELS) and all(f"saved_models/{c}" in installed for c in cards)
+    paths = [f"saved_models/{name}.keras" for name in SHIPPED_MODELS] + [f"saved_models/{c}" for c in cards]
+    ignored = subprocess.run(["git", "check-ignore", *paths], cwd=root, capture_output=True, text=True).stdout
+    assert ignored == ""
+
+
+@pytest.mark.skipif(not (SHIPPED_DIR / f"{SHIPPED_MODELS[1]}.keras").is_file(), reason="no shipped model")
+def test_predict_finds_a_shipped_model_by_name_and_normalises_by_speaker(runner, real_clips, tmp_path,
+                                                                          monkeypatch):
+    import json
+
+    from serkeras.models import load_model
+
+    name = SHIPPED_MODELS[1]
+    _, meta = load_model(SHIPPED_DIR / f"{name}.keras")
+    assert meta.feature_config.speaker_norm
+    monkeypatch.chdir(tmp_path)  # found by name in the checkout's saved_models/
+    clips = [str(p) for p in real_clips.paths]  # 4 actors, 3 clips each: grouped by the actor in the name
+
+    def probabilities(*options):
+        result = runner.invoke(main, ["predict", *clips, "--model", name, "--format", "json", "--workers", "1",
+                                      *options])
+        assert result.exit_code == 0, result.output
+        return result.output, {row["path"]: row["probabilities"] for row in
+                               json.loads(result.output[result.output.index("["):])}
+
+    output, grouped = probabilities()
+    assert sorted(grouped) == sorted(clips) and "one recording only" not in output
+    output, alone = probabilities("--speaker", "file")
+    assert "12 of 12 speakers" in output  # warned: each clip is its own speaker
+    assert any(abs(grouped[c][k] - alone[c][k]) > 1e-3 for c in clips for k in grouped[c])
+
+
+def test_a_model_name_that_is_not_shipped_stays_a_path(tmp_path, monkeypatch):
+    from serkeras.cli import resolve_model, shipped_model_path
+    from serkeras.errors import SerkerasError
+
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model("my-model.keras") == Path("my-model.keras")
+    (tmp_path / "saved_models").mkdir()
+    copy = tmp_path / "saved_models" / f"{SHIPPED_MODELS[1]}.keras"
+    copy.write_bytes(b"not a model")  # the project's own folder is looked at first
+    assert resolve_model(SHIPPED_MODELS[1]) == copy == resolve_model(f"{SHIPPED_MODELS[1]}.keras")
+    with pytest.raises(SerkerasError, match="no shipped model saved_models/no-such.keras"):
+        shipped_model_path("no-such")
+
+
 @pytest.mark.slow
 def test_a_wheel_installs_the_shipped_model_for_predict(real_clips, tmp_path):
     """A plain (non-editable) install finds the model in <prefix>/share/serkeras, away from any checkout."""
@@ -185,7 +249,9 @@ def test_a_wheel_installs_the_shipped_model_for_predict(real_clips, tmp_path):
     python = env_dir / "bin" / "python"
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
                     *map(str, wheels.glob("serkeras-*.whl"))], check=True, capture_output=True)
-    assert (env_dir / "share" / "serkeras" / SHIPPED.name).read_bytes() == SHIPPED.read_bytes()
+    for name in SHIPPED_MODELS:
+        shipped = SHIPPED_DIR / f"{name}.keras"
+        assert (env_dir / "share" / "serkeras" / shipped.name).read_bytes() == shipped.read_bytes()
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     result = subprocess.run([str(env_dir / "bin" / "serkeras"), "predict", str(real_clips.paths[0]), "--format", "json",

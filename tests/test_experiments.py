@@ -62,7 +62,13 @@ def load_script(name):
 
 def test_every_accuracy_recipe_is_a_valid_train_invocation():
     accuracy = load_script("accuracy")
-    assert set(accuracy.SHIPPED) <= set(accuracy.RECIPES)
+    from serkeras.cli import SHIPPED_MODELS
+
+    assert list(accuracy.SHIPPED_MODELS) == list(SHIPPED_MODELS)  # what `ship` makes is what `predict` finds
+    for shipped in accuracy.SHIPPED_MODELS.values():
+        assert set(shipped.recipes) <= set(accuracy.RECIPES)
+        # The members of one average share their features, speaker normalisation included.
+        assert len({(accuracy.RECIPES[r].pitch, accuracy.RECIPES[r].speaker_norm) for r in shipped.recipes}) == 1
     for name, recipe in accuracy.RECIPES.items():
         for split, fold in (("actor", None), ("kfold", 3)):
             command = accuracy.train_command(name, split, fold, 0, None, "/data", resume=False)
@@ -162,6 +168,42 @@ def test_accuracy_script_runs_resumes_ensembles_and_reports(crema_subset, tmp_pa
     result = runner.invoke(accuracy.cli, ["kfold-ensemble", "crnn", "--data-dir", str(crema_subset)])
     assert result.exit_code == 0 and result.output.count("skipped") == accuracy.N_FOLDS
     assert len((runs / "ensembles.jsonl").read_text().splitlines()) == 2
+
+
+def test_ship_saves_the_average_and_its_card(crema_subset, tmp_path, monkeypatch):
+    """`ship --model NAME` trains the missing members, saves their average as saved_models/NAME.keras and
+    writes its card, here for a speaker-normalised model (the card then has its speaker-mean table)."""
+    import dataclasses
+    import sys
+
+    from click.testing import CliRunner
+
+    from serkeras.models import load_model
+
+    accuracy = load_script("accuracy")
+    for module in (accuracy, sys.modules["study"]):
+        monkeypatch.setattr(module, "ROOT", tmp_path)
+    monkeypatch.chdir(tmp_path)
+    recipe = accuracy.Recipe("crnn", 0.25, utterance_norm="none", speaker_norm=True, epochs=1)
+    monkeypatch.setitem(accuracy.RECIPES, "tiny-speaker-norm", recipe)
+    monkeypatch.setitem(accuracy.RECIPES, "tiny-speaker-norm-mixup", dataclasses.replace(recipe, mixup_alpha=0.2))
+    shipped = accuracy.ShippedModel(("tiny-speaker-norm", "tiny-speaker-norm-mixup"), "MODEL_CARD-tiny.md",
+                                    chosen="Chosen for the test")
+    name = "serkeras-crema-d-speaker-norm"  # the name of a shipped model, made of a tiny recipe here
+    monkeypatch.setitem(accuracy.SHIPPED_MODELS, name, shipped)
+    result = CliRunner().invoke(accuracy.cli, ["ship", "--model", name, "--data-dir", str(crema_subset)])
+    assert result.exit_code == 0, result.output
+    model, meta = load_model(tmp_path / "saved_models" / f"{name}.keras")
+    assert meta.feature_config.speaker_norm and model.name == name.replace("-", "_")
+    card = (tmp_path / "saved_models" / "MODEL_CARD-tiny.md").read_text()
+    assert card.startswith(f"# Model card: `{name}.keras`")
+    assert f"Written by `python experiments/accuracy.py ship --model {name}`" in card and "Chosen for the test." in card
+    assert f"serkeras predict --model {name} recordings_of_one_speaker/" in card
+    assert "| `tiny-speaker-norm-actor` | crnn |" in card and "--speaker-norm --split actor" in card
+    assert "| the clip alone (`serkeras predict --speaker file`) |" in card
+    assert "| 12 of the speaker's clips, at random" in card  # each subset actor has 22 clips: 24 is left out
+    assert "| 24 of the speaker's clips" not in card
+    assert "## Other unseen actors" in card and "Listeners' majority vote" in card
 
 
 def test_cross_validated_ensembles_are_grouped_by_recipes_and_tta():
