@@ -1,5 +1,6 @@
 """Export a serkeras model for serving through Keras' own `Model.export`, and check the export."""
 
+import re
 import warnings
 
 import keras
@@ -77,11 +78,19 @@ def export_model(model, path, export_format="tf_saved_model"):
     return path
 
 
+class UncheckedExport(SerkerasError):
+    """The export was written but cannot be run here to check it (the message says why)."""
+
+
 def check_export(model, path, export_format="tf_saved_model"):
     """Largest absolute difference between the exported model's and the Keras model's probabilities.
 
-    Returns None when the runtime needed to load the export is not installed
-    (`onnx` needs onnxruntime; SavedModel and LiteRT files load with TensorFlow).
+    Raises
+    ------
+    UncheckedExport
+        When the export cannot be run here: `onnx` without onnxruntime, or a LiteRT
+        file with TensorFlow ("Flex") ops, such as the loops of recurrent layers,
+        which the LiteRT interpreters in pip lack. SavedModels always load with TensorFlow.
     """
     inputs = example_inputs(model)
     expected = model.predict(inputs, verbose=0)
@@ -95,7 +104,7 @@ def check_export(model, path, export_format="tf_saved_model"):
         try:
             import onnxruntime
         except ImportError:
-            return None
+            raise UncheckedExport("onnxruntime is not installed") from None
         session = onnxruntime.InferenceSession(str(path))
         expected_names = [t.name for t in model.inputs]
         names = [i.name for i in session.get_inputs()]
@@ -112,5 +121,13 @@ def check_export(model, path, export_format="tf_saved_model"):
             Interpreter = tf.lite.Interpreter
         interpreter = Interpreter(model_path=str(path))
         runner = interpreter.get_signature_runner()
-        got = next(iter(runner(**{t.name: inputs[t.name] for t in model.inputs}).values()))
+        try:
+            got = next(iter(runner(**{t.name: inputs[t.name] for t in model.inputs}).values()))
+        except RuntimeError as exc:
+            if "Flex" not in str(exc):
+                raise
+            ops = sorted(set(re.findall(r"Flex\w+", str(exc))))
+            raise UncheckedExport(f"it uses TensorFlow ops ({', '.join(ops)}) that need LiteRT's Flex delegate "
+                                  "(select TF ops), which this interpreter lacks; tf_saved_model and onnx "
+                                  "exports run without it") from None
     return float(np.max(np.abs(np.asarray(got) - expected)))

@@ -397,3 +397,15 @@ def test_model_benchmark_reports_cost_and_throughput(tmp_path):
     model = build_model(config, ModelConfig(arch="crnn", width=0.0625, pooling="attention"), LABELS)
     assert float(rows["crnn"][3].replace(",", "")) == pytest.approx(flops_per_clip(model, config, 3.0) / 1e6, abs=0.1)
     assert all(float(row[4]) > 0 and float(row[5]) > 0 for row in rows.values())  # samples/s measured
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="LiteRT export traces TensorFlow graphs")
+def test_a_litert_export_with_tensorflow_ops_is_written_but_said_unchecked(tmp_path):
+    """The GRU of `crnn` becomes a loop of TensorFlow ops that pip's LiteRT interpreters cannot run."""
+    from serkeras.export import UncheckedExport, check_export, export_model
+
+    model = build_model(FeatureConfig(hop_length=320, n_mels=40), ModelConfig(arch="crnn", width=0.0625), LABELS)
+    path = export_model(model, tmp_path / "crnn.tflite", "litert")
+    assert path.stat().st_size > 0
+    with pytest.raises(UncheckedExport, match=r"TensorFlow ops \(FlexTensorList\w+.*\) that need LiteRT's Flex"):
+        check_export(model, path, "litert")
