@@ -327,8 +327,19 @@ def ensemble(runs, data_dir, tta_copies):
                f"({record['split']} split)")
 
 
+def recipe_and_seed(ctx, param, values):
+    """Parse RECIPE or RECIPE:SEED arguments into (recipe, training seed) pairs."""
+    members = []
+    for value in values:
+        recipe, _, seed = value.partition(":")
+        if recipe not in RECIPES or not (seed or "0").isdigit():
+            raise click.BadParameter(f"{value!r} is not RECIPE or RECIPE:SEED (recipes: {', '.join(sorted(RECIPES))})")
+        members.append((recipe, int(seed or 0)))
+    return members
+
+
 @cli.command("kfold-ensemble")
-@click.argument("recipes", nargs=-1, required=True, type=click.Choice(sorted(RECIPES)))
+@click.argument("recipes", nargs=-1, required=True, metavar="RECIPE[:SEED]...", callback=recipe_and_seed)
 @data_dir_option
 @tta_option
 def kfold_ensemble(recipes, data_dir, tta_copies):
@@ -336,13 +347,14 @@ def kfold_ensemble(recipes, data_dir, tta_copies):
 
     Each fold's members were trained without that fold's actors, so this is the
     5-fold estimate of the ensemble (and, with one recipe, of test-time
-    augmentation). Folds already scored with the same TTA are not scored again;
-    `report` shows the mean and spread.
+    augmentation). RECIPE:SEED takes the runs of `run --seed SEED`, so seeds of one
+    recipe can be averaged. Folds already scored with the same TTA are not scored
+    again; `report` shows the mean and spread.
     """
     scored = latest_ensembles()
     accuracies = []
     for fold in range(N_FOLDS):
-        runs = tuple(run_name(recipe, "kfold", fold) for recipe in recipes)
+        runs = tuple(run_name(recipe, "kfold", fold, seed) for recipe, seed in recipes)
         if not all((ROOT / RUNS_DIR / r / "metrics.json").is_file() for r in runs):
             click.echo(f"fold {fold}: not all of {', '.join(runs)} have finished; skipped")
             continue
@@ -531,7 +543,7 @@ def kfold_ensemble_rows(ensembles):
     for (runs, tta), e in sorted(ensembles.items(), key=lambda item: item[1].get("fold", 0)):
         if e["split"] != "kfold":
             continue
-        recipes = tuple(re.sub(r"-kfold-fold\d+$", "", r) for r in runs)
+        recipes = tuple(re.sub(r"-kfold-fold\d+(?=(-seed\d+)?$)", "", r) for r in runs)  # keeps a -seedN
         groups.setdefault((recipes, tta), []).append(e)
     rows = []
     for (recipes, tta), records in groups.items():

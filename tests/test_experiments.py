@@ -3,6 +3,9 @@
 import importlib.util
 from pathlib import Path
 
+import click
+import pytest
+
 from serkeras.cli import main
 from serkeras.corpus import CREMA_D_LABELS
 
@@ -219,6 +222,15 @@ def test_cross_validated_ensembles_are_grouped_by_recipes_and_tta():
     rows = accuracy.kfold_ensemble_rows(ensembles)
     assert rows[0] == ["resnet + crnn", "0", "2/5", "50.0, 60.0", "55.0 ± 7.1", "0.450 ± 0.071", "50.0"]
     assert [row[:4] for row in rows[1:]] == [["resnet + crnn", "2", "1/5", "70.0"], ["crnn", "0", "1/5", "40.0"]]
+    # Seeds of one recipe (`kfold-ensemble crnn crnn:1`) stay apart in the row's name.
+    runs = ("crnn-kfold-fold3", "crnn-kfold-fold3-seed1")
+    seeds = {(runs, 0): {"runs": list(runs), "split": "kfold", "fold": 3, "accuracy": 0.6, "macro_f1": 0.5,
+                         "val_accuracy": 0.5}}
+    assert accuracy.kfold_ensemble_rows(seeds)[0][:2] == ["crnn + crnn-seed1", "0"]
+    assert accuracy.recipe_and_seed(None, None, ("crnn", "resnet:2")) == [("crnn", 0), ("resnet", 2)]
+    for wrong in ("crnn:x", "no-such-recipe:1"):
+        with pytest.raises(click.BadParameter, match="is not RECIPE or RECIPE:SEED"):
+            accuracy.recipe_and_seed(None, None, (wrong,))
 
 
 
