@@ -166,7 +166,7 @@ SHIPPED_MODELS = {
         chosen="The recipes were chosen by 5-fold cross-validation over the 73 development actors (below), whose "
                "test folds include this split's test actors, so the test figure here is not quite blind"),
 }
-SHIPPED_NAMES = click.Choice(list(SHIPPED_MODELS))
+DEFAULT_SHIPPED = next(iter(SHIPPED_MODELS))  # what `serkeras predict` uses without --model
 #: Test-time augmentation (`ensemble --tta-copies`): serkeras.effects.TEST_TIME_AUGMENTATION, as in
 #: `serkeras evaluate --tta-copies`.
 TTA_DESCRIPTION = ("serkeras' TEST_TIME_AUGMENTATION, made like the augmented recipes' training copies: speed "
@@ -240,7 +240,7 @@ def run(recipes, data_dir, splits, folds, seed, epochs, dry_run):
             train_missing(recipe, split, seed, epochs, data_dir, dry_run, folds)
 
 
-model_option = click.option("--model", "name", type=SHIPPED_NAMES, default=next(iter(SHIPPED_MODELS)),
+model_option = click.option("--model", "name", type=click.Choice(list(SHIPPED_MODELS)), default=DEFAULT_SHIPPED,
                             show_default=True, help="Which shipped model.")
 
 
@@ -281,8 +281,8 @@ def write_card(data_dir, name, epochs):
     path = SHIPPED_DIR / f"{name}.keras"
     if not (ROOT / path).is_file():
         raise click.ClickException(f"{path} does not exist: run `ship --model {name}` first")
-    command = "python experiments/accuracy.py ship" + (f" --model {name}" if name != next(iter(SHIPPED_MODELS))
-                                                       else "") + (f" --epochs {epochs}" if epochs else "")
+    options = ([f"--model {name}"] if name != DEFAULT_SHIPPED else []) + ([f"--epochs {epochs}"] if epochs else [])
+    command = " ".join(["python experiments/accuracy.py ship", *options])
     write_model_card(ROOT / path, ROOT / SHIPPED_DIR / shipped.card, data_dir,
                      members=[run_name(recipe, "actor") for recipe in shipped.recipes], command=command,
                      results=load_results(RUNS_DIR), runs_dir=ROOT / RUNS_DIR,
