@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from serkeras.audio import AudioError, load_audio
 from serkeras.corpus import warn_skipped
 from serkeras.effects import TEST_TIME_AUGMENTATION, WaveAugmentation, augment_wave
-from serkeras.errors import DataError
+from serkeras.errors import DataError, SerkerasError
 from serkeras.features import FEATURE_KINDS, FeatureConfig, extract_features, speaker_normalized
 
 CACHE_DIR_ENV = "SERKERAS_CACHE_DIR"
@@ -202,6 +202,22 @@ def _compute_only(path, config_dict, augmentation_dict=None, copy=0):
 
 def _apply_chunk(one, chunk, *settings):
     return [one(item, *settings) for item in chunk]
+
+
+def warm_up(config_dict, augmentation_dict=None, copy=0):
+    """Featurise a second of noise here, so that librosa's numba kernels are compiled and cached by
+    this process alone before workers start.
+
+    numba writes each kernel's cache files without a lock: workers compiling the same gufunc at once
+    can leave a mismatched pair behind, and every later process that loads it crashes with a
+    segmentation fault (numba issue #10128). With the cache filled here, workers only read it.
+    """
+    config = FeatureConfig.from_dict(config_dict)
+    wave = np.random.default_rng(0).normal(0.0, 0.1, config.sample_rate).astype(np.float32)
+    if augmentation_dict:
+        augmentation = WaveAugmentation.from_dict(augmentation_dict)
+        wave = augment_wave(wave, config.sample_rate, augmentation, augmentation.rng("warm-up", copy))
+    extract_features(wave, config)
 
 
 def _worker_init():
@@ -396,6 +412,7 @@ def _parallel(one, items, settings, workers, bar):
             out.append(one(item, *settings))
             bar.update()
         return out
+    warm_up(*settings)  # every `one` takes compute_clip's settings
     # spawn: safe even after TensorFlow / JAX / torch have started their threads.
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
@@ -404,8 +421,13 @@ def _parallel(one, items, settings, workers, bar):
         chunks = [items[i:i + size] for i in range(0, len(items), size)]
         futures = [pool.submit(_apply_chunk, one, chunk, *settings) for chunk in chunks]
         out = []
-        for future in concurrent.futures.as_completed(futures):
-            done = future.result()
-            out.extend(done)
-            bar.update(len(done))
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                done = future.result()
+                out.extend(done)
+                bar.update(len(done))
+        except concurrent.futures.process.BrokenProcessPool:
+            raise SerkerasError(f"a feature process died abruptly (a crash in native code, or out of memory) after "
+                                f"{len(out)} of {len(items)} clips; what was finished is kept in the cache. "
+                                "Run again with --workers 1 to see which clip") from None
         return out

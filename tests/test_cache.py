@@ -332,6 +332,44 @@ def test_compute_clips_in_parallel_matches_one_by_one_and_reports_bad_files(real
         np.testing.assert_allclose(features["logmel"], expected["logmel"], rtol=1e-5, atol=1e-4)
 
 
+def test_parallel_runs_compile_librosas_kernels_here_before_workers_start(real_clips, tmp_path, monkeypatch):
+    """numba writes its cache without a lock (numba issue #10128): workers compiling one gufunc at once
+    can leave a pair of files that crashes every later process, so the parent fills the cache first."""
+    config = FeatureConfig(pitch=True)
+    fresh = tmp_path / "numba-cache"
+    script = "from serkeras.cache import warm_up; from serkeras.features import FeatureConfig; " \
+             "warm_up(FeatureConfig(pitch=True).to_dict(), {'speed': 0.1})"
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300,
+                   env={**os.environ, "NUMBA_CACHE_DIR": str(fresh)})
+    cached = {p.name.split("-")[1].split(".py")[0] for p in fresh.rglob("guf-*.nbc")}
+    assert "pitch._pi_wrapper" in cached, cached  # yin's gufunc, the one seen crashing
+    import serkeras.cache
+
+    calls = []
+    monkeypatch.setattr(serkeras.cache, "warm_up", lambda *settings: calls.append(settings))
+    paths = sorted(str(p) for p in real_clips.paths)[:8]
+    compute_clips(paths, config, workers=2)
+    assert calls == [(config.to_dict(), None, 0)]
+    compute_clips(paths[:2], config, workers=2)  # too few for a pool: this process computes them
+    assert len(calls) == 1
+
+
+def _die(item, *settings):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_worker_that_dies_is_a_one_line_error_not_a_traceback():
+    from serkeras.cache import _parallel
+    from serkeras.errors import SerkerasError
+
+    class Bar:
+        def update(self, n=1):
+            pass
+
+    with pytest.raises(SerkerasError, match=r"a feature process died abruptly .* after 0 of 8 clips.*--workers 1"):
+        _parallel(_die, list(range(8)), (FeatureConfig().to_dict(), None, 0), 2, Bar())
+
+
 def test_inventory_and_pruning_keep_what_runs_use(corpus, cache_dir):
     config, other = FeatureConfig(), FeatureConfig(n_mels=40)
     _run(corpus.clips, config, cache_dir)
