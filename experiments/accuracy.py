@@ -60,6 +60,7 @@ class Recipe:
     class_weight: bool = False
     mixup_alpha: float = 0.0
     speaker_norm: bool = False
+    speaker_scale: bool = False
     speaker_subsets: float = 0.0
     epochs: int = 15
     about: str = ""
@@ -77,6 +78,8 @@ class Recipe:
             options += ["--mixup", f"{self.mixup_alpha:g}"]
         if self.speaker_norm:
             options.append("--speaker-norm")
+        if self.speaker_scale:
+            options.append("--speaker-scale")
         if self.speaker_subsets:
             options += ["--speaker-subsets", f"{self.speaker_subsets:g}"]
         return options
@@ -128,6 +131,15 @@ RECIPES = {
                                                   mixup_alpha=0.2, utterance_norm="none", speaker_norm=True,
                                                   about="`resnet-augmented-mixup` normalised per speaker like "
                                                         "`resnet-speaker-norm`"),
+    "crnn-augmented-speaker-znorm": Recipe("crnn", 0.5, augment_copies=2, speed=0.1, epochs=10,
+                                           utterance_norm="none", speaker_norm=True, speaker_scale=True,
+                                           about="`crnn-augmented-speaker-norm`, also divided by each speaker's "
+                                                 "standard deviation (speaker z-normalisation)"),
+    "resnet-augmented-mixup-speaker-znorm": Recipe("resnet", 0.5, augment_copies=2, speed=0.1, epochs=10,
+                                                   mixup_alpha=0.2, utterance_norm="none", speaker_norm=True,
+                                                   speaker_scale=True,
+                                                   about="`resnet-augmented-mixup-speaker-norm`, also divided by "
+                                                         "each speaker's standard deviation"),
     "resnet-augmented-mixup-long": Recipe("resnet", 0.5, augment_copies=2, speed=0.1, epochs=20, mixup_alpha=0.2,
                                           about="`resnet-augmented-mixup` trained for 20 epochs instead of 10"),
     "conformer": Recipe("conformer", 1.0, about="Conv1D subsampling x8, 2 Conformer-style layers, attentive pooling"),

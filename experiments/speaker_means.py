@@ -24,11 +24,11 @@ def accuracy_with_means(model, meta, clips, features, labels, chosen):
     from serkeras.features import compute_stats, normalize_by_speaker
 
     config = meta.feature_config
-    means = {}
+    stats = {}
     for speaker in sorted({c.speaker for c in clips}):  # a fixed order: the random draws are reproducible
         picked = chosen([i for i, c in enumerate(clips) if c.speaker == speaker])
-        means[speaker] = compute_stats([features[i] for i in picked]).mean
-    normalised = normalize_by_speaker(features, [c.speaker for c in clips], means)
+        stats[speaker] = compute_stats([features[i] for i in picked])
+    normalised = normalize_by_speaker(features, [c.speaker for c in clips], stats, config.speaker_scale)
     predicted = predict_features(model, normalised, config.length_mode, config.fixed_frames).argmax(axis=1)
     return float(np.mean(predicted == labels))
 
@@ -51,7 +51,7 @@ def speaker_mean_rows(model, meta, clips, labels, features, rng):
             [score(lambda idx: rng.choice(idx, n, replace=False)) for _ in range(DRAWS)]))
     for emotion in ("neutral", "anger"):
         rows[f"the speaker's {emotion} clips only"] = score(lambda idx: [i for i in idx if clips[i].label == emotion])
-    alone = normalize_by_speaker(features, [c.path for c in clips])
+    alone = normalize_by_speaker(features, [c.path for c in clips], scale=meta.feature_config.speaker_scale)
     rows["the clip alone (`serkeras predict --speaker file`)"] = float(np.mean(predict_features(
         model, alone, meta.feature_config.length_mode, meta.feature_config.fixed_frames).argmax(axis=1) == labels))
     return rows

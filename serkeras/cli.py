@@ -113,6 +113,8 @@ def feature_options(f):
         click.option("--speaker-norm/--no-speaker-norm", default=d.speaker_norm, show_default=True,
                      help="Remove each speaker's mean features, over all of the speaker's clips in a part of "
                           "the split (predict: see --speaker); use with --utterance-norm none."),
+        click.option("--speaker-scale/--no-speaker-scale", default=d.speaker_scale, show_default=True,
+                     help="With --speaker-norm: also divide by each speaker's standard deviation, per feature."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -123,8 +125,11 @@ def feature_config_from(kwargs):
     """Pop the feature options out of a command's kwargs into a FeatureConfig."""
     from serkeras.features import FeatureConfig
 
+    if kwargs.get("speaker_scale") and not kwargs.get("speaker_norm"):
+        raise click.UsageError("--speaker-scale needs --speaker-norm")
     names = ("length_mode", "fixed_seconds", "sample_rate", "n_mels", "n_fft", "win_length", "hop_length",
-             "fmin", "fmax", "n_mfcc", "pitch", "audio_normalization", "speaker_norm")
+             "fmin", "fmax", "n_mfcc", "pitch", "audio_normalization", "speaker_norm",
+             "speaker_scale")
     try:
         return FeatureConfig(**{n: kwargs.pop(n) for n in names})
     except ValueError as exc:

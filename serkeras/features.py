@@ -30,6 +30,9 @@ class FeatureConfig:
     `speaker_norm` removes each speaker's mean features, taken over all of
     that speaker's recordings (`normalize_by_speaker`), before the model sees
     them: the voice's own level goes, how each clip departs from it stays.
+    `speaker_scale` also divides by the speaker's standard deviation (speaker
+    z-normalisation), so a speaker who acts in a narrow range and one who acts
+    in a wide one reach the model alike.
     """
 
     sample_rate: int = 16000
@@ -47,6 +50,7 @@ class FeatureConfig:
     min_seconds: float = 0.2
     max_seconds: float = 60.0
     speaker_norm: bool = False
+    speaker_scale: bool = False
 
     def __post_init__(self):
         if self.length_mode not in LENGTH_MODES:
@@ -57,6 +61,8 @@ class FeatureConfig:
             raise ValueError("need 0 < fmin < fmax <= sample_rate / 2")
         if self.win_length > self.n_fft:
             raise ValueError("win_length must not exceed n_fft")
+        if self.speaker_scale and not self.speaker_norm:
+            raise ValueError("speaker_scale needs speaker_norm")
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -69,7 +75,7 @@ class FeatureConfig:
         """Hash of the settings that change each clip's extracted features (not the length mode, nor the
         speaker normalisation applied after extraction)."""
         settings = {k: v for k, v in self.to_dict().items()
-                    if k not in ("length_mode", "fixed_seconds", "speaker_norm")}
+                    if k not in ("length_mode", "fixed_seconds", "speaker_norm", "speaker_scale")}
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
@@ -172,6 +178,10 @@ def fit_to_length(features, frames):
     return out
 
 
+#: Smallest variance a statistic reports: a constant feature is then divided by 1e-3, not by zero.
+VARIANCE_FLOOR = 1e-6
+
+
 @dataclasses.dataclass(frozen=True)
 class FeatureStats:
     """Per-feature mean and variance of the training part, for each feature kind."""
@@ -189,7 +199,7 @@ class FeatureStats:
                    {k: np.asarray(v, np.float32) for k, v in d["variance"].items()})
 
 
-def normalize_by_speaker(feature_list, speakers, means=None):
+def normalize_by_speaker(feature_list, speakers, stats=None, scale=False):
     """Remove each speaker's mean from the features of that speaker's clips.
 
     The mean is taken over every frame of every clip with the same entry in
@@ -203,8 +213,10 @@ def normalize_by_speaker(feature_list, speakers, means=None):
     speakers : sequence of hashable
         One entry per clip. Clips that differ in conditions (such as the
         augmented copies of a training set) should get separate entries.
-    means : dict, optional
-        {speaker: {feature kind: mean}} to remove instead of the means over `feature_list`.
+    stats : dict, optional
+        {speaker: FeatureStats} to use instead of the statistics over `feature_list`.
+    scale : bool
+        Also divide by each speaker's standard deviation (per feature).
 
     Returns
     -------
@@ -212,15 +224,15 @@ def normalize_by_speaker(feature_list, speakers, means=None):
         New arrays with the same shapes and dtypes, in the order of `feature_list`.
     """
     _check_speakers(feature_list, speakers)
-    if means is None:
+    if stats is None:
         clips_of = {}
         for features, speaker in zip(feature_list, speakers):
             clips_of.setdefault(speaker, []).append(features)
-        means = {speaker: compute_stats(found).mean for speaker, found in clips_of.items()}
-    return _subtract(feature_list, [means[speaker] for speaker in speakers])
+        stats = {speaker: compute_stats(found) for speaker, found in clips_of.items()}
+    return _standardize(feature_list, [stats[speaker] for speaker in speakers], scale)
 
 
-def normalize_by_speaker_subsets(feature_list, speakers, share, seed=0):
+def normalize_by_speaker_subsets(feature_list, speakers, share, seed=0, scale=False):
     """`normalize_by_speaker` where a random `share` of the clips each lose the mean of a random
     subset of their speaker's clips instead: a training-time augmentation.
 
@@ -231,8 +243,8 @@ def normalize_by_speaker_subsets(feature_list, speakers, share, seed=0):
 
     Parameters
     ----------
-    feature_list, speakers
-        As in `normalize_by_speaker`.
+    feature_list, speakers, scale
+        As in `normalize_by_speaker` (with `scale`, the subset's standard deviation is used too).
     share : float in [0, 1]
         Fraction of clips that get a subset mean (0: exactly `normalize_by_speaker`).
     seed : int
@@ -243,27 +255,32 @@ def normalize_by_speaker_subsets(feature_list, speakers, share, seed=0):
         raise ValueError(f"share must be in [0, 1], got {share}")
     rng = np.random.default_rng(seed)
     kinds = list(feature_list[0]) if feature_list else []
-    # Per-clip frame sums and counts: any subset's frame-weighted mean is then a sum of rows.
+    # Per-clip frame sums, squares and counts: any subset's statistics are then sums of rows.
     sums = {k: np.stack([f[k].sum(axis=0, dtype=np.float64) for f in feature_list]) for k in kinds}
+    squares = {k: np.stack([(f[k].astype(np.float64) ** 2).sum(axis=0) for f in feature_list]) for k in kinds}
     frames = {k: np.array([len(f[k]) for f in feature_list], np.float64) for k in kinds}
     indices_of = {}
     for i, speaker in enumerate(speakers):
         indices_of.setdefault(speaker, []).append(i)
 
-    def mean_of(picked):
-        return {k: (sums[k][picked].sum(axis=0) / frames[k][picked].sum()).astype(np.float32) for k in kinds}
+    def stats_of(picked):
+        n = {k: frames[k][picked].sum() for k in kinds}
+        mean = {k: sums[k][picked].sum(axis=0) / n[k] for k in kinds}
+        variance = {k: squares[k][picked].sum(axis=0) / n[k] - mean[k] ** 2 for k in kinds}
+        return FeatureStats({k: mean[k].astype(np.float32) for k in kinds},
+                            {k: np.maximum(variance[k], VARIANCE_FLOOR).astype(np.float32) for k in kinds})
 
-    clip_means = [None] * len(feature_list)
+    clip_stats = [None] * len(feature_list)
     for speaker in indices_of:  # insertion order: the draws follow the order of `feature_list`
         indices = np.asarray(indices_of[speaker])
-        whole = mean_of(indices)
+        whole = stats_of(indices)
         for i in indices:
-            clip_means[i] = whole
+            clip_stats[i] = whole
             if rng.random() < share:
                 n = int(round(np.exp(rng.uniform(0.0, np.log(len(indices))))))
                 others = indices[indices != i]
-                clip_means[i] = mean_of(np.concatenate([[i], rng.choice(others, n - 1, replace=False)]))
-    return _subtract(feature_list, clip_means)
+                clip_stats[i] = stats_of(np.concatenate([[i], rng.choice(others, n - 1, replace=False)]))
+    return _standardize(feature_list, clip_stats, scale)
 
 
 def _check_speakers(feature_list, speakers):
@@ -271,9 +288,13 @@ def _check_speakers(feature_list, speakers):
         raise ValueError(f"{len(feature_list)} clips but {len(speakers)} speakers")
 
 
-def _subtract(feature_list, clip_means):
-    return [{key: (array - means[key]).astype(array.dtype) for key, array in features.items()}
-            for features, means in zip(feature_list, clip_means)]
+def _standardize(feature_list, clip_stats, scale):
+    """Each clip minus its entry of `clip_stats`' means, divided by its standard deviations with `scale`."""
+    out = []
+    for features, stats in zip(feature_list, clip_stats):
+        out.append({key: ((array - stats.mean[key]) / (np.sqrt(stats.variance[key]) if scale else 1.0))
+                    .astype(array.dtype) for key, array in features.items()})
+    return out
 
 
 def speaker_normalized(feature_list, clips, config, subset_share=0.0, seed=0):
@@ -282,7 +303,8 @@ def speaker_normalized(feature_list, clips, config, subset_share=0.0, seed=0):
     With `config.speaker_norm`, each clip loses the mean of its speaker's clips
     among `clips` (`normalize_by_speaker`), or, for a `subset_share` of them,
     of a random subset of those clips (`normalize_by_speaker_subsets`, for
-    training); otherwise they are returned as they are.
+    training), and is divided by their standard deviation with
+    `config.speaker_scale`; otherwise they are returned as they are.
 
     Raises
     ------
@@ -296,8 +318,8 @@ def speaker_normalized(feature_list, clips, config, subset_share=0.0, seed=0):
         raise DataError(f"speaker normalisation needs each clip's speaker; {unknown} clips have none")
     speakers = [clip.speaker for clip in clips]
     if subset_share:
-        return normalize_by_speaker_subsets(feature_list, speakers, subset_share, seed)
-    return normalize_by_speaker(feature_list, speakers)
+        return normalize_by_speaker_subsets(feature_list, speakers, subset_share, seed, config.speaker_scale)
+    return normalize_by_speaker(feature_list, speakers, scale=config.speaker_scale)
 
 
 def compute_stats(feature_list):
@@ -318,5 +340,6 @@ def compute_stats(feature_list):
     if not count:
         raise ValueError("no features to compute statistics from")
     mean = {k: (sums[k] / count[k]).astype(np.float32) for k in sums}
-    variance = {k: np.maximum(squares[k] / count[k] - (sums[k] / count[k]) ** 2, 1e-6).astype(np.float32) for k in sums}
+    variance = {k: np.maximum(squares[k] / count[k] - (sums[k] / count[k]) ** 2, VARIANCE_FLOOR).astype(np.float32)
+                for k in sums}
     return FeatureStats(mean, variance)

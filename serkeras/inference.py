@@ -109,7 +109,7 @@ def predict_files(model, metadata, paths, window_seconds=None, hop_seconds=None,
             if not copy:
                 _warn_lone_speakers(keys, speakers)
             paths_read, features_read = zip(*readable)
-            readable = list(zip(paths_read, normalize_by_speaker(features_read, keys)))
+            readable = list(zip(paths_read, normalize_by_speaker(features_read, keys, scale=config.speaker_scale)))
         for path, features in readable:
             n = len(features["logmel"])
             if not copy:

@@ -230,21 +230,24 @@ def test_speaker_of_each_grouping(tmp_path):
 
 
 def test_speaker_normalised_model_is_evaluated_and_predicts_with_its_speakers_means(crema_subset, workdir, tmp_path):
-    """--speaker-norm: the saved model says so, and evaluate and predict remove each speaker's mean as training did
-    (with --speaker-subsets, which changes the training part only)."""
+    """--speaker-norm: the saved model says so, and evaluate and predict remove each speaker's mean (and, with
+    --speaker-scale, divide by each speaker's deviation) as training did (with --speaker-subsets, which changes
+    the training part only)."""
     from serkeras.corpus import load_corpus
     from serkeras.splits import make_split
 
     result = run_cli(["train", "--data-dir", str(crema_subset), "--split", "actor", "--epochs", "1",
                       "--run-name", "by-speaker", "--cache-dir", str(workdir / "cache"), "--speaker-norm",
-                      "--utterance-norm", "none", "--speaker-subsets", "0.5"] + TINY, workdir)
+                      "--speaker-scale", "--utterance-norm", "none", "--speaker-subsets", "0.5"] + TINY, workdir)
     assert result.exit_code == 0, result.output
     run = workdir / "saved_models" / "by-speaker"
     config = json.loads((run / "config.json").read_text())
-    assert config["feature_config"]["speaker_norm"] is True and config["train_config"]["speaker_subsets"] == 0.5
-    refused = CliRunner().invoke(main, ["train", "--data-dir", str(crema_subset), "--speaker-subsets", "0.5",
-                                        "--output-dir", str(tmp_path / "none")])
-    assert refused.exit_code == 2 and "--speaker-subsets needs --speaker-norm" in refused.output
+    assert config["feature_config"]["speaker_norm"] is config["feature_config"]["speaker_scale"] is True
+    assert config["train_config"]["speaker_subsets"] == 0.5
+    for option, value in (("--speaker-subsets", "0.5"), ("--speaker-scale", None)):
+        refused = CliRunner().invoke(main, ["train", "--data-dir", str(crema_subset), option, *([value] * bool(value)),
+                                            "--output-dir", str(tmp_path / "none")])
+        assert refused.exit_code == 2 and f"{option} needs --speaker-norm" in refused.output
     report_path = tmp_path / "report.json"
     result = run_cli(["evaluate", str(run / "model.keras"), "--data-dir", str(crema_subset), "--split", "actor",
                       "--cache-dir", str(workdir / "cache"), "--json", str(report_path)], workdir)

@@ -221,6 +221,9 @@ def test_extraction_key():
     assert FeatureConfig(length_mode="fixed").extraction_key() == base.extraction_key()
     assert FeatureConfig(length_mode="fixed", fixed_seconds=4.0).extraction_key() == base.extraction_key()
     assert FeatureConfig(speaker_norm=True).extraction_key() == base.extraction_key()
+    assert FeatureConfig(speaker_norm=True, speaker_scale=True).extraction_key() == base.extraction_key()
+    with pytest.raises(ValueError, match="speaker_scale needs speaker_norm"):
+        FeatureConfig(speaker_scale=True)
 
 
 def _clip_features(rng, offsets, frames=(3, 5, 4)):
@@ -244,6 +247,30 @@ def test_normalize_by_speaker_removes_each_speakers_frame_weighted_mean():
     assert features[0]["logmel"].astype(np.float64).mean() != pytest.approx(normalised[0]["logmel"].mean(), abs=1)
     with pytest.raises(ValueError, match="3 clips but 2 speakers"):
         normalize_by_speaker(features, ["a", "a"])
+
+
+def test_normalize_by_speaker_with_scale_gives_each_speaker_unit_variance():
+    rng = np.random.default_rng(3)
+    # Speaker b acts in a range ten times wider than speaker a.
+    features = [{"spectral": (rng.normal(size=(n, 3)) * spread + offset).astype(np.float32)}
+                for n, spread, offset in ((40, 1.0, 0.0), (60, 1.0, 3.0), (50, 10.0, 50.0), (30, 10.0, 20.0))]
+    speakers = ["a", "a", "b", "b"]
+    scaled = normalize_by_speaker(features, speakers, scale=True)
+    for group in (scaled[:2], scaled[2:]):
+        frames = np.concatenate([f["spectral"] for f in group]).astype(np.float64)
+        np.testing.assert_allclose(frames.mean(axis=0), 0.0, atol=1e-5)
+        np.testing.assert_allclose(frames.std(axis=0), 1.0, rtol=1e-4)
+    # Without scale the spreads stay apart; with it, so does the order of a speaker's clips.
+    shifted = normalize_by_speaker(features, speakers)
+    assert np.concatenate([f["spectral"] for f in shifted[2:]]).std() > 5
+    assert scaled[1]["spectral"].mean() > scaled[0]["spectral"].mean()
+    assert scaled[2]["spectral"].mean() > scaled[3]["spectral"].mean()
+    # The subsets' version with share 0 is the same; with subsets, a one-clip subset is that clip's own z-score.
+    for got, expected in zip(normalize_by_speaker_subsets(features, speakers, 0.0, scale=True), scaled):
+        np.testing.assert_allclose(got["spectral"], expected["spectral"], atol=1e-4)
+    alone = normalize_by_speaker(features, range(4), scale=True)
+    for features_alone in alone:
+        np.testing.assert_allclose(features_alone["spectral"].std(axis=0), 1.0, rtol=1e-4)
 
 
 def test_normalize_by_speaker_subsets_removes_the_mean_of_a_subset_that_holds_the_clip():
@@ -311,6 +338,10 @@ def test_speaker_normalized_follows_the_config_and_needs_speakers():
     subsets = speaker_normalized(features, clips, FeatureConfig(speaker_norm=True), subset_share=1.0, seed=3)
     expected = normalize_by_speaker_subsets(features, ["1001", "1001", "1002"], 1.0, seed=3)
     assert all(np.array_equal(a["logmel"], b["logmel"]) for a, b in zip(subsets, expected))
+    scaled = speaker_normalized(features, clips, FeatureConfig(speaker_norm=True, speaker_scale=True))
+    expected = normalize_by_speaker(features, ["1001", "1001", "1002"], scale=True)
+    assert all(np.array_equal(a["logmel"], b["logmel"]) for a, b in zip(scaled, expected))
+    assert not np.array_equal(scaled[0]["logmel"], normalised[0]["logmel"])
     with pytest.raises(DataError, match="1 clips have none"):
         speaker_normalized(features, clips[:2] + [Clip("2.wav", "anger")], FeatureConfig(speaker_norm=True))
 
