@@ -415,19 +415,23 @@ def _parallel(one, items, settings, workers, bar):
     warm_up(*settings)  # every `one` takes compute_clip's settings
     # spawn: safe even after TensorFlow / JAX / torch have started their threads.
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
-        # Chunks amortise inter-process overhead; small enough to keep the bar moving.
-        size = max(1, min(32, len(items) // (workers * 4)))
-        chunks = [items[i:i + size] for i in range(0, len(items), size)]
+    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init)
+    # Chunks amortise inter-process overhead; small enough to keep the bar moving.
+    size = max(1, min(32, len(items) // (workers * 4)))
+    chunks = [items[i:i + size] for i in range(0, len(items), size)]
+    out = []
+    try:
         futures = [pool.submit(_apply_chunk, one, chunk, *settings) for chunk in chunks]
-        out = []
-        try:
-            for future in concurrent.futures.as_completed(futures):
-                done = future.result()
-                out.extend(done)
-                bar.update(len(done))
-        except concurrent.futures.process.BrokenProcessPool:
-            raise SerkerasError(f"a feature process died abruptly (a crash in native code, or out of memory) after "
-                                f"{len(out)} of {len(items)} clips; what was finished is kept in the cache. "
-                                "Run again with --workers 1 to see which clip") from None
-        return out
+        for future in concurrent.futures.as_completed(futures):
+            done = future.result()
+            out.extend(done)
+            bar.update(len(done))
+    except concurrent.futures.process.BrokenProcessPool:
+        raise SerkerasError(f"a feature process died abruptly (a crash in native code, or out of memory) after "
+                            f"{len(out)} of {len(items)} clips; what was finished is kept in the cache. "
+                            "Run again with --workers 1 to see which clip") from None
+    finally:
+        # On an interrupt, drop the queued chunks: waiting for them (the `with` default) kept a stopped run
+        # alive until every clip was done. Chunks already running finish and are cached.
+        pool.shutdown(wait=True, cancel_futures=True)
+    return out

@@ -292,6 +292,38 @@ def test_resume_after_kill(tmp_path, crema_dir, crema_manifest, cache_dir):
     assert (again.computed, again.reused) == (0, total)
 
 
+def test_interrupt_stops_the_pool_without_finishing_the_queue(tmp_path, crema_dir, crema_manifest, cache_dir):
+    """SIGINT to `serkeras features` alone (as `kill -INT` or `timeout -s INT` send it; a terminal's Ctrl-C
+    also reaches the workers): the queued clips are dropped, not computed before it exits."""
+    rows = sorted(crema_manifest.values(), key=lambda r: r["file"])[::14][:400]
+    data = tmp_path / "crema"
+    copy_clips(crema_dir, rows, data)
+    config = FeatureConfig()
+    folder = cache_dir / config.extraction_key()
+    command = [sys.executable, "-m", "serkeras.cli", "features", "--data-dir", str(data),
+               "--cache-dir", str(cache_dir), "--workers", "2"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 120
+        while not (folder.is_dir() and _entries(folder)):
+            assert proc.poll() is None, f"run ended before it could be interrupted: {proc.stdout.read().decode()}"
+            assert time.monotonic() < deadline, "no cache entry appeared within 120 s"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        output = proc.communicate(timeout=120)[0].decode()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130 and "interrupted: work finished so far is kept" in output
+    assert "Traceback" not in output
+    done = len(_entries(folder))
+    assert 0 < done < len(rows), done  # the chunks already running finished, the queue did not
+    resumed = _run(load_crema_d(data).clips, config, cache_dir)
+    assert (resumed.reused, resumed.computed) == (done, len(rows) - done)
+
+
 def _write_long_tone(path, seconds, rate):
     n = int(seconds * rate)
     t = np.arange(n, dtype=np.float32) / rate
