@@ -200,11 +200,12 @@ class FeatureStats:
 
 
 def normalize_by_speaker(feature_list, speakers, stats=None, scale=False):
-    """Remove each speaker's mean from the features of that speaker's clips.
+    """Remove each speaker's mean from the features of that speaker's clips (and, with `scale`, divide
+    them by that speaker's standard deviation).
 
-    The mean is taken over every frame of every clip with the same entry in
-    `speakers`, so it should hold several recordings of each speaker, ideally
-    across emotions: with one clip it is that clip's own mean.
+    The statistics are taken over every frame of every clip with the same entry in
+    `speakers`, so `feature_list` should hold several recordings of each speaker,
+    ideally across emotions: with one clip they are that clip's own.
 
     Parameters
     ----------
