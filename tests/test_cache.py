@@ -240,6 +240,23 @@ def test_cache_dir_from_environment(monkeypatch, make_audio, tmp_path):
     assert len(_entries(tmp_path / "envcache" / FeatureConfig().extraction_key())) == 1
 
 
+def _features_run_with_a_first_entry(data, cache_dir, folder):
+    """`serkeras features --workers 2` in its own session (so a kill of its group reaches the workers too),
+    with SIGINT handled as in a terminal; returned once its first cache entry is written."""
+    command = [sys.executable, "-m", "serkeras.cli", "features", "--data-dir", str(data),
+               "--cache-dir", str(cache_dir), "--workers", "2"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 120
+    while not (folder.is_dir() and _entries(folder)):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"no cache entry while it ran (120 s at most): {proc.communicate()[0].decode()}")
+        time.sleep(0.01)
+    return proc
+
+
 def test_resume_after_kill(tmp_path, crema_dir, crema_manifest, cache_dir):
     """SIGKILL `serkeras features` mid-run: the next run computes only what is missing."""
     rows = sorted(crema_manifest.values(), key=lambda r: r["file"])[::149][:40]
@@ -250,23 +267,13 @@ def test_resume_after_kill(tmp_path, crema_dir, crema_manifest, cache_dir):
     assert total == 40
     config = FeatureConfig()
     folder = cache_dir / config.extraction_key()
-    command = [sys.executable, "-m", "serkeras.cli", "features", "--data-dir", str(data),
-               "--cache-dir", str(cache_dir), "--workers", "2"]
-    # Own session, so the kill reaches the worker processes as well.
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = _features_run_with_a_first_entry(data, cache_dir, folder)
     try:
-        deadline = time.monotonic() + 120
-        while not (folder.is_dir() and _entries(folder)):
-            assert proc.poll() is None, f"run ended before it could be killed: {proc.stdout.read().decode()}"
-            assert time.monotonic() < deadline, "no cache entry appeared within 120 s"
-            time.sleep(0.01)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=30)
-        proc.stdout.close()
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # (then the assertion below says it ended on its own)
+        pass
+    proc.wait(timeout=30)
+    proc.stdout.close()
     assert proc.returncode == -signal.SIGKILL
     time.sleep(0.2)
     done = len(_entries(folder))
@@ -300,16 +307,8 @@ def test_interrupt_stops_the_pool_without_finishing_the_queue(tmp_path, crema_di
     copy_clips(crema_dir, rows, data)
     config = FeatureConfig()
     folder = cache_dir / config.extraction_key()
-    command = [sys.executable, "-m", "serkeras.cli", "features", "--data-dir", str(data),
-               "--cache-dir", str(cache_dir), "--workers", "2"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = _features_run_with_a_first_entry(data, cache_dir, folder)
     try:
-        deadline = time.monotonic() + 120
-        while not (folder.is_dir() and _entries(folder)):
-            assert proc.poll() is None, f"run ended before it could be interrupted: {proc.stdout.read().decode()}"
-            assert time.monotonic() < deadline, "no cache entry appeared within 120 s"
-            time.sleep(0.01)
         proc.send_signal(signal.SIGINT)
         output = proc.communicate(timeout=120)[0].decode()
     finally:
