@@ -26,7 +26,7 @@ from pathlib import Path
 
 import click
 
-from serkeras.cli import tta_option
+from serkeras.cli import speaker_stats_option, tta_option
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from study import (RESULTS_DIR, ROOT, STUDY, accuracy_interval, format_minutes, load_results,  # noqa: E402
@@ -135,6 +135,10 @@ RECIPES = {
                                            utterance_norm="none", speaker_norm=True, speaker_scale=True,
                                            about="`crnn-augmented-speaker-norm`, also divided by each speaker's "
                                                  "standard deviation (speaker z-normalisation)"),
+    "crnn-augmented-speaker-znorm-long": Recipe("crnn", 0.5, augment_copies=2, speed=0.1, epochs=20,
+                                                utterance_norm="none", speaker_norm=True, speaker_scale=True,
+                                                about="`crnn-augmented-speaker-znorm` trained for 20 epochs "
+                                                      "instead of 10"),
     "resnet-augmented-mixup-speaker-znorm": Recipe("resnet", 0.5, augment_copies=2, speed=0.1, epochs=10,
                                                    mixup_alpha=0.2, utterance_norm="none", speaker_norm=True,
                                                    speaker_scale=True,
@@ -310,7 +314,8 @@ def shipped_kfold_ensembles(shipped):
     found = []
     for copies in sorted({0, shipped.tta_copies}):
         records = [scored[key] for fold in range(N_FOLDS)
-                   if (key := (tuple(run_name(r, "kfold", fold) for r in shipped.recipes), copies)) in scored]
+                   if (key := (tuple(run_name(r, "kfold", fold) for r in shipped.recipes), copies, "part"))
+                   in scored]
         if records:
             found.append((copies, records))
     return found
@@ -320,20 +325,23 @@ def shipped_kfold_ensembles(shipped):
 @click.argument("runs", nargs=-1, required=True)
 @data_dir_option
 @tta_option
-def ensemble(runs, data_dir, tta_copies):
+@speaker_stats_option
+def ensemble(runs, data_dir, tta_copies, speaker_stats):
     """Average finished RUNS (one split, one feature setting) and score the average on that split's val and test.
 
     Builds the same one-file average that `ship` saves
     (serkeras.models.ensemble) and appends its scores to
     saved_models/accuracy/ensembles.jsonl, which `report` shows; its cost is the
     sum of the members' (times 1 + TTA copies). One run alone is scored too
-    (useful with --tta-copies).
+    (useful with --tta-copies or --speaker-stats). On the actor and kfold splits,
+    where each speaker is in one part, both --speaker-stats give the same scores.
     """
     missing = [r for r in runs if not (ROOT / RUNS_DIR / r / "metrics.json").is_file()]
     if missing:
         raise click.UsageError(f"not finished: {', '.join(missing)}")
-    record = score_average(runs, data_dir, tta_copies)
+    record = score_average(runs, data_dir, tta_copies, speaker_stats)
     tta = f" with {tta_copies} TTA copies" if tta_copies else ""
+    tta += ", speaker statistics from the whole corpus" if speaker_stats == "corpus" else ""
     click.echo(f"average of {len(runs)}{tta}: test accuracy {100 * record['accuracy']:.1f}%, macro-F1 "
                f"{record['macro_f1']:.3f} on {record['n']} clips; validation {100 * record['val_accuracy']:.1f}% "
                f"({record['split']} split)")
@@ -370,7 +378,7 @@ def kfold_ensemble(recipes, data_dir, tta_copies):
         if not all((ROOT / RUNS_DIR / r / "metrics.json").is_file() for r in runs):
             click.echo(f"fold {fold}: not all of {', '.join(runs)} have finished; skipped")
             continue
-        record = scored.get((runs, tta_copies)) or score_average(runs, data_dir, tta_copies)
+        record = scored.get((runs, tta_copies, "part")) or score_average(runs, data_dir, tta_copies)
         accuracies.append(record["accuracy"])
         click.echo(f"fold {fold}: test accuracy {100 * record['accuracy']:.1f}% on {record['n']} clips, "
                    f"macro-F1 {record['macro_f1']:.3f}; validation {100 * record['val_accuracy']:.1f}%")
@@ -381,15 +389,17 @@ def kfold_ensemble(recipes, data_dir, tta_copies):
 
 
 def latest_ensembles():
-    """{(runs, TTA copies): record} from saved_models/accuracy/ensembles.jsonl; a set of runs scored again
-    with the same TTA replaces its older record."""
+    """{(runs, TTA copies, speaker statistics): record} from saved_models/accuracy/ensembles.jsonl; a set of
+    runs scored again the same way replaces its older record."""
     path = ROOT / RUNS_DIR / "ensembles.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
-    return {(tuple(e["runs"]), e.get("tta_copies", 0)): e for e in records}
+    return {(tuple(e["runs"]), e.get("tta_copies", 0), e.get("speaker_stats", "part")): e for e in records}
 
 
-def score_average(runs, data_dir, tta_copies):
-    """Score the average of finished `runs` on their split's val and test parts; append and return the record."""
+def score_average(runs, data_dir, tta_copies, speaker_stats="part"):
+    """Score the average of finished `runs` on their split's val and test parts; append and return the record.
+
+    `speaker_stats` as in `serkeras evaluate --speaker-stats`."""
     import time
 
     from model_card import part_probabilities
@@ -411,12 +421,17 @@ def score_average(runs, data_dir, tta_copies):
     models = [load_model(ROOT / RUNS_DIR / r / "model.keras")[0] for r in runs]
     model = ensemble_model(models) if len(models) > 1 else models[0]
     meta = model_metadata(model)
+    if speaker_stats == "corpus" and not meta.feature_config.speaker_norm:
+        raise click.UsageError("--speaker-stats corpus is for runs trained with --speaker-norm")
+    speaker_clips = corpus.clips if speaker_stats == "corpus" else None
     started = time.time()
     reports = {part: classification_report(corpus.label_indices(clips),
-                                            part_probabilities(model, meta, clips, tta_copies).argmax(axis=1),
+                                            part_probabilities(model, meta, clips, tta_copies,
+                                                               speaker_clips).argmax(axis=1),
                                             corpus.labels)
                for part, clips in (("val", split.val), ("test", split.test))}
     record = {"runs": list(runs), **({"tta_copies": tta_copies} if tta_copies else {}),
+              **({"speaker_stats": speaker_stats} if speaker_stats != "part" else {}),
               "split": c["split"], **({"fold": c["fold"]} if c["split"] == "kfold" else {}),
               "accuracy": reports["test"]["accuracy"], "macro_f1": reports["test"]["macro_f1"],
               "n": reports["test"]["n"], "val_accuracy": reports["val"]["accuracy"],
@@ -552,8 +567,8 @@ def kfold_ensemble_rows(ensembles):
     import re
 
     groups = {}
-    for (runs, tta), e in sorted(ensembles.items(), key=lambda item: item[1].get("fold", 0)):
-        if e["split"] != "kfold":
+    for (runs, tta, stats), e in sorted(ensembles.items(), key=lambda item: item[1].get("fold", 0)):
+        if e["split"] != "kfold" or stats != "part":  # kfold-ensemble scores with each part's statistics
             continue
         recipes = tuple(re.sub(r"-kfold-fold\d+(?=(-seed\d+)?$)", "", r) for r in runs)  # keeps a -seedN
         groups.setdefault((recipes, tta), []).append(e)
@@ -619,7 +634,9 @@ def ensemble_rows(ensembles, results):
         ci = accuracy_interval(e["accuracy"], e["n"])
         cost = ([f"{ensemble_mflops(members, tta):.0f}", time_cells(members)[2]]
                 if len(members) == len(e["runs"]) else ["", ""])
-        rows.append([" + ".join(e["runs"]) + (f", TTA: clip + {tta} augmented copies" if tta else ""), e["split"],
+        label = " + ".join(e["runs"]) + (f", TTA: clip + {tta} augmented copies" if tta else "")
+        label += ", speaker statistics from all of a speaker's clips" if e.get("speaker_stats") == "corpus" else ""
+        rows.append([label, e["split"],
                      f"{100 * e['accuracy']:.1f} ± {100 * ci:.1f}", f"{e['macro_f1']:.3f}",
                      f"{100 * e['val_accuracy']:.1f}" if "val_accuracy" in e else "", *cost])
     return rows

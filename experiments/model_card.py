@@ -54,18 +54,19 @@ def per_fold_summary(scores, bold=False):
             + f"; mean {mark}{100 * acc:.1f}%{mark} ± {100 * acc_std:.1f} (std); macro-F1 {f1:.3f} ± {f1_std:.3f}")
 
 
-def part_probabilities(model, meta, clips, copies=0):
+def part_probabilities(model, meta, clips, copies=0, speaker_clips=None):
     """Class probabilities of `model` for `clips` (all of which must have features).
 
     With `copies` > 0 (test-time augmentation), the probabilities are averaged over each clip
     and its copies 1..`copies` made with serkeras' TEST_TIME_AUGMENTATION, as
-    `serkeras evaluate --tta-copies` does.
+    `serkeras evaluate --tta-copies` does. `speaker_clips`: where speaker statistics come
+    from, as in `serkeras.cache.model_features` (default: `clips`).
     """
     from serkeras.cache import model_features
     from serkeras.evaluation import predict_versions
 
     config = meta.feature_config
-    _, versions = model_features(clips, config, copies, require_all=True)
+    _, versions = model_features(clips, config, copies, require_all=True, speaker_clips=speaker_clips)
     return predict_versions(model, versions, config.length_mode, config.fixed_frames)
 
 

@@ -295,11 +295,14 @@ def copy_features(clips, config, copies, augmentation=TEST_TIME_AUGMENTATION, ca
             .all_of(clips, "test-time augmented copies") for copy in range(1, copies + 1)]
 
 
-def model_features(clips, config, copies=0, cache_dir=None, require_all=False):
+def model_features(clips, config, copies=0, cache_dir=None, require_all=False, speaker_clips=None):
     """What a model made with `config` is given for `clips`: cached features, speaker-normalised where
     `config` asks, of each usable clip and of its `copies` test-time augmented copies.
 
     With `require_all`, a clip without features raises `DataError` instead of being left out.
+    Speaker statistics come from each speaker's clips among `clips`, or, with
+    `speaker_clips`, among the usable clips of `speaker_clips` (such as every
+    recording of the corpus; each copy is normalised by the same copy of them).
 
     Returns
     -------
@@ -310,8 +313,13 @@ def model_features(clips, config, copies=0, cache_dir=None, require_all=False):
     """
     found = cached_features(clips, config, cache_dir)
     kept, features = (list(clips), found.all_of(clips)) if require_all else found.of(clips)
-    return kept, [speaker_normalized(version, kept, config)
-                  for version in [features] + copy_features(kept, config, copies, cache_dir=cache_dir)]
+    versions = [features] + copy_features(kept, config, copies, cache_dir=cache_dir)
+    if speaker_clips is None or not config.speaker_norm:
+        return kept, [speaker_normalized(version, kept, config) for version in versions]
+    reference, reference_features = cached_features(speaker_clips, config, cache_dir).of(speaker_clips)
+    references = [reference_features] + copy_features(reference, config, copies, cache_dir=cache_dir)
+    return kept, [speaker_normalized(version, kept, config, reference=(found, reference))
+                  for version, found in zip(versions, references)]
 
 
 def compute_clips(paths, config, workers=None, progress=False, augmentation=None, copy=0):

@@ -431,6 +431,13 @@ def _open_model(path):
 
     return load_model(resolve_model(path))
 
+#: `--speaker-stats` of evaluate (and of experiments/accuracy.py's ensemble).
+speaker_stats_option = click.option(
+    "--speaker-stats", type=click.Choice(["part", "corpus"]), default="part", show_default=True,
+    help="For a model trained with --speaker-norm: take each speaker's statistics from their clips in the "
+         "evaluated part, or from all their clips in the corpus (unlabelled; for a random split, whose parts "
+         "share speakers).")
+
 
 @main.command()
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
@@ -442,8 +449,9 @@ def _open_model(path):
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write the confusion matrix as PNG.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @tta_option
+@speaker_stats_option
 def evaluate(model_path, data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction, test_fraction, seed,
-             part, json_path, plot, batch_size, tta_copies):
+             part, json_path, plot, batch_size, tta_copies, speaker_stats):
     """Accuracy, F1, precision, recall, per-class table and confusion matrix of a saved model.
 
     MODEL is a .keras file or a shipped model's name (serkeras-crema-d, serkeras-crema-d-speaker-norm).
@@ -459,15 +467,20 @@ def evaluate(model_path, data_dir, manifest, cache_dir, split_kind, fold, n_fold
         raise SerkerasError(f"the model's labels {list(meta.labels)} differ from the corpus's {list(corpus.labels)}")
     clips = corpus.clips if part == "all" else split.parts()[part]
     config = meta.feature_config
-    kept, versions = model_features(clips, config, tta_copies, cache_dir)
+    if speaker_stats == "corpus" and not config.speaker_norm:
+        raise click.UsageError("--speaker-stats corpus is for models trained with --speaker-norm")
+    kept, versions = model_features(clips, config, tta_copies, cache_dir,
+                                    speaker_clips=corpus.clips if speaker_stats == "corpus" else None)
     if not kept:
         raise SerkerasError("no usable clips to evaluate")
     probabilities = predict_versions(model, versions, config.length_mode, config.fixed_frames, batch_size)
     report = classification_report(corpus.label_indices(kept), probabilities.argmax(axis=1), corpus.labels,
                                    groups={"sex": [c.sex for c in kept]})
-    report.update({"model": str(model_path), "split": split.description, "part": part, "tta_copies": tta_copies})
+    report.update({"model": str(model_path), "split": split.description, "part": part, "tta_copies": tta_copies,
+                   **({"speaker_stats": speaker_stats} if config.speaker_norm else {})})
     tta = f", test-time augmentation: each clip + {tta_copies} copies" if tta_copies else ""
-    click.echo(f"{model_path} on {corpus.name}, {split.description}, part {part}{tta}")
+    stats = ", speaker statistics from the whole corpus" if speaker_stats == "corpus" else ""
+    click.echo(f"{model_path} on {corpus.name}, {split.description}, part {part}{tta}{stats}")
     click.echo(format_report(report))
     if json_path:
         with open(json_path, "w") as f:

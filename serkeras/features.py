@@ -215,7 +215,8 @@ def normalize_by_speaker(feature_list, speakers, stats=None, scale=False):
         One entry per clip. Clips that differ in conditions (such as the
         augmented copies of a training set) should get separate entries.
     stats : dict, optional
-        {speaker: FeatureStats} to use instead of the statistics over `feature_list`.
+        {speaker: FeatureStats} (see `speaker_stats`) to use instead of the statistics over
+        `feature_list`; it must hold every speaker in `speakers`.
     scale : bool
         Also divide by each speaker's standard deviation (per feature).
 
@@ -226,11 +227,33 @@ def normalize_by_speaker(feature_list, speakers, stats=None, scale=False):
     """
     _check_speakers(feature_list, speakers)
     if stats is None:
-        clips_of = {}
-        for features, speaker in zip(feature_list, speakers):
-            clips_of.setdefault(speaker, []).append(features)
-        stats = {speaker: compute_stats(found) for speaker, found in clips_of.items()}
+        stats = speaker_stats(feature_list, speakers)
+    missing = sorted(map(str, set(speakers) - set(stats)))
+    if missing:
+        raise DataError(f"no statistics for {len(missing)} speakers, e.g. {missing[0]}")
     return _standardize(feature_list, [stats[speaker] for speaker in speakers], scale)
+
+
+def speaker_stats(feature_list, speakers):
+    """Mean and variance of each speaker's features, over every frame of that speaker's clips.
+
+    Parameters
+    ----------
+    feature_list : sequence of dict
+        Outputs of `extract_features`.
+    speakers : sequence of hashable
+        One entry per clip.
+
+    Returns
+    -------
+    dict
+        {speaker: FeatureStats}, for `normalize_by_speaker`'s `stats`.
+    """
+    _check_speakers(feature_list, speakers)
+    clips_of = {}
+    for features, speaker in zip(feature_list, speakers):
+        clips_of.setdefault(speaker, []).append(features)
+    return {speaker: compute_stats(found) for speaker, found in clips_of.items()}
 
 
 def normalize_by_speaker_subsets(feature_list, speakers, share, seed=0, scale=False):
@@ -298,7 +321,7 @@ def _standardize(feature_list, clip_stats, scale):
     return out
 
 
-def speaker_normalized(feature_list, clips, config, subset_share=0.0, seed=0):
+def speaker_normalized(feature_list, clips, config, subset_share=0.0, seed=0, reference=None):
     """The features of `clips` as a model made with `config` takes them.
 
     With `config.speaker_norm`, each clip loses the mean of its speaker's clips
@@ -307,20 +330,35 @@ def speaker_normalized(feature_list, clips, config, subset_share=0.0, seed=0):
     training), and is divided by their standard deviation with
     `config.speaker_scale`; otherwise they are returned as they are.
 
+    `reference`, a pair (features, clips), takes each speaker's statistics from
+    those clips instead, such as all of a speaker's recordings when only some
+    of them are to be scored (`subset_share` must then be 0).
+
     Raises
     ------
     DataError
-        With `config.speaker_norm`, when some clip has no speaker.
+        With `config.speaker_norm`, when some clip has no speaker, or when
+        `reference` has no clip of some clip's speaker.
     """
     if not config.speaker_norm:
         return list(feature_list)
+    speakers = _speakers_of(clips)
+    if reference is None:
+        if subset_share:
+            return normalize_by_speaker_subsets(feature_list, speakers, subset_share, seed, config.speaker_scale)
+        return normalize_by_speaker(feature_list, speakers, scale=config.speaker_scale)
+    if subset_share:
+        raise ValueError("subset means are drawn from `clips` themselves; give no `reference` with them")
+    reference_features, reference_clips = reference
+    stats = speaker_stats(reference_features, _speakers_of(reference_clips))
+    return normalize_by_speaker(feature_list, speakers, stats, config.speaker_scale)
+
+
+def _speakers_of(clips):
     unknown = sum(not clip.speaker for clip in clips)
     if unknown:
         raise DataError(f"speaker normalisation needs each clip's speaker; {unknown} clips have none")
-    speakers = [clip.speaker for clip in clips]
-    if subset_share:
-        return normalize_by_speaker_subsets(feature_list, speakers, subset_share, seed, config.speaker_scale)
-    return normalize_by_speaker(feature_list, speakers, scale=config.speaker_scale)
+    return [clip.speaker for clip in clips]
 
 
 def compute_stats(feature_list):

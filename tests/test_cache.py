@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 
 from serkeras.cache import (CACHE_DIR_ENV, DEFAULT_CACHE_DIR, cache_folders, cached_features, clip_key, compute_clip,
-                            compute_clips, prune_cache, resolve_cache_dir)
+                            compute_clips, model_features, prune_cache, resolve_cache_dir)
 from serkeras.corpus import Clip, SkippedFilesWarning, load_crema_d
 from serkeras.errors import DataError
 from serkeras.features import FeatureConfig
@@ -222,6 +222,32 @@ def test_corrupt_or_wrong_entries_are_recomputed(corpus, cache_dir):
     assert _entries(folder) == names
     third = _run(corpus.clips, config, cache_dir)
     assert (third.computed, third.reused) == (0, 12)
+
+
+def test_model_features_take_speaker_statistics_from_the_given_clips(corpus, cache_dir):
+    """Scoring some of a speaker's clips with the statistics of all of them (`speaker_clips`), as
+    `serkeras evaluate --speaker-stats corpus` does, gives each clip what it gets among all of them,
+    test-time copies included."""
+    config = FeatureConfig(speaker_norm=True)
+    _run(corpus.clips, config, cache_dir)
+    some = [c for c in corpus.clips if c.label in ("anger", "sad", "neutral")]
+    assert len({c.speaker for c in some}) >= 2
+    everything, whole = model_features(corpus.clips, config, copies=1, cache_dir=cache_dir)
+    kept, pooled = model_features(some, config, copies=1, cache_dir=cache_dir, speaker_clips=corpus.clips)
+    _, own = model_features(some, config, copies=1, cache_dir=cache_dir)
+    index = {c.path: i for i, c in enumerate(everything)}
+    assert kept == some and len(pooled) == 2
+    for pooled_version, whole_version, own_version in zip(pooled, whole, own):
+        for i, clip in enumerate(kept):
+            np.testing.assert_array_equal(pooled_version[i]["logmel"], whole_version[index[clip.path]]["logmel"])
+        assert not np.allclose(pooled_version[0]["logmel"].astype(np.float32),
+                               own_version[0]["logmel"].astype(np.float32), atol=0.1)
+    # Without speaker normalisation the statistics' clips change nothing.
+    plain = FeatureConfig()
+    _run(corpus.clips, plain, cache_dir)
+    _, a = model_features(some, plain, cache_dir=cache_dir, speaker_clips=corpus.clips)
+    _, b = model_features(some, plain, cache_dir=cache_dir)
+    np.testing.assert_array_equal(a[0][0]["logmel"], b[0][0]["logmel"])
 
 
 def test_resolve_cache_dir(monkeypatch, tmp_path):

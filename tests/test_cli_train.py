@@ -28,6 +28,14 @@ def trained(crema_subset, workdir):
     return workdir / "saved_models" / "tiny", result.output
 
 
+def test_speaker_statistics_are_refused_for_a_model_without_speaker_norm(trained, crema_subset, workdir):
+    run, _ = trained
+    result = run_cli(["evaluate", str(run / "model.keras"), "--data-dir", str(crema_subset), "--speaker-stats",
+                      "corpus", "--cache-dir", str(workdir / "cache")], workdir)
+    assert result.exit_code == 2
+    assert "--speaker-stats corpus is for models trained with --speaker-norm" in result.output
+
+
 def test_train_writes_run_folder(trained):
     run, output = trained
     for name in ("model.keras", "config.json", "metrics.json", "history.csv", "confusion_matrix.png"):
@@ -255,6 +263,20 @@ def test_speaker_normalised_model_is_evaluated_and_predicts_with_its_speakers_me
     report = json.loads(report_path.read_text())
     metrics = json.loads((run / "metrics.json").read_text())
     assert report["confusion_matrix"] == metrics["test"]["confusion_matrix"]  # normalised as in training
+    # The actor split's test actors have all their clips in the test part: statistics from the whole corpus
+    # are the same ones. On a random split they are not, and every clip of the evaluated part is scored.
+    for split_kind, same in (("actor", True), ("random", False)):
+        scores = {}
+        for stats in ("part", "corpus"):
+            result = run_cli(["evaluate", str(run / "model.keras"), "--data-dir", str(crema_subset), "--split",
+                              split_kind, "--cache-dir", str(workdir / "cache"), "--json", str(report_path),
+                              "--speaker-stats", stats], workdir)
+            assert result.exit_code == 0, result.output
+            assert ("speaker statistics from the whole corpus" in result.output) is (stats == "corpus")
+            scores[stats] = json.loads(report_path.read_text())
+            assert scores[stats]["speaker_stats"] == stats
+        assert scores["part"]["n"] == scores["corpus"]["n"]
+        assert (scores["part"]["confusion_matrix"] == scores["corpus"]["confusion_matrix"]) is same, split_kind
 
     # predict on the test actors' files: grouped by name prefix (CREMA-D's actor), it sees what evaluate saw.
     corpus = load_corpus(crema_subset, None)

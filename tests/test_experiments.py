@@ -142,6 +142,9 @@ def test_accuracy_script_runs_resumes_ensembles_and_reports(crema_subset, tmp_pa
     assert 0.0 <= scored["accuracy"] <= 1.0 and 0.0 <= scored["val_accuracy"] <= 1.0
     unfinished = runner.invoke(accuracy.cli, ["ensemble", "crnn-actor", "resnet-actor", "--data-dir", str(crema_subset)])
     assert unfinished.exit_code == 2 and "not finished: resnet-actor" in unfinished.output
+    pooled = runner.invoke(accuracy.cli, ["ensemble", "crnn-actor", "--speaker-stats", "corpus", "--data-dir",
+                                          str(crema_subset)])
+    assert pooled.exit_code == 2 and "for runs trained with --speaker-norm" in pooled.output
     # One run with test-time augmentation: each val/test clip's first augmented copy is featurised too.
     copies = len(list((tmp_path / "data" / "cache").rglob("*.npz")))
     result = runner.invoke(accuracy.cli, ["ensemble", "crnn-actor", "--tta-copies", "1", "--data-dir", str(crema_subset)])
@@ -186,6 +189,7 @@ def test_ship_saves_the_average_and_its_card(crema_subset, tmp_path, monkeypatch
     accuracy = load_script("accuracy")
     for module in (accuracy, sys.modules["study"]):
         monkeypatch.setattr(module, "ROOT", tmp_path)
+    monkeypatch.setattr(accuracy, "RESULTS_DIR", tmp_path / "results")
     monkeypatch.chdir(tmp_path)
     recipe = accuracy.Recipe("crnn", 0.25, utterance_norm="none", speaker_norm=True, epochs=1)
     monkeypatch.setitem(accuracy.RECIPES, "tiny-speaker-norm", recipe)
@@ -207,6 +211,23 @@ def test_ship_saves_the_average_and_its_card(crema_subset, tmp_path, monkeypatch
     assert "| 12 of the speaker's clips, at random" in card  # each subset actor has 22 clips: 24 is left out
     assert "| 24 of the speaker's clips" not in card
     assert "## Other unseen actors" in card and "Listeners' majority vote" in card
+    # Statistics over each speaker's clips in the whole corpus: on the actor split every test actor's clips
+    # are in the test part, so they score as each part's statistics do; the record and the report say which.
+    run = "tiny-speaker-norm-actor"
+    for stats in ("part", "corpus"):
+        result = CliRunner().invoke(accuracy.cli, ["ensemble", run, "--speaker-stats", stats, "--data-dir",
+                                                   str(crema_subset)])
+        assert result.exit_code == 0, result.output
+        assert ("speaker statistics from the whole corpus" in result.output) is (stats == "corpus")
+    scored = accuracy.latest_ensembles()
+    part, corpus = (scored[((run,), 0, stats)] for stats in ("part", "corpus"))
+    assert corpus["speaker_stats"] == "corpus" and "speaker_stats" not in part
+    assert (part["accuracy"], part["val_accuracy"]) == (corpus["accuracy"], corpus["val_accuracy"])
+    result = CliRunner().invoke(accuracy.cli, ["report"])
+    assert result.exit_code == 0, result.output
+    report = (tmp_path / "results" / "accuracy.md").read_text()
+    assert f"| {run}, speaker statistics from all of a speaker's clips | actor |" in report
+    assert f"| {run} | actor | {100 * part['accuracy']:.1f}" in report
 
 
 def test_cross_validated_ensembles_are_grouped_by_recipes_and_tta():
@@ -214,17 +235,20 @@ def test_cross_validated_ensembles_are_grouped_by_recipes_and_tta():
 
     def record(fold, acc, tta=0, recipes=("resnet", "crnn")):
         runs = tuple(f"{r}-kfold-fold{fold}" for r in recipes)
-        return (runs, tta), {"runs": list(runs), "split": "kfold", "fold": fold, "accuracy": acc, "macro_f1": acc - 0.1,
+        return (runs, tta, "part"), {"runs": list(runs), "split": "kfold", "fold": fold, "accuracy": acc, "macro_f1": acc - 0.1,
                              "n": 1000, "val_accuracy": 0.5, **({"tta_copies": tta} if tta else {})}
 
     ensembles = dict([record(1, 0.60), record(0, 0.50), record(0, 0.70, tta=2), record(0, 0.4, recipes=("crnn",))])
-    ensembles[("resnet-actor",), 0] = {"runs": ["resnet-actor"], "split": "actor", "accuracy": 0.9}
+    ensembles[("resnet-actor",), 0, "part"] = {"runs": ["resnet-actor"], "split": "actor", "accuracy": 0.9}
+    # The same folds scored with the whole corpus's speaker statistics (`ensemble --speaker-stats corpus`)
+    # are not a cross-validated row of their own.
+    ensembles[(("resnet-kfold-fold1", "crnn-kfold-fold1"), 0, "corpus")] = {**record(1, 0.3)[1], "speaker_stats": "corpus"}
     rows = accuracy.kfold_ensemble_rows(ensembles)
     assert rows[0] == ["resnet + crnn", "0", "2/5", "50.0, 60.0", "55.0 ± 7.1", "0.450 ± 0.071", "50.0"]
     assert [row[:4] for row in rows[1:]] == [["resnet + crnn", "2", "1/5", "70.0"], ["crnn", "0", "1/5", "40.0"]]
     # Seeds of one recipe (`kfold-ensemble crnn crnn:1`) stay apart in the row's name.
     runs = ("crnn-kfold-fold3", "crnn-kfold-fold3-seed1")
-    seeds = {(runs, 0): {"runs": list(runs), "split": "kfold", "fold": 3, "accuracy": 0.6, "macro_f1": 0.5,
+    seeds = {(runs, 0, "part"): {"runs": list(runs), "split": "kfold", "fold": 3, "accuracy": 0.6, "macro_f1": 0.5,
                          "val_accuracy": 0.5}}
     assert accuracy.kfold_ensemble_rows(seeds)[0][:2] == ["crnn + crnn-seed1", "0"]
     assert accuracy.recipe_and_seed(None, None, ("crnn", "resnet:2")) == [("crnn", 0), ("resnet", 2)]

@@ -18,6 +18,7 @@ from serkeras.features import (
     normalize_by_speaker_subsets,
     spectral_feature_names,
     speaker_normalized,
+    speaker_stats,
 )
 
 
@@ -345,6 +346,37 @@ def test_speaker_normalized_follows_the_config_and_needs_speakers():
     with pytest.raises(DataError, match="1 clips have none"):
         speaker_normalized(features, clips[:2] + [Clip("2.wav", "anger")], FeatureConfig(speaker_norm=True))
 
+
+
+def test_speaker_normalized_with_a_reference_takes_each_speakers_statistics_from_it():
+    from serkeras.corpus import Clip
+    from serkeras.errors import DataError
+
+    rng = np.random.default_rng(4)
+    features = _clip_features(rng, (0.0, 10.0, 50.0, 60.0, 5.0), frames=(3, 5, 4, 2, 6))
+    speakers = ["1001", "1001", "1002", "1002", "1001"]
+    clips = [Clip(f"{i}.wav", "anger", speaker) for i, speaker in enumerate(speakers)]
+    stats = speaker_stats(features, speakers)
+    assert sorted(stats) == ["1001", "1002"]
+    np.testing.assert_allclose(stats["1002"].mean["spectral"],
+                               np.concatenate([f["spectral"] for f in features[2:4]]).mean(axis=0), rtol=1e-5)
+    for config in (FeatureConfig(speaker_norm=True), FeatureConfig(speaker_norm=True, speaker_scale=True)):
+        whole = speaker_normalized(features, clips, config)
+        # Scoring clips 1 and 3 with the statistics of every clip gives what they get among all of them,
+        # not their own statistics (with which each would lose its own mean).
+        scored = speaker_normalized([features[1], features[3]], [clips[1], clips[3]], config,
+                                    reference=(features, clips))
+        own = speaker_normalized([features[1], features[3]], [clips[1], clips[3]], config)
+        for got, expected, alone in zip(scored, [whole[1], whole[3]], own):
+            np.testing.assert_array_equal(got["spectral"], expected["spectral"])
+            assert not np.allclose(got["spectral"], alone["spectral"], atol=0.1)
+    with pytest.raises(DataError, match="no statistics for 1 speakers, e.g. 1002"):
+        speaker_normalized(features, clips, FeatureConfig(speaker_norm=True), reference=(features[:2], clips[:2]))
+    with pytest.raises(ValueError, match="give no `reference`"):
+        speaker_normalized(features, clips, FeatureConfig(speaker_norm=True), 0.5, reference=(features, clips))
+    # Without speaker normalisation the reference changes nothing.
+    assert all(a is b for a, b in zip(speaker_normalized(features, clips, FeatureConfig(),
+                                                         reference=(features[:1], clips[:1])), features))
 
 @pytest.mark.parametrize("bad", [
     {"length_mode": "ragged"},
