@@ -318,8 +318,8 @@ def model_features(clips, config, copies=0, cache_dir=None, require_all=False, s
         return kept, [speaker_normalized(version, kept, config) for version in versions]
     reference, reference_features = cached_features(speaker_clips, config, cache_dir).of(speaker_clips)
     references = [reference_features] + copy_features(reference, config, copies, cache_dir=cache_dir)
-    return kept, [speaker_normalized(version, kept, config, reference=(found, reference))
-                  for version, found in zip(versions, references)]
+    return kept, [speaker_normalized(version, kept, config, reference=(reference_version, reference))
+                  for version, reference_version in zip(versions, references)]
 
 
 def compute_clips(paths, config, workers=None, progress=False, augmentation=None, copy=0):

@@ -431,6 +431,7 @@ def _open_model(path):
 
     return load_model(resolve_model(path))
 
+
 #: `--speaker-stats` of evaluate (and of experiments/accuracy.py's ensemble).
 speaker_stats_option = click.option(
     "--speaker-stats", type=click.Choice(["part", "corpus"]), default="part", show_default=True,
