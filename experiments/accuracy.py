@@ -26,7 +26,7 @@ from pathlib import Path
 
 import click
 
-from serkeras.cli import speaker_stats_option, tta_option
+from serkeras.cli import speaker_reference_clips, speaker_stats_option, tta_option
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from study import (RESULTS_DIR, ROOT, STUDY, accuracy_interval, format_minutes, load_results,  # noqa: E402
@@ -421,9 +421,7 @@ def score_average(runs, data_dir, tta_copies, speaker_stats="part"):
     models = [load_model(ROOT / RUNS_DIR / r / "model.keras")[0] for r in runs]
     model = ensemble_model(models) if len(models) > 1 else models[0]
     meta = model_metadata(model)
-    if speaker_stats == "corpus" and not meta.feature_config.speaker_norm:
-        raise click.UsageError("--speaker-stats corpus is for runs trained with --speaker-norm")
-    speaker_clips = corpus.clips if speaker_stats == "corpus" else None
+    speaker_clips = speaker_reference_clips(speaker_stats, meta.feature_config, corpus)
     started = time.time()
     reports = {part: classification_report(corpus.label_indices(clips),
                                             part_probabilities(model, meta, clips, tta_copies,

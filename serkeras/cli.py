@@ -440,6 +440,18 @@ speaker_stats_option = click.option(
          "share speakers).")
 
 
+def speaker_reference_clips(speaker_stats, config, corpus):
+    """The clips whose speaker statistics `--speaker-stats` asks for: `model_features`' `speaker_clips`.
+
+    Raises `click.UsageError` for "corpus" with a model (`config`) trained without speaker norm.
+    """
+    if speaker_stats != "corpus":
+        return None
+    if not config.speaker_norm:
+        raise click.UsageError("--speaker-stats corpus is for models trained with --speaker-norm")
+    return corpus.clips
+
+
 @main.command()
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
 @data_options
@@ -468,10 +480,8 @@ def evaluate(model_path, data_dir, manifest, cache_dir, split_kind, fold, n_fold
         raise SerkerasError(f"the model's labels {list(meta.labels)} differ from the corpus's {list(corpus.labels)}")
     clips = corpus.clips if part == "all" else split.parts()[part]
     config = meta.feature_config
-    if speaker_stats == "corpus" and not config.speaker_norm:
-        raise click.UsageError("--speaker-stats corpus is for models trained with --speaker-norm")
     kept, versions = model_features(clips, config, tta_copies, cache_dir,
-                                    speaker_clips=corpus.clips if speaker_stats == "corpus" else None)
+                                    speaker_clips=speaker_reference_clips(speaker_stats, config, corpus))
     if not kept:
         raise SerkerasError("no usable clips to evaluate")
     probabilities = predict_versions(model, versions, config.length_mode, config.fixed_frames, batch_size)

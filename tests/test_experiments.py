@@ -144,7 +144,7 @@ def test_accuracy_script_runs_resumes_ensembles_and_reports(crema_subset, tmp_pa
     assert unfinished.exit_code == 2 and "not finished: resnet-actor" in unfinished.output
     pooled = runner.invoke(accuracy.cli, ["ensemble", "crnn-actor", "--speaker-stats", "corpus", "--data-dir",
                                           str(crema_subset)])
-    assert pooled.exit_code == 2 and "for runs trained with --speaker-norm" in pooled.output
+    assert pooled.exit_code == 2 and "is for models trained with --speaker-norm" in pooled.output
     # One run with test-time augmentation: each val/test clip's first augmented copy is featurised too.
     copies = len(list((tmp_path / "data" / "cache").rglob("*.npz")))
     result = runner.invoke(accuracy.cli, ["ensemble", "crnn-actor", "--tta-copies", "1", "--data-dir", str(crema_subset)])
