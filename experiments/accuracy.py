@@ -144,6 +144,11 @@ RECIPES = {
                                                    speaker_scale=True,
                                                    about="`resnet-augmented-mixup-speaker-norm`, also divided by "
                                                          "each speaker's standard deviation"),
+    "resnet-augmented-mixup-speaker-znorm-long": Recipe("resnet", 0.5, augment_copies=2, speed=0.1, epochs=20,
+                                                        mixup_alpha=0.2, utterance_norm="none", speaker_norm=True,
+                                                        speaker_scale=True,
+                                                        about="`resnet-augmented-mixup-speaker-znorm` trained for 20 "
+                                                              "epochs instead of 10"),
     "resnet-augmented-mixup-long": Recipe("resnet", 0.5, augment_copies=2, speed=0.1, epochs=20, mixup_alpha=0.2,
                                           about="`resnet-augmented-mixup` trained for 20 epochs instead of 10"),
     "conformer": Recipe("conformer", 1.0, about="Conv1D subsampling x8, 2 Conformer-style layers, attentive pooling"),
