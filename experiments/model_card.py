@@ -127,16 +127,17 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
     fc = meta.feature_config
     name = Path(model_path).stem
     model_option = "" if name == SHIPPED_MODELS[0] else f" --model {name}"
+    inputs = "recordings_of_one_speaker/" if fc.speaker_norm else "my_recording.wav"
     lines = [
         f"# Model card: `{name}.keras`", "",
         "Speech emotion recognition for six acted emotions (anger, disgust, fear, happy, neutral, sad) "
         f"from 16 kHz speech. Written by `{command}`; every number below is computed "
         "from the model files and the corpus by `experiments/model_card.py`.", "",
         "## Use", "",
-        "```", (f"serkeras predict{model_option} recordings_of_one_speaker/   # several recordings per speaker "
-                "(below)" if fc.speaker_norm else f"serkeras predict{model_option} my_recording.wav"
+        "```", (f"serkeras predict{model_option} {inputs}   # several recordings per speaker (below)"
+                if fc.speaker_norm else f"serkeras predict{model_option} {inputs}"
                 + ("        # uses this model when --model is not given" if not model_option else "")),
-        *([f"serkeras predict{model_option} my_recording.wav --tta-copies {tta_copies}   # test-time augmentation "
+        *([f"serkeras predict{model_option} {inputs} --tta-copies {tta_copies}   # test-time augmentation "
            "(below)"] if tta_copies else []),
         f"serkeras evaluate {name} --split actor", "```", "",
         "In Python: `model, meta = serkeras.models.load_model(path)`, then "
@@ -194,14 +195,17 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
     if fc.speaker_norm:
         from speaker_means import speaker_mean_table
 
+        trained_with, loses = (("`--speaker-norm --speaker-scale`", "mean features and is divided by their "
+                                "standard deviation, both") if fc.speaker_scale else
+                               ("`--speaker-norm`", "mean features,"))
         lines += ["", "### Speaker normalisation: give several recordings of each speaker", "",
-                  "The members were trained with `--speaker-norm`: each clip loses its speaker's mean features, "
+                  f"The members were trained with {trained_with}: each clip loses its speaker's {loses} "
                   "taken over all of that speaker's clips (above: the about 80 test clips of each test actor, all "
                   "six emotions). `serkeras predict` groups files by speaker with `--speaker` (default `auto`: "
                   "CREMA-D file names give their actor, other files are grouped by folder), so put each speaker's "
-                  "recordings in one folder. With fewer recordings per speaker the mean is less typical of the "
-                  "voice, and with one (`--speaker file`) it is the clip's own. Accuracy on the same actors when "
-                  "each speaker's mean comes from:", "",
+                  "recordings in one folder. With fewer recordings per speaker the statistics are less typical of "
+                  "the voice, and with one (`--speaker file`) they are the clip's own. Accuracy on the same actors "
+                  "when each speaker's statistics come from:", "",
                   *speaker_mean_table(model, meta, corpus, split)]
     if tta_copies:
         tta_test = part_probabilities(model, meta, clips, tta_copies).argmax(axis=1)

@@ -69,7 +69,7 @@ def speaker_mean_table(model, meta, corpus, split, seed=0):
         rows = speaker_mean_rows(model, meta, clips, np.asarray(corpus.label_indices(clips)), features, rng)
         for name, accuracy in rows.items():
             found.setdefault(name, {})[part] = accuracy
-    return ["| speaker mean from | val acc % | test acc % |", "| --- | --- | --- |",
+    return ["| speaker statistics from | val acc % | test acc % |", "| --- | --- | --- |",
             *(f"| {name} | {100 * acc['val']:.1f} | {100 * acc['test']:.1f} |" for name, acc in found.items())]
 
 
