@@ -379,6 +379,29 @@ def test_ensemble_averages_its_members_and_reloads(tmp_path):
         ensemble_model([members[0], build_model(FeatureConfig(), ModelConfig(arch="resnet", width=0.125), LABELS)])
 
 
+def test_an_ensemble_of_an_ensemble_weighs_every_member_alike(tmp_path):
+    from serkeras.models.ensemble import ensemble_members, ensemble_model
+
+    config = FeatureConfig(hop_length=320, n_mels=40)
+    members = [build_model(config, ModelConfig(arch=arch, width=0.125, head_units=16), LABELS)
+               for arch in ("resnet", "crnn", "crnn")]
+    pair = ensemble_model(members[:2])
+    pair.save(tmp_path / "pair.keras")
+    pair = load_model(tmp_path / "pair.keras")[0]
+    assert [m.name for m in ensemble_members(pair)] == [f"member1_{members[0].name}", f"member2_{members[1].name}"]
+    assert ensemble_members(members[2]) == [members[2]]
+    nested = ensemble_model([pair, members[2]])
+    assert [layer.name for layer in nested.layers if isinstance(layer, keras.Model)] == [
+        f"member{i}_{m.name}" for i, m in enumerate(members, 1)]
+    rng = np.random.default_rng(9)
+    inputs = {"logmel": rng.normal(0, 1, (2, 50, 40)).astype(np.float32),
+              "spectral": rng.normal(0, 1, (2, 50, config.n_spectral)).astype(np.float32),
+              "lengths": np.array([50, 20], np.int32)}
+    # Equal thirds, not half for the pair and a quarter for each of its members.
+    want = np.mean([np.asarray(m.predict_on_batch(inputs)) for m in members], axis=0)
+    np.testing.assert_allclose(np.asarray(nested.predict_on_batch(inputs)), want, atol=1e-6)
+
+
 def test_model_benchmark_reports_cost_and_throughput(tmp_path):
     """benchmarks/models.py runs with the recipes' options and reports the shared FLOP count."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "models.py"

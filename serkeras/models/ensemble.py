@@ -1,5 +1,7 @@
 """Ensembles: one functional model that averages the class probabilities of several serkeras models."""
 
+import re
+
 import keras
 from keras import layers
 
@@ -14,15 +16,17 @@ def ensemble_model(models, name="ensemble"):
     Every member must share the labels and the feature settings, so one set of
     features feeds them all; the result saves to one `.keras` file and is used
     like any serkeras model (`predict`, `evaluate`, `export`). Its cost is the
-    sum of the members'.
+    sum of the members'. A member that is itself an ensemble contributes its
+    own members, so every model in the result weighs the same.
 
     Parameters
     ----------
     models : sequence of keras.Model
-        serkeras models (from `build_model` or `load_model`).
+        serkeras models (from `build_model`, `load_model` or `ensemble_model`).
     """
     if len(models) < 2:
         raise SerkerasError("an ensemble needs at least two models")
+    models = [member for model in models for member in ensemble_members(model)]
     metas = [model_metadata(m) for m in models]
     for meta in metas[1:]:
         if meta.labels != metas[0].labels:
@@ -36,8 +40,20 @@ def ensemble_model(models, name="ensemble"):
     probabilities = []
     for i, model in enumerate(models, 1):
         # A fresh name per member: two members may be the same architecture.
-        member = keras.Model(model.inputs, model.outputs[0], name=f"member{i}_{model.name}")
+        member = keras.Model(model.inputs, model.outputs[0], name=f"member{i}_{_member_name(model)}")
         probabilities.append(member([inputs[t.name] for t in model.inputs]))
     averaged = layers.Average(name="average")(probabilities)
     return finish(list(inputs.values()), averaged, metas[0].labels, metas[0].feature_config,
                   metas[0].model_config.replace(arch="ensemble"), name=name)
+
+
+def ensemble_members(model):
+    """The models that `model` averages if it is an ensemble (each keeps its metadata), else `[model]`."""
+    if model_metadata(model).model_config.arch != "ensemble":
+        return [model]
+    return [layer for layer in model.layers if isinstance(layer, keras.Model)]
+
+
+def _member_name(model):
+    # A member taken from another ensemble drops that ensemble's "member<i>_" prefix.
+    return re.sub(r"^member\d+_", "", model.name)
