@@ -160,12 +160,20 @@ RECIPES = {
 
 @dataclasses.dataclass(frozen=True)
 class ShippedModel:
-    """A model the repository ships: the average of these recipes' actor-split runs, and its card."""
+    """A model the repository ships: the average of these recipes' actor-split runs, and its card.
+
+    `recipes`: RECIPE or RECIPE:SEED (a training seed other than 0, as in `run --seed`), so that seeds
+    of one recipe can be members together.
+    """
 
     recipes: tuple
     card: str
     chosen: str
     tta_copies: int = 0
+
+    def members(self):
+        """(recipe, training seed) of each member."""
+        return recipe_and_seed(None, None, self.recipes)
 
 
 #: The shipped models, by name (saved_models/<name>.keras; serkeras.cli.SHIPPED_MODELS finds them).
@@ -279,9 +287,9 @@ def ship(data_dir, epochs, name):
     from serkeras.models.ensemble import ensemble_model
 
     members = []
-    for recipe in SHIPPED_MODELS[name].recipes:
-        train_missing(recipe, "actor", 0, epochs, data_dir)
-        members.append(run_name(recipe, "actor"))
+    for recipe, seed in SHIPPED_MODELS[name].members():
+        train_missing(recipe, "actor", seed, epochs, data_dir)
+        members.append(run_name(recipe, "actor", seed=seed))
     model = ensemble_model([load_model(ROOT / RUNS_DIR / m / "model.keras")[0] for m in members],
                            name=name.replace("-", "_"))
     path = SHIPPED_DIR / f"{name}.keras"
@@ -308,13 +316,26 @@ def write_card(data_dir, name, epochs):
         raise click.ClickException(f"{path} does not exist: run `ship --model {name}` first")
     options = ([f"--model {name}"] if name != DEFAULT_SHIPPED else []) + ([f"--epochs {epochs}"] if epochs else [])
     command = " ".join(["python experiments/accuracy.py ship", *options])
+    results = load_results(RUNS_DIR)
+    scores = finished_test_scores(results)
     write_model_card(ROOT / path, ROOT / SHIPPED_DIR / shipped.card, data_dir,
-                     members=[run_name(recipe, "actor") for recipe in shipped.recipes], command=command,
-                     results=load_results(RUNS_DIR), runs_dir=ROOT / RUNS_DIR,
-                     kfold_runs={r: [run_name(r, "kfold", k) for k in range(N_FOLDS)] for r in shipped.recipes},
-                     tta_copies=shipped.tta_copies, kfold_ensembles=shipped_kfold_ensembles(shipped),
-                     chosen=shipped.chosen)
+                     members=[run_name(recipe, "actor", seed=seed) for recipe, seed in shipped.members()],
+                     command=command, results=results, runs_dir=ROOT / RUNS_DIR,
+                     kfold_scores={label: [scores.get(run_name(recipe, "kfold", k, seed)) for k in range(N_FOLDS)]
+                                   for label, (recipe, seed) in zip(shipped.recipes, shipped.members())},
+                     n_folds=N_FOLDS, tta_copies=shipped.tta_copies,
+                     kfold_ensembles=shipped_kfold_ensembles(shipped), chosen=shipped.chosen)
     click.echo(f"wrote {SHIPPED_DIR / shipped.card}")
+
+
+def finished_test_scores(results):
+    """{run name: {"accuracy", "macro_f1", "n"} on its test part}: the runs here, and those that earlier
+    checkouts listed in accuracy_runs.jsonl (written by `report`)."""
+    listed = RESULTS_DIR / "accuracy_runs.jsonl"
+    scores = {r["run"]: {"accuracy": r["test_accuracy"], "macro_f1": r["test_macro_f1"], "n": r["test_clips"]}
+              for r in map(json.loads, listed.read_text().splitlines())} if listed.is_file() else {}
+    scores.update({name: result["metrics"]["test"] for name, result in results.items()})
+    return scores
 
 
 def shipped_kfold_ensembles(shipped):
@@ -323,7 +344,8 @@ def shipped_kfold_ensembles(shipped):
     found = []
     for copies in sorted({0, shipped.tta_copies}):
         records = [scored[key] for fold in range(N_FOLDS)
-                   if (key := (tuple(run_name(r, "kfold", fold) for r in shipped.recipes), copies, "part"))
+                   if (key := (tuple(run_name(r, "kfold", fold, seed) for r, seed in shipped.members()), copies,
+                               "part"))
                    in scored]
         if records:
             found.append((copies, records))
@@ -340,7 +362,7 @@ def ensemble(runs, data_dir, tta_copies, speaker_stats):
 
     Builds the same one-file average that `ship` saves
     (serkeras.models.ensemble) and appends its scores to
-    saved_models/accuracy/ensembles.jsonl, which `report` shows; its cost is the
+    experiments/results/accuracy_ensembles.jsonl, which `report` shows; its cost is the
     sum of the members' (times 1 + TTA copies). One run alone is scored too
     (useful with --tta-copies or --speaker-stats). On the actor and kfold splits,
     where each speaker is in one part, both --speaker-stats give the same scores.
@@ -397,11 +419,18 @@ def kfold_ensemble(recipes, data_dir, tta_copies):
         click.echo(f"{len(accuracies)} of {N_FOLDS} folds: mean test accuracy {100 * mean:.1f}%{spread}")
 
 
+def ensembles_log():
+    """Where `score_average` appends its records: beside the report, in git, so that the scores of
+    ensembles (and the model cards built from them) outlive the git-ignored run folders."""
+    return RESULTS_DIR / "accuracy_ensembles.jsonl"
+
+
 def latest_ensembles():
-    """{(runs, TTA copies, speaker statistics): record} from saved_models/accuracy/ensembles.jsonl; a set of
-    runs scored again the same way replaces its older record."""
-    path = ROOT / RUNS_DIR / "ensembles.jsonl"
-    records = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    """{(runs, TTA copies, speaker statistics): record} from `ensembles_log()` (and saved_models/accuracy/
+    ensembles.jsonl, where checkouts before it kept theirs); a set of runs scored again the same way
+    replaces its older record."""
+    records = [json.loads(line) for path in (ROOT / RUNS_DIR / "ensembles.jsonl", ensembles_log())
+               if path.is_file() for line in path.read_text().splitlines()]
     return {(tuple(e["runs"]), e.get("tta_copies", 0), e.get("speaker_stats", "part")): e for e in records}
 
 
@@ -443,7 +472,8 @@ def score_average(runs, data_dir, tta_copies, speaker_stats="part"):
               "accuracy": reports["test"]["accuracy"], "macro_f1": reports["test"]["macro_f1"],
               "n": reports["test"]["n"], "val_accuracy": reports["val"]["accuracy"],
               "predict_seconds": round(time.time() - started, 1)}
-    with open(ROOT / RUNS_DIR / "ensembles.jsonl", "a") as f:
+    ensembles_log().parent.mkdir(parents=True, exist_ok=True)
+    with open(ensembles_log(), "a") as f:
         f.write(json.dumps(record) + "\n")
     return record
 
@@ -674,7 +704,8 @@ def report(drop_missing):
             "train min"]
     lines = ["# Accuracy on unseen speakers: every recipe tried", "",
              "Written by `python experiments/accuracy.py report` from `saved_models/accuracy/` "
-             "(commands in `accuracy_runs.jsonl` and `saved_models/accuracy/runs.jsonl`). Rows whose runs are not "
+             "(commands in `accuracy_runs.jsonl` and `saved_models/accuracy/runs.jsonl`) and the ensembles' "
+             "scores in `accuracy_ensembles.jsonl`. Rows whose runs are not "
              "in the checkout that wrote it (runs trained on another machine or in another session) are carried "
              "over from the report before.", "",
              "- `actor`: the fixed speaker-independent split (seed 0): 59 training, 7 validation and 7 test actors, "

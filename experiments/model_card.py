@@ -70,12 +70,13 @@ def part_probabilities(model, meta, clips, copies=0, speaker_clips=None):
     return predict_versions(model, versions, config.length_mode, config.fixed_frames)
 
 
-def write_model_card(model_path, card_path, data_dir, members, command, results, runs_dir, kfold_runs, tta_copies,
-                     kfold_ensembles=(), chosen="The members were chosen on the validation actors"):
+def write_model_card(model_path, card_path, data_dir, members, command, results, runs_dir, kfold_scores, n_folds,
+                     tta_copies, kfold_ensembles=(), chosen="The members were chosen on the validation actors"):
     """Write the card of the ensemble at `model_path`, made of the actor-split runs `members`.
 
     `command`: the command that made the model; `chosen`: how its members were chosen (a sentence);
-    `kfold_runs`: {recipe: its k-fold run names} (recipes with no finished fold are left out);
+    `kfold_scores`: {member recipe (RECIPE or RECIPE:SEED): its test scores on each of the `n_folds` k-fold
+    folds, None where that fold has not finished};
     `tta_copies`: the test-time augmentation to report beside the plain results;
     `kfold_ensembles`: (TTA copies, [per-fold records]) of the members' recipes averaged on each k-fold fold.
     """
@@ -223,19 +224,28 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
     lines += ["", "## Other unseen actors: 5-fold cross-validation", "",
               "Each fold trains new models from scratch on ~52 actors and tests them on 14-15 others, so every "
               "development actor is tested once, by models that never heard them.", ""]
-    n_folds = len(next(iter(kfold_runs.values())))
+    recipes = " ".join(kfold_scores)
     for copies, records in kfold_ensembles:
         tta = f", with {copies} TTA copies" if copies else ""
         lines += [f"- **This model's recipe** (the average of the members' recipes, each trained on the fold){tta}: "
                   f"folds scored {len(records)} of {n_folds}. {per_fold_summary(records, bold=True)} "
-                  f"(`python experiments/accuracy.py kfold-ensemble {' '.join(kfold_runs)}"
+                  f"(`python experiments/accuracy.py kfold-ensemble {recipes}"
                   f"{f' --tta-copies {copies}' if copies else ''}`)."]
-    lines += ["", "Its members' recipes alone:", ""] if kfold_ensembles else []
-    for recipe, runs in kfold_runs.items():
-        folds = [results[n]["metrics"]["test"] for n in runs if n in results]
+    if not kfold_ensembles:
+        lines += [f"- **This model's recipe** (the average of the members' recipes) has no k-fold scores in this "
+                  f"checkout's records: `python experiments/accuracy.py kfold-ensemble {recipes}` scores it on the "
+                  "folds where every member has finished; `experiments/results/accuracy.md` keeps what earlier "
+                  "checkouts scored."]
+    lines += ["", "Its members' recipes alone:", ""]
+    for label, scores in kfold_scores.items():
+        folds = [s for s in scores if s is not None]
+        recipe, _, seed = label.partition(":")
         if folds:
-            lines += [f"- `{recipe}`: folds finished {len(folds)} of {len(runs)}. {per_fold_summary(folds)} "
-                      f"(`python experiments/accuracy.py run {recipe} --split kfold`)."]
+            lines += [f"- `{label}`: folds finished {len(folds)} of {n_folds}. {per_fold_summary(folds)} "
+                      f"(`python experiments/accuracy.py run {recipe} --split kfold"
+                      f"{f' --seed {seed}' if seed else ''}`)."]
+        else:
+            lines += [f"- `{label}`: no fold finished in this checkout's records."]
     lines += [
         "", "## Compared with human listeners on the same clips", "",
         "CREMA-D's `summaryTable.csv` gives, per clip, the majority emotion chosen by crowd-sourced listeners who "

@@ -69,9 +69,10 @@ def test_every_accuracy_recipe_is_a_valid_train_invocation():
 
     assert list(accuracy.SHIPPED_MODELS) == list(SHIPPED_MODELS)  # what `ship` makes is what `predict` finds
     for shipped in accuracy.SHIPPED_MODELS.values():
-        assert set(shipped.recipes) <= set(accuracy.RECIPES)
+        members = shipped.members()  # RECIPE[:SEED], each recipe a known one
         # The members of one average share their features, speaker normalisation included.
-        assert len({(accuracy.RECIPES[r].pitch, accuracy.RECIPES[r].speaker_norm) for r in shipped.recipes}) == 1
+        assert len({(accuracy.RECIPES[r].pitch, accuracy.RECIPES[r].speaker_norm) for r, _ in members}) == 1
+        assert len(set(members)) == len(members)
     for name, recipe in accuracy.RECIPES.items():
         for split, fold in (("actor", None), ("kfold", 3)):
             command = accuracy.train_command(name, split, fold, 0, None, "/data", resume=False)
@@ -136,7 +137,7 @@ def test_accuracy_script_runs_resumes_ensembles_and_reports(crema_subset, tmp_pa
 
     result = runner.invoke(accuracy.cli, ["ensemble", "crnn-actor", "crnn-actor-seed1", "--data-dir", str(crema_subset)])
     assert result.exit_code == 0, result.output
-    scored = json.loads((runs / "ensembles.jsonl").read_text().splitlines()[-1])
+    scored = json.loads((tmp_path / "results" / "accuracy_ensembles.jsonl").read_text().splitlines()[-1])
     member = json.loads((runs / "crnn-actor-seed1" / "metrics.json").read_text())
     assert scored["runs"] == ["crnn-actor", "crnn-actor-seed1"] and scored["n"] == member["test"]["n"]
     assert 0.0 <= scored["accuracy"] <= 1.0 and 0.0 <= scored["val_accuracy"] <= 1.0
@@ -149,7 +150,7 @@ def test_accuracy_script_runs_resumes_ensembles_and_reports(crema_subset, tmp_pa
     copies = len(list((tmp_path / "data" / "cache").rglob("*.npz")))
     result = runner.invoke(accuracy.cli, ["ensemble", "crnn-actor", "--tta-copies", "1", "--data-dir", str(crema_subset)])
     assert result.exit_code == 0, result.output
-    tta = json.loads((runs / "ensembles.jsonl").read_text().splitlines()[-1])
+    tta = json.loads((tmp_path / "results" / "accuracy_ensembles.jsonl").read_text().splitlines()[-1])
     assert (tta["runs"], tta["tta_copies"], tta["n"]) == (["crnn-actor"], 1, scored["n"])
     assert len(list((tmp_path / "data" / "cache").rglob("*.npz"))) - copies == scored["n"] + member["val"]["n"]
 
@@ -173,13 +174,16 @@ def test_accuracy_script_runs_resumes_ensembles_and_reports(crema_subset, tmp_pa
     # No k-fold run has finished: every fold is skipped, nothing is scored.
     result = runner.invoke(accuracy.cli, ["kfold-ensemble", "crnn", "--data-dir", str(crema_subset)])
     assert result.exit_code == 0 and result.output.count("skipped") == accuracy.N_FOLDS
-    assert len((runs / "ensembles.jsonl").read_text().splitlines()) == 2
+    assert len((tmp_path / "results" / "accuracy_ensembles.jsonl").read_text().splitlines()) == 2
+    # Records that checkouts kept beside the runs, before the log moved into git, still count.
+    legacy = {"runs": ["old-actor"], "split": "actor", "accuracy": 0.5, "macro_f1": 0.5, "n": 10}
+    (runs / "ensembles.jsonl").write_text(json.dumps(legacy) + "\n")
+    assert accuracy.latest_ensembles()[("old-actor",), 0, "part"] == legacy
 
 
 def test_ship_saves_the_average_and_its_card(crema_subset, tmp_path, monkeypatch):
     """`ship --model NAME` trains the missing members, saves their average as saved_models/NAME.keras and
     writes its card, here for a speaker-normalised model (the card then has its speaker-mean table)."""
-    import dataclasses
     import sys
 
     from click.testing import CliRunner
@@ -193,8 +197,8 @@ def test_ship_saves_the_average_and_its_card(crema_subset, tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     recipe = accuracy.Recipe("crnn", 0.25, utterance_norm="none", speaker_norm=True, epochs=1)
     monkeypatch.setitem(accuracy.RECIPES, "tiny-speaker-norm", recipe)
-    monkeypatch.setitem(accuracy.RECIPES, "tiny-speaker-norm-mixup", dataclasses.replace(recipe, mixup_alpha=0.2))
-    shipped = accuracy.ShippedModel(("tiny-speaker-norm", "tiny-speaker-norm-mixup"), "MODEL_CARD-tiny.md",
+    # Two training seeds of one recipe (RECIPE:SEED) make the average.
+    shipped = accuracy.ShippedModel(("tiny-speaker-norm", "tiny-speaker-norm:1"), "MODEL_CARD-tiny.md",
                                     chosen="Chosen for the test")
     name = "serkeras-crema-d-speaker-norm"  # the name of a shipped model, made of a tiny recipe here
     monkeypatch.setitem(accuracy.SHIPPED_MODELS, name, shipped)
@@ -207,6 +211,10 @@ def test_ship_saves_the_average_and_its_card(crema_subset, tmp_path, monkeypatch
     assert f"Written by `python experiments/accuracy.py ship --model {name}`" in card and "Chosen for the test." in card
     assert f"serkeras predict --model {name} recordings_of_one_speaker/" in card
     assert "| `tiny-speaker-norm-actor` | crnn |" in card and "--speaker-norm --split actor" in card
+    assert "| `tiny-speaker-norm-actor-seed1` | crnn |" in card and "--train-seed 1 --run-name" in card
+    # No k-fold fold has been trained or scored: the card says so instead of leaving the section out.
+    assert "kfold-ensemble tiny-speaker-norm tiny-speaker-norm:1` scores it" in card
+    assert "- `tiny-speaker-norm:1`: no fold finished" in card
     assert "| the clip alone (`serkeras predict --speaker file`) |" in card
     assert "| 12 of the speaker's clips, at random" in card  # each subset actor has 22 clips: 24 is left out
     assert "| 24 of the speaker's clips" not in card
