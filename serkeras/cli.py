@@ -563,6 +563,7 @@ def predict(paths, model_path, output_format, window, hop, batch_size, workers, 
 
     from serkeras.inference import expand_paths, predict_files
 
+    _refuse_model_paths(paths)
     model, meta = _open_model(model_path)
     files = expand_paths(paths)
     predictions, skipped = predict_files(model, meta, files, window, hop, batch_size, workers, tta_copies,
@@ -586,6 +587,14 @@ def predict(paths, model_path, output_format, window, hop, batch_size, workers, 
                 click.echo(f"{'':<{width}}    {start:6.1f}-{end:6.1f} s {label}")
     if skipped and not predictions:
         raise SerkerasError(f"none of the {len(skipped)} files could be read as audio")
+
+
+def _refuse_model_paths(paths):
+    """A model given where audio belongs (`serkeras predict model.keras clip.wav`) is a usage error, not a
+    skipped file: otherwise the default model would quietly predict in its place."""
+    for path in paths:
+        if path.lower().endswith(".keras") or (path in SHIPPED_MODELS and not os.path.exists(path)):
+            raise click.UsageError(f"{path} is a model, not audio: pass it as --model {path}")
 
 
 def _tune_options(f):

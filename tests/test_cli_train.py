@@ -176,6 +176,12 @@ def test_predict_errors(trained, workdir, tmp_path):
         assert result.exit_code != 0, args
         assert message in result.output, result.output
         assert "Traceback" not in result.output
+    # A model where audio belongs is refused before any model is opened, not skipped as unreadable audio.
+    for model in (str(run / "model.keras"), "serkeras-crema-d-speaker-norm"):
+        result = CliRunner().invoke(main, ["predict", model, str(bad)])
+        assert result.exit_code == 2, result.output
+        assert f"{model} is a model, not audio: pass it as --model {model}" in result.output
+        assert "Traceback" not in result.output
 
 
 def test_resume_after_kill(crema_subset, workdir):
