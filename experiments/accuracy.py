@@ -336,12 +336,22 @@ def write_card(data_dir, name, epochs):
     click.echo(f"wrote {SHIPPED_DIR / shipped.card}")
 
 
+def runs_log():
+    """Every run's test scores and command, in git so that later checkouts (without the run folders) know them."""
+    return RESULTS_DIR / "accuracy_runs.jsonl"
+
+
+def listed_runs():
+    """{run name: record} of `runs_log()` as `report` last wrote it (empty before the first report)."""
+    path = runs_log()
+    return {r["run"]: r for r in map(json.loads, path.read_text().splitlines())} if path.is_file() else {}
+
+
 def finished_test_scores(results):
     """{run name: {"accuracy", "macro_f1", "n"} on its test part}: the runs here, and those that earlier
-    checkouts listed in accuracy_runs.jsonl (written by `report`)."""
-    listed = RESULTS_DIR / "accuracy_runs.jsonl"
-    scores = {r["run"]: {"accuracy": r["test_accuracy"], "macro_f1": r["test_macro_f1"], "n": r["test_clips"]}
-              for r in map(json.loads, listed.read_text().splitlines())} if listed.is_file() else {}
+    checkouts listed in `runs_log()` (written by `report`)."""
+    scores = {name: {"accuracy": r["test_accuracy"], "macro_f1": r["test_macro_f1"], "n": r["test_clips"]}
+              for name, r in listed_runs().items()}
     scores.update({name: result["metrics"]["test"] for name, result in results.items()})
     return scores
 
@@ -703,10 +713,9 @@ def report(drop_missing):
     its runs stay listed in accuracy_runs.jsonl.
     """
     results = load_results(RUNS_DIR)
-    path, listed = RESULTS_DIR / "accuracy.md", RESULTS_DIR / "accuracy_runs.jsonl"
+    path = RESULTS_DIR / "accuracy.md"
     before = {} if drop_missing else previous_tables(path)
-    runs = {} if drop_missing or not listed.is_file() else {
-        r["run"]: r for r in map(json.loads, listed.read_text().splitlines())}
+    runs = {} if drop_missing else listed_runs()
     carried = sorted(set(runs) - set(results))
     head = ["recipe", "split", "test acc %", "macro-F1", "params", "MFLOPs / clip", "s / epoch", "epochs",
             "train min"]
@@ -774,7 +783,7 @@ def report(drop_missing):
         test = result["metrics"]["test"]
         runs[name] = {"run": name, "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
                       "test_clips": test["n"], "command": (result["record"] or {}).get("command")}
-    listed.write_text("".join(json.dumps(runs[name]) + "\n" for name in sorted(runs)))
+    runs_log().write_text("".join(json.dumps(runs[name]) + "\n" for name in sorted(runs)))
     note = f" ({len(carried)} runs not here carried over from the report before)" if carried else ""
     click.echo(f"wrote {path}{note}")
 

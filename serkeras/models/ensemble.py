@@ -40,7 +40,7 @@ def ensemble_model(models, name="ensemble"):
     probabilities = []
     for i, model in enumerate(models, 1):
         # A fresh name per member: two members may be the same architecture.
-        member = keras.Model(model.inputs, model.outputs[0], name=f"member{i}_{_member_name(model)}")
+        member = keras.Model(model.inputs, model.outputs[0], name=member_name(i, model))
         probabilities.append(member([inputs[t.name] for t in model.inputs]))
     averaged = layers.Average(name="average")(probabilities)
     return finish(list(inputs.values()), averaged, metas[0].labels, metas[0].feature_config,
@@ -54,6 +54,11 @@ def ensemble_members(model):
     return [layer for layer in model.layers if isinstance(layer, keras.Model)]
 
 
-def _member_name(model):
-    # A member taken from another ensemble drops that ensemble's "member<i>_" prefix.
-    return re.sub(r"^member\d+_", "", model.name)
+#: A member's name in an ensemble is "member<i>_" followed by the model's own name.
+MEMBER_PREFIX = "member"
+_PREFIXED = re.compile(rf"^{MEMBER_PREFIX}\d+_")
+
+
+def member_name(i, model):
+    """The name of `model` as the `i`-th member of an ensemble (a member of another ensemble loses that prefix)."""
+    return f"{MEMBER_PREFIX}{i}_{_PREFIXED.sub('', model.name)}"
