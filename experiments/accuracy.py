@@ -62,6 +62,8 @@ class Recipe:
     speaker_norm: bool = False
     speaker_scale: bool = False
     speaker_subsets: float = 0.0
+    teacher: str = ""
+    distill_weight: float = 0.5
     epochs: int = 15
     about: str = ""
 
@@ -82,6 +84,8 @@ class Recipe:
             options.append("--speaker-scale")
         if self.speaker_subsets:
             options += ["--speaker-subsets", f"{self.speaker_subsets:g}"]
+        if self.teacher:
+            options += ["--teacher", self.teacher, "--distill-weight", f"{self.distill_weight:g}"]
         return options
 
 
@@ -149,6 +153,14 @@ RECIPES = {
                                                         speaker_scale=True,
                                                         about="`resnet-augmented-mixup-speaker-znorm` trained for 20 "
                                                               "epochs instead of 10"),
+    # The teacher was trained on the actor split's training actors (seed 0), so this recipe runs on that split
+    # only: on any other split it would have heard the test actors.
+    "crnn-augmented-distilled": Recipe("crnn", 0.5, augment_copies=2, speed=0.1, epochs=10,
+                                       teacher="serkeras-crema-d-speaker-norm", distill_weight=0.5,
+                                       about="`crnn-augmented` whose training targets are half its labels, half "
+                                             "the probabilities of the shipped speaker-normalised model (which "
+                                             "sees each training speaker's statistics); it predicts from one "
+                                             "recording"),
     "resnet-augmented-mixup-long": Recipe("resnet", 0.5, augment_copies=2, speed=0.1, epochs=20, mixup_alpha=0.2,
                                           about="`resnet-augmented-mixup` trained for 20 epochs instead of 10"),
     "conformer": Recipe("conformer", 1.0, about="Conv1D subsampling x8, 2 Conformer-style layers, attentive pooling"),
@@ -236,6 +248,8 @@ def train_command(recipe, split, fold, seed, epochs, data_dir, resume):
 
 def train_missing(recipe, split, seed, epochs, data_dir, dry_run=False, folds=None):
     """Train the runs of `recipe` on `split` (kfold: `folds`, default all) that have not finished yet."""
+    if RECIPES[recipe].teacher and split != "actor":
+        raise click.UsageError(f"{recipe} learns from a model trained on the actor split: it runs on that split only")
     folds = (folds or range(N_FOLDS)) if split == "kfold" else [None]
     for fold in folds:
         name = run_name(recipe, split, fold, seed)

@@ -276,6 +276,12 @@ def _training_data_option_list():
                      help="With --speaker-norm: this share of training clips lose the mean of a random subset of "
                           "their speaker's clips (1 to all, the clip included), so the model copes with few "
                           "recordings per speaker (e.g. 0.5; 0: off)."),
+        click.option("--teacher", default="",
+                     help="Distil: mix this trained model's probabilities (a .keras file or a shipped model's name) "
+                          "into the training targets. It sees the same clips through its own feature settings, "
+                          "and must not have heard the validation or test speakers."),
+        click.option("--distill-weight", type=click.FloatRange(0, 1, min_open=True), default=0.5,
+                     show_default=True, help="With --teacher: the teacher's share of each training target."),
     ]
 
 
@@ -284,17 +290,29 @@ def training_data_options(f):
 
 
 def prepare_training_data(corpus, split, feature_config, train_config, cache_dir, workers, progress=True):
-    """Features of every part of `split`, with the training part's augmented copies; says how many."""
-    from serkeras.training import prepare_split
+    """Features of every part of `split`, with the training part's augmented copies (and, with a teacher,
+    its soft targets); says how many."""
+    from serkeras.training import distillation_targets, prepare_split
 
     if train_config.speaker_subsets and not feature_config.speaker_norm:
         raise click.UsageError("--speaker-subsets needs --speaker-norm")
+    teacher, teacher_meta = _open_model(train_config.teacher) if train_config.teacher else (None, None)
     data = prepare_split(corpus, split, feature_config, cache_dir, workers, progress=progress,
                          augmentation=train_config.wave_augmentation(), copies=train_config.augment_copies,
                          speaker_subsets=train_config.speaker_subsets, seed=train_config.seed)
     if train_config.augment_copies:
         total = len(data.parts["train"][0])
         click.echo(f"training part: {total} clips, of which {total - len(split.train)} augmented copies")
+    if teacher is not None:
+        # The same clips and copies, as the teacher was trained to see them.
+        teacher_data = prepare_split(corpus, split, teacher_meta.feature_config, cache_dir, workers,
+                                     progress=progress, augmentation=train_config.wave_augmentation(),
+                                     copies=train_config.augment_copies, seed=train_config.seed)
+        targets = distillation_targets(data, teacher, teacher_data, train_config.distill_weight)
+        data.targets["train"] = targets
+        on_label = targets[range(len(targets)), data.parts["train"][2]].mean()
+        click.echo(f"distilling {train_config.teacher} (weight {train_config.distill_weight:g}): "
+                   f"mean training target on the acted emotion {on_label:.3f}")
     return data
 
 

@@ -110,8 +110,9 @@ def make_dataset(feature_list, labels, n_classes, length_mode="variable", fixed_
     ----------
     feature_list : sequence of dict
         Per-clip features from `serkeras.cache.cached_features`.
-    labels : sequence of int
-        Class index per clip.
+    labels : sequence of int, or array of shape (clips, n_classes)
+        Class index per clip, or per-clip target probabilities (soft targets,
+        such as a teacher's in distillation), used as they are.
     n_classes : int
     length_mode : {"variable", "fixed"}
         `variable` keeps every frame (ragged, bucketed, padded per batch, with
@@ -127,15 +128,15 @@ def make_dataset(feature_list, labels, n_classes, length_mode="variable", fixed_
     mixup_alpha : float
         With a positive value, `mixup` the batches (training pipelines only: labels become soft).
     """
-    labels = np.asarray(labels, dtype=np.int32)
-    one_hot = np.eye(n_classes, dtype=np.float32)[labels]
+    labels = np.asarray(labels)
+    targets = labels.astype(np.float32) if labels.ndim == 2 else np.eye(n_classes, dtype=np.float32)[labels]
     kinds = [k for k in FEATURE_KINDS if k in input_names]
     if length_mode == "fixed":
         fitted = [fit_to_length({k: f[k] for k in kinds}, fixed_frames) for f in feature_list]
         inputs = {k: np.stack([f[k] for f in fitted]) for k in kinds}
         if "lengths" in input_names:
             inputs["lengths"] = np.minimum(clip_lengths(feature_list), fixed_frames)
-        ds = tf.data.Dataset.from_tensor_slices((inputs, one_hot))
+        ds = tf.data.Dataset.from_tensor_slices((inputs, targets))
         if shuffle:
             ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
         ds = ds.batch(batch_size)
@@ -146,7 +147,7 @@ def make_dataset(feature_list, labels, n_classes, length_mode="variable", fixed_
     lengths = clip_lengths(feature_list)
     order = np.arange(len(lengths)) if shuffle else eval_order(lengths)
     ragged = {k: _ragged(feature_list, k, order) for k in kinds}
-    ds = tf.data.Dataset.from_tensor_slices((ragged, one_hot[order]))
+    ds = tf.data.Dataset.from_tensor_slices((ragged, targets[order]))
     ds = ds.map(lambda x, y: ({**x, "lengths": tf.shape(x[kinds[0]])[0]}, y))
     if shuffle:
         ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)

@@ -57,6 +57,8 @@ class TrainConfig:
     shift_seconds: float = WaveAugmentation.shift_seconds
     speed: float = WaveAugmentation.speed
     speaker_subsets: float = 0.0
+    teacher: str = ""  # a .keras file (or shipped model name) whose probabilities the training targets mix in
+    distill_weight: float = 0.5
 
     def __post_init__(self):
         for value, allowed, what in ((self.schedule, SCHEDULES, "schedule"), (self.optimizer, OPTIMIZERS, "optimizer"),
@@ -69,6 +71,8 @@ class TrainConfig:
             raise SerkerasError(f"mixup_alpha must be >= 0 (0: off), got {self.mixup_alpha}")
         if not 0.0 <= self.speaker_subsets <= 1.0:
             raise SerkerasError(f"speaker_subsets must be in [0, 1] (0: off), got {self.speaker_subsets}")
+        if not 0.0 < self.distill_weight <= 1.0:
+            raise SerkerasError(f"distill_weight must be in (0, 1], got {self.distill_weight}")
 
     def to_dict(self):
         return {**dataclasses.asdict(self), "noise_snr_db": list(self.noise_snr_db)}
@@ -86,14 +90,20 @@ class TrainConfig:
 
 @dataclasses.dataclass
 class SplitData:
-    """Clips, features and label indices of each part of a split, plus training statistics."""
+    """Clips, features and label indices of each part of a split, plus training statistics.
+
+    `targets` optionally gives a part soft targets (clips x classes) that its
+    dataset uses instead of one-hot labels (`distillation_targets`).
+    """
 
     labels: tuple
     parts: dict  # name -> (clips, feature_list, label_indices)
     stats: object
+    targets: dict = dataclasses.field(default_factory=dict)
 
     def dataset(self, part, feature_config, batch_size, input_names, shuffle=False, seed=0, mixup_alpha=0.0):
         clips, features, labels = self.parts[part]
+        labels = self.targets.get(part, labels)
         return make_dataset(features, labels, len(self.labels), feature_config.length_mode,
                             feature_config.fixed_frames, batch_size, shuffle=shuffle, seed=seed,
                             input_names=input_names, mixup_alpha=mixup_alpha)
@@ -134,6 +144,45 @@ def prepare_split(corpus, split, feature_config, cache_dir=None, workers=None, p
             train_labels = list(train_labels) + corpus.label_indices(kept)
         parts["train"] = (train_clips, train_features, train_labels)
     return SplitData(corpus.labels, parts, stats)
+
+
+def distillation_targets(data, teacher, teacher_data, weight):
+    """Soft targets of the training part: `(1 - weight)` x its one-hot labels + `weight` x `teacher`'s probabilities.
+
+    Knowledge distillation (Hinton et al., 2015) at temperature 1. The teacher
+    sees the same clips and augmented copies as the student, each through the
+    teacher's own feature settings (`teacher_data`, from `prepare_split` with
+    them), so a teacher that needs what the student will not have at inference
+    (several recordings per speaker, say) can still teach a student that works
+    on one recording. The teacher must not have heard the validation or test
+    speakers, or the student's scores on them are flattered.
+
+    Parameters
+    ----------
+    data, teacher_data : SplitData
+        The student's and the teacher's view of one split, same augmented copies.
+    teacher : keras.Model
+        A serkeras model with the same labels.
+    weight : float
+        The teacher's share of each target, in (0, 1].
+
+    Returns
+    -------
+    ndarray of shape (training clips, classes)
+    """
+    from serkeras.models import model_metadata
+
+    meta = model_metadata(teacher)
+    if tuple(meta.labels) != tuple(data.labels):
+        raise SerkerasError(f"the teacher's labels {list(meta.labels)} are not the corpus's {list(data.labels)}")
+    clips, _, labels = data.parts["train"]
+    teacher_clips, teacher_features, _ = teacher_data.parts["train"]
+    if [c.path for c in teacher_clips] != [c.path for c in clips]:
+        raise SerkerasError("the teacher's features do not cover the same training clips as the student's")
+    probabilities = predict_features(teacher, teacher_features, meta.feature_config.length_mode,
+                                     meta.feature_config.fixed_frames)
+    one_hot = np.eye(len(data.labels), dtype=np.float32)[np.asarray(labels)]
+    return ((1.0 - weight) * one_hot + weight * probabilities).astype(np.float32)
 
 
 def make_optimizer(config, steps_per_epoch):

@@ -184,6 +184,58 @@ def test_predict_errors(trained, workdir, tmp_path):
         assert "Traceback" not in result.output
 
 
+def test_distillation_targets_mix_the_teachers_probabilities_into_the_labels(trained, crema_subset, workdir):
+    """Each training clip's target is (1 - w) x its label + w x the teacher's probabilities for that clip, which
+    the teacher computes from its own features; the training pipeline then yields these targets."""
+    import dataclasses
+
+    from serkeras.cli import load_split
+    from serkeras.errors import SerkerasError
+    from serkeras.evaluation import predict_features
+    from serkeras.features import FeatureConfig
+    from serkeras.models import load_model
+    from serkeras.training import distillation_targets, prepare_split
+
+    teacher, meta = load_model(trained[0] / "model.keras")
+    corpus, split = load_split(str(crema_subset), None, "actor", 0, 5, 0.1, 0.1, 0)
+    student = FeatureConfig(hop_length=320, n_mels=40)  # not the teacher's features
+    assert student.extraction_key() != meta.feature_config.extraction_key()
+    data = prepare_split(corpus, split, student, workdir / "cache", workers=1, progress=False)
+    seen = prepare_split(corpus, split, meta.feature_config, workdir / "cache", workers=1, progress=False)
+    targets = distillation_targets(data, teacher, seen, 0.25)
+    labels = np.asarray(data.parts["train"][2])
+    assert targets.shape == (len(labels), len(corpus.labels))
+    np.testing.assert_allclose(targets.sum(axis=1), 1.0, atol=1e-5)
+    for i in (0, len(labels) // 2, len(labels) - 1):  # one clip alone: no batching, no length order
+        alone = predict_features(teacher, [seen.parts["train"][1][i]], meta.feature_config.length_mode)[0]
+        np.testing.assert_allclose(targets[i], 0.75 * np.eye(len(corpus.labels))[labels[i]] + 0.25 * alone,
+                                   atol=1e-5)
+    data.targets["train"] = targets
+    batches = data.dataset("train", student, 8, ("logmel", "spectral", "lengths"))
+    yielded = np.concatenate([y.numpy() for _, y in batches])
+    np.testing.assert_allclose(np.sort(yielded, axis=None), np.sort(targets, axis=None), atol=1e-6)
+    with pytest.raises(SerkerasError, match="labels"):
+        distillation_targets(dataclasses.replace(data, labels=data.labels[::-1]), teacher, seen, 0.25)
+    fewer = dataclasses.replace(seen, parts={**seen.parts, "train": tuple(x[1:] for x in seen.parts["train"])})
+    with pytest.raises(SerkerasError, match="same training clips"):
+        distillation_targets(data, teacher, fewer, 0.25)
+
+
+def test_train_with_a_teacher(trained, crema_subset, workdir):
+    run, _ = trained
+    args = ["train", "--data-dir", str(crema_subset), "--split", "actor", "--epochs", "1",
+            "--cache-dir", str(workdir / "cache")] + TINY
+    result = run_cli(args + ["--run-name", "student", "--teacher", str(run / "model.keras"),
+                             "--distill-weight", "0.3"], workdir)
+    assert result.exit_code == 0, result.output
+    assert f"distilling {run / 'model.keras'} (weight 0.3)" in result.output
+    config = json.loads((workdir / "saved_models" / "student" / "config.json").read_text())
+    assert config["train_config"]["teacher"] == str(run / "model.keras")
+    assert config["train_config"]["distill_weight"] == 0.3
+    result = run_cli(args + ["--run-name", "orphan", "--teacher", str(workdir / "nope.keras")], workdir)
+    assert result.exit_code == 1 and "nope.keras" in result.output and "Traceback" not in result.output
+
+
 def test_resume_after_kill(crema_subset, workdir):
     """Kill a run after two epochs; --resume continues from epoch 3, not from the start."""
     args = [sys.executable, "-m", "serkeras.cli", "train", "--data-dir", str(crema_subset), "--split", "actor",
