@@ -27,7 +27,10 @@ class Prediction:
 
 
 def expand_paths(paths):
-    """Files, folders (recursively) and glob patterns -> sorted unique file list."""
+    """Files, folders (recursively) and glob patterns -> sorted unique file list.
+
+    A pattern that matches nothing, a path that does not exist and a folder without files raise `DataError`.
+    """
     files = []
     for p in paths:
         matches = glob.glob(p, recursive=True) if any(ch in p for ch in "*?[") else [p]
@@ -35,7 +38,10 @@ def expand_paths(paths):
             raise DataError(f"no files match {p}")
         for m in matches:
             if os.path.isdir(m):
-                files += [str(f) for f in sorted(Path(m).rglob("*")) if f.is_file() and not f.name.startswith(".")]
+                found = [str(f) for f in sorted(Path(m).rglob("*")) if f.is_file() and not f.name.startswith(".")]
+                if not found:
+                    raise DataError(f"folder {m} holds no files")
+                files += found
             elif os.path.exists(m):
                 files.append(m)
             else:

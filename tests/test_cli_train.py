@@ -164,9 +164,13 @@ def test_predict_errors(trained, workdir, tmp_path):
     run, _ = trained
     bad = tmp_path / "bad.wav"
     bad.write_bytes(os.urandom(2000))
+    empty = tmp_path / "empty"
+    (empty / "nested").mkdir(parents=True)
     cases = [
         (["predict", str(bad), "--model", str(run / "model.keras")], "could be read"),
         (["predict", str(tmp_path / "missing.wav"), "--model", str(run / "model.keras")], "does not exist"),
+        (["predict", str(empty), "--model", str(run / "model.keras")], f"folder {empty} holds no files"),
+        (["predict", str(tmp_path / "*.flac"), "--model", str(run / "model.keras")], "no files match"),
         (["predict", str(bad), "--model", str(tmp_path / "nope.keras")], "does not exist"),
         (["predict", str(bad), "--model", str(bad)], "not a .keras file"),
         (["train", "--arch", "nope"], "Invalid value for '--arch'"),
