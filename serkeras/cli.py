@@ -568,6 +568,9 @@ def resolve_model(value):
 @click.option("--hop", type=click.FloatRange(min=0.1), default=None, help="Window hop in seconds (default: window/2).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Feature processes (default: every core).")
+@click.option("--max-seconds", type=click.FloatRange(min=1), default=600.0, show_default=True,
+              help="Longest recording to read; longer ones are skipped with a warning (a long recording is "
+                   "predicted window by window, but read whole).")
 @tta_option
 @click.option("--speaker", "speaker_grouping", type=lazy_choice("inference", "SPEAKER_GROUPINGS"), default="auto",
               show_default=True,
@@ -575,7 +578,8 @@ def resolve_model(value):
                    "removed ('auto': a CREMA-D file name's actor, else the folder; 'folder': files in one folder; "
                    "'prefix': the file name up to its first underscore; 'all'; 'file'). Give several recordings "
                    "of each speaker.")
-def predict(paths, model_path, output_format, window, hop, batch_size, workers, tta_copies, speaker_grouping):
+def predict(paths, model_path, output_format, window, hop, batch_size, workers, max_seconds, tta_copies,
+            speaker_grouping):
     """Predict the emotion of audio files, folders or globs (any format, rate and channels)."""
     import json
 
@@ -585,7 +589,7 @@ def predict(paths, model_path, output_format, window, hop, batch_size, workers, 
     model, meta = _open_model(model_path)
     files = expand_paths(paths)
     predictions, skipped = predict_files(model, meta, files, window, hop, batch_size, workers, tta_copies,
-                                         speaker_grouping)
+                                         speaker_grouping, max_seconds)
     labels = list(meta.labels)
     if output_format == "json":
         click.echo(json.dumps([{"path": p.path, "label": p.label, "seconds": round(p.seconds, 3),

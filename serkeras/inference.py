@@ -82,7 +82,7 @@ def windows(frames, window, hop):
 
 
 def predict_files(model, metadata, paths, window_seconds=None, hop_seconds=None, batch_size=32,
-                  workers=None, tta_copies=0, speakers="auto"):
+                  workers=None, tta_copies=0, speakers="auto", max_seconds=None):
     """Predict the emotion of every readable file; unreadable ones are skipped with a warning.
 
     Recordings longer than `window_seconds` (default: the model's fixed length,
@@ -94,8 +94,12 @@ def predict_files(model, metadata, paths, window_seconds=None, hop_seconds=None,
     A model trained with speaker normalisation gets each file's features less the
     mean over the readable files of its speaker, as `speaker_of(path, speakers)`
     tells them apart; speakers heard in one file only are reported in a warning.
+    Files longer than `max_seconds` are skipped (default: the model's own limit
+    for training clips, `feature_config.max_seconds`).
     """
     config = metadata.feature_config
+    if max_seconds is not None:
+        config = dataclasses.replace(config, max_seconds=max_seconds)
     frames_per_second = config.sample_rate / config.hop_length
     window_seconds = window_seconds or (config.fixed_seconds if config.length_mode == "fixed" else 4.0)
     hop_seconds = hop_seconds or window_seconds / 2

@@ -117,6 +117,20 @@ def test_predict_formats_and_long_audio(trained, crema_subset, workdir, tmp_path
     assert len(csv_out.output.strip().splitlines()) == 1 + len(list(crema_subset.iterdir()))
 
 
+def test_predict_reads_recordings_longer_than_training_clips(trained, workdir, make_audio):
+    """Training clips stop at 60 s; `predict` reads longer recordings window by window, up to --max-seconds."""
+    run, _ = trained
+    meeting = make_audio("meeting.wav", seconds=75.0, freq=180.0, noise=0.05)
+    args = ["predict", str(meeting), "--model", str(run / "model.keras"), "--workers", "1"]
+    result = run_cli(args + ["--format", "json"], workdir)
+    assert result.exit_code == 0, result.output
+    row, = json.loads(result.output)
+    assert row["seconds"] == pytest.approx(75.0, abs=0.05) and len(row["timeline"]) >= 30
+    result = run_cli(args + ["--max-seconds", "30"], workdir)
+    assert result.exit_code == 1
+    assert "longer than 30 s (75.0 s)" in result.output and "none of the 1 files" in result.output
+
+
 def test_evaluate_and_predict_with_test_time_augmentation(trained, crema_subset, workdir):
     """--tta-copies K: each clip's probabilities are the mean over the clip and its augmented copies 1..K."""
     from serkeras.cache import cached_features, compute_clips
