@@ -153,14 +153,6 @@ RECIPES = {
                                                         speaker_scale=True,
                                                         about="`resnet-augmented-mixup-speaker-znorm` trained for 20 "
                                                               "epochs instead of 10"),
-    # The teacher was trained on the actor split's training actors (seed 0), so this recipe runs on that split
-    # only: on any other split it would have heard the test actors.
-    "crnn-augmented-distilled": Recipe("crnn", 0.5, augment_copies=2, speed=0.1, epochs=10,
-                                       teacher="serkeras-crema-d-speaker-norm", distill_weight=0.5,
-                                       about="`crnn-augmented` whose training targets are half its labels, half "
-                                             "the probabilities of the shipped speaker-normalised model (which "
-                                             "sees each training speaker's statistics); it predicts from one "
-                                             "recording"),
     "resnet-augmented-mixup-long": Recipe("resnet", 0.5, augment_copies=2, speed=0.1, epochs=20, mixup_alpha=0.2,
                                           about="`resnet-augmented-mixup` trained for 20 epochs instead of 10"),
     "conformer": Recipe("conformer", 1.0, about="Conv1D subsampling x8, 2 Conformer-style layers, attentive pooling"),
@@ -168,6 +160,17 @@ RECIPES = {
                              about="`conformer` trained for 60 epochs instead of 15 (at 15 its training accuracy "
                                    "was 47%)"),
 }
+
+#: The teacher of the distilled recipes. It was trained on the actor split's training actors (seed 0), so those
+#: recipes run on that split only: on any other split it would have heard the test actors.
+TEACHER = "serkeras-crema-d-speaker-norm"
+RECIPES.update({
+    f"{name}-distilled": dataclasses.replace(
+        RECIPES[name], teacher=TEACHER, distill_weight=0.5,
+        about=f"`{name}` whose training targets are half its labels, half the probabilities of the shipped "
+              f"speaker-normalised model `{TEACHER}` (which sees each training speaker's statistics); it still "
+              "predicts from one recording")
+    for name in ("resnet", "crnn-augmented", "resnet-augmented-mixup")})
 
 
 @dataclasses.dataclass(frozen=True)
