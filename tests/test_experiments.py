@@ -84,9 +84,15 @@ def test_every_accuracy_recipe_is_a_valid_train_invocation():
             assert params["augment_copies"] == recipe.augment_copies and params["hop_length"] == 320
             assert params["run_name"] == f"accuracy/{accuracy.run_name(name, split, fold)}"
             assert params["ema_momentum"] == recipe.ema_momentum
+            assert (params["teacher"], params["distill_weight"]) == (recipe.teacher, recipe.distill_weight)
             if fold is not None:
                 assert params["fold"] == 3 and params["n_folds"] == accuracy.N_FOLDS
     assert accuracy.run_name("resnet", "kfold", 2, seed=1) == "resnet-kfold-fold2-seed1"
+    # A distilled recipe's teacher heard the actor split's training actors: other splits would leak test actors.
+    assert accuracy.RECIPES["crnn-augmented-distilled"].teacher == "serkeras-crema-d-speaker-norm"
+    for split in ("kfold", "random"):
+        with pytest.raises(click.UsageError, match="actor split"):
+            accuracy.train_missing("crnn-augmented-distilled", split, 0, None, "/data", dry_run=True)
     # Another training seed repeats training on the same split (that of seed 0).
     params = main.commands["train"].make_context("train", accuracy.train_command("resnet", "actor", None, 2, None,
                                                                                  None, False)[2:]).params
