@@ -290,3 +290,31 @@ def test_report_carries_over_rows_it_cannot_rebuild(tmp_path):
     assert accuracy.merge_rows(every_fold, before[""], 2, partial=partial)[0] == ["crnn", "kfold", "58.0 ± 1.0"]
     lines = ["| what | acc |", "| --- | --- |", "| study | 64.1 |"]
     assert accuracy.table(["what", "acc"], before["Baselines"]) == lines
+
+
+
+def test_member_agreement_counts_equal_predictions_pairwise():
+    import keras
+    import numpy as np
+
+    from serkeras.evaluation import predict_features
+    from serkeras.features import FeatureConfig
+    from serkeras.models import ModelConfig, build_model
+
+    agreement = load_script("member_agreement")
+    config = FeatureConfig(hop_length=320, n_mels=40)
+    models = []
+    for seed in (0, 1):
+        keras.utils.set_random_seed(seed)
+        models.append(build_model(config, ModelConfig(arch="crnn", width=0.125, head_units=16), CREMA_D_LABELS))
+    rng = np.random.default_rng(3)
+    features = [{"logmel": rng.normal(0, 1, (n, 40)).astype(np.float32),
+                 "spectral": rng.normal(0, 1, (n, config.n_spectral)).astype(np.float32)} for n in (30, 50, 80, 40)]
+    labels = np.array([0, 1, 2, 3])
+    a, b = (predict_features(m, features, "variable").argmax(axis=1) for m in models)
+    same, accuracies = agreement.agreement_row([models[0], models[0]], features, labels, "variable")
+    assert same == 1.0 and accuracies == [np.mean(a == labels)] * 2
+    # Pairs (1, 2) and (2, 3) cross the two models; (1, 3) is one model with itself.
+    pairs, accuracies = agreement.agreement_row([models[0], models[1], models[0]], features, labels, "variable")
+    assert pairs == pytest.approx((2 * np.mean(a == b) + 1) / 3)
+    assert accuracies == [np.mean(a == labels), np.mean(b == labels), np.mean(a == labels)]
