@@ -14,11 +14,11 @@ import click
 import numpy as np
 
 
-def agreement_row(members, features, labels, length_mode):
+def agreement_row(members, features, labels, length_mode, fixed_frames=None):
     """(mean pairwise agreement, [each member's accuracy]) of `members` on one part's `features`."""
     from serkeras.evaluation import predict_features
 
-    predicted = [predict_features(m, features, length_mode).argmax(axis=1) for m in members]
+    predicted = [predict_features(m, features, length_mode, fixed_frames).argmax(axis=1) for m in members]
     agreement = np.mean([np.mean(a == b) for a, b in itertools.combinations(predicted, 2)])
     return float(agreement), [float(np.mean(p == labels)) for p in predicted]
 
@@ -47,7 +47,7 @@ def main(models, data_dir):
     for part in ("val", "test"):
         kept, (features,) = model_features(split.parts()[part], config)
         agreement, accuracies = agreement_row(members, features, np.asarray(corpus.label_indices(kept)),
-                                              config.length_mode)
+                                              config.length_mode, config.fixed_frames)
         click.echo(f"| {part} | {100 * agreement:.1f} | {' / '.join(f'{100 * a:.1f}' for a in accuracies)} |")
 
 
