@@ -364,11 +364,12 @@ def listed_runs():
     return {r["run"]: r for r in map(json.loads, path.read_text().splitlines())} if path.is_file() else {}
 
 
-def finished_test_scores(results):
+def finished_test_scores(results, listed=None):
     """{run name: {"accuracy", "macro_f1", "n"} on its test part}: the runs here, and those that earlier
-    checkouts listed in `runs_log()` (written by `report`)."""
+    checkouts listed in `runs_log()` (written by `report`; `listed`: those records, by default read from it)."""
+    listed = listed_runs() if listed is None else listed
     scores = {name: {"accuracy": r["test_accuracy"], "macro_f1": r["test_macro_f1"], "n": r["test_clips"]}
-              for name, r in listed_runs().items()}
+              for name, r in listed.items()}
     scores.update({name: result["metrics"]["test"] for name, result in results.items()})
     return scores
 
@@ -515,9 +516,10 @@ def score_average(runs, data_dir, tta_copies, speaker_stats="part"):
 
 # --------------------------------------------------------------------------- report
 
-def summary(results, names):
-    """(mean, std, n) of test accuracy and macro-F1 over the finished runs among `names`."""
-    tests = [results[n]["metrics"]["test"] for n in names if n in results]
+def summary(scores, names):
+    """(mean, std, n) of test accuracy and macro-F1 over the runs among `names` that have `scores`
+    ({run name: test scores}, as from `finished_test_scores`)."""
+    tests = [scores[n] for n in names if n in scores]
     if not tests:
         return None
     (acc, acc_std), (f1, f1_std) = (mean_std([t[key] for t in tests]) for key in ("accuracy", "macro_f1"))
@@ -565,16 +567,20 @@ def time_cells(runs):
             format_minutes(sum(t.seconds for t in times), all(t.complete for t in times))]
 
 
-def recipe_rows(results):
-    """One row per (recipe, split) with a finished run: accuracy, F1, cost and time."""
+def recipe_rows(results, scores):
+    """One row per (recipe, split) with a finished run here: accuracy, F1, cost and time.
+
+    Its k-fold accuracy is over every fold in `scores` (`finished_test_scores`), so folds trained again
+    here join those that earlier checkouts listed; cost and time come from the runs here.
+    """
     rows = []
     for recipe in RECIPES:
         for split in SPLITS:
             names = [run_name(recipe, split, k) for k in range(N_FOLDS)] if split == "kfold" else [run_name(recipe, split)]
-            s = summary(results, names)
-            if s is None:
-                continue
             finished = [results[n] for n in names if n in results]
+            if not finished:
+                continue
+            s = summary(scores, names)
             params, mflops = model_cost(finished[0]["config"])
             rows.append([recipe, split, *format_cell(s, folds=split == "kfold"), f"{params / 1e3:.0f} k",
                          f"{mflops:.0f}", *time_cells(finished)])
@@ -734,6 +740,7 @@ def report(drop_missing):
     before = {} if drop_missing else previous_tables(path)
     runs = {} if drop_missing else listed_runs()
     carried = sorted(set(runs) - set(results))
+    scores = finished_test_scores(results, runs)
     head = ["recipe", "split", "test acc %", "macro-F1", "params", "MFLOPs / clip", "s / epoch", "epochs",
             "train min"]
     lines = ["# Accuracy on unseen speakers: every recipe tried", "",
@@ -761,7 +768,7 @@ def report(drop_missing):
         if machine not in machines:
             machines.append(machine)
     lines += [line for machine in machines for line in (machine, "")]
-    lines += table(head, merge_rows(recipe_rows(results), before.get("", []), 2, order=recipe_order,
+    lines += table(head, merge_rows(recipe_rows(results, scores), before.get("", []), 2, order=recipe_order,
                                     partial=lambda row: row[1] == "kfold" and "folds)" in row[2]))
     seeds = merge_rows(seed_rows(results), before.get(SEEDS_TABLE, []), 1, order=recipe_order)
     if seeds:

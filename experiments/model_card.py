@@ -46,11 +46,16 @@ def actor_bootstrap(actors, statistic, seed=0):
     return np.percentile(draws, [2.5, 97.5])
 
 
-def per_fold_summary(scores, bold=False):
-    """'Accuracy per fold: ...; mean ...% ± ... (std); macro-F1 ... ± ...' of per-fold test scores."""
-    (acc, acc_std), (f1, f1_std) = (mean_std([s[key] for s in scores]) for key in ("accuracy", "macro_f1"))
+def per_fold_summary(scores, n_folds, bold=False):
+    """'Accuracy per fold: ...; mean ...% ± ... (std); macro-F1 ... ± ...' of `scores`, {fold: test scores};
+    'Accuracy on folds 3, 4: ...' when some of the `n_folds` are missing."""
+    folds = sorted(scores)
+    (acc, acc_std), (f1, f1_std) = (mean_std([scores[k][key] for k in folds]) for key in ("accuracy", "macro_f1"))
     mark = "**" if bold else ""
-    return ("Accuracy per fold: " + ", ".join(f"{100 * s['accuracy']:.1f}%" for s in scores)
+    which = ("per fold" if len(folds) == n_folds
+             else ("on folds " if len(folds) > 1 else "on fold ") + ", ".join(map(str, folds)))
+    return (f"Accuracy {which}: "
+            + ", ".join(f"{100 * scores[k]['accuracy']:.1f}%" for k in folds)
             + f"; mean {mark}{100 * acc:.1f}%{mark} ± {100 * acc_std:.1f} (std); macro-F1 {f1:.3f} ± {f1_std:.3f}")
 
 
@@ -228,7 +233,8 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
     for copies, records in kfold_ensembles:
         tta = f", with {copies} TTA copies" if copies else ""
         lines += [f"- **This model's recipe** (the average of the members' recipes, each trained on the fold){tta}: "
-                  f"folds scored {len(records)} of {n_folds}. {per_fold_summary(records, bold=True)} "
+                  f"folds scored {len(records)} of {n_folds}. "
+                  f"{per_fold_summary({r['fold']: r for r in records}, n_folds, bold=True)} "
                   f"(`python experiments/accuracy.py kfold-ensemble {recipes}"
                   f"{f' --tta-copies {copies}' if copies else ''}`)."]
     if not kfold_ensembles:
@@ -238,10 +244,10 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
                   "checkouts scored."]
     lines += ["", "Its members' recipes alone:", ""]
     for label, scores in kfold_scores.items():
-        folds = [s for s in scores if s is not None]
+        folds = {k: s for k, s in enumerate(scores) if s is not None}
         recipe, _, seed = label.partition(":")
         if folds:
-            lines += [f"- `{label}`: folds finished {len(folds)} of {n_folds}. {per_fold_summary(folds)} "
+            lines += [f"- `{label}`: folds finished {len(folds)} of {n_folds}. {per_fold_summary(folds, n_folds)} "
                       f"(`python experiments/accuracy.py run {recipe} --split kfold"
                       f"{f' --seed {seed}' if seed else ''}`)."]
         else:

@@ -292,6 +292,31 @@ def test_report_carries_over_rows_it_cannot_rebuild(tmp_path):
     assert accuracy.table(["what", "acc"], before["Baselines"]) == lines
 
 
+def test_kfold_rows_join_folds_trained_here_to_those_listed_before(monkeypatch):
+    """Folds trained again in this checkout replace their listed scores and join the other folds' (a fresh
+    clone keeps only the listed scores), so the report's k-fold row and the model card agree."""
+    accuracy = load_script("accuracy")
+    model_card = load_script("model_card")
+    monkeypatch.setattr(accuracy, "model_cost", lambda config: (12_000, 3.0))  # builds no model
+    monkeypatch.setattr(accuracy, "time_cells", lambda runs: [str(len(runs)), "20", "30"])
+    listed = {f"crnn-kfold-fold{k}": {"run": f"crnn-kfold-fold{k}", "test_accuracy": 0.5, "test_macro_f1": 0.4,
+                                      "test_clips": 100} for k in range(accuracy.N_FOLDS)}
+    results = {"crnn-kfold-fold3": {"config": {}, "metrics": {"test": {"accuracy": 0.6, "macro_f1": 0.5, "n": 100}}}}
+    scores = accuracy.finished_test_scores(results, listed)
+    assert scores["crnn-kfold-fold3"]["accuracy"] == 0.6 and scores["crnn-kfold-fold4"]["accuracy"] == 0.5
+    # Mean 52.0 with sample std 4.5 over all five folds; cost and time of the one run here.
+    assert accuracy.recipe_rows(results, scores) == [["crnn", "kfold", "52.0 ± 4.5", "0.420 ± 0.045", "12 k", "3",
+                                                      "1", "20", "30"]]
+    assert accuracy.recipe_rows({}, scores) == []  # nothing here: the previous report's row is carried over
+    some = accuracy.recipe_rows(results, accuracy.finished_test_scores(results, {}))
+    assert some[0][2] == "60.0 ± 0.0 (1/5 folds)"
+    # The card names the folds a partial cross-validation scored.
+    fold = {"accuracy": 0.7, "macro_f1": 0.7}
+    assert model_card.per_fold_summary({3: fold, 4: {**fold, "accuracy": 0.6}}, 5).startswith(
+        "Accuracy on folds 3, 4: 70.0%, 60.0%; mean 65.0% ± 7.1 (std)")
+    assert model_card.per_fold_summary({k: fold for k in range(5)}, 5).startswith("Accuracy per fold: 70.0%, ")
+
+
 
 def test_member_agreement_counts_equal_predictions_pairwise():
     import keras
