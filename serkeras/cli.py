@@ -586,8 +586,8 @@ def predict(paths, model_path, output_format, window, hop, batch_size, workers, 
     from serkeras.inference import expand_paths, predict_files
 
     _refuse_model_paths(paths)
+    files = expand_paths(paths)  # before the model: a mistyped path should not wait for it to load
     model, meta = _open_model(model_path)
-    files = expand_paths(paths)
     predictions, skipped = predict_files(model, meta, files, window, hop, batch_size, workers, tta_copies,
                                          speaker_grouping, max_seconds)
     labels = list(meta.labels)

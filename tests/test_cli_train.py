@@ -185,6 +185,8 @@ def test_predict_errors(trained, workdir, tmp_path):
         (["predict", str(tmp_path / "missing.wav"), "--model", str(run / "model.keras")], "does not exist"),
         (["predict", str(empty), "--model", str(run / "model.keras")], f"folder {empty} holds no files"),
         (["predict", str(tmp_path / "*.flac"), "--model", str(run / "model.keras")], "no files match"),
+        # The paths are checked before the model is opened.
+        (["predict", str(tmp_path / "*.flac"), "--model", str(tmp_path / "nope.keras")], "no files match"),
         (["predict", str(bad), "--model", str(tmp_path / "nope.keras")], "does not exist"),
         (["predict", str(bad), "--model", str(bad)], "not a .keras file"),
         (["train", "--arch", "nope"], "Invalid value for '--arch'"),
