@@ -567,12 +567,15 @@ def time_cells(runs):
             format_minutes(sum(t.seconds for t in times), all(t.complete for t in times))]
 
 
-def recipe_rows(results, scores):
+def recipe_rows(results, scores, previous=()):
     """One row per (recipe, split) with a finished run here: accuracy, F1, cost and time.
 
     Its k-fold accuracy is over every fold in `scores` (`finished_test_scores`), so folds trained again
-    here join those that earlier checkouts listed; cost and time come from the runs here.
+    here join those that earlier checkouts listed; cost and time come from the runs here, except that a
+    k-fold row with only some of its folds here keeps the time cells of its row in the `previous` report
+    (they cover every fold, where the runs here would give the minutes of a few).
     """
+    previous_times = {tuple(row[:2]): row[-3:] for row in previous}
     rows = []
     for recipe in RECIPES:
         for split in SPLITS:
@@ -582,8 +585,11 @@ def recipe_rows(results, scores):
                 continue
             s = summary(scores, names)
             params, mflops = model_cost(finished[0]["config"])
+            times = time_cells(finished)
+            if len(finished) < len(names) and (recipe, split) in previous_times:
+                times = previous_times[recipe, split]
             rows.append([recipe, split, *format_cell(s, folds=split == "kfold"), f"{params / 1e3:.0f} k",
-                         f"{mflops:.0f}", *time_cells(finished)])
+                         f"{mflops:.0f}", *times])
     return rows
 
 
@@ -768,8 +774,9 @@ def report(drop_missing):
         if machine not in machines:
             machines.append(machine)
     lines += [line for machine in machines for line in (machine, "")]
-    lines += table(head, merge_rows(recipe_rows(results, scores), before.get("", []), 2, order=recipe_order,
-                                    partial=lambda row: row[1] == "kfold" and "folds)" in row[2]))
+    previous_recipes = before.get("", [])
+    lines += table(head, merge_rows(recipe_rows(results, scores, previous_recipes), previous_recipes, 2,
+                                    order=recipe_order, partial=lambda row: row[1] == "kfold" and "folds)" in row[2]))
     seeds = merge_rows(seed_rows(results), before.get(SEEDS_TABLE, []), 1, order=recipe_order)
     if seeds:
         lines += ["", f"## {SEEDS_TABLE}", "",

@@ -307,6 +307,9 @@ def test_kfold_rows_join_folds_trained_here_to_those_listed_before(monkeypatch):
     # Mean 52.0 with sample std 4.5 over all five folds; cost and time of the one run here.
     assert accuracy.recipe_rows(results, scores) == [["crnn", "kfold", "52.0 ± 4.5", "0.420 ± 0.045", "12 k", "3",
                                                       "1", "20", "30"]]
+    # The previous report's time cells covered all five folds; the one run here would give a fifth of them.
+    previous = [["crnn", "kfold", "50.0 ± 0.0", "0.400 ± 0.000", "12 k", "3", "79", "20", "114"]]
+    assert accuracy.recipe_rows(results, scores, previous)[0][-3:] == ["79", "20", "114"]
     assert accuracy.recipe_rows({}, scores) == []  # nothing here: the previous report's row is carried over
     some = accuracy.recipe_rows(results, accuracy.finished_test_scores(results, {}))
     assert some[0][2] == "60.0 ± 0.0 (1/5 folds)"
