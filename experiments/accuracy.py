@@ -26,7 +26,7 @@ from pathlib import Path
 
 import click
 
-from serkeras.cli import speaker_reference_clips, speaker_stats_option, tta_option
+from serkeras.cli import SerkerasGroup, speaker_reference_clips, speaker_stats_option, tta_option
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from study import (RESULTS_DIR, ROOT, STUDY, accuracy_interval, format_minutes, load_results,  # noqa: E402
@@ -267,7 +267,7 @@ def train_missing(recipe, split, seed, epochs, data_dir, dry_run=False, folds=No
                                            "seed": seed, "epochs": epochs or RECIPES[recipe].epochs})
 
 
-@click.group()
+@click.group(cls=SerkerasGroup)  # user errors as one line, as in the serkeras CLI
 def cli():
     """Train, cross-validate, report and ship the recipes."""
 
@@ -349,7 +349,7 @@ def write_card(data_dir, name, epochs):
                      kfold_scores={label: [scores.get(run_name(recipe, "kfold", k, seed)) for k in range(N_FOLDS)]
                                    for label, (recipe, seed) in zip(shipped.recipes, shipped.members())},
                      n_folds=N_FOLDS, tta_copies=shipped.tta_copies,
-                     kfold_ensembles=shipped_kfold_ensembles(shipped), chosen=shipped.chosen)
+                     kfold_ensembles=shipped_kfold_ensembles(shipped), chosen=shipped.chosen, listed=listed_runs())
     click.echo(f"wrote {SHIPPED_DIR / shipped.card}")
 
 

@@ -1,11 +1,15 @@
 """Write the card of a shipped model (saved_models/MODEL_CARD*.md) from its predictions on unseen actors.
 
-Used by ``python experiments/accuracy.py ship``; everything in the card is computed
-here from the model file, the corpus and the finished runs, nothing is typed in.
+Used by ``python experiments/accuracy.py ship`` and ``card``; everything in the card is computed
+here from the model file, the corpus and the finished runs, nothing is typed in. A checkout
+without the members' run folders takes their commands from the runs log and their training
+time from the card it rewrites.
 """
 
 import csv
 import json
+import re
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +20,8 @@ from study import format_minutes, mean_std, training_time  # experiments/ is on 
 #: CREMA-D's VoiceVote letters (summaryTable.csv) -> serkeras' CREMA-D label names.
 VOTE_LABELS = {"A": "anger", "D": "disgust", "F": "fear", "H": "happy", "N": "neutral", "S": "sad"}
 BOOTSTRAP = 2000
+#: A row of the card's member table: "| `run` | architecture | ... | train min |".
+MEMBER_ROW = re.compile(r"^\| `([^`]+)` \| .* \| ([^|]*) \|$")
 
 
 def human_votes(summary_csv):
@@ -48,8 +54,11 @@ def actor_bootstrap(actors, statistic, seed=0):
 
 def per_fold_summary(scores, n_folds, bold=False):
     """'Accuracy per fold: ...; mean ...% ± ... (std); macro-F1 ... ± ...' of `scores`, {fold: test scores};
-    'Accuracy on folds 3, 4: ...' when some of the `n_folds` are missing."""
+    'Accuracy on folds 3, 4: ...' when some of the `n_folds` are missing (no mean or spread of one fold)."""
     folds = sorted(scores)
+    if len(folds) == 1:
+        (k,) = folds
+        return f"Accuracy on fold {k}: {100 * scores[k]['accuracy']:.1f}%; macro-F1 {scores[k]['macro_f1']:.3f}"
     (acc, acc_std), (f1, f1_std) = (mean_std([scores[k][key] for k in folds]) for key in ("accuracy", "macro_f1"))
     mark = "**" if bold else ""
     which = ("per fold" if len(folds) == n_folds
@@ -57,6 +66,30 @@ def per_fold_summary(scores, n_folds, bold=False):
     return (f"Accuracy {which}: "
             + ", ".join(f"{100 * scores[k]['accuracy']:.1f}%" for k in folds)
             + f"; mean {mark}{100 * acc:.1f}%{mark} ± {100 * acc_std:.1f} (std); macro-F1 {f1:.3f} ± {f1_std:.3f}")
+
+
+def previous_training_cells(card_path):
+    """({member run: its 'train min' cell}, the 'min of training in all' line) of the card at `card_path`.
+
+    A checkout without the members' run folders cannot time their training again, so a card rewritten
+    there keeps what the previous card said (empty where there is no previous card).
+    """
+    path = Path(card_path)
+    lines = path.read_text().splitlines() if path.is_file() else []
+    cells = {m.group(1): m.group(2) for m in map(MEMBER_ROW.match, lines) if m}
+    return cells, next((line for line in lines if "min of training in all" in line), "")
+
+
+def training_line(members, results, times, previous):
+    """The card's '- N min of training in all ..., on: MACHINE.' line: from the members' runs when all are
+    here, else the `previous` card's line."""
+    if not all(name in results for name in members):
+        return previous
+    record = results[members[0]].get("record") or {}
+    if not record:
+        return ""
+    return (f"- {format_minutes(sum(t.seconds for t in times), all(t.complete for t in times))} min of training "
+            f"in all (wall-clock, with other jobs sharing the machine), on: {'; '.join(record.get('machine', []))}.")
 
 
 def part_probabilities(model, meta, clips, copies=0, speaker_clips=None):
@@ -76,8 +109,13 @@ def part_probabilities(model, meta, clips, copies=0, speaker_clips=None):
 
 
 def write_model_card(model_path, card_path, data_dir, members, command, results, runs_dir, kfold_scores, n_folds,
-                     tta_copies, kfold_ensembles=(), chosen="The members were chosen on the validation actors"):
+                     tta_copies, kfold_ensembles=(), chosen="The members were chosen on the validation actors",
+                     listed=None):
     """Write the card of the ensemble at `model_path`, made of the actor-split runs `members`.
+
+    A member whose run folder is not in `runs_dir` (a fresh checkout) is taken from the ensemble file
+    itself and scored here; its command comes from `listed` ({run name: record} of the runs log) and its
+    training time from the card being replaced.
 
     `command`: the command that made the model; `chosen`: how its members were chosen (a sentence);
     `kfold_scores`: {member recipe (RECIPE or RECIPE:SEED): its test scores on each of the `n_folds` k-fold
@@ -89,9 +127,12 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
 
     from serkeras.cache import model_features
     from serkeras.corpus import load_corpus
+    from serkeras.errors import SerkerasError
     from serkeras.evaluation import classification_report, predict_features
     from serkeras.models import load_model
     from serkeras.models.cost import flops_per_clip
+    from serkeras.models.ensemble import ensemble_members
+    from serkeras.models.saving import model_metadata
     from serkeras.splits import make_split
 
     model, meta = load_model(model_path)
@@ -101,18 +142,36 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
     probabilities = part_probabilities(model, meta, clips)
     y_val = np.asarray(corpus.label_indices(split.val))
     val_accuracy = float((part_probabilities(model, meta, list(split.val)).argmax(axis=1) == y_val).mean())
-    member_rows, mflops, times = [], 0.0, []
-    for name in members:
-        member, member_meta = load_model(Path(runs_dir) / name / "model.keras")
+    listed = listed or {}
+    previous_cells, previous_training = previous_training_cells(card_path)
+    shipped_members = ensemble_members(model)
+    if len(shipped_members) != len(members):
+        raise SerkerasError(f"{model_path} averages {len(shipped_members)} models, not the {len(members)} "
+                            f"members named for it")
+    member_rows, mflops, times, commands, augmented = [], 0.0, [], [], 0
+    for name, shipped_member in zip(members, shipped_members):
+        if name in results:
+            member, member_meta = load_model(Path(runs_dir) / name / "model.keras")
+            metrics = results[name]["metrics"]
+            val_acc, test_acc = metrics["val"]["accuracy"], metrics["test"]["accuracy"]
+            times.append(training_time(results[name]))
+            minutes = format_minutes(times[-1].seconds, times[-1].complete)
+            record = results[name].get("record") or {}
+            commands.append(record.get("command"))
+            augmented += bool(results[name]["config"]["train_config"].get("augment_copies"))
+        else:
+            # The member as shipped, scored here on the same parts.
+            member, member_meta = shipped_member, model_metadata(shipped_member)
+            val_acc, test_acc = (float((part_probabilities(member, member_meta, list(part)).argmax(axis=1)
+                                        == np.asarray(corpus.label_indices(part))).mean())
+                                 for part in (split.val, split.test))
+            minutes = previous_cells.get(name, "")
+            commands.append(listed.get(name, {}).get("command"))
+            augmented += "--augment-copies" in shlex.split(commands[-1] or "")
         member_flops = flops_per_clip(member, member_meta.feature_config) / 1e6
         mflops += member_flops
-        metrics = results[name]["metrics"]
-        times.append(training_time(results[name]))
         member_rows.append(f"| `{name}` | {member_meta.model_config.arch} | {member.count_params():,} | "
-                           f"{member_flops:.0f} | {100 * metrics['val']['accuracy']:.1f} | "
-                           f"{100 * metrics['test']['accuracy']:.1f} | "
-                           f"{format_minutes(times[-1].seconds, times[-1].complete)} |")
-    train_minutes = format_minutes(sum(t.seconds for t in times), all(t.complete for t in times))
+                           f"{member_flops:.0f} | {100 * val_acc:.1f} | {100 * test_acc:.1f} | {minutes} |")
     labels = list(meta.labels)
     y_true = np.asarray(corpus.label_indices(clips))
     y_pred = probabilities.argmax(axis=1)
@@ -121,7 +180,6 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
     acc_ci = actor_bootstrap(actors, lambda i: accuracy_score(y_true[i], y_pred[i]))
     f1_ci = actor_bootstrap(actors, lambda i: f1_score(y_true[i], y_pred[i], average="macro",
                                                        labels=range(len(labels)), zero_division=0))
-    records = [results[name].get("record") or {} for name in members]
     votes = human_votes(Path(clips[0].path).resolve().parent.parent / "summaryTable.csv")
     voted = np.array([c.name in votes for c in clips])
     human = np.array([vote_credit(votes.get(c.name, ()), c.label) for c in clips])
@@ -163,15 +221,13 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
         "## Training", "",
         f"- Command: `{command}`. It trains each member that is missing, with the commands below, then averages "
         "them.",
-        *[f"- `{r.get('command', '')}`" for r in records if r],
+        *[f"- `{c}`" for c in commands if c],
         f"- Data: CREMA-D, the 73 development actors in `../shared/data/crema-d/` (the 18 held-back actors were "
         f"never used). Split `actor`, seed 0 ({split.description}): train {len(split.train)} clips of "
         f"{n_actors['train']} actors, validation {len(split.val)} clips of {n_actors['val']} actors (checkpoint "
         f"and member choice), test {len(split.test)} clips of {n_actors['test']} actors (below). No actor is in "
         "two parts.",
-        f"- {train_minutes} min of training in all (wall-clock, with other jobs sharing the machine), on: "
-        f"{'; '.join(records[0].get('machine', []))}."
-        if records and records[0] else "",
+        training_line(members, results, times, previous_training),
     ]
     lines += [
         "", "## Results on the test actors (never heard in training)", "",
@@ -190,7 +246,6 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
     for label, row in zip(labels, report["confusion_matrix"]):
         lines.append(f"| **{label}** | " + " | ".join(str(v) for v in row) + " |")
     # The same clips degraded: each one's first augmented copy alone (speed, shift, gain, noise).
-    augmented = sum(bool(results[name]["config"]["train_config"].get("augment_copies")) for name in members)
     degraded = predict_features(model, model_features(clips, meta.feature_config, 1, require_all=True)[1][1],
                                 meta.feature_config.length_mode, meta.feature_config.fixed_frames).argmax(axis=1)
     lines += ["", "### On degraded audio", "",

@@ -1,6 +1,7 @@
 """experiments/study.py: the runs it plans are the study's grid, and every command is one `serkeras train` accepts."""
 
 import importlib.util
+import shutil
 from pathlib import Path
 
 import click
@@ -242,6 +243,21 @@ def test_ship_saves_the_average_and_its_card(crema_subset, tmp_path, monkeypatch
     report = (tmp_path / "results" / "accuracy.md").read_text()
     assert f"| {run}, speaker statistics from all of a speaker's clips | actor |" in report
     assert f"| {run} | actor | {100 * part['accuracy']:.1f}" in report
+    # A fresh checkout has the shipped file and the runs log but no run folders: `card` scores the members
+    # inside the file, takes their commands from the log and their training time from the card before.
+    rows = [line for line in card.splitlines() if line.startswith("| `tiny-speaker-norm-actor")]
+    training = next(line for line in card.splitlines() if "min of training in all" in line)
+    shutil.rmtree(tmp_path / "saved_models" / "accuracy")
+    result = CliRunner().invoke(accuracy.cli, ["card", "--model", name, "--data-dir", str(crema_subset)])
+    assert result.exit_code == 0, result.output
+    again = (tmp_path / "saved_models" / "MODEL_CARD-tiny.md").read_text()
+    assert [line for line in again.splitlines() if line.startswith("| `tiny-speaker-norm-actor")] == rows
+    assert training in again and "--train-seed 1 --run-name" in again
+    # A model file that averages another number of models than the shipped recipe names is refused.
+    monkeypatch.setitem(accuracy.SHIPPED_MODELS, name, accuracy.ShippedModel(
+        ("tiny-speaker-norm", "tiny-speaker-norm:1", "tiny-speaker-norm:2"), "MODEL_CARD-tiny.md", chosen="x"))
+    result = CliRunner().invoke(accuracy.cli, ["card", "--model", name, "--data-dir", str(crema_subset)])
+    assert result.exit_code == 1 and "averages 2 models, not the 3 members" in result.output
 
 
 def test_cross_validated_ensembles_are_grouped_by_recipes_and_tta():
@@ -318,6 +334,7 @@ def test_kfold_rows_join_folds_trained_here_to_those_listed_before(monkeypatch):
     assert model_card.per_fold_summary({3: fold, 4: {**fold, "accuracy": 0.6}}, 5).startswith(
         "Accuracy on folds 3, 4: 70.0%, 60.0%; mean 65.0% ± 7.1 (std)")
     assert model_card.per_fold_summary({k: fold for k in range(5)}, 5).startswith("Accuracy per fold: 70.0%, ")
+    assert model_card.per_fold_summary({4: fold}, 5) == "Accuracy on fold 4: 70.0%; macro-F1 0.700"
 
 
 
