@@ -30,7 +30,7 @@ from serkeras.cli import SerkerasGroup, speaker_reference_clips, speaker_stats_o
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from study import (RESULTS_DIR, ROOT, STUDY, accuracy_interval, format_minutes, load_results,  # noqa: E402
-                   mean_std, run_logged, training_time)
+                   mean_std, previous_tables, run_logged, training_time)
 
 RUNS_DIR = Path("saved_models") / "accuracy"
 LOG_DIR = Path("logs") / "accuracy"
@@ -674,18 +674,6 @@ SEEDS_TABLE = "Training seeds (same actor split; `run --seed N`)"
 ENSEMBLES_TABLE = "Ensembles (probabilities averaged; cost = the members' summed)"
 KFOLD_ENSEMBLES_TABLE = "Ensembles and TTA cross-validated by actor (`kfold-ensemble`)"
 BASELINES_TABLE = "Baselines"
-
-
-def previous_tables(path):
-    """{table heading ('' for the first table): [row cells]} of the report at `path`, if there is one."""
-    tables, heading = {}, ""
-    lines = path.read_text().splitlines() if path.is_file() else []
-    for line, after in zip(lines, lines[1:] + [""]):
-        if line.startswith("## "):
-            heading = line[3:]
-        elif line.startswith("|") and not after.startswith("| ---") and not line.startswith("| ---"):
-            tables.setdefault(heading, []).append([cell.strip() for cell in line.strip()[1:-1].split("|")])
-    return tables
 
 
 def merge_rows(built, previous, key_cells, partial=None, order=None):

@@ -8,20 +8,18 @@ time from the card it rewrites.
 
 import csv
 import json
-import re
 import shlex
 from pathlib import Path
 
 import numpy as np
 
 from serkeras.cli import SHIPPED_MODELS
-from study import format_minutes, mean_std, training_time  # experiments/ is on the path of every script here
+# experiments/ is on the path of every script here.
+from study import format_minutes, mean_std, previous_tables, training_time
 
 #: CREMA-D's VoiceVote letters (summaryTable.csv) -> serkeras' CREMA-D label names.
 VOTE_LABELS = {"A": "anger", "D": "disgust", "F": "fear", "H": "happy", "N": "neutral", "S": "sad"}
 BOOTSTRAP = 2000
-#: A row of the card's member table: "| `run` | architecture | ... | train min |".
-MEMBER_ROW = re.compile(r"^\| `([^`]+)` \| .* \| ([^|]*) \|$")
 
 
 def human_votes(summary_csv):
@@ -75,9 +73,15 @@ def previous_training_cells(card_path):
     there keeps what the previous card said (empty where there is no previous card).
     """
     path = Path(card_path)
+    cells = {row[0].strip("`"): row[-1] for row in previous_tables(path).get("Model", [])}
     lines = path.read_text().splitlines() if path.is_file() else []
-    cells = {m.group(1): m.group(2) for m in map(MEMBER_ROW.match, lines) if m}
     return cells, next((line for line in lines if "min of training in all" in line), "")
+
+
+def part_accuracy(model, meta, corpus, clips):
+    """Accuracy of `model` on `clips` of `corpus` (features as `part_probabilities` reads them)."""
+    return float((part_probabilities(model, meta, clips).argmax(axis=1)
+                  == np.asarray(corpus.label_indices(clips))).mean())
 
 
 def training_line(members, results, times, previous):
@@ -141,7 +145,7 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
     clips = list(split.test)
     probabilities = part_probabilities(model, meta, clips)
     y_val = np.asarray(corpus.label_indices(split.val))
-    val_accuracy = float((part_probabilities(model, meta, list(split.val)).argmax(axis=1) == y_val).mean())
+    val_accuracy = part_accuracy(model, meta, corpus, list(split.val))
     listed = listed or {}
     previous_cells, previous_training = previous_training_cells(card_path)
     shipped_members = ensemble_members(model)
@@ -162,8 +166,7 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
         else:
             # The member as shipped, scored here on the same parts.
             member, member_meta = shipped_member, model_metadata(shipped_member)
-            val_acc, test_acc = (float((part_probabilities(member, member_meta, list(part)).argmax(axis=1)
-                                        == np.asarray(corpus.label_indices(part))).mean())
+            val_acc, test_acc = (part_accuracy(member, member_meta, corpus, list(part))
                                  for part in (split.val, split.test))
             minutes = previous_cells.get(name, "")
             commands.append(listed.get(name, {}).get("command"))

@@ -212,6 +212,19 @@ def format_minutes(seconds, complete):
     return f"{'' if complete else '≥'}{seconds / 60:.0f}"
 
 
+def previous_tables(path):
+    """{table heading ('' for the first table): [row cells]} of the markdown file (a report, a model card)
+    at `path`, if there is one: what a checkout without the runs behind it carries over."""
+    tables, heading = {}, ""
+    lines = path.read_text().splitlines() if path.is_file() else []
+    for line, after in zip(lines, lines[1:] + [""]):
+        if line.startswith("## "):
+            heading = line[3:]
+        elif line.startswith("|") and not after.startswith("| ---") and not line.startswith("| ---"):
+            tables.setdefault(heading, []).append([cell.strip() for cell in line.strip()[1:-1].split("|")])
+    return tables
+
+
 def accuracy_interval(accuracy, n):
     """Half-width of the 95% normal-approximation interval of an accuracy measured on n clips."""
     return 1.96 * (accuracy * (1 - accuracy) / n) ** 0.5
