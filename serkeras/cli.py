@@ -1,7 +1,9 @@
 """The `serkeras` command line: features, train, evaluate, predict, tune, export."""
 
 import os
+import re
 import sys
+import tempfile
 import warnings
 
 import click
@@ -12,6 +14,44 @@ from serkeras.errors import SerkerasError
 
 # Quiet TensorFlow's C++ start-up chatter before anything imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+#: Commands that build or run Keras models, so import TensorFlow (the `tf.data` pipeline needs it on every backend).
+KERAS_COMMANDS = ("train", "evaluate", "predict", "tune", "export")
+
+#: What TensorFlow's bundled C++ libraries print while it is imported, before their logging is set up, so
+#: TF_CPP_MIN_LOG_LEVEL does not reach it (tensorflow/tensorflow#100442): Abseil's banner and its info lines
+#: ("I0000 00:00:1796475330.766352   17231 port.cc:153] oneDNN custom operations are on...").
+_IMPORT_CHATTER = re.compile(r"WARNING: All log messages before absl::InitializeLog\(\) is called"
+                             r"|I\d{4} \d\d:\d\d:[\d.]+ +\d+ [\w.]+:\d+\] ")
+
+
+def without_import_chatter(text):
+    """`text` less the lines that match `_IMPORT_CHATTER`; warnings, errors and everything else stay."""
+    return "".join(line for line in text.splitlines(keepends=True) if not _IMPORT_CHATTER.match(line))
+
+
+def import_tensorflow_quietly():
+    """Import TensorFlow with its start-up info lines dropped from standard error.
+
+    The C++ libraries write straight to file descriptor 2, so it is pointed at a
+    temporary file for the import; what TensorFlow wrote there, less
+    `_IMPORT_CHATTER`, is then written to standard error, so real warnings and
+    import errors are still seen.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            sys.stderr.write(without_import_chatter(captured.read().decode(errors="replace")))
 
 
 class LazyChoice(click.Choice):
@@ -75,6 +115,8 @@ def main(ctx, debug):
     """Speech emotion recognition with Keras 3."""
     ctx.ensure_object(dict)["debug"] = debug
     warnings.showwarning = _show_warning
+    if ctx.invoked_subcommand in KERAS_COMMANDS and not debug:
+        import_tensorflow_quietly()
 
 
 def data_options(f):

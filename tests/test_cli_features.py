@@ -257,6 +257,8 @@ def test_a_wheel_installs_the_shipped_model_for_predict(real_clips, tmp_path):
     result = subprocess.run([str(env_dir / "bin" / "serkeras"), "predict", str(real_clips.paths[0]), "--format", "json",
                              "--workers", "1"], cwd=outside, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
+    # TensorFlow's import chatter is dropped (the CLI imports it with standard error captured)
+    assert "absl::InitializeLog" not in result.stderr and "] oneDNN custom operations" not in result.stderr
     rows = json.loads(result.stdout[result.stdout.index("["):])
     assert [row["path"] for row in rows] == [str(real_clips.paths[0])]
     located = subprocess.run([str(python), "-c", "import serkeras.cli as c; print(c.default_model_path())"],
@@ -264,3 +266,16 @@ def test_a_wheel_installs_the_shipped_model_for_predict(real_clips, tmp_path):
     assert Path(located) == env_dir / "share" / "serkeras" / SHIPPED.name
 
 
+
+
+def test_import_chatter_is_dropped_and_everything_else_kept():
+    from serkeras.cli import without_import_chatter
+
+    chatter = ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+               "I0000 00:00:1796475330.766352   17231 port.cc:153] oneDNN custom operations are on.\n"
+               "I0000 00:00:1796475330.770792   17231 cudart_stub.cc:31] Could not find cuda drivers\n")
+    kept = ("E0000 00:00:1758131045.203198 3722035 cuda_dnn.cc:8579] Unable to register cuDNN factory\n"
+            "/x/keras/src/ops.py:10: UserWarning: something the user should see\n"
+            "ImportError: libcudart.so.12: cannot open shared object file\n")
+    assert without_import_chatter(chatter + kept) == kept
+    assert without_import_chatter(chatter) == ""
