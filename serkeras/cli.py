@@ -15,9 +15,6 @@ from serkeras.errors import SerkerasError
 # Quiet TensorFlow's C++ start-up chatter before anything imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-#: Commands that build or run Keras models, so import TensorFlow (the `tf.data` pipeline needs it on every backend).
-KERAS_COMMANDS = ("train", "evaluate", "predict", "tune", "export")
-
 #: What TensorFlow's bundled C++ libraries print while it is imported, before their logging is set up, so
 #: TF_CPP_MIN_LOG_LEVEL does not reach it (tensorflow/tensorflow#100442): Abseil's banner and its info lines
 #: ("I0000 00:00:1796475330.766352   17231 port.cc:153] oneDNN custom operations are on...").
@@ -38,8 +35,9 @@ def import_tensorflow_quietly():
     `_IMPORT_CHATTER`, is then written to standard error, so real warnings and
     import errors are still seen.
     """
-    if "tensorflow" in sys.modules:
-        return
+    context = click.get_current_context(silent=True)
+    if "tensorflow" in sys.modules or (context and (context.find_root().obj or {}).get("debug")):
+        return  # --debug shows everything
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
@@ -81,10 +79,22 @@ def lazy_choice(module, name):
     def load():
         import importlib
 
+        import_tensorflow_quietly()  # the registries' modules import Keras
         values = getattr(importlib.import_module(f"serkeras.{module}"), name)
         return sorted(values) if isinstance(values, dict) else values  # a registry's names, or a tuple in order
 
     return LazyChoice(load)
+
+
+class KerasCommand(click.Command):
+    """A command that builds or runs Keras models: TensorFlow is imported quietly when it runs (not for --help).
+
+    The `tf.data` pipeline needs TensorFlow on every Keras backend.
+    """
+
+    def invoke(self, ctx):
+        import_tensorflow_quietly()
+        return super().invoke(ctx)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -115,8 +125,6 @@ def main(ctx, debug):
     """Speech emotion recognition with Keras 3."""
     ctx.ensure_object(dict)["debug"] = debug
     warnings.showwarning = _show_warning
-    if ctx.invoked_subcommand in KERAS_COMMANDS and not debug:
-        import_tensorflow_quietly()
 
 
 def data_options(f):
@@ -374,7 +382,7 @@ def load_split(data_dir, manifest, split_kind, fold, n_folds, val_fraction, test
     return corpus, split
 
 
-@main.command()
+@main.command(cls=KerasCommand)
 @data_options
 @split_options
 @feature_options
@@ -512,7 +520,7 @@ def speaker_reference_clips(speaker_stats, config, corpus):
     return corpus.clips
 
 
-@main.command()
+@main.command(cls=KerasCommand)
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
 @data_options
 @split_options
@@ -599,7 +607,7 @@ def resolve_model(value):
     return shipped_model_path(value)
 
 
-@main.command()
+@main.command(cls=KerasCommand)
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
               help=f"A .keras file, or a shipped model by name: {', '.join(SHIPPED_MODELS)} (default: the first).")
@@ -688,7 +696,7 @@ def _tune_options(f):
     return _apply(options, f)
 
 
-@main.command()
+@main.command(cls=KerasCommand)
 @data_options
 @split_options
 @feature_options
@@ -781,7 +789,7 @@ def tune(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction,
 
 
 
-@main.command("export")
+@main.command("export", cls=KerasCommand)
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
 @click.option("--format", "export_format", type=lazy_choice("export", "FORMATS"), default="tf_saved_model",
               show_default=True)

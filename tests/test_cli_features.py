@@ -266,8 +266,6 @@ def test_a_wheel_installs_the_shipped_model_for_predict(real_clips, tmp_path):
     assert Path(located) == env_dir / "share" / "serkeras" / SHIPPED.name
 
 
-
-
 def test_import_chatter_is_dropped_and_everything_else_kept():
     from serkeras.cli import without_import_chatter
 
