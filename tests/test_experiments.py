@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import click
+import numpy as np
 import pytest
 
 from serkeras.cli import main
@@ -363,3 +364,56 @@ def test_member_agreement_counts_equal_predictions_pairwise():
     pairs, accuracies = agreement.agreement_row([models[0], models[1], models[0]], features, labels, "variable")
     assert pairs == pytest.approx((2 * np.mean(a == b) + 1) / 3)
     assert accuracies == [np.mean(a == labels), np.mean(b == labels), np.mean(a == labels)]
+
+
+def test_whisper_log_mel_has_whispers_frames_range_and_even_length():
+    probe = load_script("pretrained_probe")
+    t = np.arange(16000 + 160) / 16000  # 1.01 s: 101 frames, padded to 102
+    mel = probe.whisper_log_mel((0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32))
+    assert mel.shape == (80, 102) and mel.dtype == np.float32
+    assert mel.max() - mel.min() <= 2.0 + 1e-6  # clipped 8 decades below the peak, then divided by 4
+    assert np.argmax(mel.mean(axis=1)) == np.argmax(probe.whisper_log_mel(
+        (0.5 * np.sin(2 * np.pi * 440 * t[:8000])).astype(np.float32)).mean(axis=1))
+
+
+def test_probe_speaker_zscore_removes_each_speakers_offset(tmp_path):
+    """Embeddings = a weak emotion direction + a large per-speaker offset: z-normalising by speaker recovers the
+    emotion on unseen speakers, a plain probe cannot."""
+    from serkeras.corpus import Clip
+    from serkeras.splits import make_split
+
+    probe = load_script("pretrained_probe")
+    rng = np.random.default_rng(0)
+    labels = CREMA_D_LABELS
+    clips, embeddings = [], {}
+    for s in range(30):
+        offset = rng.normal(0, 6, 8)
+        for i in range(24):
+            label = i % len(labels)
+            clip = Clip(f"{1001 + s}_X_{i}.wav", labels[label], speaker=str(1001 + s))
+            clips.append(clip)
+            embeddings[clip.name] = offset + np.eye(8)[label] * 1.5 + rng.normal(0, 0.3, 8)
+    split = make_split(clips, "actor", seed=0)
+    plain = probe.probe_split(embeddings, split, labels, speaker_scale=False)
+    zscored = probe.probe_split(embeddings, split, labels, speaker_scale=True)
+    assert zscored["test_accuracy"] > 0.9 > plain["test_accuracy"] + 0.2
+    assert zscored["test_clips"] == len(split.test) and zscored["C"] in probe.C_GRID
+
+
+def test_probe_embeddings_save_atomically_and_resume(tmp_path):
+    probe = load_script("pretrained_probe")
+    path = tmp_path / "e.npz"
+    assert probe.load_embeddings(path) == {}
+    probe.save_embeddings(path, {"a": np.ones(4, np.float32), "b": np.zeros(4, np.float32)})
+    loaded = probe.load_embeddings(path)
+    assert sorted(loaded) == ["a", "b"] and loaded["a"].tolist() == [1, 1, 1, 1]
+    assert [p.name for p in tmp_path.iterdir()] == ["e.npz"]
+
+
+def test_probe_score_without_embeddings_is_a_one_line_error(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    probe = load_script("pretrained_probe")
+    monkeypatch.setattr(probe, "EMBEDDINGS_DIR", tmp_path)
+    result = CliRunner().invoke(probe.cli, ["score", "nothing-here"])
+    assert result.exit_code != 0 and "run embed first" in result.output and "Traceback" not in result.output
