@@ -103,18 +103,22 @@ def probe_split(embeddings, split, labels, speaker_scale, c_grid=C_GRID):
     index = {name: i for i, name in enumerate(labels)}
     parts = {name: [c for c in clips if c.name in embeddings] for name, clips in split.parts().items()}
 
-    def features(clips, reference):
-        x = [{"embedding": embeddings[c.name][None, :]} for c in clips]
+    def as_features(clips):
+        return [{"embedding": embeddings[c.name][None, :]} for c in clips]
+
+    def stats_of(clips):
+        return speaker_stats(as_features(clips), [c.speaker for c in clips]) if speaker_scale else None
+
+    def features(clips, stats):
+        x = as_features(clips)
         if speaker_scale:
-            ref = [{"embedding": embeddings[c.name][None, :]} for c in reference]
-            stats = speaker_stats(ref, [c.speaker for c in reference])
             x = normalize_by_speaker(x, [c.speaker for c in clips], stats, scale=True)
         return np.concatenate([f["embedding"] for f in x]), np.array([index[c.label] for c in clips])
 
-    every = parts["train"] + parts["val"] + parts["test"]
-    x_train, y_train = features(parts["train"], parts["train"])
-    x_val, y_val = features(parts["val"], every)
-    x_test, y_test = features(parts["test"], every)
+    every_stats = stats_of(parts["train"] + parts["val"] + parts["test"])
+    x_train, y_train = features(parts["train"], stats_of(parts["train"]))
+    x_val, y_val = features(parts["val"], every_stats)
+    x_test, y_test = features(parts["test"], every_stats)
     best = None
     for c in c_grid:
         probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000)).fit(x_train, y_train)
@@ -193,19 +197,31 @@ def score(name, data_dir):
     if not embeddings:
         raise SerkerasError(f"no embeddings named {name!r} in {EMBEDDINGS_DIR}; run embed first")
     corpus = load_crema_d(data_dir)
+    machine = describe_machine()
     rows = []
     for speaker_scale in (False, True):
         for kind in ("actor", "kfold", "random"):
             folds = range(N_FOLDS) if kind == "kfold" else [0]
             results = [probe_split(embeddings, make_split(corpus.clips, kind, fold=k, seed=0), corpus.labels,
                                    speaker_scale) for k in folds]
-            rows.append({"embeddings": name, "speaker_zscore": speaker_scale, "split": kind, "folds": results})
+            rows.append({"embeddings": name, "speaker_zscore": speaker_scale, "split": kind, "folds": results,
+                         "machine": machine})
             click.echo(f"{name} {'speaker z-norm' if speaker_scale else 'one clip'} {kind}: "
                        + ", ".join(f"{r['test_accuracy']:.3f}" for r in results))
-    with open(RESULTS_DIR / "pretrained_probe.jsonl", "a") as log:
+    log_path = RESULTS_DIR / "pretrained_probe.jsonl"
+    with open(log_path, "a") as log:
         for row in rows:
             log.write(json.dumps(row) + "\n")
-    write_report(RESULTS_DIR / "pretrained_probe.md", rows, describe_machine())
+    write_report(RESULTS_DIR / "pretrained_probe.md", latest_rows(log_path))
+
+
+def latest_rows(log_path):
+    """The newest row of each (embeddings, speaker z-norm, split) in the log, in first-seen order."""
+    latest = {}
+    for line in Path(log_path).read_text().splitlines():
+        row = json.loads(line)
+        latest[(row["embeddings"], row["speaker_zscore"], row["split"])] = row
+    return list(latest.values())
 
 
 def report_cells(row):
@@ -220,12 +236,13 @@ def report_cells(row):
     return f"{100 * acc:.1f} ± {100 * acc_std:.1f}", f"{f1:.3f} ± {f1_std:.3f}"
 
 
-def write_report(path, rows, machine):
+def write_report(path, rows):
+    machines = list(dict.fromkeys(line for row in rows for line in row["machine"]))
     lines = ["# A linear probe on a frozen Whisper encoder", "",
              "Written by `python experiments/pretrained_probe.py score NAME` (see its docstring). Splits as in "
              "[accuracy.md](accuracy.md), seed 0; `kfold`: mean ± sample std over the 5 folds, otherwise ± the "
              "95% interval over the test clips. Validation accuracy (mean over folds) chose C.", "",
-             *[f"Machine: {line}" for line in machine], "",
+             *[f"Machine: {line}" for line in machines], "",
              "| embeddings | needs | split | test acc % | macro-F1 | val acc % | C |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for row in rows:
