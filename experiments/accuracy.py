@@ -225,7 +225,7 @@ SHIPPED_MODELS = {
                "session 16, before ensemble scores were recorded, so the list below starts at fold 3; "
                "experiments/README.md, findings 23 and 26)"),
 }
-DEFAULT_SHIPPED = next(iter(SHIPPED_MODELS))  # what `serkeras predict` uses without --model
+DEFAULT_SHIPPED = next(iter(SHIPPED_MODELS))  # what `ship` and `card` make without --model
 #: Test-time augmentation (`ensemble --tta-copies`): serkeras.effects.TEST_TIME_AUGMENTATION, as in
 #: `serkeras evaluate --tta-copies`.
 TTA_DESCRIPTION = ("serkeras' TEST_TIME_AUGMENTATION, made like the augmented recipes' training copies: speed "

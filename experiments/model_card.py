@@ -112,6 +112,124 @@ def part_probabilities(model, meta, clips, copies=0, speaker_clips=None):
     return predict_versions(model, versions, config.length_mode, config.fixed_frames)
 
 
+def score_test_actors(corpus, split, labels, probabilities):
+    """What every card reports about `split.test`, from the model's `probabilities` for those clips.
+
+    Returns a dict: clips, y_true, y_pred, the classification report (per sex too), actors, actors per part,
+    bootstrap intervals of accuracy and macro-F1, and the listeners' votes (voted, human, agree, human_ci).
+    """
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from serkeras.evaluation import classification_report
+
+    clips = list(split.test)
+    y_true = np.asarray(corpus.label_indices(clips))
+    y_pred = probabilities.argmax(axis=1)
+    actors = [c.speaker for c in clips]
+    votes = human_votes(Path(clips[0].path).resolve().parent.parent / "summaryTable.csv")
+    voted = np.array([c.name in votes for c in clips])
+    human = np.array([vote_credit(votes.get(c.name, ()), c.label) for c in clips])
+    return {
+        "clips": clips, "labels": labels, "y_true": y_true, "y_pred": y_pred, "actors": actors, "votes": votes,
+        "report": classification_report(y_true, y_pred, labels, groups={"sex": [c.sex for c in clips]}),
+        "n_actors": {part: len({c.speaker for c in clips_}) for part, clips_ in split.parts().items()},
+        "acc_ci": actor_bootstrap(actors, lambda i: accuracy_score(y_true[i], y_pred[i])),
+        "f1_ci": actor_bootstrap(actors, lambda i: f1_score(y_true[i], y_pred[i], average="macro",
+                                                            labels=range(len(labels)), zero_division=0)),
+        "voted": voted, "human": human,
+        "agree": np.array([vote_credit(votes.get(c.name, ()), labels[p]) for c, p in zip(clips, y_pred)]),
+        "human_ci": actor_bootstrap(actors, lambda i: human[i][voted[i]].mean()),
+    }
+
+
+def results_lines(scored):
+    """'## Results on the test actors' of a card: accuracy and macro-F1 with intervals, per sex, per class, confusions."""
+    clips, labels, report, n_actors = scored["clips"], scored["labels"], scored["report"], scored["n_actors"]
+    acc_ci, f1_ci = scored["acc_ci"], scored["f1_ci"]
+    lines = [
+        "", "## Results on the test actors (never heard in training)", "",
+        f"- Accuracy **{100 * report['accuracy']:.1f}%** (95% CI {100 * acc_ci[0]:.1f}-{100 * acc_ci[1]:.1f}%), "
+        f"macro-F1 **{report['macro_f1']:.3f}** (95% CI {f1_ci[0]:.3f}-{f1_ci[1]:.3f}) on {report['n']} clips of "
+        f"{n_actors['test']} actors. Intervals: {BOOTSTRAP} bootstrap resamples of whole actors (with only "
+        f"{n_actors['test']} actors they are wide).",
+        "- By sex: " + ", ".join(f"{sex} {100 * acc:.1f}% ({sum(c.sex == sex for c in clips)} clips)"
+                                 for sex, acc in report["accuracy_by_sex"].items()) + ".",
+        "", "| emotion | precision | recall | F1 | clips |", "| --- | --- | --- | --- | --- |"]
+    for label in labels:
+        c = report["per_class"][label]
+        lines.append(f"| {label} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |")
+    lines += ["", "Confusion matrix (rows: acted emotion; columns: prediction):", "",
+              "| | " + " | ".join(labels) + " |", "|" + " --- |" * (len(labels) + 1)]
+    for label, row in zip(labels, report["confusion_matrix"]):
+        lines.append(f"| **{label}** | " + " | ".join(str(v) for v in row) + " |")
+    return lines
+
+
+def degraded_lines(model, meta, scored, training_note):
+    """'### On degraded audio': the test clips, each replaced by its first augmented copy."""
+    from serkeras.cache import model_features
+    from serkeras.evaluation import predict_features
+
+    degraded = predict_features(model, model_features(scored["clips"], meta.feature_config, 1, require_all=True)[1][1],
+                                meta.feature_config.length_mode, meta.feature_config.fixed_frames).argmax(axis=1)
+    return ["", "### On degraded audio", "",
+            f"The same test clips, each replaced by one augmented copy (speed 0.9-1.1, time shift up to 0.25 s, gain "
+            f"within 6 dB, white noise at 10-30 dB SNR): accuracy {100 * (degraded == scored['y_true']).mean():.1f}% "
+            f"(clean: {100 * scored['report']['accuracy']:.1f}%). {training_note}"]
+
+
+def human_lines(scored):
+    """'## Compared with human listeners on the same clips' of a card."""
+    clips, labels, report, votes = scored["clips"], scored["labels"], scored["report"], scored["votes"]
+    voted, human, agree, human_ci = scored["voted"], scored["human"], scored["agree"], scored["human_ci"]
+    y_true, y_pred = scored["y_true"], scored["y_pred"]
+    lines = [
+        "", "## Compared with human listeners on the same clips", "",
+        "CREMA-D's `summaryTable.csv` gives, per clip, the majority emotion chosen by crowd-sourced listeners who "
+        "heard the audio only (`VoiceVote`). A tie between k emotions scores 1/k when the acted emotion is among "
+        "them (the expected score of breaking the tie at random).", "",
+        f"- Listeners' majority vote matches the acted emotion on {100 * human[voted].mean():.1f}% of these "
+        f"{int(voted.sum())} test clips (95% CI {100 * human_ci[0]:.1f}-{100 * human_ci[1]:.1f}%); the model on "
+        f"{100 * report['accuracy']:.1f}%.",
+        f"- The model's prediction equals the listeners' vote on {100 * agree[voted].mean():.1f}% of the clips.",
+        "", "| emotion | listeners' recall | model recall |", "| --- | --- | --- |"]
+    for i, label in enumerate(labels):
+        rows = (y_true == i) & voted
+        lines.append(f"| {label} | {100 * human[rows].mean():.1f}% | {100 * (y_pred[rows] == i).mean():.1f}% |")
+    neutral = np.mean(["neutral" in votes.get(c.name, ()) for c in clips])
+    lines += [
+        "", f"Listeners' majority said *neutral* (alone or tied) for {100 * neutral:.0f}% of these clips, though "
+        "only a sixth are acted neutral. The model was trained on the acted labels, so it is rewarded for hearing "
+        "what the actor intended; the listeners judged what they perceived. That makes this a reference point, "
+        "not a contest on the same task.", ""]
+    return lines
+
+
+def limitation_lines(scored):
+    """'## Limitations' of a card."""
+    n_actors = scored["n_actors"]
+    return [
+        "## Limitations", "",
+        "- Acted English speech: 91 actors (ages 20-74) reading 12 fixed sentences, recorded in controlled "
+        "conditions. Spontaneous speech, other languages, children, noisy or far-field audio are outside what it "
+        "was trained on; expect lower accuracy there.",
+        "- Six classes only; there is no *other* or *no emotion detected*: every clip gets one of the six.",
+        "- 16 kHz audio: other rates are resampled by `serkeras predict`, narrow-band (8 kHz telephone) audio "
+        "loses the upper half of the mel bands the model uses.",
+        f"- The test part is {n_actors['test']} actors: the interval above is wide, and the 5-fold numbers "
+        "are the better estimate of accuracy on new voices. The 18 held-back actors are the final judge.",
+        "- Per-sex results come from few actors per sex and should not be read as a measured bias, nor as its "
+        "absence.", ""
+    ]
+
+
+def card_summary(scored):
+    """What `write_model_card` returns: test accuracy, macro-F1, the listeners' accuracy, the report as JSON."""
+    report = scored["report"]
+    return {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
+            "human": float(scored["human"][scored["voted"]].mean()), "json": json.dumps(report)}
+
+
 def write_model_card(model_path, card_path, data_dir, members, command, results, runs_dir, kfold_scores, n_folds,
                      tta_copies, kfold_ensembles=(), chosen="The members were chosen on the validation actors",
                      listed=None):
@@ -129,10 +247,8 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
     """
     from sklearn.metrics import accuracy_score, f1_score
 
-    from serkeras.cache import model_features
     from serkeras.corpus import load_corpus
     from serkeras.errors import SerkerasError
-    from serkeras.evaluation import classification_report, predict_features
     from serkeras.models import load_model
     from serkeras.models.cost import flops_per_clip
     from serkeras.models.ensemble import ensemble_members
@@ -175,22 +291,10 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
         mflops += member_flops
         member_rows.append(f"| `{name}` | {member_meta.model_config.arch} | {member.count_params():,} | "
                            f"{member_flops:.0f} | {100 * val_acc:.1f} | {100 * test_acc:.1f} | {minutes} |")
+    scored = score_test_actors(corpus, split, list(meta.labels), probabilities)
+    y_true, actors, n_actors = scored["y_true"], scored["actors"], scored["n_actors"]
     labels = list(meta.labels)
-    y_true = np.asarray(corpus.label_indices(clips))
-    y_pred = probabilities.argmax(axis=1)
-    report = classification_report(y_true, y_pred, labels, groups={"sex": [c.sex for c in clips]})
-    actors = [c.speaker for c in clips]
-    acc_ci = actor_bootstrap(actors, lambda i: accuracy_score(y_true[i], y_pred[i]))
-    f1_ci = actor_bootstrap(actors, lambda i: f1_score(y_true[i], y_pred[i], average="macro",
-                                                       labels=range(len(labels)), zero_division=0))
-    votes = human_votes(Path(clips[0].path).resolve().parent.parent / "summaryTable.csv")
-    voted = np.array([c.name in votes for c in clips])
-    human = np.array([vote_credit(votes.get(c.name, ()), c.label) for c in clips])
-    agree = np.array([vote_credit(votes.get(c.name, ()), labels[p]) for c, p in zip(clips, y_pred)])
-    human_ci = actor_bootstrap(actors, lambda i: human[i][voted[i]].mean())
-
     size = Path(model_path).stat().st_size / 2**20
-    n_actors = {part: len({c.speaker for c in clips_}) for part, clips_ in split.parts().items()}
     fc = meta.feature_config
     name = Path(model_path).stem
     model_option = "" if name == SHIPPED_MODELS[0] else f" --model {name}"
@@ -232,30 +336,9 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
         "two parts.",
         training_line(members, results, times, previous_training),
     ]
-    lines += [
-        "", "## Results on the test actors (never heard in training)", "",
-        f"- Accuracy **{100 * report['accuracy']:.1f}%** (95% CI {100 * acc_ci[0]:.1f}-{100 * acc_ci[1]:.1f}%), "
-        f"macro-F1 **{report['macro_f1']:.3f}** (95% CI {f1_ci[0]:.3f}-{f1_ci[1]:.3f}) on {report['n']} clips of "
-        f"{n_actors['test']} actors. Intervals: {BOOTSTRAP} bootstrap resamples of whole actors (with only "
-        f"{n_actors['test']} actors they are wide).",
-        "- By sex: " + ", ".join(f"{sex} {100 * acc:.1f}% ({sum(c.sex == sex for c in clips)} clips)"
-                                 for sex, acc in report["accuracy_by_sex"].items()) + ".",
-        "", "| emotion | precision | recall | F1 | clips |", "| --- | --- | --- | --- | --- |"]
-    for label in labels:
-        c = report["per_class"][label]
-        lines.append(f"| {label} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |")
-    lines += ["", "Confusion matrix (rows: acted emotion; columns: prediction):", "",
-              "| | " + " | ".join(labels) + " |", "|" + " --- |" * (len(labels) + 1)]
-    for label, row in zip(labels, report["confusion_matrix"]):
-        lines.append(f"| **{label}** | " + " | ".join(str(v) for v in row) + " |")
-    # The same clips degraded: each one's first augmented copy alone (speed, shift, gain, noise).
-    degraded = predict_features(model, model_features(clips, meta.feature_config, 1, require_all=True)[1][1],
-                                meta.feature_config.length_mode, meta.feature_config.fixed_frames).argmax(axis=1)
-    lines += ["", "### On degraded audio", "",
-              f"The same test clips, each replaced by one augmented copy (speed 0.9-1.1, time shift up to 0.25 s, gain "
-              f"within 6 dB, white noise at 10-30 dB SNR): accuracy {100 * (degraded == y_true).mean():.1f}% "
-              f"(clean: {100 * report['accuracy']:.1f}%). Members trained on such copies (`--augment-copies`): "
-              f"{augmented} of {len(members)}."]
+    lines += results_lines(scored)
+    lines += degraded_lines(model, meta, scored, f"Members trained on such copies (`--augment-copies`): "
+                                                 f"{augmented} of {len(members)}.")
     if fc.speaker_norm:
         from speaker_means import speaker_mean_table
 
@@ -310,36 +393,6 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
                       f"{f' --seed {seed}' if seed else ''}`)."]
         else:
             lines += [f"- `{label}`: no fold finished in this checkout's records."]
-    lines += [
-        "", "## Compared with human listeners on the same clips", "",
-        "CREMA-D's `summaryTable.csv` gives, per clip, the majority emotion chosen by crowd-sourced listeners who "
-        "heard the audio only (`VoiceVote`). A tie between k emotions scores 1/k when the acted emotion is among "
-        "them (the expected score of breaking the tie at random).", "",
-        f"- Listeners' majority vote matches the acted emotion on {100 * human[voted].mean():.1f}% of these "
-        f"{int(voted.sum())} test clips (95% CI {100 * human_ci[0]:.1f}-{100 * human_ci[1]:.1f}%); the model on "
-        f"{100 * report['accuracy']:.1f}%.",
-        f"- The model's prediction equals the listeners' vote on {100 * agree[voted].mean():.1f}% of the clips.",
-        "", "| emotion | listeners' recall | model recall |", "| --- | --- | --- |"]
-    for i, label in enumerate(labels):
-        rows = (y_true == i) & voted
-        lines.append(f"| {label} | {100 * human[rows].mean():.1f}% | {100 * (y_pred[rows] == i).mean():.1f}% |")
-    neutral = np.mean(["neutral" in votes.get(c.name, ()) for c in clips])
-    lines += [
-        "", f"Listeners' majority said *neutral* (alone or tied) for {100 * neutral:.0f}% of these clips, though "
-        "only a sixth are acted neutral. The model was trained on the acted labels, so it is rewarded for hearing "
-        "what the actor intended; the listeners judged what they perceived. That makes this a reference point, "
-        "not a contest on the same task.", "",
-        "## Limitations", "",
-        "- Acted English speech: 91 actors (ages 20-74) reading 12 fixed sentences, recorded in controlled "
-        "conditions. Spontaneous speech, other languages, children, noisy or far-field audio are outside what it "
-        "was trained on; expect lower accuracy there.",
-        "- Six classes only; there is no *other* or *no emotion detected*: every clip gets one of the six.",
-        "- 16 kHz audio: other rates are resampled by `serkeras predict`, narrow-band (8 kHz telephone) audio "
-        "loses the upper half of the mel bands the model uses.",
-        f"- The test part is {n_actors['test']} actors: the interval above is wide, and the 5-fold numbers "
-        "are the better estimate of accuracy on new voices. The 18 held-back actors are the final judge.",
-        "- Per-sex results come from few actors per sex and should not be read as a measured bias, nor as its "
-        "absence.", ""]
+    lines += human_lines(scored) + limitation_lines(scored)
     Path(card_path).write_text("\n".join(line for line in lines if line is not None))
-    return {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"], "human": float(human[voted].mean()),
-            "json": json.dumps(report)}
+    return card_summary(scored)

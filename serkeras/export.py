@@ -62,6 +62,9 @@ def export_model(model, path, export_format="tf_saved_model"):
     """
     if export_format not in FORMATS:
         raise SerkerasError(f"unknown export format {export_format!r}; choose one of {', '.join(FORMATS)}")
+    if export_format == "litert" and quantized_layers(model):
+        raise SerkerasError("LiteRT's converter cannot convert Keras' int8-quantized layers (here: "
+                            f"{', '.join(quantized_layers(model)[:3])}...); export to tf_saved_model or onnx")
     if export_format == "onnx":
         embed_normalization_constants(model)
     # A model fresh from a .keras file has not been called yet; exporters trace a called one.
@@ -73,9 +76,30 @@ def export_model(model, path, export_format="tf_saved_model"):
             model.export(str(path), format=export_format, verbose=False)
     except ImportError as exc:
         raise SerkerasError(f"exporting to {export_format} needs a package that is not installed: {exc}") from None
-    except ValueError as exc:  # the exporter refused the model or the path
-        raise SerkerasError(f"exporting to {export_format} failed: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # the exporter or its converter refused the model (many types), or the path
+        raise SerkerasError(f"exporting to {export_format} failed: {first_error_line(exc)}") from None
     return path
+
+
+def first_error_line(exc, limit=300):
+    """The line of a converter's error that says what went wrong (the first with "error", else the first)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    line = next((line for line in lines if "error" in line.lower()), lines[0])
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def quantized_layers(model):
+    """Names of the layers of `model` that `Model.quantize` changed (int8 and the like)."""
+    return [layer.name for layer in _all_layers(model) if getattr(layer, "quantization_mode", None)]
+
+
+def export_tolerance(model):
+    """Largest difference in probabilities that still counts as the same model after export.
+
+    1e-4; 1e-3 for a quantized model, whose activations are rounded to int8 as
+    it runs, and each runtime rounds a few of them the other way.
+    """
+    return 1e-3 if quantized_layers(model) else 1e-4
 
 
 class UncheckedExport(SerkerasError):
@@ -105,7 +129,10 @@ def check_export(model, path, export_format="tf_saved_model"):
             import onnxruntime
         except ImportError:
             raise UncheckedExport("onnxruntime is not installed") from None
-        session = onnxruntime.InferenceSession(str(path))
+        try:
+            session = onnxruntime.InferenceSession(str(path))
+        except Exception as exc:  # onnxruntime raises its own types for graphs it cannot run
+            raise SerkerasError(f"onnxruntime cannot run the ONNX export at {path}: {first_error_line(exc)}") from None
         expected_names = [t.name for t in model.inputs]
         names = [i.name for i in session.get_inputs()]
         if names != expected_names:

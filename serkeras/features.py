@@ -57,8 +57,8 @@ class FeatureConfig:
             raise ValueError(f"length_mode must be one of {LENGTH_MODES}, got {self.length_mode!r}")
         if self.audio_normalization not in NORMALIZATIONS:
             raise ValueError(f"audio_normalization must be one of {NORMALIZATIONS}")
-        if not 0 < self.fmin < self.fmax <= self.sample_rate / 2:
-            raise ValueError("need 0 < fmin < fmax <= sample_rate / 2")
+        if not 0 <= self.fmin < self.fmax <= self.sample_rate / 2:
+            raise ValueError("need 0 <= fmin < fmax <= sample_rate / 2")
         if self.win_length > self.n_fft:
             raise ValueError("win_length must not exceed n_fft")
         if self.speaker_scale and not self.speaker_norm:

@@ -5,7 +5,8 @@ Run as::
     KERAS_BACKEND=jax python tests/backend_checks.py [EXPORT_DIR]
     KERAS_BACKEND=tensorflow python tests/backend_checks.py --reload EXPORT_DIR
 
-For every registered architecture at a tiny width in variable-length mode, and
+For every registered architecture at a tiny width in variable-length mode (and
+the shipped but unregistered `whisper` at a tiny size), and
 for `combined` (which holds both the 1D and the 2D path) in fixed mode (1 s), it
 builds a model on synthetic features and checks (the newer architectures with
 attentive pooling and per-utterance normalisation, so those layers run under
@@ -49,17 +50,20 @@ import numpy as np  # noqa: E402
 import keras  # noqa: E402
 
 from serkeras.features import FeatureConfig, compute_stats, fit_to_length  # noqa: E402
-from serkeras.models import ARCHITECTURES, ModelConfig, build_model, load_model, model_metadata  # noqa: E402
+from serkeras.models import (ARCHITECTURES, ModelConfig, build_model, build_whisper, load_model,  # noqa: E402
+                             model_metadata)
 
 LABELS = ["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"]
 ARCHS = tuple(sorted(ARCHITECTURES))
 #: Architectures checked per length mode: fixed mode differs from variable only in the input
 #: shapes and the missing `lengths` input, so one model holding every block type covers it.
-MODE_ARCHS = {"variable": ARCHS, "fixed": ("combined",)}
+#: `whisper` is not registered (it is built for Whisper's pre-trained weights) but ships, so it is checked too.
+MODE_ARCHS = {"variable": ARCHS + ("whisper",), "fixed": ("combined",)}
 #: Settings beyond the tiny width, per architecture: every optional layer gets built somewhere.
 EXTRA = {"resnet": {"pooling": "attention", "utterance_norm": "mean"},
          "crnn": {"pooling": "attention", "utterance_norm": "meanvar", "rnn_units": 8},
-         "conformer": {"encoder_layers": 1, "attention_units": 16}}
+         "conformer": {"encoder_layers": 1, "attention_units": 16},
+         "whisper": {"encoder_layers": 1, "encoder_dim": 32, "attention_heads": 2}}
 TRAIN_LENGTHS = (40, 300, 73, 187, 120, 256, 95, 211)  # 8 clips, batch 4 -> 2 steps
 EXPORT_LENGTHS = (48, 131, 203)
 PAD_ATOL = 1e-5
@@ -258,7 +262,8 @@ def main(argv):
                 tag = f"{arch}/{length_mode}"
                 model_config = ModelConfig(arch=arch, width=0.125, head_units=32, **EXTRA.get(arch, {}))
                 try:
-                    model = build_model(feature_config, model_config, LABELS, stats)
+                    builder = build_whisper if arch == "whisper" else build_model
+                    model = builder(feature_config, model_config, LABELS, stats)
                 except Exception as exc:
                     traceback.print_exc()
                     report(f"{tag} build", False, f"{type(exc).__name__}: {exc}")

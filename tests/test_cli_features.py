@@ -148,6 +148,7 @@ def test_unknown_option_is_a_usage_error(runner):
 
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "saved_models"
 SHIPPED = SHIPPED_DIR / SHIPPED_MODEL
+SPEAKER_NORM = next(name for name in SHIPPED_MODELS if name.endswith("-speaker-norm"))
 
 
 @pytest.mark.skipif(not SHIPPED.is_file(), reason="no shipped model in this checkout")
@@ -159,7 +160,7 @@ def test_predict_without_model_uses_the_shipped_model(runner, real_clips, tmp_pa
 
     assert SHIPPED.stat().st_size <= 20 * 2**20
     _, meta = load_model(SHIPPED)
-    assert meta.labels == CREMA_D_LABELS and meta.feature_config.pitch
+    assert meta.labels == CREMA_D_LABELS and meta.model_config.arch == "whisper"
     monkeypatch.chdir(tmp_path)  # no saved_models/ here: the checkout's copy is found
     clips = [str(p) for p in real_clips.paths[:3]]
     result = runner.invoke(main, ["predict", *clips, "--format", "json", "--workers", "1"])
@@ -191,14 +192,14 @@ def test_every_shipped_model_is_in_the_checkout_the_install_and_git():
     assert ignored == ""
 
 
-@pytest.mark.skipif(not (SHIPPED_DIR / f"{SHIPPED_MODELS[1]}.keras").is_file(), reason="no shipped model")
+@pytest.mark.skipif(not (SHIPPED_DIR / f"{SPEAKER_NORM}.keras").is_file(), reason="no shipped model")
 def test_predict_finds_a_shipped_model_by_name_and_normalises_by_speaker(runner, real_clips, tmp_path,
                                                                           monkeypatch):
     import json
 
     from serkeras.models import load_model
 
-    name = SHIPPED_MODELS[1]
+    name = SPEAKER_NORM
     _, meta = load_model(SHIPPED_DIR / f"{name}.keras")
     assert meta.feature_config.speaker_norm
     monkeypatch.chdir(tmp_path)  # found by name in the checkout's saved_models/
@@ -225,9 +226,9 @@ def test_a_model_name_that_is_not_shipped_stays_a_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert resolve_model("my-model.keras") == Path("my-model.keras")
     (tmp_path / "saved_models").mkdir()
-    copy = tmp_path / "saved_models" / f"{SHIPPED_MODELS[1]}.keras"
+    copy = tmp_path / "saved_models" / f"{SPEAKER_NORM}.keras"
     copy.write_bytes(b"not a model")  # the project's own folder is looked at first
-    assert resolve_model(SHIPPED_MODELS[1]) == copy == resolve_model(f"{SHIPPED_MODELS[1]}.keras")
+    assert resolve_model(SPEAKER_NORM) == copy == resolve_model(f"{SPEAKER_NORM}.keras")
     with pytest.raises(SerkerasError, match="no shipped model saved_models/no-such.keras"):
         shipped_model_path("no-such")
 

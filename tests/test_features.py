@@ -381,7 +381,7 @@ def test_speaker_normalized_with_a_reference_takes_each_speakers_statistics_from
 @pytest.mark.parametrize("bad", [
     {"length_mode": "ragged"},
     {"audio_normalization": "loud"},
-    {"fmin": 0.0},
+    {"fmin": -1.0},
     {"fmin": 9000.0},
     {"fmax": 9000.0},
     {"fmin": 4000.0, "fmax": 3000.0},

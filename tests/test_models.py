@@ -432,3 +432,89 @@ def test_a_litert_export_with_tensorflow_ops_is_written_but_said_unchecked(tmp_p
     assert path.stat().st_size > 0
     with pytest.raises(UncheckedExport, match=r"TensorFlow ops \(FlexTensorList\w+.*\) that need LiteRT's Flex"):
         check_export(model, path, "litert")
+
+
+# --------------------------------------------------------------------------- whisper
+
+WHISPER_FEATURES = FeatureConfig(n_mels=12, n_fft=400, win_length=400, fmin=0.0, audio_normalization="none")
+
+
+def test_pooled_lengths_with_ceil_counts_a_partial_last_window():
+    layer = PooledLengths(2, ceil=True)
+    got = keras.ops.convert_to_numpy(layer(np.array([1, 2, 3, 300, 301], np.int32)))
+    np.testing.assert_array_equal(got, [1, 1, 2, 150, 151])
+    assert PooledLengths.from_config(layer.get_config()).ceil
+
+
+def test_whisper_scaling_floors_eight_decades_below_each_clips_own_peak():
+    from serkeras.models.layers import WhisperScaling
+
+    rng = np.random.default_rng(0)
+    clips = [rng.uniform(-120, -20, (9, 4)).astype(np.float32), rng.uniform(-90, -30, (6, 4)).astype(np.float32)]
+    got = keras.ops.convert_to_numpy(WhisperScaling()(_garbage_padded(rng, clips), np.array([9, 6], np.int32)))
+    for i, clip in enumerate(clips):
+        decades = clip / 10.0
+        np.testing.assert_allclose(got[i, :len(clip)], (np.maximum(decades, decades.max() - 8.0) + 4.0) / 4.0, rtol=1e-6)
+
+
+def test_masked_statistics_are_mean_and_std_over_real_frames():
+    from serkeras.models.layers import MaskedStatistics
+
+    rng = np.random.default_rng(1)
+    clips = [rng.normal(size=(n, 3)).astype(np.float32) for n in (7, 2, 1)]
+    got = keras.ops.convert_to_numpy(MaskedStatistics()(_garbage_padded(rng, clips), np.array([7, 2, 1], np.int32)))
+    want = [np.concatenate([c.mean(axis=0), c.std(axis=0)]) for c in clips]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_sinusoidal_positions_are_whispers_table():
+    from serkeras.models.layers import SinusoidalPositions
+
+    layer = SinusoidalPositions()
+    out = keras.ops.convert_to_numpy(layer(np.zeros((1, 3, 8), np.float32)))[0]
+    np.testing.assert_allclose(out[0], [0, 0, 0, 0, 1, 1, 1, 1], atol=1e-7)
+    # Frequencies fall geometrically from 1 to 1/10000 over the four sine channels.
+    np.testing.assert_allclose(out[2, :4], np.sin(2 * 10000.0 ** (-np.arange(4) / 3)), rtol=1e-6)
+    np.testing.assert_allclose(out[2, 4:], np.cos(2 * 10000.0 ** (-np.arange(4) / 3)), rtol=1e-6)
+
+
+def test_whisper_model_ignores_padding_and_round_trips_through_a_keras_file(tmp_path):
+    from serkeras.models import build_whisper
+
+    config = ModelConfig(arch="whisper", encoder_layers=2, encoder_dim=16, attention_heads=2)
+    model = build_whisper(WHISPER_FEATURES, config, LABELS)
+    assert [i.name for i in model.inputs] == ["logmel", "lengths"] and model.output_shape == (None, len(LABELS))
+    rng = np.random.default_rng(2)
+    clips = [rng.uniform(-100, -20, (n, 12)).astype(np.float32) for n in (21, 8, 5)]
+    lengths = np.array([len(c) for c in clips], np.int32)
+    batch = keras.ops.convert_to_numpy(model([_garbage_padded(rng, clips), lengths]))
+    alone = [keras.ops.convert_to_numpy(model([c[None], lengths[i:i + 1]]))[0] for i, c in enumerate(clips)]
+    np.testing.assert_allclose(batch, alone, rtol=1e-4, atol=1e-5)
+    model.save(tmp_path / "whisper.keras")
+    loaded, metadata = load_model(tmp_path / "whisper.keras")
+    assert metadata.model_config == config and metadata.feature_config.fmin == 0.0
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded([_garbage_padded(rng, clips), lengths])), batch, rtol=1e-5)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="exports trace TensorFlow graphs")
+def test_whisper_model_with_int8_feed_forward_exports_to_onnx_and_says_why_litert_fails(tmp_path):
+    """The shipped Whisper model's kind of graph: GELU through erf (tf2onnx has no erfc) and int8 Dense layers."""
+    import warnings
+
+    pytest.importorskip("onnxruntime")
+    from serkeras.export import check_export, export_model, export_tolerance, quantized_layers
+    from serkeras.models import build_whisper
+
+    model = build_whisper(WHISPER_FEATURES, ModelConfig(arch="whisper", encoder_layers=1, encoder_dim=16,
+                                                        attention_heads=2), LABELS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model.quantize("int8", filters=lambda layer: isinstance(layer, keras.layers.Dense)
+                       and layer.name != "probabilities")
+    assert export_tolerance(model) == 1e-3 and quantized_layers(model) == ["layer0_ffn_expand", "layer0_ffn_project"]
+    for export_format, name in (("onnx", "w.onnx"), ("tf_saved_model", "w_saved_model")):
+        path = export_model(model, tmp_path / name, export_format)
+        assert check_export(model, path, export_format) < export_tolerance(model)
+    # LiteRT's converter has no fully-connected op for Keras' int8 activations: said before trying, in one line.
+    with pytest.raises(SerkerasError, match=r"^LiteRT's converter cannot convert Keras' int8-quantized layers"):
+        export_model(model, tmp_path / "w.tflite", "litert")

@@ -5,6 +5,7 @@ from serkeras.models.config import ACTIVATIONS, POOLINGS, UTTERANCE_NORMS, Model
 from serkeras.models.layers import SerkerasMetadata
 from serkeras.models.registry import ARCHITECTURES, get_builder, register
 from serkeras.models.saving import load_model, model_metadata
+from serkeras.models.whisper import build_whisper  # not registered: it is built for Whisper's pre-trained weights
 
 
 def build_model(feature_config, model_config, labels, stats=None):
@@ -23,5 +24,5 @@ def build_model(feature_config, model_config, labels, stats=None):
     return get_builder(model_config.arch)(feature_config, model_config, list(labels), stats)
 
 
-__all__ = ["ACTIVATIONS", "ARCHITECTURES", "ModelConfig", "POOLINGS", "UTTERANCE_NORMS", "SerkerasMetadata", "build_model", "get_builder",
-           "load_model", "model_metadata", "register"]
+__all__ = ["ACTIVATIONS", "ARCHITECTURES", "ModelConfig", "POOLINGS", "UTTERANCE_NORMS", "SerkerasMetadata", "build_model",
+           "build_whisper", "get_builder", "load_model", "model_metadata", "register"]

@@ -24,7 +24,8 @@ class ModelConfig:
     Fields of the newer architectures: `filters_residual` (the `resnet`
     blocks), `filters_front` (the convolutional front end of `crnn` and
     `conformer`), `rnn_units` (`crnn`'s BiGRU per direction), `encoder_layers`
-    and `attention_heads` (`conformer`), `attention_units` (attentive pooling).
+    and `attention_heads` (`conformer`, `whisper`), `encoder_dim` (`whisper`),
+    `attention_units` (attentive pooling).
     """
 
     arch: str = "2d"
@@ -44,6 +45,7 @@ class ModelConfig:
     filters_front: tuple = (32, 64, 128)
     rnn_units: int = 128
     encoder_layers: int = 2
+    encoder_dim: int = 512
     attention_heads: int = 4
     attention_units: int = 128
 

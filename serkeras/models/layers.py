@@ -5,6 +5,7 @@ count (`lengths`) so that padded frames never change a clip's output.
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 
@@ -37,6 +38,17 @@ def masked_mean(x, mask, axis, keepdims=False):
 
 
 @keras.saving.register_keras_serializable(package="serkeras")
+def gelu(x):
+    """Exact GELU, ``x * Phi(x)``, written with ``erf``.
+
+    The same values as ``keras.activations.gelu``, but TensorFlow's own GELU
+    uses ``erfc``, which tf2onnx cannot convert, so models that use this one
+    export to ONNX.
+    """
+    return 0.5 * x * (1.0 + ops.erf(x * np.float32(1.0 / np.sqrt(2.0))))
+
+
+@keras.saving.register_keras_serializable(package="serkeras")
 class TimeMask(keras.layers.Layer):
     """Zero the frames past each clip's length (before a convolution reads them)."""
 
@@ -47,20 +59,26 @@ class TimeMask(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="serkeras")
 class PooledLengths(keras.layers.Layer):
-    """Frame counts after a 'valid' pooling of size `pool_size` along time (at least 1)."""
+    """Frame counts after a 'valid' pooling of size `pool_size` along time (at least 1).
 
-    def __init__(self, pool_size, **kwargs):
+    With `ceil`, after a strided convolution that pads its input instead: a
+    partial last window still gives a frame.
+    """
+
+    def __init__(self, pool_size, ceil=False, **kwargs):
         super().__init__(**kwargs)
         self.pool_size = int(pool_size)
+        self.ceil = bool(ceil)
 
     def call(self, lengths):
-        return ops.maximum(ops.floor_divide(ops.cast(lengths, "int32"), self.pool_size), 1)
+        lengths = ops.cast(lengths, "int32") + (self.pool_size - 1 if self.ceil else 0)
+        return ops.maximum(ops.floor_divide(lengths, self.pool_size), 1)
 
     def compute_output_spec(self, lengths):
         return keras.KerasTensor(lengths.shape, dtype="int32")
 
     def get_config(self):
-        return {**super().get_config(), "pool_size": self.pool_size}
+        return {**super().get_config(), "pool_size": self.pool_size, "ceil": self.ceil}
 
 
 @keras.saving.register_keras_serializable(package="serkeras")
@@ -286,3 +304,55 @@ class LengthMask(keras.layers.Layer):
 
     def compute_output_spec(self, inputs, lengths):
         return keras.KerasTensor(tuple(inputs.shape[:2]), dtype="bool")
+
+
+@keras.saving.register_keras_serializable(package="serkeras")
+class MaskedStatistics(keras.layers.Layer):
+    """Mean and standard deviation over time of each channel, real frames only: (batch, 2 * channels)."""
+
+    def call(self, inputs, lengths=None):
+        x = ops.cast(inputs, "float32")
+        mask = real_frames(x, lengths)
+        mean = masked_mean(x, mask, axis=1)
+        variance = masked_mean(ops.square(x - mean[:, None, :]), mask, axis=1)
+        # The floor keeps the gradient finite for a clip of one frame (zero variance).
+        std = ops.sqrt(ops.maximum(variance, 1e-12))
+        return ops.cast(ops.concatenate([mean, std], axis=-1), self.compute_dtype)
+
+    def compute_output_shape(self, inputs_shape, lengths_shape=None):
+        return (inputs_shape[0], 2 * inputs_shape[-1])
+
+
+@keras.saving.register_keras_serializable(package="serkeras")
+class SinusoidalPositions(keras.layers.Layer):
+    """Adds Whisper's fixed sinusoidal position embedding to its (batch, frames, channels) input.
+
+    Computed for each input's length, not stored: the first half of the
+    channels is ``sin(t * f)``, the second ``cos(t * f)``, for frequencies
+    ``f`` spaced geometrically from 1 down to 1/10000. (Whisper was trained
+    on up to 1500 positions, 30 s of audio; longer inputs still work.)
+    """
+
+    def call(self, inputs):
+        half = inputs.shape[-1] // 2
+        rates = np.exp(-np.log(10000.0) / (half - 1) * np.arange(half)).astype("float32")
+        angles = ops.arange(ops.shape(inputs)[1], dtype="float32")[:, None] * rates[None, :]
+        table = ops.concatenate([ops.sin(angles), ops.cos(angles)], axis=-1)
+        return inputs + ops.cast(table, inputs.dtype)[None]
+
+
+@keras.saving.register_keras_serializable(package="serkeras")
+class WhisperScaling(keras.layers.Layer):
+    """Log-mel power in dB -> Whisper's input scale: log10, floored 8 decades below the clip's peak, (x + 4) / 4.
+
+    The peak is taken over each clip's real frames, so padding never moves it.
+    """
+
+    def call(self, inputs, lengths=None):
+        x = ops.cast(inputs, "float32") / 10.0
+        real = real_frames(x, lengths) > 0
+        peak = ops.max(ops.where(real, x, ops.full_like(x, -1e9)), axis=(1, 2), keepdims=True)
+        return ops.cast((ops.maximum(x, peak - 8.0) + 4.0) / 4.0, self.compute_dtype)
+
+    def compute_output_shape(self, inputs_shape, lengths_shape=None):
+        return inputs_shape
