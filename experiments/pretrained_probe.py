@@ -112,7 +112,7 @@ def fit_probe(x_train, y_train, x_val, y_val, c_grid=C_GRID):
     return best
 
 
-def probe_split(embeddings, split, labels, speaker_scale, c_grid=C_GRID):
+def probe_split(embeddings, split, labels, speaker_scale, c_grid=C_GRID, train_copies=()):
     """Fit a logistic-regression probe on `split.train`, pick its C on `split.val`, score `split.test`.
 
     With `speaker_scale`, each clip's embedding is z-normalised by its speaker's
@@ -120,6 +120,9 @@ def probe_split(embeddings, split, labels, speaker_scale, c_grid=C_GRID):
     for training clips, over all of the speaker's clips in `split` for the others
     (the same thing on speaker-disjoint splits; on ``random``, what ``serkeras
     evaluate --speaker-stats corpus`` does).
+
+    `train_copies`: embeddings of augmented copies of the clips ({clip: embedding} each), added to the
+    training part only (without speaker z-normalisation).
 
     Returns
     -------
@@ -132,20 +135,26 @@ def probe_split(embeddings, split, labels, speaker_scale, c_grid=C_GRID):
     index = {name: i for i, name in enumerate(labels)}
     parts = {name: [c for c in clips if c.name in embeddings] for name, clips in split.parts().items()}
 
-    def as_features(clips):
-        return [{"embedding": embeddings[c.name][None, :]} for c in clips]
+    if train_copies and speaker_scale:
+        raise ValueError("augmented copies are not speaker-normalised here")
+
+    def as_features(clips, source=embeddings):
+        return [{"embedding": source[c.name][None, :]} for c in clips]
 
     def stats_of(clips):
         return speaker_stats(as_features(clips), [c.speaker for c in clips]) if speaker_scale else None
 
-    def features(clips, stats):
-        x = as_features(clips)
+    def features(clips, stats, source=embeddings):
+        x = as_features(clips, source)
         if speaker_scale:
             x = normalize_by_speaker(x, [c.speaker for c in clips], stats, scale=True)
         return np.concatenate([f["embedding"] for f in x]), np.array([index[c.label] for c in clips])
 
     every_stats = stats_of(parts["train"] + parts["val"] + parts["test"])
     x_train, y_train = features(parts["train"], stats_of(parts["train"]))
+    for copies in train_copies:
+        x_copy, y_copy = features(parts["train"], None, copies)
+        x_train, y_train = np.concatenate([x_train, x_copy]), np.concatenate([y_train, y_copy])
     x_val, y_val = features(parts["val"], every_stats)
     x_test, y_test = features(parts["test"], every_stats)
     probe, c, val_accuracy = fit_probe(x_train, y_train, x_val, y_val, c_grid)
@@ -305,9 +314,12 @@ def head_weights(probe):
               help="Encoder layers kept (the per-layer probes of `score` tell which).")
 @click.option("--quantize", type=click.Choice(["none", "int8"]), default="int8", show_default=True,
               help="Store the encoder's feed-forward weights as int8 (Keras' Model.quantize).")
+@click.option("--augment-copies", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also fit the classifier on this many augmented copies of each training clip (speed 0.9-1.1, "
+                   "time shift, gain, noise at 10-30 dB SNR: serkeras' TEST_TIME_AUGMENTATION).")
 @click.option("--output", type=click.Path(dir_okay=False), default=str(SHIPPED_PATH), show_default=True)
 @data_dir_option
-def ship(model_dir, n_layers, quantize, output, data_dir):
+def ship(model_dir, n_layers, quantize, augment_copies, output, data_dir):
     """Build the shipped Whisper model: the first LAYERS encoder layers, a probe fit on the actor split's training part.
 
     Every clip goes through the model's own encoder (serkeras features, int8
@@ -345,20 +357,23 @@ def ship(model_dir, n_layers, quantize, output, data_dir):
             model.quantize(quantize, filters=lambda layer: isinstance(layer, keras.layers.Dense)
                            and layer.name != "probabilities")
     seconds = {"features": time.perf_counter()}
-    kept, (features,) = model_features(corpus.clips, feature_config)
+    kept, versions = model_features(corpus.clips, feature_config, copies=augment_copies)
     seconds["encoder"] = time.perf_counter()
     embedder = keras.Model(model.inputs, model.get_layer("pool").output)
-    click.echo(f"embedding {len(kept)} clips with {n_layers} encoder layers")
-    embeddings = dict(zip((c.name for c in kept), predict_features(embedder, features, "variable")))
+    click.echo(f"embedding {len(kept)} clips and {augment_copies} augmented copies of each "
+               f"with {n_layers} encoder layers")
+    embeddings, *copies = [dict(zip((c.name for c in kept), predict_features(embedder, version, "variable")))
+                           for version in versions]
     seconds["probes"] = time.perf_counter()
     split = make_split(corpus.clips, "actor", seed=0)
     index = {label: i for i, label in enumerate(corpus.labels)}
 
-    def part(clips):
-        clips = [c for c in clips if c.name in embeddings]
-        return np.stack([embeddings[c.name] for c in clips]), np.array([index[c.label] for c in clips])
+    def part(clips, source=embeddings):
+        clips = [c for c in clips if c.name in source]
+        return np.stack([source[c.name] for c in clips]), np.array([index[c.label] for c in clips])
 
-    probe, c, val_accuracy = fit_probe(*part(split.train), *part(split.val))
+    x_train, y_train = (np.concatenate(arrays) for arrays in zip(*[part(split.train, e) for e in [embeddings, *copies]]))
+    probe, c, val_accuracy = fit_probe(x_train, y_train, *part(split.val))
     seconds["end"] = time.perf_counter()
     stages = list(seconds)
     seconds = {stage: round(seconds[after] - seconds[stage], 1) for stage, after in zip(stages, stages[1:])}
@@ -370,12 +385,14 @@ def ship(model_dir, n_layers, quantize, output, data_dir):
                f"test {100 * np.mean(probe.predict(x_test) == y_test):.1f}%; "
                + ", ".join(f"{stage} {t:.0f} s" for stage, t in seconds.items()) + ")")
     digest = hashlib.sha256((Path(model_dir) / "model.bin").read_bytes()).hexdigest()
-    name = f"shipped recipe: {Path(model_dir).name} layers 1-{n_layers}, {quantize}, serkeras features"
+    name = (f"shipped recipe: {Path(model_dir).name} layers 1-{n_layers}, {quantize}, serkeras features"
+            + (f", {augment_copies} augmented copies" if augment_copies else ""))
     recipe = {"output": str(output), "model_dir": Path(model_dir).name, "sha256": digest, "layers": n_layers,
-              "of_layers": available, "quantize": quantize, "clips": len(kept), "seconds": seconds}
+              "of_layers": available, "quantize": quantize, "augment_copies": augment_copies, "clips": len(kept),
+              "seconds": seconds}
     rows = [{"embeddings": name, "speaker_zscore": False, "split": kind, "machine": describe_machine(),
              "folds": [probe_split(embeddings, make_split(corpus.clips, kind, fold=k, n_folds=N_FOLDS, seed=0),
-                                   corpus.labels, False)
+                                   corpus.labels, False, train_copies=copies)
                        for k in (range(N_FOLDS) if kind == "kfold" else [0])], "recipe": recipe}
             for kind in ("actor", "kfold")[: 2 if N_FOLDS else 1]]
     for row in rows:
@@ -410,6 +427,7 @@ def write_card(output, data_dir):
     command = " ".join(["python experiments/pretrained_probe.py ship", f"PATH/{recipe['model_dir']}",
                         f"--layers {recipe['layers']}",
                         *([f"--quantize {recipe['quantize']}"] if recipe["quantize"] != "int8" else []),
+                        *([f"--augment-copies {recipe['augment_copies']}"] if recipe.get("augment_copies") else []),
                         *([f"--output {output}"] if str(output) != str(SHIPPED_PATH) else [])])
     provenance = (f"OpenAI's Whisper (MIT licence), converted to CTranslate2's format (the `{recipe['model_dir']}` "
                   f"folder of faster-whisper; its `model.bin` has sha256 `{recipe['sha256'][:16]}...`), read by "
@@ -421,17 +439,22 @@ def write_card(output, data_dir):
     layer_note = (f"Layers kept: {recipe['layers']} of {recipe['of_layers']}, chosen with the per-layer probes of "
                   "`experiments/README.md` (finding 29), which also compares the Keras port with CTranslate2.")
     card_path = Path(output).parent / f"MODEL_CARD-{Path(output).stem.removeprefix('serkeras-crema-d-')}.md"
+    copies = recipe.get("augment_copies", 0)
+    augmented = (f"The classifier was also fit on {copies} augmented cop{'y' if copies == 1 else 'ies'} of each "
+                 "training clip (speed, shift, gain and noise as above)." if copies else
+                 "Nothing in this recipe saw augmented audio.")
     report = write_whisper_card(output, card_path, data_dir, command, provenance, train_line,
-                                [rows["kfold"]] if "kfold" in rows else [], layer_note)
+                                [rows["kfold"]] if "kfold" in rows else [], layer_note, augmented)
     click.echo(f"wrote {card_path}: test actors {100 * report['accuracy']:.1f}%, macro-F1 {report['macro_f1']:.3f}")
 
 
-def write_whisper_card(model_path, card_path, data_dir, command, provenance, train_line, kfold_rows, layer_note):
+def write_whisper_card(model_path, card_path, data_dir, command, provenance, train_line, kfold_rows, layer_note,
+                       augmented):
     """Write the card of the Whisper model at `model_path` from its predictions on the actor split's test actors.
 
     `provenance`: a sentence on where the encoder weights came from; `train_line`: the cost of the recipe;
     `kfold_rows`: the recipe's k-fold row as logged by `ship` (none: not scored); `layer_note`: how the layer
-    count was chosen.
+    count was chosen; `augmented`: a sentence on what augmented audio the recipe saw.
     """
     from model_card import (degraded_lines, human_lines, limitation_lines, part_probabilities, per_fold_summary,
                             results_lines, score_test_actors)
@@ -484,7 +507,7 @@ def write_whisper_card(model_path, card_path, data_dir, command, provenance, tra
         f"- {train_line}",
     ]
     lines += results_lines(scored)
-    lines += degraded_lines(model, meta, scored, "Nothing in this recipe saw augmented audio.")
+    lines += degraded_lines(model, meta, scored, augmented)
     lines += ["", "## Other unseen actors: 5-fold cross-validation", "",
               "The same recipe on each fold: the probe fit on ~52 actors' clips (strength chosen on the fold's "
               "validation actors), tested on the 14-15 others, so every development actor is tested once by a "

@@ -545,7 +545,7 @@ def test_pretrained_probe_ship_writes_a_self_contained_whisper_model_and_its_car
     model_dir.mkdir()
     write_ct2_whisper_encoder(model_dir / "model.bin", random_whisper_encoder(np.random.default_rng(3), 80, 16, 2, 3))
     output = tmp_path / "saved_models" / "serkeras-crema-d-whisper.keras"  # the default --output, under tmp_path
-    args = ["ship", str(model_dir), "--layers", "2", "--data-dir", str(crema_subset)]
+    args = ["ship", str(model_dir), "--layers", "2", "--augment-copies", "1", "--data-dir", str(crema_subset)]
     result = CliRunner().invoke(probe.cli, args)
     assert result.exit_code == 0, result.output
     model, meta = load_model(output)
@@ -555,10 +555,11 @@ def test_pretrained_probe_ship_writes_a_self_contained_whisper_model_and_its_car
         layer.name for layer in model.layers]
     assert model.get_layer("layer0_ffn_expand").quantization_mode == "int8"
     rows = [json.loads(line) for line in (tmp_path / "results" / "pretrained_probe.jsonl").read_text().splitlines()]
-    assert [r["split"] for r in rows] == ["actor"] and "shipped recipe: tiny-whisper layers 1-2" in rows[0]["embeddings"]
+    assert [r["split"] for r in rows] == ["actor"] and rows[0]["embeddings"].endswith("1 augmented copies")
     card = (tmp_path / "saved_models" / "MODEL_CARD-whisper.md").read_text()
     assert card.startswith("# Model card: `serkeras-crema-d-whisper.keras`")
-    assert "Written by `python experiments/pretrained_probe.py ship PATH/tiny-whisper --layers 2`" in card
+    assert "Written by `python experiments/pretrained_probe.py ship PATH/tiny-whisper --layers 2 --augment-copies 1`" in card
+    assert "also fit on 1 augmented copy of each training clip" in card
     assert "Layers kept: 2 of 3" in card and "sha256" in card and "Listeners' majority vote" in card
     assert "5-fold cross-validation\n\nNot scored in the run that wrote this card." in card
     assert "Time (wall-clock): features" in card and "(finding 29)" in card
