@@ -113,6 +113,11 @@ def fit_probe(x_train, y_train, x_val, y_val, c_grid=C_GRID):
 
 
 def probe_split(embeddings, split, labels, speaker_scale, c_grid=C_GRID, train_copies=()):
+    """The scores of `fitted_probe_split` (without the fitted probe)."""
+    return fitted_probe_split(embeddings, split, labels, speaker_scale, c_grid, train_copies)[1]
+
+
+def fitted_probe_split(embeddings, split, labels, speaker_scale, c_grid=C_GRID, train_copies=()):
     """Fit a logistic-regression probe on `split.train`, pick its C on `split.val`, score `split.test`.
 
     With `speaker_scale`, each clip's embedding is z-normalised by its speaker's
@@ -126,7 +131,8 @@ def probe_split(embeddings, split, labels, speaker_scale, c_grid=C_GRID, train_c
 
     Returns
     -------
-    dict with the chosen ``C``, ``val_accuracy``, ``test_accuracy``, ``test_macro_f1`` and ``test_clips``.
+    (the fitted sklearn Pipeline, dict with the chosen ``C``, ``val_accuracy``, ``test_accuracy``,
+    ``test_macro_f1`` and ``test_clips``)
     """
     from sklearn.metrics import accuracy_score, f1_score
 
@@ -159,8 +165,8 @@ def probe_split(embeddings, split, labels, speaker_scale, c_grid=C_GRID, train_c
     x_test, y_test = features(parts["test"], every_stats)
     probe, c, val_accuracy = fit_probe(x_train, y_train, x_val, y_val, c_grid)
     predicted = probe.predict(x_test)
-    return {"C": c, "val_accuracy": float(val_accuracy), "test_accuracy": float(accuracy_score(y_test, predicted)),
-            "test_macro_f1": float(f1_score(y_test, predicted, average="macro")), "test_clips": len(y_test)}
+    return probe, {"C": c, "val_accuracy": float(val_accuracy), "test_accuracy": float(accuracy_score(y_test, predicted)),
+                   "test_macro_f1": float(f1_score(y_test, predicted, average="macro")), "test_clips": len(y_test)}
 
 
 @click.group(cls=SerkerasGroup)  # user errors as one line, as in the serkeras CLI
@@ -365,24 +371,20 @@ def ship(model_dir, n_layers, quantize, augment_copies, output, data_dir):
     embeddings, *copies = [dict(zip((c.name for c in kept), predict_features(embedder, version, "variable")))
                            for version in versions]
     seconds["probes"] = time.perf_counter()
-    split = make_split(corpus.clips, "actor", seed=0)
-    index = {label: i for i, label in enumerate(corpus.labels)}
 
-    def part(clips, source=embeddings):
-        clips = [c for c in clips if c.name in source]
-        return np.stack([source[c.name] for c in clips]), np.array([index[c.label] for c in clips])
+    def scored_split(kind, fold=0):
+        split = make_split(corpus.clips, kind, fold=fold, n_folds=N_FOLDS, seed=0)
+        return fitted_probe_split(embeddings, split, corpus.labels, False, train_copies=copies)
 
-    x_train, y_train = (np.concatenate(arrays) for arrays in zip(*[part(split.train, e) for e in [embeddings, *copies]]))
-    probe, c, val_accuracy = fit_probe(x_train, y_train, *part(split.val))
+    probe, actor = scored_split("actor")  # the shipped classifier, and its scores
     seconds["end"] = time.perf_counter()
     stages = list(seconds)
     seconds = {stage: round(seconds[after] - seconds[stage], 1) for stage, after in zip(stages, stages[1:])}
     model.get_layer("probabilities").set_weights(head_weights(probe))
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     model.save(output)
-    x_test, y_test = part(split.test)
-    click.echo(f"saved {output} ({Path(output).stat().st_size / 2**20:.1f} MiB, C={c:g}, val {100 * val_accuracy:.1f}%, "
-               f"test {100 * np.mean(probe.predict(x_test) == y_test):.1f}%; "
+    click.echo(f"saved {output} ({Path(output).stat().st_size / 2**20:.1f} MiB, C={actor['C']:g}, "
+               f"val {100 * actor['val_accuracy']:.1f}%, test {100 * actor['test_accuracy']:.1f}%; "
                + ", ".join(f"{stage} {t:.0f} s" for stage, t in seconds.items()) + ")")
     digest = hashlib.sha256((Path(model_dir) / "model.bin").read_bytes()).hexdigest()
     name = (f"shipped recipe: {Path(model_dir).name} layers 1-{n_layers}, {quantize}, serkeras features"
@@ -390,11 +392,9 @@ def ship(model_dir, n_layers, quantize, augment_copies, output, data_dir):
     recipe = {"output": str(output), "model_dir": Path(model_dir).name, "sha256": digest, "layers": n_layers,
               "of_layers": available, "quantize": quantize, "augment_copies": augment_copies, "clips": len(kept),
               "seconds": seconds}
+    folds = {"actor": [actor], "kfold": [scored_split("kfold", k)[1] for k in range(N_FOLDS)]}
     rows = [{"embeddings": name, "speaker_zscore": False, "split": kind, "machine": describe_machine(),
-             "folds": [probe_split(embeddings, make_split(corpus.clips, kind, fold=k, n_folds=N_FOLDS, seed=0),
-                                   corpus.labels, False, train_copies=copies)
-                       for k in (range(N_FOLDS) if kind == "kfold" else [0])], "recipe": recipe}
-            for kind in ("actor", "kfold")[: 2 if N_FOLDS else 1]]
+             "folds": folds[kind], "recipe": recipe} for kind in ("actor", "kfold")[: 2 if N_FOLDS else 1]]
     for row in rows:
         click.echo(f"{row['split']}: " + ", ".join(f"{f['test_accuracy']:.3f}" for f in row["folds"]))
     log_path = RESULTS_DIR / "pretrained_probe.jsonl"
@@ -460,6 +460,7 @@ def write_whisper_card(model_path, card_path, data_dir, command, provenance, tra
                             results_lines, score_test_actors)
 
     from serkeras.corpus import load_crema_d
+    from serkeras.export import quantized_layers
     from serkeras.models import load_model
     from serkeras.models.cost import flops_per_clip
     from serkeras.splits import make_split
@@ -489,7 +490,8 @@ def write_whisper_card(model_path, card_path, data_dir, command, provenance, tra
         f"{mc.attention_heads} attention heads; `serkeras.models.whisper`, plain Keras layers), frozen as "
         "pre-trained, then the mean and standard deviation over time of the last kept layer and one softmax layer "
         f"(a logistic regression). {model.count_params():,} parameters, "
-        f"{Path(model_path).stat().st_size / 2**20:.1f} MiB on disk (feed-forward weights int8), "
+        f"{Path(model_path).stat().st_size / 2**20:.1f} MiB on disk"
+        f"{' (feed-forward weights int8)' if quantized_layers(model) else ''}, "
         f"{flops_per_clip(model, fc) / 1e6:,.0f} MFLOPs per 2.5 s clip (forward pass).", "",
         f"- Encoder weights: {provenance}",
         f"- {layer_note}",
