@@ -498,7 +498,7 @@ def score_average(runs, data_dir, tta_copies, speaker_stats="part"):
     models = [load_model(ROOT / RUNS_DIR / r / "model.keras")[0] for r in runs]
     model = ensemble_model(models) if len(models) > 1 else models[0]
     meta = model_metadata(model)
-    speaker_clips = speaker_reference_clips(speaker_stats, meta.feature_config, corpus)
+    speaker_clips = speaker_reference_clips(speaker_stats, meta, corpus)
     started = time.time()
     reports = {part: classification_report(corpus.label_indices(clips),
                                             part_probabilities(model, meta, clips, tta_copies,

@@ -104,12 +104,9 @@ def part_probabilities(model, meta, clips, copies=0, speaker_clips=None):
     `serkeras evaluate --tta-copies` does. `speaker_clips`: where speaker statistics come
     from, as in `serkeras.cache.model_features` (default: `clips`).
     """
-    from serkeras.cache import model_features
-    from serkeras.evaluation import predict_versions
+    from serkeras.evaluation import predict_clips
 
-    config = meta.feature_config
-    _, versions = model_features(clips, config, copies, require_all=True, speaker_clips=speaker_clips)
-    return predict_versions(model, versions, config.length_mode, config.fixed_frames)
+    return predict_clips(model, meta, clips, copies, speaker_clips=speaker_clips, require_all=True)[1]
 
 
 def score_test_actors(corpus, split, labels, probabilities):
@@ -170,8 +167,10 @@ def degraded_lines(model, meta, scored, training_note):
     from serkeras.cache import model_features
     from serkeras.evaluation import predict_features
 
+    speakers = [c.speaker for c in scored["clips"]] if meta.model_config.speaker_standardization else None
     degraded = predict_features(model, model_features(scored["clips"], meta.feature_config, 1, require_all=True)[1][1],
-                                meta.feature_config.length_mode, meta.feature_config.fixed_frames).argmax(axis=1)
+                                meta.feature_config.length_mode, meta.feature_config.fixed_frames,
+                                speakers=speakers).argmax(axis=1)
     return ["", "### On degraded audio", "",
             f"The same test clips, each replaced by one augmented copy (speed 0.9-1.1, time shift up to 0.25 s, gain "
             f"within 6 dB, white noise at 10-30 dB SNR): accuracy {100 * (degraded == scored['y_true']).mean():.1f}% "

@@ -43,6 +43,8 @@ from study import RESULTS_DIR, accuracy_interval, mean_std  # noqa: E402
 EMBEDDINGS_DIR = Path("data") / "cache" / "pretrained"
 #: Inverse regularisation strengths tried; the validation part picks one per split.
 C_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+#: `ship --prior-clips`: chosen on the actor split's validation actors among 0, 2, 5 and 10 (finding 30).
+PRIOR_CLIPS = 5.0
 N_FOLDS = 5
 SAVE_EVERY = 500
 
@@ -117,56 +119,65 @@ def probe_split(embeddings, split, labels, speaker_scale, c_grid=C_GRID, train_c
     return fitted_probe_split(embeddings, split, labels, speaker_scale, c_grid, train_copies)[1]
 
 
-def fitted_probe_split(embeddings, split, labels, speaker_scale, c_grid=C_GRID, train_copies=()):
+def fitted_probe_split(embeddings, split, labels, speaker_scale, c_grid=C_GRID, train_copies=(), prior_clips=0.0):
     """Fit a logistic-regression probe on `split.train`, pick its C on `split.val`, score `split.test`.
 
-    With `speaker_scale`, each clip's embedding is z-normalised by its speaker's
-    mean and standard deviation: over the speaker's clips in the training part
-    for training clips, over all of the speaker's clips in `split` for the others
-    (the same thing on speaker-disjoint splits; on ``random``, what ``serkeras
-    evaluate --speaker-stats corpus`` does).
+    With `speaker_scale`, each clip's embedding is standardised by its speaker's
+    mean and variance, as the shipped model's `SpeakerStandardization` layer does:
+    over the speaker's clips in the training part for training clips, over all of
+    the speaker's clips in `split` for the others (the same thing on
+    speaker-disjoint splits; on ``random``, what ``serkeras evaluate
+    --speaker-stats corpus`` does), shrunk towards the training speakers' as if
+    those had `prior_clips` recordings (0: a plain z-score per speaker).
 
     `train_copies`: embeddings of augmented copies of the clips ({clip: embedding} each), added to the
-    training part only (without speaker z-normalisation).
+    training part only (with `speaker_scale`, each copy standardised by the same copy of its speaker's clips).
 
     Returns
     -------
     (the fitted sklearn Pipeline, dict with the chosen ``C``, ``val_accuracy``, ``test_accuracy``,
-    ``test_macro_f1`` and ``test_clips``)
+    ``test_macro_f1`` and ``test_clips``, the `SpeakerStandardization` layer with its population weights set
+    (None without `speaker_scale`))
     """
     from sklearn.metrics import accuracy_score, f1_score
 
-    from serkeras.features import normalize_by_speaker, speaker_stats
+    from serkeras.evaluation import embedding_speaker_stats, population_stats, speaker_input_arrays
+    from serkeras.models.layers import SpeakerStandardization
 
     index = {name: i for i, name in enumerate(labels)}
     parts = {name: [c for c in clips if c.name in embeddings] for name, clips in split.parts().items()}
 
-    if train_copies and speaker_scale:
-        raise ValueError("augmented copies are not speaker-normalised here")
+    def matrix(clips, source=embeddings):
+        return np.stack([source[c.name] for c in clips])
 
-    def as_features(clips, source=embeddings):
-        return [{"embedding": source[c.name][None, :]} for c in clips]
+    def stats_of(clips, source=embeddings):
+        return embedding_speaker_stats(matrix(clips, source), [c.speaker for c in clips])
 
-    def stats_of(clips):
-        return speaker_stats(as_features(clips), [c.speaker for c in clips]) if speaker_scale else None
+    standardization = None
+    if speaker_scale:
+        standardization = SpeakerStandardization(prior_clips)
+        standardization.build(matrix(parts["train"][:1]).shape)
+        standardization.set_weights(population_stats(stats_of(parts["train"])))
 
-    def features(clips, stats, source=embeddings):
-        x = as_features(clips, source)
-        if speaker_scale:
-            x = normalize_by_speaker(x, [c.speaker for c in clips], stats, scale=True)
-        return np.concatenate([f["embedding"] for f in x]), np.array([index[c.label] for c in clips])
+    def features(clips, reference, source=embeddings):
+        """The clips' embeddings, standardised with the statistics of their speakers' clips among `reference`."""
+        x = matrix(clips, source)
+        if standardization is not None:
+            x = np.asarray(standardization(x, *speaker_input_arrays([c.speaker for c in clips], stats_of(reference, source))))
+        return x, np.array([index[c.label] for c in clips])
 
-    every_stats = stats_of(parts["train"] + parts["val"] + parts["test"])
-    x_train, y_train = features(parts["train"], stats_of(parts["train"]))
+    every = parts["train"] + parts["val"] + parts["test"]
+    x_train, y_train = features(parts["train"], parts["train"])
     for copies in train_copies:
-        x_copy, y_copy = features(parts["train"], None, copies)
+        x_copy, y_copy = features(parts["train"], parts["train"], copies)
         x_train, y_train = np.concatenate([x_train, x_copy]), np.concatenate([y_train, y_copy])
-    x_val, y_val = features(parts["val"], every_stats)
-    x_test, y_test = features(parts["test"], every_stats)
+    x_val, y_val = features(parts["val"], every)
+    x_test, y_test = features(parts["test"], every)
     probe, c, val_accuracy = fit_probe(x_train, y_train, x_val, y_val, c_grid)
     predicted = probe.predict(x_test)
-    return probe, {"C": c, "val_accuracy": float(val_accuracy), "test_accuracy": float(accuracy_score(y_test, predicted)),
-                   "test_macro_f1": float(f1_score(y_test, predicted, average="macro")), "test_clips": len(y_test)}
+    scores = {"C": c, "val_accuracy": float(val_accuracy), "test_accuracy": float(accuracy_score(y_test, predicted)),
+              "test_macro_f1": float(f1_score(y_test, predicted, average="macro")), "test_clips": len(y_test)}
+    return probe, scores, standardization
 
 
 @click.group(cls=SerkerasGroup)  # user errors as one line, as in the serkeras CLI
@@ -304,6 +315,7 @@ def score(names, data_dir):
 WHISPER_FEATURES = dict(n_fft=400, win_length=400, hop_length=160, fmin=0.0, fmax=8000.0, audio_normalization="none",
                         length_mode="variable", max_seconds=30.0)
 SHIPPED_PATH = Path("saved_models") / "serkeras-crema-d-whisper.keras"
+SPEAKER_NORM_PATH = Path("saved_models") / "serkeras-crema-d-whisper-speaker-norm.keras"
 
 
 def head_weights(probe):
@@ -323,14 +335,22 @@ def head_weights(probe):
 @click.option("--augment-copies", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also fit the classifier on this many augmented copies of each training clip (speed 0.9-1.1, "
                    "time shift, gain, noise at 10-30 dB SNR: serkeras' TEST_TIME_AUGMENTATION).")
-@click.option("--output", type=click.Path(dir_okay=False), default=str(SHIPPED_PATH), show_default=True)
+@click.option("--speaker-norm", is_flag=True,
+              help="Standardise the pooled embedding by its speaker's mean and variance (model inputs that "
+                   "`serkeras predict` fills from all of a speaker's recordings).")
+@click.option("--prior-clips", type=click.FloatRange(min=0), default=PRIOR_CLIPS, show_default=True,
+              help="With --speaker-norm: shrink a speaker's statistics towards the training speakers' as if these "
+                   "had this many recordings, so that a speaker heard a few times is not standardised by noise.")
+@click.option("--output", type=click.Path(dir_okay=False), default=None,
+              help=f"Default: {SHIPPED_PATH}, or {SPEAKER_NORM_PATH} with --speaker-norm.")
 @data_dir_option
-def ship(model_dir, n_layers, quantize, augment_copies, output, data_dir):
+def ship(model_dir, n_layers, quantize, augment_copies, speaker_norm, prior_clips, output, data_dir):
     """Build the shipped Whisper model: the first LAYERS encoder layers, a probe fit on the actor split's training part.
 
     Every clip goes through the model's own encoder (serkeras features, int8
     weights where asked), so the classifier is fit on what the saved model
-    computes. The same embeddings score the recipe on the 5 k-fold folds.
+    computes. The same embeddings score the recipe on the 5 k-fold folds and
+    on the random split (the study's protocol).
     """
     import keras
 
@@ -339,7 +359,8 @@ def ship(model_dir, n_layers, quantize, augment_copies, output, data_dir):
     from serkeras.errors import SerkerasError
     from serkeras.evaluation import predict_features
     from serkeras.features import FeatureConfig
-    from serkeras.models import ModelConfig, build_whisper
+    from serkeras.models import ModelConfig, build_whisper, speaker_stages
+    from serkeras.models.blocks import EMBEDDING_LAYER
     from serkeras.splits import make_split
     from serkeras.system import describe_machine
     from whisper_keras import encoder_sizes, set_whisper_weights
@@ -351,8 +372,10 @@ def ship(model_dir, n_layers, quantize, augment_copies, output, data_dir):
         raise SerkerasError(f"--layers {n_layers}: the encoder in {model_dir} has {available}")
     corpus = load_crema_d(data_dir)
     feature_config = FeatureConfig(n_mels=n_mels, **WHISPER_FEATURES)
+    output = output or str(SPEAKER_NORM_PATH if speaker_norm else SHIPPED_PATH)
     model_config = ModelConfig(arch="whisper", encoder_layers=n_layers, encoder_dim=dim, attention_heads=heads,
-                               dropout=0.0)
+                               dropout=0.0, speaker_standardization=speaker_norm,
+                               speaker_prior_clips=prior_clips if speaker_norm else 0.0)
     model = build_whisper(feature_config, model_config, corpus.labels)
     set_whisper_weights(model, variables)
     if quantize != "none":
@@ -365,7 +388,7 @@ def ship(model_dir, n_layers, quantize, augment_copies, output, data_dir):
     seconds = {"features": time.perf_counter()}
     kept, versions = model_features(corpus.clips, feature_config, copies=augment_copies)
     seconds["encoder"] = time.perf_counter()
-    embedder = keras.Model(model.inputs, model.get_layer("pool").output)
+    embedder, _ = speaker_stages(model) or (keras.Model(model.inputs, model.get_layer(EMBEDDING_LAYER).output), None)
     click.echo(f"embedding {len(kept)} clips and {augment_copies} augmented copies of each "
                f"with {n_layers} encoder layers")
     embeddings, *copies = [dict(zip((c.name for c in kept), predict_features(embedder, version, "variable")))
@@ -374,13 +397,17 @@ def ship(model_dir, n_layers, quantize, augment_copies, output, data_dir):
 
     def scored_split(kind, fold=0):
         split = make_split(corpus.clips, kind, fold=fold, n_folds=N_FOLDS, seed=0)
-        return fitted_probe_split(embeddings, split, corpus.labels, False, train_copies=copies)
+        return fitted_probe_split(embeddings, split, corpus.labels, speaker_norm, train_copies=copies,
+                                  prior_clips=model_config.speaker_prior_clips)
 
-    probe, actor = scored_split("actor")  # the shipped classifier, and its scores
+    probe, actor, standardization = scored_split("actor")  # the shipped classifier, and its scores
     seconds["end"] = time.perf_counter()
     stages = list(seconds)
     seconds = {stage: round(seconds[after] - seconds[stage], 1) for stage, after in zip(stages, stages[1:])}
-    model.get_layer("probabilities").set_weights(head_weights(probe))
+    head = speaker_stages(model)[1] if speaker_norm else model
+    head.get_layer("probabilities").set_weights(head_weights(probe))
+    if standardization is not None:
+        head.get_layer("speaker_standardization").set_weights(standardization.get_weights())
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     model.save(output)
     click.echo(f"saved {output} ({Path(output).stat().st_size / 2**20:.1f} MiB, C={actor['C']:g}, "
@@ -388,13 +415,16 @@ def ship(model_dir, n_layers, quantize, augment_copies, output, data_dir):
                + ", ".join(f"{stage} {t:.0f} s" for stage, t in seconds.items()) + ")")
     digest = hashlib.sha256((Path(model_dir) / "model.bin").read_bytes()).hexdigest()
     name = (f"shipped recipe: {Path(model_dir).name} layers 1-{n_layers}, {quantize}, serkeras features"
-            + (f", {augment_copies} augmented copies" if augment_copies else ""))
+            + (f", {augment_copies} augmented copies" if augment_copies else "")
+            + (f", speaker-standardised embedding (prior {prior_clips:g} clips)" if speaker_norm else ""))
     recipe = {"output": str(output), "model_dir": Path(model_dir).name, "sha256": digest, "layers": n_layers,
-              "of_layers": available, "quantize": quantize, "augment_copies": augment_copies, "clips": len(kept),
-              "seconds": seconds}
-    folds = {"actor": [actor], "kfold": [scored_split("kfold", k)[1] for k in range(N_FOLDS)]}
-    rows = [{"embeddings": name, "speaker_zscore": False, "split": kind, "machine": describe_machine(),
-             "folds": folds[kind], "recipe": recipe} for kind in ("actor", "kfold")[: 2 if N_FOLDS else 1]]
+              "of_layers": available, "quantize": quantize, "augment_copies": augment_copies,
+              "speaker_norm": speaker_norm, **({"prior_clips": prior_clips} if speaker_norm else {}),
+              "clips": len(kept), "seconds": seconds}
+    folds = {"actor": [actor], "kfold": [scored_split("kfold", k)[1] for k in range(N_FOLDS)],
+             "random": [scored_split("random")[1]]}
+    rows = [{"embeddings": name, "speaker_zscore": speaker_norm, "split": kind, "machine": describe_machine(),
+             "folds": folds[kind], "recipe": recipe} for kind in ("actor", "kfold", "random") if folds[kind]]
     for row in rows:
         click.echo(f"{row['split']}: " + ", ".join(f"{f['test_accuracy']:.3f}" for f in row["folds"]))
     log_path = RESULTS_DIR / "pretrained_probe.jsonl"
@@ -407,7 +437,7 @@ def ship(model_dir, n_layers, quantize, augment_copies, output, data_dir):
 
 @cli.command()
 @click.option("--output", type=click.Path(dir_okay=False), default=str(SHIPPED_PATH), show_default=True,
-              help="The model `ship` wrote.")
+              help=f"The model `ship` wrote (such as {SPEAKER_NORM_PATH}).")
 @data_dir_option
 def card(output, data_dir):
     """Rewrite the card of the Whisper model that `ship` wrote, from the model and the rows `ship` logged."""
@@ -424,11 +454,16 @@ def write_card(output, data_dir):
     if "actor" not in rows or not Path(output).is_file():
         raise SerkerasError(f"no model {output} logged by `ship` in {log_path}; run ship first")
     recipe = rows["actor"]["recipe"]
+    speaker_norm = recipe.get("speaker_norm", False)
+    default_output = SPEAKER_NORM_PATH if speaker_norm else SHIPPED_PATH
     command = " ".join(["python experiments/pretrained_probe.py ship", f"PATH/{recipe['model_dir']}",
                         f"--layers {recipe['layers']}",
                         *([f"--quantize {recipe['quantize']}"] if recipe["quantize"] != "int8" else []),
                         *([f"--augment-copies {recipe['augment_copies']}"] if recipe.get("augment_copies") else []),
-                        *([f"--output {output}"] if str(output) != str(SHIPPED_PATH) else [])])
+                        *(["--speaker-norm"] if speaker_norm else []),
+                        *([f"--prior-clips {recipe['prior_clips']:g}"]
+                          if speaker_norm and recipe["prior_clips"] != PRIOR_CLIPS else []),
+                        *([f"--output {output}"] if str(output) != str(default_output) else [])])
     provenance = (f"OpenAI's Whisper (MIT licence), converted to CTranslate2's format (the `{recipe['model_dir']}` "
                   f"folder of faster-whisper; its `model.bin` has sha256 `{recipe['sha256'][:16]}...`), read by "
                   "`experiments/whisper_keras.py`.")
@@ -444,17 +479,18 @@ def write_card(output, data_dir):
                  "training clip (speed, shift, gain and noise as above)." if copies else
                  "Nothing in this recipe saw augmented audio.")
     report = write_whisper_card(output, card_path, data_dir, command, provenance, train_line,
-                                [rows["kfold"]] if "kfold" in rows else [], layer_note, augmented)
+                                [rows["kfold"]] if "kfold" in rows else [], layer_note, augmented, rows.get("random"))
     click.echo(f"wrote {card_path}: test actors {100 * report['accuracy']:.1f}%, macro-F1 {report['macro_f1']:.3f}")
 
 
 def write_whisper_card(model_path, card_path, data_dir, command, provenance, train_line, kfold_rows, layer_note,
-                       augmented):
+                       augmented, random_row=None):
     """Write the card of the Whisper model at `model_path` from its predictions on the actor split's test actors.
 
     `provenance`: a sentence on where the encoder weights came from; `train_line`: the cost of the recipe;
     `kfold_rows`: the recipe's k-fold row as logged by `ship` (none: not scored); `layer_note`: how the layer
-    count was chosen; `augmented`: a sentence on what augmented audio the recipe saw.
+    count was chosen; `augmented`: a sentence on what augmented audio the recipe saw; `random_row`: the
+    recipe's row on the random split, as logged by `ship` (None: not scored).
     """
     from model_card import (degraded_lines, human_lines, limitation_lines, part_probabilities, per_fold_summary,
                             results_lines, score_test_actors)
@@ -473,23 +509,33 @@ def write_whisper_card(model_path, card_path, data_dir, command, provenance, tra
     name = Path(model_path).stem
     folds = {k: {"accuracy": f["test_accuracy"], "macro_f1": f["test_macro_f1"]}
              for row in kfold_rows for k, f in enumerate(row["folds"])}
+    by_speaker = mc.speaker_standardization
+    if name == SHIPPED_MODELS[0]:
+        use = "serkeras predict my_recording.wav        # uses this model when --model is not given"
+    elif by_speaker:
+        use = (f"serkeras predict --model {name} recordings_of_one_speaker/   # several recordings per speaker "
+               "(below)")
+    else:
+        use = f"serkeras predict --model {name} my_recording.wav"
     lines = [
         f"# Model card: `{name}.keras`", "",
         "Speech emotion recognition for six acted emotions (anger, disgust, fear, happy, neutral, sad) from 16 kHz "
-        f"speech, on one recording at a time. Written by `{command}`; every number below is computed from the model "
-        "file and the corpus.", "",
-        "## Use", "", "```",
-        ("serkeras predict my_recording.wav        # uses this model when --model is not given"
-         if name == SHIPPED_MODELS[0] else f"serkeras predict --model {name} my_recording.wav"),
-        f"serkeras evaluate {name} --split actor", "```", "",
+        "speech, " + ("from several recordings of each speaker (it standardises a clip by its speaker's other "
+                      "recordings; with one or two it still works, less well: below)" if by_speaker else
+                      "on one recording at a time")
+        + f". Written by `{command}`; every number below is computed from the model file and the corpus.", "",
+        "## Use", "", "```", use, f"serkeras evaluate {name} --split actor", "```", "",
         "In Python: `model, meta = serkeras.models.load_model(path)`, then "
         "`serkeras.inference.predict_files(model, meta, paths)`; `meta.labels` and `meta.feature_config` "
         "travel with the file.", "",
         "## Model", "",
         f"The first {mc.encoder_layers} layers of the audio encoder of OpenAI's Whisper (`{mc.encoder_dim}`-wide, "
         f"{mc.attention_heads} attention heads; `serkeras.models.whisper`, plain Keras layers), frozen as "
-        "pre-trained, then the mean and standard deviation over time of the last kept layer and one softmax layer "
-        f"(a logistic regression). {model.count_params():,} parameters, "
+        "pre-trained, then the mean and standard deviation over time of the last kept layer"
+        + (f", standardised by the mean and variance of the same over all of the speaker's recordings (both shrunk "
+           f"towards the training speakers' as if those were {mc.speaker_prior_clips:g} more recordings, so that a "
+           "speaker heard a few times is not standardised by noise: `SpeakerStandardization`)," if by_speaker else "")
+        + f" and one softmax layer (a logistic regression). {model.count_params():,} parameters, "
         f"{Path(model_path).stat().st_size / 2**20:.1f} MiB on disk"
         f"{' (feed-forward weights int8)' if quantized_layers(model) else ''}, "
         f"{flops_per_clip(model, fc) / 1e6:,.0f} MFLOPs per 2.5 s clip (forward pass).", "",
@@ -500,8 +546,10 @@ def write_whisper_card(model_path, card_path, data_dir, command, provenance, tra
         "the level as recorded (no peak normalisation), scaled inside the model as Whisper expects.", "",
         "## Training", "",
         f"- Command: `{command}`. It runs the kept encoder layers over every clip, fits the logistic regression "
-        "(its strength chosen on the validation actors) on the training actors' pooled outputs, and writes the "
-        "fitted standardisation and weights into the softmax layer. No gradient training.",
+        "(its strength chosen on the validation actors) on the training actors' pooled outputs"
+        + (" standardised by speaker (each training actor's statistics over their training clips; the training "
+           "actors' mean statistics are the population's)" if by_speaker else "")
+        + ", and writes the fitted standardisation and weights into the softmax layer. No gradient training.",
         f"- Data: CREMA-D, the 73 development actors in `../shared/data/crema-d/` (the 18 held-back actors were "
         f"never used). Split `actor`, seed 0 ({split.description}): train {len(split.train)} clips of "
         f"{n_actors['train']} actors, validation {len(split.val)} clips of {n_actors['val']} actors, test "
@@ -510,6 +558,26 @@ def write_whisper_card(model_path, card_path, data_dir, command, provenance, tra
     ]
     lines += results_lines(scored)
     lines += degraded_lines(model, meta, scored, augmented)
+    if by_speaker:
+        from speaker_means import speaker_mean_table
+
+        lines += ["", "### Speaker statistics: give several recordings of each speaker", "",
+                  "Above, each test clip was standardised with the statistics of all of its speaker's test clips "
+                  "(about 80 per actor, all six emotions). `serkeras predict` groups files by speaker with "
+                  "`--speaker` (default `auto`: CREMA-D file names give their actor, other files are grouped by "
+                  "folder), so put each speaker's recordings in one folder. Accuracy on the same actors when each "
+                  "speaker's statistics come from:", "", *speaker_mean_table(model, meta, corpus, split)]
+    if random_row:
+        f = random_row["folds"][0]
+        lines += ["", "## The study's protocol: a random split", "",
+                  "The same recipe with its classifier fit on the training clips of the `random` split (clips "
+                  "shuffled over all 73 development actors, seed 0, so the test actors were also heard in training"
+                  + ("; each speaker's statistics come from all of their clips, as `serkeras evaluate "
+                     "--speaker-stats corpus` does" if by_speaker else "")
+                  + f"): accuracy **{100 * f['test_accuracy']:.1f}%**, macro-F1 {f['test_macro_f1']:.3f} on "
+                  f"{f['test_clips']} test clips (the study's best: 64.1%). This file's classifier was fit on the "
+                  "`actor` split, whose training clips include most of `random`'s test clips, so it cannot be "
+                  "scored there itself."]
     lines += ["", "## Other unseen actors: 5-fold cross-validation", "",
               "The same recipe on each fold: the probe fit on ~52 actors' clips (strength chosen on the fold's "
               "validation actors), tested on the 14-15 others, so every development actor is tested once by a "

@@ -18,42 +18,54 @@ SUBSET_SIZES = (2, 3, 6, 12, 24)
 DRAWS = 3
 
 
-def accuracy_with_means(model, meta, clips, features, labels, chosen):
-    """Accuracy when each clip loses the mean of the clips `chosen(indices of its speaker)` picks."""
-    from serkeras.evaluation import predict_features
-    from serkeras.features import compute_stats, normalize_by_speaker
-
-    config = meta.feature_config
-    stats = {}
-    for speaker in sorted({c.speaker for c in clips}):  # a fixed order: the random draws are reproducible
-        picked = chosen([i for i, c in enumerate(clips) if c.speaker == speaker])
-        stats[speaker] = compute_stats([features[i] for i in picked])
-    normalised = normalize_by_speaker(features, [c.speaker for c in clips], stats, config.speaker_scale)
-    predicted = predict_features(model, normalised, config.length_mode, config.fixed_frames).argmax(axis=1)
-    return float(np.mean(predicted == labels))
-
-
 def speaker_mean_rows(model, meta, clips, labels, features, rng):
-    """{where each speaker's mean comes from: accuracy} of a --speaker-norm `model` on `clips`.
+    """{where each speaker's statistics come from: accuracy} of a speaker-normalised `model` on `clips`.
 
     `features`: the clips' un-normalised features; `rng`: a numpy Generator for the random subsets.
+    A model trained with --speaker-norm takes statistics of features; one that
+    standardises its embedding by speaker, statistics of its embeddings.
     """
-    from serkeras.evaluation import predict_features
-    from serkeras.features import normalize_by_speaker
+    from serkeras.evaluation import embedding_stats, predict_features, standardized_head_probabilities
+    from serkeras.features import compute_stats, normalize_by_speaker
+    from serkeras.models import speaker_stages
+
+    config = meta.feature_config
+    stages = speaker_stages(model)
+    if stages:
+        embedder, head = stages
+        embeddings = predict_features(embedder, features, config.length_mode, config.fixed_frames)
+
+        def stats_of(indices):
+            return embedding_stats(embeddings[list(indices)])
+
+        def predicted(keys, stats):
+            return standardized_head_probabilities(head, embeddings, keys, stats).argmax(axis=1)
+    else:
+        def stats_of(indices):
+            return compute_stats([features[i] for i in indices])
+
+        def predicted(keys, stats):
+            normalised = normalize_by_speaker(features, keys, stats, config.speaker_scale)
+            return predict_features(model, normalised, config.length_mode, config.fixed_frames).argmax(axis=1)
+
+    speakers = [c.speaker for c in clips]
 
     def score(chosen):
-        return accuracy_with_means(model, meta, clips, features, labels, chosen)
+        """Accuracy when each speaker's statistics come from the clips `chosen(indices of its clips)` picks."""
+        stats = {speaker: stats_of(chosen([i for i, s in enumerate(speakers) if s == speaker]))
+                 for speaker in sorted(set(speakers))}  # a fixed order: the random draws are reproducible
+        return float(np.mean(predicted(speakers, stats) == labels))
 
     rows = {"all of the speaker's clips (`serkeras evaluate`)": score(lambda idx: idx)}
-    fewest = min(sum(c.speaker == s for c in clips) for s in {c.speaker for c in clips})
+    fewest = min(speakers.count(s) for s in set(speakers))
     for n in (n for n in SUBSET_SIZES if n < fewest):  # a subset of every speaker, never all of one
         rows[f"{n} of the speaker's clips, at random (mean of {DRAWS} draws)"] = float(np.mean(
             [score(lambda idx: rng.choice(idx, n, replace=False)) for _ in range(DRAWS)]))
     for emotion in ("neutral", "anger"):
         rows[f"the speaker's {emotion} clips only"] = score(lambda idx: [i for i in idx if clips[i].label == emotion])
-    alone = normalize_by_speaker(features, [c.path for c in clips], scale=meta.feature_config.speaker_scale)
-    rows["the clip alone (`serkeras predict --speaker file`)"] = float(np.mean(predict_features(
-        model, alone, meta.feature_config.length_mode, meta.feature_config.fixed_frames).argmax(axis=1) == labels))
+    alone = {c.path: stats_of([i]) for i, c in enumerate(clips)}
+    rows["the clip alone (`serkeras predict --speaker file`)"] = float(np.mean(
+        predicted([c.path for c in clips], alone) == labels))
     return rows
 
 
@@ -84,8 +96,8 @@ def main(model_path, data_dir):
     from serkeras.splits import make_split
 
     model, meta = load_model(model_path)
-    if not meta.feature_config.speaker_norm:
-        raise click.ClickException(f"{model_path} was not trained with --speaker-norm")
+    if not (meta.feature_config.speaker_norm or meta.model_config.speaker_standardization):
+        raise click.ClickException(f"{model_path} does not normalise by speaker")
     corpus = load_corpus(data_dir, None)
     split = make_split(corpus.clips, "actor", 0.1, 0.1, seed=0)
     click.echo(f"{model_path}, actor split (seed 0): accuracy by where each speaker's mean comes from\n")

@@ -503,20 +503,21 @@ def _open_model(path):
 #: `--speaker-stats` of evaluate (and of experiments/accuracy.py's ensemble).
 speaker_stats_option = click.option(
     "--speaker-stats", type=click.Choice(["part", "corpus"]), default="part", show_default=True,
-    help="For a model trained with --speaker-norm: take each speaker's statistics from their clips in the "
+    help="For a model that normalises by speaker: take each speaker's statistics from their clips in the "
          "evaluated part, or from all their clips in the corpus (unlabelled; for a random split, whose parts "
          "share speakers).")
 
 
-def speaker_reference_clips(speaker_stats, config, corpus):
+def speaker_reference_clips(speaker_stats, meta, corpus):
     """The clips whose speaker statistics `--speaker-stats` asks for: `model_features`' `speaker_clips`.
 
-    Raises `click.UsageError` for "corpus" with a model (`config`) trained without speaker norm.
+    Raises `click.UsageError` for "corpus" with a model (`meta`) that does not normalise by speaker.
     """
     if speaker_stats != "corpus":
         return None
-    if not config.speaker_norm:
-        raise click.UsageError("--speaker-stats corpus is for models trained with --speaker-norm")
+    if not (meta.feature_config.speaker_norm or meta.model_config.speaker_standardization):
+        raise click.UsageError("--speaker-stats corpus is for models that normalise by speaker "
+                               "(trained with --speaker-norm)")
     return corpus.clips
 
 
@@ -540,8 +541,7 @@ def evaluate(model_path, data_dir, manifest, cache_dir, split_kind, fold, n_fold
     """
     import json
 
-    from serkeras.cache import model_features
-    from serkeras.evaluation import classification_report, format_report, predict_versions, save_confusion_matrix
+    from serkeras.evaluation import classification_report, format_report, predict_clips, save_confusion_matrix
 
     model, meta = _open_model(model_path)
     corpus, split = load_split(data_dir, manifest, split_kind, fold, n_folds, val_fraction, test_fraction, seed)
@@ -549,15 +549,15 @@ def evaluate(model_path, data_dir, manifest, cache_dir, split_kind, fold, n_fold
         raise SerkerasError(f"the model's labels {list(meta.labels)} differ from the corpus's {list(corpus.labels)}")
     clips = corpus.clips if part == "all" else split.parts()[part]
     config = meta.feature_config
-    kept, versions = model_features(clips, config, tta_copies, cache_dir,
-                                    speaker_clips=speaker_reference_clips(speaker_stats, config, corpus))
+    kept, probabilities = predict_clips(model, meta, clips, tta_copies, cache_dir,
+                                        speaker_reference_clips(speaker_stats, meta, corpus), batch_size)
     if not kept:
         raise SerkerasError("no usable clips to evaluate")
-    probabilities = predict_versions(model, versions, config.length_mode, config.fixed_frames, batch_size)
     report = classification_report(corpus.label_indices(kept), probabilities.argmax(axis=1), corpus.labels,
                                    groups={"sex": [c.sex for c in kept]})
     report.update({"model": str(model_path), "split": split.description, "part": part, "tta_copies": tta_copies,
-                   **({"speaker_stats": speaker_stats} if config.speaker_norm else {})})
+                   **({"speaker_stats": speaker_stats}
+                      if config.speaker_norm or meta.model_config.speaker_standardization else {})})
     tta = f", test-time augmentation: each clip + {tta_copies} copies" if tta_copies else ""
     stats = ", speaker statistics from the whole corpus" if speaker_stats == "corpus" else ""
     click.echo(f"{model_path} on {corpus.name}, {split.description}, part {part}{tta}{stats}")
@@ -627,10 +627,10 @@ def resolve_model(value):
 @tta_option
 @click.option("--speaker", "speaker_grouping", type=lazy_choice("inference", "SPEAKER_GROUPINGS"), default="auto",
               show_default=True,
-              help="For models trained with --speaker-norm: which files share a speaker, whose mean features are "
-                   "removed ('auto': a CREMA-D file name's actor, else the folder; 'folder': files in one folder; "
-                   "'prefix': the file name up to its first underscore; 'all'; 'file'). Give several recordings "
-                   "of each speaker.")
+              help="For models that normalise by speaker (trained with --speaker-norm, or Whisper models "
+                   "standardised by speaker): which files share a speaker, whose statistics are used ('auto': a CREMA-D file "
+                   "name's actor, else the folder; 'folder': files in one folder; 'prefix': the file name up to its "
+                   "first underscore; 'all'; 'file'). Give several recordings of each speaker.")
 def predict(paths, model_path, output_format, window, hop, batch_size, workers, max_seconds, tta_copies,
             speaker_grouping):
     """Predict the emotion of audio files, folders or globs (any format, rate and channels)."""

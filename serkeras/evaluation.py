@@ -3,6 +3,8 @@
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
+from serkeras.errors import DataError
+from serkeras.features import compute_stats
 from serkeras.pipeline import clip_lengths, eval_order, make_dataset
 
 
@@ -10,17 +12,82 @@ def model_input_names(model):
     return tuple(t.name for t in model.inputs)
 
 
-def predict_features(model, feature_list, length_mode, fixed_frames=None, batch_size=32):
+def predict_features(model, feature_list, length_mode, fixed_frames=None, batch_size=32, speakers=None,
+                     reference=None):
     """Class probabilities for each clip, in the order of `feature_list`.
 
     Variable-length batches are formed in length order (little padding) and
     put back in input order afterwards.
+
+    A model that standardises its embedding by speaker (`serkeras.models.speaker_stages`)
+    needs `speakers`, one key per clip: each clip's embedding is standardised with
+    the mean and variance of the embeddings of its speaker's clips in `feature_list`,
+    or, with `reference` = (feature list, speaker keys), of its speaker's clips there.
     """
+    from serkeras.models import speaker_stages
+
+    stages = speaker_stages(model)
+    if stages is None:
+        return _predict(model, feature_list, length_mode, fixed_frames, batch_size)
+    if speakers is None:
+        raise ValueError(f"model {model.name!r} standardises by speaker: give each clip's speaker")
+    embedder, head = stages
+    embeddings = _predict(embedder, feature_list, length_mode, fixed_frames, batch_size)
+    if reference is None:
+        stats = embedding_speaker_stats(embeddings, speakers)
+    else:
+        stats = embedding_speaker_stats(_predict(embedder, reference[0], length_mode, fixed_frames, batch_size),
+                                        reference[1])
+    return standardized_head_probabilities(head, embeddings, speakers, stats, batch_size)
+
+
+def embedding_speaker_stats(embeddings, speakers):
+    """{speaker: (mean, variance, count)} of pooled `embeddings` (clips, dim): what the head of
+    `serkeras.models.speaker_stages` takes. Variances are floored as `compute_stats` does."""
+    rows = {}
+    for i, speaker in enumerate(speakers):
+        rows.setdefault(speaker, []).append(i)
+    return {speaker: embedding_stats(embeddings[indices]) for speaker, indices in rows.items()}
+
+
+def embedding_stats(embeddings):
+    """(mean, variance, count) of the rows of `embeddings`, as `embedding_speaker_stats` gives for one speaker."""
+    stats = compute_stats([{"embedding": np.asarray(embeddings)}])
+    return stats.mean["embedding"], stats.variance["embedding"], len(embeddings)
+
+
+def standardized_head_probabilities(head, embeddings, speakers, stats, batch_size=32):
+    """The `head` of `serkeras.models.speaker_stages` on `embeddings`, each clip's with `stats[its speaker]`
+    (as `embedding_speaker_stats` gives them)."""
+    return np.asarray(head.predict([embeddings, *speaker_input_arrays(speakers, stats)], batch_size=batch_size, verbose=0))
+
+
+def speaker_input_arrays(speakers, stats):
+    """[mean, variance, count] arrays for clips of `speakers`, from `stats` (see `embedding_speaker_stats`): the
+    speaker-statistics inputs of a model that standardises by speaker, one row per clip.
+
+    Raises `DataError` for a speaker without statistics.
+    """
+    missing = sorted(map(str, set(speakers) - set(stats)))
+    if missing:
+        raise DataError(f"no reference recordings of {len(missing)} speakers, e.g. {missing[0]}")
+    mean, variance, count = (np.stack([np.asarray(stats[s][i], np.float32) for s in speakers]) for i in range(3))
+    return [mean, variance, count[:, None]]
+
+
+def population_stats(stats):
+    """[mean, variance] of a population of speakers (`embedding_speaker_stats`): the mean of the speakers' means
+    and of their variances, each speaker counted once; the population weights of `SpeakerStandardization`."""
+    return [np.mean([m for m, _, _ in stats.values()], axis=0), np.mean([v for _, v, _ in stats.values()], axis=0)]
+
+
+def _predict(model, feature_list, length_mode, fixed_frames, batch_size):
     n_classes = model.outputs[0].shape[-1]
     ds = make_dataset(feature_list, np.zeros(len(feature_list), np.int32), n_classes, length_mode, fixed_frames,
                       batch_size=batch_size, input_names=model_input_names(model))
     ds = ds.map(lambda x, y: x)
-    probabilities = np.concatenate([np.asarray(model.predict_on_batch(x)) for x in ds], axis=0)
+    # NumPy batches: JAX cannot take TensorFlow tensors, and every backend takes NumPy.
+    probabilities = np.concatenate([np.asarray(model.predict_on_batch(x)) for x in ds.as_numpy_iterator()], axis=0)
     if length_mode == "fixed":
         return probabilities
     out = np.empty_like(probabilities)
@@ -28,10 +95,45 @@ def predict_features(model, feature_list, length_mode, fixed_frames=None, batch_
     return out
 
 
-def predict_versions(model, versions, length_mode, fixed_frames=None, batch_size=32):
+def predict_versions(model, versions, length_mode, fixed_frames=None, batch_size=32, speakers=None,
+                     references=None):
     """Mean class probabilities over versions of the same clips, such as each clip and its
-    test-time augmented copies (`versions`: feature lists, all in one clip order)."""
-    return np.mean([predict_features(model, v, length_mode, fixed_frames, batch_size) for v in versions], axis=0)
+    test-time augmented copies (`versions`: feature lists, all in one clip order).
+
+    `speakers` and `references` (one `reference` per version) as in `predict_features`:
+    each version is standardised by the same version of the reference clips.
+    """
+    references = references or [None] * len(versions)
+    return np.mean([predict_features(model, v, length_mode, fixed_frames, batch_size, speakers, r)
+                    for v, r in zip(versions, references)], axis=0)
+
+
+def predict_clips(model, meta, clips, copies=0, cache_dir=None, speaker_clips=None, batch_size=32,
+                  require_all=False):
+    """Class probabilities of `model` (with `meta`, its metadata) for corpus `clips`, from the feature cache.
+
+    As `serkeras evaluate` scores them: `copies` test-time augmented copies
+    averaged in, and each speaker's statistics (for models that normalise by
+    speaker) taken from their clips among `clips`, or among `speaker_clips`
+    when given, as in `serkeras.cache.model_features`.
+
+    Returns
+    -------
+    (list of the usable clips, array of probabilities (clips, classes))
+    """
+    from serkeras.cache import model_features
+
+    config = meta.feature_config
+    kept, versions = model_features(clips, config, copies, cache_dir, require_all, speaker_clips)
+    if not kept:
+        return kept, np.zeros((0, len(meta.labels)), np.float32)
+    by_speaker = {}
+    if meta.model_config.speaker_standardization:
+        by_speaker["speakers"] = [c.speaker for c in kept]
+        if speaker_clips is not None:
+            reference, references = model_features(speaker_clips, config, copies, cache_dir)
+            by_speaker["references"] = [(version, [c.speaker for c in reference]) for version in references]
+    return kept, predict_versions(model, versions, config.length_mode, config.fixed_frames, batch_size, **by_speaker)
 
 
 def classification_report(y_true, y_pred, labels, groups=None):

@@ -14,12 +14,22 @@ SUFFIXES = {"tf_saved_model": "", "onnx": ".onnx", "litert": ".tflite"}
 
 
 def example_inputs(model, frames=300, batch=2, seed=0):
-    """A random batch in the model's input layout: features (batch, frames, n) and, if present, lengths."""
+    """A random batch in the model's input layout: features (batch, frames, n) and, if present, lengths and a
+    speaker's statistics (mean, positive variance, count)."""
+    from serkeras.models import SPEAKER_INPUTS
+
+    mean, variance, count = SPEAKER_INPUTS
     rng = np.random.default_rng(seed)
     inputs = {}
     for tensor in model.inputs:
         if tensor.name == "lengths":
             inputs["lengths"] = np.linspace(frames, frames // 2, batch).astype("int32")
+        elif tensor.name == mean:
+            inputs[tensor.name] = rng.standard_normal((batch, tensor.shape[1])).astype("float32")
+        elif tensor.name == variance:
+            inputs[tensor.name] = rng.uniform(0.5, 2.0, (batch, tensor.shape[1])).astype("float32")
+        elif tensor.name == count:
+            inputs[tensor.name] = np.linspace(1, 2 * batch, batch).astype("float32")[:, None]
         else:
             steps = tensor.shape[1] or frames
             inputs[tensor.name] = rng.standard_normal((batch, steps, tensor.shape[2])).astype("float32")

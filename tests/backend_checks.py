@@ -20,6 +20,11 @@ every backend too; their fixed-length graphs are built in tests/test_models.py):
   identical predictions (atol 1e-6), labels / feature config / model config
   round-trip through ``model_metadata``.
 
+and, once, ``whisper/variable speaker stages``: a tiny `whisper` that standardises
+its embedding by speaker predicts through ``predict_features`` (embeddings, then
+its nested head with each speaker's statistics) what the whole model predicts
+given those statistics, and the same after a save and reload (atol 1e-5).
+
 One line per check; the exit status is non-zero if any check fails.
 
 The trained 1d/variable model, a fixed synthetic batch and its predictions are
@@ -208,6 +213,36 @@ def check_save(model, clips, feature_config, model_config, directory):
     return ok, f"reloaded max|diff|={diff:.2e}" + (f"; mismatched {', '.join(problems)}" if problems else "")
 
 
+def check_speaker_stages(feature_config, clips, directory):
+    """A tiny `whisper` that standardises its embedding by speaker: `predict_features` (embed every clip, then the
+    nested head with each speaker's statistics) equals the whole model given those statistics, and again after
+    a save and reload."""
+    from serkeras.evaluation import embedding_speaker_stats, predict_features, speaker_input_arrays  # imports TensorFlow
+    from serkeras.models import speaker_stages
+
+    model_config = ModelConfig(arch="whisper", speaker_standardization=True, speaker_prior_clips=2.0,
+                               **EXTRA["whisper"])
+    model = build_whisper(feature_config, model_config, LABELS)
+    embedder, head = speaker_stages(model)
+    rng = np.random.default_rng(5)
+    dim = embedder.output_shape[-1]
+    head.get_layer("speaker_standardization").set_weights([rng.normal(size=dim), rng.uniform(0.5, 2.0, dim)])
+    clips = clips[:4]
+    speakers = ["a", "b", "a", "a"]
+    got = predict_features(model, clips, feature_config.length_mode, speakers=speakers)
+    names = input_names(model)
+    embeddings = np.concatenate([predict(embedder, batch_inputs([c], names[:2])) for c in clips])
+    statistics = speaker_input_arrays(speakers, embedding_speaker_stats(embeddings, speakers))
+    whole = np.concatenate([predict(model, {**batch_inputs([c], names[:2]),
+                                            **{n: s[i:i + 1] for n, s in zip(names[2:], statistics)}})
+                            for i, c in enumerate(clips)])
+    path = Path(directory) / "whisper_speaker.keras"
+    model.save(path)
+    reloaded = predict_features(load_model(path)[0], clips, feature_config.length_mode, speakers=speakers)
+    diff = max(np.abs(got - whole).max(), np.abs(got - reloaded).max())
+    return bool(diff <= PAD_ATOL), f"two stages vs whole model vs reloaded: max|diff|={diff:.2e}"
+
+
 def export(model, feature_config, directory):
     """Save the model, a fixed synthetic batch and its predictions for another backend to reload."""
     directory = Path(directory)
@@ -276,6 +311,8 @@ def main(argv):
                 if export_dir and arch == "1d" and length_mode == "variable":
                     check(f"{tag} export")(export, model, feature_config, export_dir)
                 print(f"     {tag} took {time.perf_counter() - start:.1f} s", flush=True)
+            if length_mode == "variable":
+                check("whisper/variable speaker stages")(check_speaker_stages, feature_config, clips, tmp)
     print(f"{len(FAILURES)} failed" + (f": {', '.join(FAILURES)}" if FAILURES else ""), flush=True)
     return 1 if FAILURES else 0
 

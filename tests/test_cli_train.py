@@ -33,7 +33,7 @@ def test_speaker_statistics_are_refused_for_a_model_without_speaker_norm(trained
     result = run_cli(["evaluate", str(run / "model.keras"), "--data-dir", str(crema_subset), "--speaker-stats",
                       "corpus", "--cache-dir", str(workdir / "cache")], workdir)
     assert result.exit_code == 2
-    assert "--speaker-stats corpus is for models trained with --speaker-norm" in result.output
+    assert "--speaker-stats corpus is for models that normalise by speaker" in result.output
 
 
 def test_train_writes_run_folder(trained):

@@ -69,8 +69,8 @@ def test_every_accuracy_recipe_is_a_valid_train_invocation():
     accuracy = load_script("accuracy")
     from serkeras.cli import SHIPPED_MODELS
 
-    # What `ship` makes is what `predict` finds (the Whisper model is pretrained_probe.py's).
-    assert list(accuracy.SHIPPED_MODELS) == [name for name in SHIPPED_MODELS if not name.endswith("-whisper")]
+    # What `ship` makes is what `predict` finds (the Whisper models are pretrained_probe.py's).
+    assert list(accuracy.SHIPPED_MODELS) == [name for name in SHIPPED_MODELS if "-whisper" not in name]
     for shipped in accuracy.SHIPPED_MODELS.values():
         members = shipped.members()  # RECIPE[:SEED], each recipe a known one
         # The members of one average share their features, speaker normalisation included.
@@ -154,7 +154,7 @@ def test_accuracy_script_runs_resumes_ensembles_and_reports(crema_subset, tmp_pa
     assert unfinished.exit_code == 2 and "not finished: resnet-actor" in unfinished.output
     pooled = runner.invoke(accuracy.cli, ["ensemble", "crnn-actor", "--speaker-stats", "corpus", "--data-dir",
                                           str(crema_subset)])
-    assert pooled.exit_code == 2 and "is for models trained with --speaker-norm" in pooled.output
+    assert pooled.exit_code == 2 and "is for models that normalise by speaker" in pooled.output
     # One run with test-time augmentation: each val/test clip's first augmented copy is featurised too.
     copies = len(list((tmp_path / "data" / "cache").rglob("*.npz")))
     result = runner.invoke(accuracy.cli, ["ensemble", "crnn-actor", "--tta-copies", "1", "--data-dir", str(crema_subset)])
@@ -555,13 +555,14 @@ def test_pretrained_probe_ship_writes_a_self_contained_whisper_model_and_its_car
         layer.name for layer in model.layers]
     assert model.get_layer("layer0_ffn_expand").quantization_mode == "int8"
     rows = [json.loads(line) for line in (tmp_path / "results" / "pretrained_probe.jsonl").read_text().splitlines()]
-    assert [r["split"] for r in rows] == ["actor"] and rows[0]["embeddings"].endswith("1 augmented copies")
+    assert [r["split"] for r in rows] == ["actor", "random"] and rows[0]["embeddings"].endswith("1 augmented copies")
     card = (tmp_path / "saved_models" / "MODEL_CARD-whisper.md").read_text()
     assert card.startswith("# Model card: `serkeras-crema-d-whisper.keras`")
     assert "Written by `python experiments/pretrained_probe.py ship PATH/tiny-whisper --layers 2 --augment-copies 1`" in card
     assert "also fit on 1 augmented copy of each training clip" in card
     assert "Layers kept: 2 of 3" in card and "sha256" in card and "Listeners' majority vote" in card
     assert "5-fold cross-validation\n\nNot scored in the run that wrote this card." in card
+    assert "## The study's protocol: a random split" in card and "on one recording at a time" in card
     assert "Time (wall-clock): features" in card and "(finding 29)" in card
     # `card` rewrites it from the saved model and the logged rows alone.
     (tmp_path / "saved_models" / "MODEL_CARD-whisper.md").unlink()
@@ -577,3 +578,57 @@ def test_pretrained_probe_ship_writes_a_self_contained_whisper_model_and_its_car
     for bad in (["ship", str(tmp_path)], ["ship", str(model_dir), "--layers", "4"], ["card", "--output", "x.keras"]):
         result = CliRunner().invoke(probe.cli, bad + ["--data-dir", str(crema_subset)])
         assert result.exit_code != 0 and "Traceback" not in result.output
+
+
+
+def test_pretrained_probe_ship_speaker_norm_model_scores_alike_through_serkeras(crema_subset, tmp_path, monkeypatch):
+    """`ship --speaker-norm`: the saved model standardises each clip's embedding by its speaker's (nested head,
+    population statistics inside); `serkeras evaluate` on it gives the accuracy the probe was scored with, and
+    `serkeras predict` groups files by speaker; the card says what the model needs from each speaker."""
+    import json
+
+    from click.testing import CliRunner
+
+    from serkeras.cli import main
+    from serkeras.models import SPEAKER_INPUTS, load_model, speaker_stages
+
+    probe = load_script("pretrained_probe")
+    monkeypatch.setattr(probe, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr(probe, "N_FOLDS", 0)
+    (tmp_path / "results").mkdir()
+    monkeypatch.chdir(tmp_path)
+    model_dir = tmp_path / "tiny-whisper"
+    model_dir.mkdir()
+    write_ct2_whisper_encoder(model_dir / "model.bin", random_whisper_encoder(np.random.default_rng(5), 80, 16, 2, 2))
+    result = CliRunner().invoke(probe.cli, ["ship", str(model_dir), "--layers", "1", "--speaker-norm",
+                                            "--data-dir", str(crema_subset)])
+    assert result.exit_code == 0, result.output
+    output = tmp_path / "saved_models" / "serkeras-crema-d-whisper-speaker-norm.keras"
+    model, meta = load_model(output)
+    assert [t.name for t in model.inputs][2:] == list(SPEAKER_INPUTS)
+    assert meta.model_config.speaker_standardization and meta.model_config.speaker_prior_clips == probe.PRIOR_CLIPS
+    population_mean, population_variance = speaker_stages(model)[1].get_layer("speaker_standardization").get_weights()
+    assert population_mean.shape == (32,) and (population_variance > 0).all() and np.abs(population_mean).sum() > 0
+    rows = [json.loads(line) for line in (tmp_path / "results" / "pretrained_probe.jsonl").read_text().splitlines()]
+    assert [(r["split"], r["speaker_zscore"]) for r in rows] == [("actor", True), ("random", True)]
+    card = (tmp_path / "saved_models" / "MODEL_CARD-whisper-speaker-norm.md").read_text()
+    assert "`python experiments/pretrained_probe.py ship PATH/tiny-whisper --layers 1 --speaker-norm`" in card
+    assert "from several recordings of each speaker" in card and "as if those were 5 more recordings" in card
+    assert "| the clip alone (`serkeras predict --speaker file`) |" in card
+    assert "## The study's protocol: a random split" in card
+    # The probe's test accuracy is the saved model's own through `serkeras evaluate` (speaker statistics over each
+    # test actor's clips), so fitting and the model standardise alike.
+    stated = float(result.output.split("test ")[1].split("%")[0])
+    evaluated = CliRunner().invoke(main, ["evaluate", str(output), "--split", "actor", "--data-dir", str(crema_subset)])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert float(evaluated.output.split("  accuracy ")[1].split()[0]) == pytest.approx(stated / 100, abs=6e-4)
+    # predict: files of one actor share statistics; each file alone is a lone speaker, said in a warning.
+    first_actor = sorted(crema_subset.glob("*.ogg"))[0].name.split("_")[0]
+    files = sorted(str(p) for p in crema_subset.glob(f"{first_actor}_*"))[:4]
+    grouped = CliRunner().invoke(main, ["predict", *files, "--model", str(output), "--format", "json"])
+    assert grouped.exit_code == 0, grouped.output
+    alone = CliRunner().invoke(main, ["predict", *files, "--model", str(output), "--format", "json",
+                                      "--speaker", "file"])
+    assert alone.exit_code == 0 and "4 of 4 speakers (--speaker file) have one recording only" in alone.output
+    probabilities = [[p["probabilities"] for p in json.loads(r.output[r.output.index("["):])] for r in (grouped, alone)]
+    assert probabilities[0] != probabilities[1]

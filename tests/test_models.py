@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from serkeras.errors import ModelFileError, SerkerasError
+from serkeras.errors import DataError, ModelFileError, SerkerasError
 from serkeras.features import FeatureConfig
 from serkeras.models import ARCHITECTURES, ModelConfig, build_model, get_builder, load_model, model_metadata
 from serkeras.models.cost import flops_per_clip
@@ -494,6 +494,72 @@ def test_whisper_model_ignores_padding_and_round_trips_through_a_keras_file(tmp_
     loaded, metadata = load_model(tmp_path / "whisper.keras")
     assert metadata.model_config == config and metadata.feature_config.fmin == 0.0
     np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded([_garbage_padded(rng, clips), lengths])), batch, rtol=1e-5)
+
+
+def test_speaker_standardization_shrinks_a_speakers_statistics_towards_the_population():
+    from serkeras.models.layers import SpeakerStandardization
+
+    rng = np.random.default_rng(3)
+    x, mean = rng.normal(size=(3, 4)).astype(np.float32), rng.normal(size=(3, 4)).astype(np.float32)
+    variance = rng.uniform(0.5, 2, (3, 4)).astype(np.float32)
+    count = np.array([[1.0], [4.0], [400.0]], np.float32)
+    population = [rng.normal(size=4).astype(np.float32), rng.uniform(0.5, 2, 4).astype(np.float32)]
+    layer = SpeakerStandardization(prior_clips=4)
+    layer.build(x.shape)
+    layer.set_weights(population)
+    got = keras.ops.convert_to_numpy(layer(x, mean, variance, count))
+    shrunk_mean = (count * mean + 4 * population[0]) / (count + 4)
+    shrunk_variance = (count * variance + 4 * population[1]) / (count + 4)
+    np.testing.assert_allclose(got, (x - shrunk_mean) / np.sqrt(shrunk_variance), rtol=1e-5)
+    # Without a prior it is each speaker's own z-score; a lone recording's own statistics leave nothing.
+    plain = SpeakerStandardization()
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(plain(x, mean, variance, count)),
+                               (x - mean) / np.sqrt(variance), rtol=1e-5)
+    assert SpeakerStandardization.from_config(layer.get_config()).prior_clips == 4
+    with pytest.raises(ValueError, match="prior_clips"):
+        SpeakerStandardization(-1)
+
+
+def test_a_speaker_standardised_whisper_model_predicts_in_two_stages_and_reloads(tmp_path):
+    """`predict_features` embeds every clip, takes each speaker's statistics over their clips (or over reference
+    clips) and runs the head: the same as the whole model given those statistics, before and after reloading."""
+    from serkeras.evaluation import embedding_speaker_stats, predict_features, speaker_input_arrays
+    from serkeras.models import SPEAKER_INPUTS, build_whisper, speaker_stages
+
+    config = ModelConfig(arch="whisper", encoder_layers=1, encoder_dim=16, attention_heads=2,
+                         speaker_standardization=True, speaker_prior_clips=2)
+    model = build_whisper(WHISPER_FEATURES, config, LABELS)
+    assert [i.name for i in model.inputs] == ["logmel", "lengths", *SPEAKER_INPUTS]
+    rng = np.random.default_rng(4)
+    embedder, head = speaker_stages(model)
+    head.get_layer("speaker_standardization").set_weights([rng.normal(size=32), rng.uniform(0.5, 2, 32)])
+    head.get_layer("probabilities").set_weights([rng.normal(size=(32, 6)), rng.normal(size=6)])
+    clips = [{"logmel": rng.uniform(-100, -20, (n, 12)).astype(np.float32)} for n in (21, 8, 5, 13)]
+    speakers = ["a", "b", "a", "a"]
+    embeddings = keras.ops.convert_to_numpy(embedder.predict(
+        [_garbage_padded(rng, [c["logmel"] for c in clips]), np.array([21, 8, 5, 13], np.int32)], verbose=0))
+    stats = embedding_speaker_stats(embeddings, speakers)
+    assert stats["a"][2] == 3 and stats["b"][2] == 1
+    np.testing.assert_allclose(stats["a"][0], embeddings[[0, 2, 3]].mean(axis=0), rtol=1e-5)
+    whole = [keras.ops.convert_to_numpy(model.predict(
+        [c["logmel"][None], np.array([len(c["logmel"])], np.int32), *speaker_input_arrays([s], stats)], verbose=0))[0]
+        for c, s in zip(clips, speakers)]
+    got = predict_features(model, clips, "variable", speakers=speakers)
+    np.testing.assert_allclose(got, whole, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="standardises by speaker"):
+        predict_features(model, clips, "variable")
+    # Statistics from reference clips: speaker "a" from its first clip alone.
+    alone = predict_features(model, clips, "variable", speakers=speakers, reference=(clips[:2], ["a", "b"]))
+    np.testing.assert_allclose(alone[1], got[1], rtol=1e-5)
+    assert not np.allclose(alone[3], got[3], atol=1e-4)
+    with pytest.raises(DataError, match="no reference recordings of 1 speakers"):
+        predict_features(model, clips, "variable", speakers=speakers, reference=(clips[:1], ["a"]))
+    model.save(tmp_path / "speaker.keras")
+    loaded, metadata = load_model(tmp_path / "speaker.keras")
+    assert metadata.model_config == config
+    np.testing.assert_allclose(predict_features(loaded, clips, "variable", speakers=speakers), got, rtol=1e-5)
+    assert speaker_stages(build_whisper(WHISPER_FEATURES, ModelConfig(arch="whisper", encoder_layers=1, encoder_dim=16,
+                                                                      attention_heads=2), LABELS)) is None
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="exports trace TensorFlow graphs")

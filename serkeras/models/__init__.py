@@ -1,6 +1,7 @@
 """Model builders (a registry of functional Keras models) and loading of saved models."""
 
 from serkeras.models import cnn1d, cnn2d, combined, conformer, crnn, resnet  # noqa: F401  (register the architectures)
+from serkeras.models.blocks import SPEAKER_INPUTS, speaker_stages
 from serkeras.models.config import ACTIVATIONS, POOLINGS, UTTERANCE_NORMS, ModelConfig
 from serkeras.models.layers import SerkerasMetadata
 from serkeras.models.registry import ARCHITECTURES, get_builder, register
@@ -24,5 +25,6 @@ def build_model(feature_config, model_config, labels, stats=None):
     return get_builder(model_config.arch)(feature_config, model_config, list(labels), stats)
 
 
-__all__ = ["ACTIVATIONS", "ARCHITECTURES", "ModelConfig", "POOLINGS", "UTTERANCE_NORMS", "SerkerasMetadata", "build_model",
-           "build_whisper", "get_builder", "load_model", "model_metadata", "register"]
+__all__ = ["ACTIVATIONS", "ARCHITECTURES", "ModelConfig", "POOLINGS", "SPEAKER_INPUTS", "UTTERANCE_NORMS",
+           "SerkerasMetadata", "build_model", "build_whisper", "get_builder", "load_model", "model_metadata", "register",
+           "speaker_stages"]

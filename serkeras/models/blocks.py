@@ -6,8 +6,15 @@ from keras import layers
 
 from serkeras.models.saving import METADATA_LAYER
 from serkeras.models.layers import (AttentiveStatisticsPooling, MaskedGlobalAveragePooling,
-                                    MaskedGroupNormalization, PooledLengths, SerkerasMetadata, SpecAugment, TimeMask,
-                                    UtteranceNormalization)
+                                    MaskedGroupNormalization, PooledLengths, SerkerasMetadata, SpeakerStandardization,
+                                    SpecAugment, TimeMask, UtteranceNormalization)
+
+#: Inputs of a model whose embedding is standardised by speaker (the statistics of the embeddings of the
+#: speaker's recordings, and how many there were), the layer whose output they standardise, and the nested
+#: model that does it and classifies.
+SPEAKER_INPUTS = ("speaker_mean", "speaker_variance", "speaker_count")
+EMBEDDING_LAYER = "pool"
+SPEAKER_HEAD = "speaker_head"
 
 
 def feature_input(kind, n_features, feature_config, model_config, stats=None, lengths=None):
@@ -135,3 +142,45 @@ def finish(inputs, probabilities, labels, feature_config, model_config, name):
                                model_config=model_config.to_dict(), version=__version__,
                                name=METADATA_LAYER, dtype="float32")(probabilities)
     return keras.Model(inputs=[i for i in inputs if i is not None], outputs=outputs, name=name)
+
+
+def speaker_head(dim, n_classes, prior_clips=0.0):
+    """[embedding, speaker mean, variance, count] -> class probabilities: `SpeakerStandardization`, then softmax.
+
+    A model of its own, nested in the whole one, so that `speaker_stages` can
+    run it alone once every recording of a speaker is embedded. `prior_clips`:
+    how many recordings' weight the population's statistics get against the
+    speaker's own (see `SpeakerStandardization`).
+    """
+    embedding = keras.Input(shape=(dim,), name="embedding")
+    statistics = speaker_statistics_inputs(dim)
+    x = SpeakerStandardization(prior_clips, name="speaker_standardization")(embedding, *statistics)
+    probabilities = layers.Dense(n_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+    return keras.Model([embedding, *statistics], probabilities, name=SPEAKER_HEAD)
+
+
+def speaker_statistics_inputs(dim):
+    """Inputs for the statistics of a speaker's `dim`-wide embeddings: mean, variance (dim,) and count (1,)."""
+    mean, variance, count = SPEAKER_INPUTS
+    return [keras.Input(shape=(dim,), name=mean), keras.Input(shape=(dim,), name=variance),
+            keras.Input(shape=(1,), name=count)]
+
+
+def speaker_stages(model):
+    """A speaker-standardised `model` in two stages, or None for any other model.
+
+    Returns
+    -------
+    (embedder, head) : (keras.Model, keras.Model)
+        `embedder` maps the model's feature inputs to the embedding of layer
+        `EMBEDDING_LAYER`; `head` (`speaker_head`) maps [embedding, speaker mean,
+        speaker variance, speaker count] to class probabilities. A speaker's
+        statistics are those of the embeddings of their recordings, so every
+        recording is embedded first.
+    """
+    try:
+        head = model.get_layer(SPEAKER_HEAD)
+    except ValueError:
+        return None
+    features = [t for t in model.inputs if t.name not in SPEAKER_INPUTS]
+    return keras.Model(features, model.get_layer(EMBEDDING_LAYER).output), head

@@ -25,7 +25,11 @@ class ModelConfig:
     blocks), `filters_front` (the convolutional front end of `crnn` and
     `conformer`), `rnn_units` (`crnn`'s BiGRU per direction), `encoder_layers`
     and `attention_heads` (`conformer`, `whisper`), `encoder_dim` (`whisper`),
-    `attention_units` (attentive pooling).
+    `attention_units` (attentive pooling). With `speaker_standardization`
+    (`whisper`), the pooled embedding is standardised by the mean and variance
+    of its speaker's embeddings, more model inputs (``speaker_mean``,
+    ``speaker_variance``, ``speaker_count``), shrunk towards the training
+    speakers' as if the population had `speaker_prior_clips` recordings.
     """
 
     arch: str = "2d"
@@ -48,6 +52,8 @@ class ModelConfig:
     encoder_dim: int = 512
     attention_heads: int = 4
     attention_units: int = 128
+    speaker_standardization: bool = False
+    speaker_prior_clips: float = 0.0
 
     def __post_init__(self):
         if self.activation not in ACTIVATIONS:
@@ -60,6 +66,8 @@ class ModelConfig:
             raise ValueError("dropout must be in [0, 1)")
         if self.width <= 0:
             raise ValueError("width must be positive")
+        if self.speaker_prior_clips < 0:
+            raise ValueError("speaker_prior_clips must be >= 0")
         # Lists from JSON become tuples so configs compare and hash equal.
         for name in ("filters_1d", "filters_2d", "filters_residual", "filters_front"):
             object.__setattr__(self, name, tuple(int(f) for f in getattr(self, name)))

@@ -18,6 +18,8 @@ def clip_inputs(model, feature_config, seconds):
     for tensor in model.inputs:
         if tensor.name == "lengths":
             inputs["lengths"] = np.array([frames], "int32")
+        elif len(tensor.shape) == 2:  # one vector per clip (a speaker's statistics): any valid value costs the same
+            inputs[tensor.name] = np.ones((1, tensor.shape[1]), "float32")
         else:
             inputs[tensor.name] = np.zeros((1, tensor.shape[1] or frames, tensor.shape[2]), "float32")
     return inputs

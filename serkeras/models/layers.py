@@ -356,3 +356,44 @@ class WhisperScaling(keras.layers.Layer):
 
     def compute_output_shape(self, inputs_shape, lengths_shape=None):
         return inputs_shape
+
+
+@keras.saving.register_keras_serializable(package="serkeras")
+class SpeakerStandardization(keras.layers.Layer):
+    """Standardises each clip's features by its speaker's mean and variance, shrunk towards the population's.
+
+    Called as ``layer(x, mean, variance, count)``: the statistics of the
+    speaker's recordings (``count`` of them, shape (batch, 1)), which one clip
+    cannot provide. The mean used is ``(count * mean + k * population_mean) /
+    (count + k)`` with ``k = prior_clips``, and likewise the variance, so a
+    speaker heard once is standardised mostly with the population's statistics
+    and one heard often with their own (``prior_clips=0``: their own only).
+    The population statistics (mean of the training speakers' means and of
+    their variances) are weights, set after training.
+    """
+
+    def __init__(self, prior_clips=0.0, **kwargs):
+        super().__init__(**kwargs)
+        if prior_clips < 0:
+            raise ValueError(f"prior_clips must be >= 0, got {prior_clips}")
+        self.prior_clips = float(prior_clips)
+
+    def build(self, inputs_shape, *statistics_shapes):
+        dim = inputs_shape[-1]
+        self.population_mean = self.add_weight(shape=(dim,), initializer="zeros", trainable=False,
+                                               name="population_mean")
+        self.population_variance = self.add_weight(shape=(dim,), initializer="ones", trainable=False,
+                                                   name="population_variance")
+
+    def call(self, inputs, mean, variance, count):
+        count = ops.cast(count, inputs.dtype)
+        k = ops.cast(self.prior_clips, inputs.dtype)
+        shrunk_mean = (count * mean + k * self.population_mean) / (count + k)
+        shrunk_variance = (count * variance + k * self.population_variance) / (count + k)
+        return (inputs - shrunk_mean) * ops.rsqrt(ops.maximum(shrunk_variance, 1e-6))
+
+    def compute_output_shape(self, inputs_shape, *statistics_shapes):
+        return inputs_shape
+
+    def get_config(self):
+        return {**super().get_config(), "prior_clips": self.prior_clips}

@@ -12,7 +12,7 @@ are zeroed before each convolution and masked out of attention and pooling.
 import keras
 from keras import layers
 
-from serkeras.models.blocks import finish, lengths_input
+from serkeras.models.blocks import EMBEDDING_LAYER, finish, lengths_input, speaker_head, speaker_statistics_inputs
 from serkeras.models.layers import (LengthMask, MaskedStatistics, PooledLengths, SinusoidalPositions, TimeMask,
                                     WhisperScaling, gelu)
 
@@ -56,7 +56,10 @@ def build_whisper(feature_config, model_config, labels, stats=None):
 
     `feature_config` must describe Whisper's log-mel (80 bands from 0 to 8 kHz,
     25 ms windows every 10 ms, no peak normalisation); `stats` is not used:
-    Whisper's own scaling replaces the corpus standardisation.
+    Whisper's own scaling replaces the corpus standardisation. With
+    `model_config.speaker_standardization`, the pooled statistics are
+    standardised by the speaker's and classified in a nested model (see
+    `serkeras.models.blocks.speaker_head`).
     """
     frames = feature_config.fixed_frames if feature_config.length_mode == "fixed" else None
     lengths = lengths_input(feature_config)
@@ -64,6 +67,11 @@ def build_whisper(feature_config, model_config, labels, stats=None):
     x = WhisperScaling(name="whisper_scaling")(logmel, lengths)
     outputs, pooled_lengths = whisper_encoder(x, lengths, model_config.encoder_layers, model_config.encoder_dim,
                                               model_config.attention_heads)
-    x = MaskedStatistics(name="pool")(outputs[-1], pooled_lengths)
-    probabilities = layers.Dense(len(labels), activation="softmax", dtype="float32", name="probabilities")(x)
-    return finish([logmel, lengths], probabilities, labels, feature_config, model_config, name="whisper")
+    x = MaskedStatistics(name=EMBEDDING_LAYER)(outputs[-1], pooled_lengths)
+    speaker = []
+    if model_config.speaker_standardization:
+        speaker = speaker_statistics_inputs(x.shape[-1])
+        probabilities = speaker_head(x.shape[-1], len(labels), model_config.speaker_prior_clips)([x, *speaker])
+    else:
+        probabilities = layers.Dense(len(labels), activation="softmax", dtype="float32", name="probabilities")(x)
+    return finish([logmel, lengths, *speaker], probabilities, labels, feature_config, model_config, name="whisper")
