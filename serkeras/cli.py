@@ -536,8 +536,8 @@ def evaluate(model_path, data_dir, manifest, cache_dir, split_kind, fold, n_fold
              part, json_path, plot, batch_size, tta_copies, speaker_stats):
     """Accuracy, F1, precision, recall, per-class table and confusion matrix of a saved model.
 
-    MODEL is a .keras file or a shipped model's name (serkeras-crema-d-whisper, serkeras-crema-d,
-    serkeras-crema-d-speaker-norm).
+    MODEL is a .keras file or a shipped model's name (serkeras-crema-d-whisper,
+    serkeras-crema-d-whisper-speaker-norm, serkeras-crema-d, serkeras-crema-d-speaker-norm).
     """
     import json
 
@@ -571,9 +571,11 @@ def evaluate(model_path, data_dir, manifest, cache_dir, split_kind, fold, n_fold
 
 #: The project's pretrained models (saved_models/<name>.keras); `predict` uses the first when --model is not
 #: given: the first layers of Whisper's pre-trained encoder with a linear classifier (made by
-#: experiments/pretrained_probe.py ship). The second averages three CNNs trained here from scratch; the third
-#: needs several recordings of each speaker (trained with --speaker-norm).
-SHIPPED_MODELS = ("serkeras-crema-d-whisper", "serkeras-crema-d", "serkeras-crema-d-speaker-norm")
+#: experiments/pretrained_probe.py ship). The second is the same encoder with its embedding standardised by
+#: speaker (`ship --speaker-norm`), best with many recordings of each speaker. The third averages three CNNs
+#: trained here from scratch; the fourth, four such CNNs trained with --speaker-norm.
+SHIPPED_MODELS = ("serkeras-crema-d-whisper", "serkeras-crema-d-whisper-speaker-norm", "serkeras-crema-d",
+                  "serkeras-crema-d-speaker-norm")
 SHIPPED_MODEL = f"{SHIPPED_MODELS[0]}.keras"
 
 
@@ -627,8 +629,8 @@ def resolve_model(value):
 @tta_option
 @click.option("--speaker", "speaker_grouping", type=lazy_choice("inference", "SPEAKER_GROUPINGS"), default="auto",
               show_default=True,
-              help="For models that normalise by speaker (trained with --speaker-norm, or Whisper models "
-                   "standardised by speaker): which files share a speaker, whose statistics are used ('auto': a CREMA-D file "
+              help="For models that normalise by speaker (serkeras-crema-d-whisper-speaker-norm, or trained with "
+                   "--speaker-norm): which files share a speaker, whose statistics are used ('auto': a CREMA-D file "
                    "name's actor, else the folder; 'folder': files in one folder; 'prefix': the file name up to its "
                    "first underscore; 'all'; 'file'). Give several recordings of each speaker.")
 def predict(paths, model_path, output_format, window, hop, batch_size, workers, max_seconds, tta_copies,
@@ -801,8 +803,8 @@ def tune(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction,
 def export_command(model_path, export_format, output):
     """Export a model for serving (Keras' Model.export) and check it predicts like the .keras file.
 
-    MODEL is a .keras file or a shipped model's name (serkeras-crema-d-whisper, serkeras-crema-d,
-    serkeras-crema-d-speaker-norm).
+    MODEL is a .keras file or a shipped model's name (serkeras-crema-d-whisper,
+    serkeras-crema-d-whisper-speaker-norm, serkeras-crema-d, serkeras-crema-d-speaker-norm).
     """
     from pathlib import Path
 
