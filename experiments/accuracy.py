@@ -29,6 +29,7 @@ import click
 from serkeras.cli import SerkerasGroup, speaker_reference_clips, speaker_stats_option, tta_option
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pretrained_probe import cost_rows  # noqa: E402
 from study import (RESULTS_DIR, ROOT, STUDY, accuracy_interval, format_minutes, load_results,  # noqa: E402
                    mean_std, previous_tables, run_logged, training_time)
 
@@ -674,6 +675,7 @@ SEEDS_TABLE = "Training seeds (same actor split; `run --seed N`)"
 ENSEMBLES_TABLE = "Ensembles (probabilities averaged; cost = the members' summed)"
 KFOLD_ENSEMBLES_TABLE = "Ensembles and TTA cross-validated by actor (`kfold-ensemble`)"
 BASELINES_TABLE = "Baselines"
+PROBES_TABLE = "Pre-trained encoder with a linear classifier (`experiments/pretrained_probe.py`)"
 
 
 def merge_rows(built, previous, key_cells, partial=None, order=None):
@@ -792,6 +794,18 @@ def report(drop_missing):
                   "mean ± standard deviation over the folds scored.", ""]
         lines += table(["recipes averaged", "TTA copies", "folds", "test acc % per fold", "test acc %", "macro-F1",
                         "val acc %"], cross_validated)
+    probes = cost_rows(RESULTS_DIR / "pretrained_probe.jsonl")
+    if probes:
+        lines += ["", f"## {PROBES_TABLE}", "",
+                  "A frozen pre-trained Whisper encoder (base), its output pooled (mean and standard deviation over "
+                  "time) after the first N layers, and a logistic regression fitted on the training part (its "
+                  "strength chosen on the validation part); no gradient training. Rows from "
+                  "`pretrained_probe.jsonl` (details in [pretrained_probe.md](pretrained_probe.md), findings 28-30); "
+                  "'shipped recipe' rows are `pretrained_probe.py ship` and time its encoder passes and probes; "
+                  "'several recordings per speaker': each embedding standardised by its speaker's statistics. "
+                  "Parameters and MFLOPs: the first N layers with the classifier, float32.", ""]
+        lines += table(["embeddings", "needs", "split", "test acc %", "macro-F1", "encoder layers", "params",
+                        "MFLOPs / clip", "min", "machine"], probes)
     lines += ["", f"## {BASELINES_TABLE}", ""]
     lines += table(head, merge_rows(baseline_rows(), before.get(BASELINES_TABLE, []), 1))
     lines += ["", "The study's paper-size rows give its reported numbers (random split, not re-measured) and the "

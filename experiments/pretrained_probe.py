@@ -22,9 +22,14 @@ rewrites ``experiments/results/pretrained_probe.md``.
 LAYERS encoder layers in Keras with Whisper's weights (feed-forward layers
 int8), fed serkeras' own features, with the probe fitted on the actor split's
 training actors as its softmax layer; it scores the recipe on the k-fold folds
-and writes the model card (``card`` rewrites the card alone).
+and the random split and writes the model card (``card`` rewrites the card
+alone). With ``--speaker-norm`` it builds
+``saved_models/serkeras-crema-d-whisper-speaker-norm.keras``, whose pooled
+embedding is standardised by its speaker's statistics before the softmax.
+``experiments/accuracy.py report`` lists every logged row with its cost.
 """
 
+import functools
 import hashlib
 import json
 import sys
@@ -43,7 +48,8 @@ from study import RESULTS_DIR, accuracy_interval, mean_std  # noqa: E402
 EMBEDDINGS_DIR = Path("data") / "cache" / "pretrained"
 #: Inverse regularisation strengths tried; the validation part picks one per split.
 C_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
-#: `ship --prior-clips`: chosen on the actor split's validation actors among 0, 2, 5 and 10 (finding 30).
+#: `ship --prior-clips`: "a few recordings" (finding 30: with many recordings it changes nothing, with few it
+#: decides; 2, 5 and 10 tied on the validation actors).
 PRIOR_CLIPS = 5.0
 N_FOLDS = 5
 SAVE_EVERY = 500
@@ -609,6 +615,49 @@ def report_cells(row):
     acc, acc_std = mean_std([f["test_accuracy"] for f in folds])
     f1, f1_std = mean_std([f["test_macro_f1"] for f in folds])
     return f"{100 * acc:.1f} ± {100 * acc_std:.1f}", f"{f1:.3f} ± {f1_std:.3f}"
+
+
+#: Layers of the Whisper encoder whose last layer `embed --engine ctranslate2` pools (Whisper base).
+BASE_LAYERS = 6
+
+
+def encoder_layers(row):
+    """How many Whisper encoder layers a logged row's embeddings pass through (None if its name does not say)."""
+    if "recipe" in row:
+        return row["recipe"]["layers"]
+    depths = [int(name.rsplit("-layer", 1)[1]) if "-layer" in name else BASE_LAYERS if name == "whisper-base" else None
+              for name in row["embeddings"].split("+")]
+    return None if None in depths else max(depths)
+
+
+@functools.lru_cache(maxsize=None)
+def encoder_cost(n_layers, dim=512, heads=8, n_mels=80, n_classes=6):
+    """(parameters, MFLOPs per 2.5 s clip) of Whisper's first `n_layers` encoder layers, pooled, with a softmax
+    layer, as `build_whisper` makes them (Whisper base's sizes by default; float32: int8 weights cost the same)."""
+    from serkeras.features import FeatureConfig
+    from serkeras.models import ModelConfig, build_whisper
+    from serkeras.models.cost import flops_per_clip
+
+    config = FeatureConfig(n_mels=n_mels, **WHISPER_FEATURES)
+    model = build_whisper(config, ModelConfig(arch="whisper", encoder_layers=n_layers, encoder_dim=dim,
+                                              attention_heads=heads), [str(i) for i in range(n_classes)])
+    return model.count_params(), flops_per_clip(model, config) / 1e6
+
+
+def cost_rows(log_path):
+    """Rows of experiments/results/accuracy.md's table of probes: every row `score` and `ship` logged in
+    `log_path` (the newest of each), with the encoder's size and cost and, where logged, the recipe's time."""
+    rows = []
+    for row in latest_rows(log_path) if Path(log_path).is_file() else []:
+        acc, f1 = report_cells(row)
+        n_layers = encoder_layers(row)
+        params, mflops = encoder_cost(n_layers) if n_layers else (None, None)
+        seconds = sum(row.get("recipe", {}).get("seconds", {}).values())
+        needs = "several recordings per speaker" if row["speaker_zscore"] else "one recording"
+        rows.append([row["embeddings"], needs, row["split"], acc, f1, str(n_layers or ""),
+                     f"{params / 1e6:.1f} M" if params else "", f"{mflops:,.0f}" if mflops else "",
+                     f"{seconds / 60:.1f}" if seconds else "", row["machine"][0].removeprefix("machine: ")])
+    return rows
 
 
 def write_report(path, rows):

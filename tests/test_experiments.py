@@ -632,3 +632,31 @@ def test_pretrained_probe_ship_speaker_norm_model_scores_alike_through_serkeras(
     assert alone.exit_code == 0 and "4 of 4 speakers (--speaker file) have one recording only" in alone.output
     probabilities = [[p["probabilities"] for p in json.loads(r.output[r.output.index("["):])] for r in (grouped, alone)]
     assert probabilities[0] != probabilities[1]
+
+
+def test_probe_rows_of_the_accuracy_report_carry_the_encoders_cost(tmp_path):
+    """accuracy.md lists every logged probe with the size and cost of the encoder layers it used: from the recipe
+    for `ship` rows, from the embeddings' names otherwise (blank when a name does not say)."""
+    import json
+
+    probe = load_script("pretrained_probe")
+    fold = {"C": 0.01, "val_accuracy": 0.7, "test_accuracy": 0.65, "test_macro_f1": 0.64, "test_clips": 568}
+    machine = ["machine: 2 CPUs (AMD EPYC), no GPU", "software: ..."]
+    rows = [{"embeddings": "whisper-base-keras-layer1", "speaker_zscore": False, "split": "actor", "machine": machine,
+             "folds": [fold]},
+            {"embeddings": "shipped recipe", "speaker_zscore": True, "split": "actor", "machine": machine,
+             "folds": [fold], "recipe": {"layers": 1, "seconds": {"features": 30.0, "encoder": 60.0}}},
+            {"embeddings": "other-encoder", "speaker_zscore": False, "split": "kfold", "machine": machine,
+             "folds": [fold, {**fold, "test_accuracy": 0.75}]}]
+    log = tmp_path / "pretrained_probe.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert probe.encoder_layers({"embeddings": "whisper-base"}) == probe.BASE_LAYERS
+    assert probe.encoder_layers({"embeddings": "whisper-base-keras-layer1+whisper-base-keras-layer3"}) == 3
+    plain, shipped, other = probe.cost_rows(log)
+    params, mflops = probe.encoder_cost(1)
+    assert plain[:6] == ["whisper-base-keras-layer1", "one recording", "actor", "65.0 ± 3.9", "0.640", "1"]
+    assert plain[6:9] == [f"{params / 1e6:.1f} M", f"{mflops:,.0f}", ""] and plain[9] == "2 CPUs (AMD EPYC), no GPU"
+    assert shipped[1] == "several recordings per speaker" and shipped[8] == "1.5"
+    assert other[3].startswith("70.0 ± 7.1") and other[5:9] == ["", "", "", ""]
+    assert 3e6 < params < 5e6 and 500 < mflops < 1500  # one layer of Whisper base: 4.1 M, about 1,058 MFLOPs
+    assert probe.cost_rows(tmp_path / "missing.jsonl") == []
