@@ -33,7 +33,7 @@ def main(argv=None):
     from serkeras.corpus import load_crema_d
     from serkeras.evaluation import predict_features
     from serkeras.features import FeatureConfig
-    from serkeras.inference import predict_files
+    from serkeras.inference import predict_files, speaker_of
     from serkeras.models import ModelConfig, build_model, load_model
     from serkeras.system import describe_machine, load_average
 
@@ -57,11 +57,14 @@ def main(argv=None):
     total = time.perf_counter() - start
     audio_seconds = sum(p.seconds for p in predictions)
 
+    # A model that standardises by speaker also needs each clip's speaker (CREMA-D names give the actor).
+    speakers = [speaker_of(p) for p in paths] if metadata.model_config.speaker_standardization else None
     features = [compute_clip(p, config) for p in paths[:8]]
-    predict_features(model, features, config.length_mode, config.fixed_frames, args.batch_size)
+    predict_features(model, features, config.length_mode, config.fixed_frames, args.batch_size,
+                     speakers and speakers[:8])
     features = [compute_clip(p, config) for p in paths]
     start = time.perf_counter()
-    predict_features(model, features, config.length_mode, config.fixed_frames, args.batch_size)
+    predict_features(model, features, config.length_mode, config.fixed_frames, args.batch_size, speakers)
     model_only = time.perf_counter() - start
 
     lines += [f"clips: {len(predictions)} predicted, {len(skipped)} skipped, {audio_seconds:.0f} s of audio, "
