@@ -169,7 +169,8 @@ def fitted_probe_split(embeddings, split, labels, speaker_scale, c_grid=C_GRID, 
         """The clips' embeddings, standardised with the statistics of their speakers' clips among `reference`."""
         x = matrix(clips, source)
         if standardization is not None:
-            x = np.asarray(standardization(x, *speaker_input_arrays([c.speaker for c in clips], stats_of(reference, source))))
+            statistics = speaker_input_arrays([c.speaker for c in clips], stats_of(reference, source))
+            x = np.asarray(standardization(x, *statistics))
         return x, np.array([index[c.label] for c in clips])
 
     every = parts["train"] + parts["val"] + parts["test"]

@@ -59,7 +59,8 @@ def embedding_stats(embeddings):
 def standardized_head_probabilities(head, embeddings, speakers, stats, batch_size=32):
     """The `head` of `serkeras.models.speaker_stages` on `embeddings`, each clip's with `stats[its speaker]`
     (as `embedding_speaker_stats` gives them)."""
-    return np.asarray(head.predict([embeddings, *speaker_input_arrays(speakers, stats)], batch_size=batch_size, verbose=0))
+    statistics = speaker_input_arrays(speakers, stats)
+    return np.asarray(head.predict([embeddings, *statistics], batch_size=batch_size, verbose=0))
 
 
 def speaker_input_arrays(speakers, stats):

@@ -622,6 +622,10 @@ def test_pretrained_probe_ship_speaker_norm_model_scores_alike_through_serkeras(
     evaluated = CliRunner().invoke(main, ["evaluate", str(output), "--split", "actor", "--data-dir", str(crema_subset)])
     assert evaluated.exit_code == 0, evaluated.output
     assert float(evaluated.output.split("  accuracy ")[1].split()[0]) == pytest.approx(stated / 100, abs=6e-4)
+    # On the random split each speaker's statistics can come from all of their clips in the corpus.
+    corpus_stats = CliRunner().invoke(main, ["evaluate", str(output), "--split", "random", "--speaker-stats", "corpus",
+                                             "--data-dir", str(crema_subset)])
+    assert corpus_stats.exit_code == 0 and "speaker statistics from the whole corpus" in corpus_stats.output
     # predict: files of one actor share statistics; each file alone is a lone speaker, said in a warning.
     first_actor = sorted(crema_subset.glob("*.ogg"))[0].name.split("_")[0]
     files = sorted(str(p) for p in crema_subset.glob(f"{first_actor}_*"))[:4]
