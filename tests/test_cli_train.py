@@ -117,6 +117,24 @@ def test_predict_formats_and_long_audio(trained, crema_subset, workdir, tmp_path
     assert len(csv_out.output.strip().splitlines()) == 1 + len(list(crema_subset.iterdir()))
 
 
+@pytest.mark.parametrize("frames, window, hop, want", [
+    (300, 400, 200, [0]),                       # shorter than a window
+    (1001, 400, 200, [0, 200, 400, 601]),       # 10 s at 100 frames/s: the flush window replaces 600, not beside it
+    (1100, 400, 200, [0, 200, 400, 600, 700]),  # the flush window half a hop on: kept as well
+    (1210, 400, 400, [0, 400, 800, 810]),       # hop = window: replacing 800 would leave a gap, so it stays
+    (405, 400, 200, [0, 5]),                    # one regular window: the flush one is added
+])
+def test_prediction_windows_cover_the_recording_once(frames, window, hop, want):
+    from serkeras.inference import windows
+
+    starts = windows(frames, window, hop)
+    assert starts == want
+    covered = np.zeros(frames, bool)
+    for start in starts:
+        covered[start:start + window] = True
+    assert covered.all()
+
+
 def test_predict_reads_recordings_longer_than_training_clips(trained, workdir, make_audio):
     """Training clips stop at 60 s; `predict` reads longer recordings window by window, up to --max-seconds."""
     run, _ = trained
