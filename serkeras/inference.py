@@ -173,5 +173,5 @@ def _warn_lone_speakers(keys, grouping):
     lone = sum(n == 1 for n in counts.values())
     if lone:
         warnings.warn(f"the model normalises by speaker and {lone} of {len(counts)} speakers (--speaker {grouping}) "
-                      "have one recording only: their means are less reliable, so are their predictions",
+                      "have one recording only: their statistics are less reliable, so are their predictions",
                       LoneSpeakerWarning, stacklevel=3)
