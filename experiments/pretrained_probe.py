@@ -48,8 +48,8 @@ from study import RESULTS_DIR, accuracy_interval, mean_std  # noqa: E402
 EMBEDDINGS_DIR = Path("data") / "cache" / "pretrained"
 #: Inverse regularisation strengths tried; the validation part picks one per split.
 C_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
-#: `ship --prior-clips`: "a few recordings" (finding 30: with many recordings it changes nothing, with few it
-#: decides; 2, 5 and 10 tied on the validation actors).
+#: `ship --prior-clips`: "a few recordings" (finding 30: with many recordings it changes little, with few it
+#: decides; priors of 2 to 10 do alike, 5 is in the middle).
 PRIOR_CLIPS = 5.0
 N_FOLDS = 5
 SAVE_EVERY = 500
@@ -120,11 +120,6 @@ def fit_probe(x_train, y_train, x_val, y_val, c_grid=C_GRID):
     return best
 
 
-def probe_split(embeddings, split, labels, speaker_scale, c_grid=C_GRID, train_copies=()):
-    """The scores of `fitted_probe_split` (without the fitted probe)."""
-    return fitted_probe_split(embeddings, split, labels, speaker_scale, c_grid, train_copies)[1]
-
-
 def fitted_probe_split(embeddings, split, labels, speaker_scale, c_grid=C_GRID, train_copies=(), prior_clips=0.0):
     """Fit a logistic-regression probe on `split.train`, pick its C on `split.val`, score `split.test`.
 
@@ -184,7 +179,38 @@ def fitted_probe_split(embeddings, split, labels, speaker_scale, c_grid=C_GRID, 
     predicted = probe.predict(x_test)
     scores = {"C": c, "val_accuracy": float(val_accuracy), "test_accuracy": float(accuracy_score(y_test, predicted)),
               "test_macro_f1": float(f1_score(y_test, predicted, average="macro")), "test_clips": len(y_test)}
+    if standardization is not None:
+        scores.update(few_recordings_scores(probe, standardization, matrix(parts["test"]), parts["test"], y_test))
     return probe, scores, standardization
+
+
+#: `few_recordings_scores`: the random subset's size, and the seed of its draws.
+FEW_CLIPS = 3
+
+
+def few_recordings_scores(probe, standardization, x, clips, y, seed=0):
+    """Test accuracy of a speaker-standardised probe when each speaker's statistics come from few recordings.
+
+    `x`: the embeddings of `clips` (unstandardised), `y`: their class indices.
+    Returns ``test_accuracy_clip_alone`` (each clip standardised by its own
+    statistics: one recording per speaker) and ``test_accuracy_3_clips``
+    (statistics from `FEW_CLIPS` of the speaker's clips in `clips`, drawn at random).
+    """
+    from serkeras.evaluation import embedding_speaker_stats, embedding_stats, speaker_input_arrays
+
+    def accuracy(keys, stats):
+        standardized = np.asarray(standardization(x, *speaker_input_arrays(keys, stats)))
+        return float(np.mean(probe.predict(standardized) == y))
+
+    rng = np.random.default_rng(seed)
+    speakers = [c.speaker for c in clips]
+    drawn = {}
+    for speaker in sorted(set(speakers)):  # a fixed order: the draws are reproducible
+        indices = [i for i, s in enumerate(speakers) if s == speaker]
+        drawn[speaker] = embedding_stats(x[rng.choice(indices, min(FEW_CLIPS, len(indices)), replace=False)])
+    alone = [c.name for c in clips]
+    return {"test_accuracy_clip_alone": accuracy(alone, embedding_speaker_stats(x, alone)),
+            f"test_accuracy_{FEW_CLIPS}_clips": accuracy(speakers, drawn)}
 
 
 @click.group(cls=SerkerasGroup)  # user errors as one line, as in the serkeras CLI
@@ -287,8 +313,11 @@ def joined_embeddings(names):
 
 @cli.command()
 @click.argument("names", nargs=-1, required=True)
+@click.option("--prior-clips", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Score only the speaker-standardised probe, with its statistics shrunk towards the training "
+                   "speakers' as `ship --speaker-norm` does (0: both probes, a plain z-score per speaker).")
 @data_dir_option
-def score(names, data_dir):
+def score(names, prior_clips, data_dir):
     """Probe the embeddings NAMES (several are concatenated) on the actor, kfold and random splits.
 
     Adds rows to results/pretrained_probe.jsonl and rewrites results/pretrained_probe.md.
@@ -298,14 +327,15 @@ def score(names, data_dir):
     from serkeras.system import describe_machine
 
     embeddings, name = joined_embeddings(names), "+".join(names)
+    name += f", speaker statistics with a prior of {prior_clips:g} clips" if prior_clips else ""
     corpus = load_crema_d(data_dir)
     machine = describe_machine()
     rows = []
-    for speaker_scale in (False, True):
+    for speaker_scale in (True,) if prior_clips else (False, True):
         for kind in ("actor", "kfold", "random"):
             folds = range(N_FOLDS) if kind == "kfold" else [0]
-            results = [probe_split(embeddings, make_split(corpus.clips, kind, fold=k, seed=0), corpus.labels,
-                                   speaker_scale) for k in folds]
+            results = [fitted_probe_split(embeddings, make_split(corpus.clips, kind, fold=k, seed=0), corpus.labels,
+                                          speaker_scale, prior_clips=prior_clips)[1] for k in folds]
             rows.append({"embeddings": name, "speaker_zscore": speaker_scale, "split": kind, "folds": results,
                          "machine": machine})
             click.echo(f"{name} {'speaker z-norm' if speaker_scale else 'one clip'} {kind}: "
@@ -627,7 +657,7 @@ def encoder_layers(row):
     if "recipe" in row:
         return row["recipe"]["layers"]
     depths = [int(name.rsplit("-layer", 1)[1]) if "-layer" in name else BASE_LAYERS if name == "whisper-base" else None
-              for name in row["embeddings"].split("+")]
+              for name in row["embeddings"].split(",")[0].split("+")]  # "NAME+NAME[, what the probe did]"
     return None if None in depths else max(depths)
 
 
@@ -668,14 +698,21 @@ def write_report(path, rows):
              "[accuracy.md](accuracy.md), seed 0; `kfold`: mean ± sample std over the 5 folds, otherwise ± the "
              "95% interval over the test clips. Validation accuracy (mean over folds) chose C.", "",
              *[f"Machine: {line}" for line in machines], "",
-             "| embeddings | needs | split | test acc % | macro-F1 | val acc % | C |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             f"Speaker-standardised rows since session 27 also give the test accuracy with each speaker's "
+             f"statistics from each clip alone, and from {FEW_CLIPS} of the speaker's test clips drawn at random "
+             "(mean over folds).", "",
+             f"| embeddings | needs | split | test acc % | macro-F1 | val acc % | C | clip alone / {FEW_CLIPS} clips |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in rows:
         acc, f1 = report_cells(row)
         val = 100 * np.mean([f["val_accuracy"] for f in row["folds"]])
         cs = "/".join(sorted({f"{f['C']:g}" for f in row["folds"]}))
         needs = "several recordings per speaker (speaker z-norm)" if row["speaker_zscore"] else "one recording"
-        lines.append(f"| {row['embeddings']} | {needs} | {row['split']} | {acc} | {f1} | {val:.1f} | {cs} |")
+        few = ""
+        if "test_accuracy_clip_alone" in row["folds"][0]:
+            few = " / ".join(f"{100 * np.mean([f[key] for f in row['folds']]):.1f}"
+                             for key in ("test_accuracy_clip_alone", f"test_accuracy_{FEW_CLIPS}_clips"))
+        lines.append(f"| {row['embeddings']} | {needs} | {row['split']} | {acc} | {f1} | {val:.1f} | {cs} | {few} |")
     Path(path).write_text("\n".join(lines) + "\n")
 
 

@@ -395,10 +395,14 @@ def test_probe_speaker_zscore_removes_each_speakers_offset(tmp_path):
             clips.append(clip)
             embeddings[clip.name] = offset + np.eye(8)[label] * 1.5 + rng.normal(0, 0.3, 8)
     split = make_split(clips, "actor", seed=0)
-    plain = probe.probe_split(embeddings, split, labels, speaker_scale=False)
-    zscored = probe.probe_split(embeddings, split, labels, speaker_scale=True)
+    plain = probe.fitted_probe_split(embeddings, split, labels, speaker_scale=False)[1]
+    zscored = probe.fitted_probe_split(embeddings, split, labels, speaker_scale=True)[1]
     assert zscored["test_accuracy"] > 0.9 > plain["test_accuracy"] + 0.2
     assert zscored["test_clips"] == len(split.test) and zscored["C"] in probe.C_GRID
+    # A clip z-scored by its own statistics is all zeros: one class for every clip. Three clips of the speaker
+    # already remove most of the offset.
+    assert zscored["test_accuracy_clip_alone"] < 0.3 < zscored["test_accuracy_3_clips"]
+    assert "test_accuracy_clip_alone" not in plain
 
 
 def test_probe_embeddings_save_atomically_and_resume(tmp_path):
@@ -611,6 +615,7 @@ def test_pretrained_probe_ship_speaker_norm_model_scores_alike_through_serkeras(
     assert population_mean.shape == (32,) and (population_variance > 0).all() and np.abs(population_mean).sum() > 0
     rows = [json.loads(line) for line in (tmp_path / "results" / "pretrained_probe.jsonl").read_text().splitlines()]
     assert [(r["split"], r["speaker_zscore"]) for r in rows] == [("actor", True), ("random", True)]
+    assert {"test_accuracy_clip_alone", "test_accuracy_3_clips"} <= set(rows[0]["folds"][0])
     card = (tmp_path / "saved_models" / "MODEL_CARD-whisper-speaker-norm.md").read_text()
     assert "`python experiments/pretrained_probe.py ship PATH/tiny-whisper --layers 1 --speaker-norm`" in card
     assert "from several recordings of each speaker" in card and "as if those were 5 more recordings" in card
@@ -656,6 +661,7 @@ def test_probe_rows_of_the_accuracy_report_carry_the_encoders_cost(tmp_path):
     log.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert probe.encoder_layers({"embeddings": "whisper-base"}) == probe.BASE_LAYERS
     assert probe.encoder_layers({"embeddings": "whisper-base-keras-layer1+whisper-base-keras-layer3"}) == 3
+    assert probe.encoder_layers({"embeddings": "whisper-base-keras-layer2, speaker statistics with a prior of 5 clips"}) == 2
     plain, shipped, other = probe.cost_rows(log)
     params, mflops = probe.encoder_cost(1)
     assert plain[:6] == ["whisper-base-keras-layer1", "one recording", "actor", "65.0 ± 3.9", "0.640", "1"]
