@@ -154,27 +154,27 @@ def fitted_probe_split(embeddings, split, labels, speaker_scale, c_grid=C_GRID, 
     def stats_of(clips, source=embeddings):
         return embedding_speaker_stats(matrix(clips, source), [c.speaker for c in clips])
 
-    standardization = None
-    if speaker_scale:
+    every = parts["train"] + parts["val"] + parts["test"]
+    standardization = train_stats = every_stats = None
+    if speaker_scale:  # each set of statistics computed once per probe
+        train_stats, every_stats = stats_of(parts["train"]), stats_of(every)
         standardization = SpeakerStandardization(prior_clips)
         standardization.build(matrix(parts["train"][:1]).shape)
-        standardization.set_weights(population_stats(stats_of(parts["train"])))
+        standardization.set_weights(population_stats(train_stats))
 
-    def features(clips, reference, source=embeddings):
-        """The clips' embeddings, standardised with the statistics of their speakers' clips among `reference`."""
+    def features(clips, stats, source=embeddings):
+        """The clips' embeddings, standardised with their speakers' `stats` (None: as they are)."""
         x = matrix(clips, source)
-        if standardization is not None:
-            statistics = speaker_input_arrays([c.speaker for c in clips], stats_of(reference, source))
-            x = np.asarray(standardization(x, *statistics))
+        if stats is not None:
+            x = np.asarray(standardization(x, *speaker_input_arrays([c.speaker for c in clips], stats)))
         return x, np.array([index[c.label] for c in clips])
 
-    every = parts["train"] + parts["val"] + parts["test"]
-    x_train, y_train = features(parts["train"], parts["train"])
+    x_train, y_train = features(parts["train"], train_stats)
     for copies in train_copies:
-        x_copy, y_copy = features(parts["train"], parts["train"], copies)
+        x_copy, y_copy = features(parts["train"], stats_of(parts["train"], copies) if speaker_scale else None, copies)
         x_train, y_train = np.concatenate([x_train, x_copy]), np.concatenate([y_train, y_copy])
-    x_val, y_val = features(parts["val"], every)
-    x_test, y_test = features(parts["test"], every)
+    x_val, y_val = features(parts["val"], every_stats)
+    x_test, y_test = features(parts["test"], every_stats)
     probe, c, val_accuracy = fit_probe(x_train, y_train, x_val, y_val, c_grid)
     predicted = probe.predict(x_test)
     scores = {"C": c, "val_accuracy": float(val_accuracy), "test_accuracy": float(accuracy_score(y_test, predicted)),
@@ -397,7 +397,7 @@ def ship(model_dir, n_layers, quantize, augment_copies, speaker_norm, prior_clip
     from serkeras.evaluation import predict_features
     from serkeras.features import FeatureConfig
     from serkeras.models import ModelConfig, build_whisper, speaker_stages
-    from serkeras.models.blocks import EMBEDDING_LAYER
+    from serkeras.models.blocks import embedding_model
     from serkeras.splits import make_split
     from serkeras.system import describe_machine
     from whisper_keras import encoder_sizes, set_whisper_weights
@@ -425,7 +425,7 @@ def ship(model_dir, n_layers, quantize, augment_copies, speaker_norm, prior_clip
     seconds = {"features": time.perf_counter()}
     kept, versions = model_features(corpus.clips, feature_config, copies=augment_copies)
     seconds["encoder"] = time.perf_counter()
-    embedder, _ = speaker_stages(model) or (keras.Model(model.inputs, model.get_layer(EMBEDDING_LAYER).output), None)
+    embedder = embedding_model(model)
     click.echo(f"embedding {len(kept)} clips and {augment_copies} augmented copies of each "
                f"with {n_layers} encoder layers")
     embeddings, *copies = [dict(zip((c.name for c in kept), predict_features(embedder, version, "variable")))

@@ -96,7 +96,7 @@ def main(model_path, data_dir):
     from serkeras.splits import make_split
 
     model, meta = load_model(model_path)
-    if not (meta.feature_config.speaker_norm or meta.model_config.speaker_standardization):
+    if not meta.normalises_by_speaker:
         raise click.ClickException(f"{model_path} does not normalise by speaker")
     corpus = load_corpus(data_dir, None)
     split = make_split(corpus.clips, "actor", 0.1, 0.1, seed=0)

@@ -515,7 +515,7 @@ def speaker_reference_clips(speaker_stats, meta, corpus):
     """
     if speaker_stats != "corpus":
         return None
-    if not (meta.feature_config.speaker_norm or meta.model_config.speaker_standardization):
+    if not meta.normalises_by_speaker:
         raise click.UsageError("--speaker-stats corpus is for models that normalise by speaker "
                                "(trained with --speaker-norm)")
     return corpus.clips
@@ -556,8 +556,7 @@ def evaluate(model_path, data_dir, manifest, cache_dir, split_kind, fold, n_fold
     report = classification_report(corpus.label_indices(kept), probabilities.argmax(axis=1), corpus.labels,
                                    groups={"sex": [c.sex for c in kept]})
     report.update({"model": str(model_path), "split": split.description, "part": part, "tta_copies": tta_copies,
-                   **({"speaker_stats": speaker_stats}
-                      if config.speaker_norm or meta.model_config.speaker_standardization else {})})
+                   **({"speaker_stats": speaker_stats} if meta.normalises_by_speaker else {})})
     tta = f", test-time augmentation: each clip + {tta_copies} copies" if tta_copies else ""
     stats = ", speaker statistics from the whole corpus" if speaker_stats == "corpus" else ""
     click.echo(f"{model_path} on {corpus.name}, {split.description}, part {part}{tta}{stats}")

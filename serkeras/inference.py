@@ -115,7 +115,6 @@ def predict_files(model, metadata, paths, window_seconds=None, hop_seconds=None,
     window_seconds = window_seconds or (config.fixed_seconds if config.length_mode == "fixed" else 4.0)
     hop_seconds = hop_seconds or window_seconds / 2
     window, hop = int(window_seconds * frames_per_second), max(1, int(hop_seconds * frames_per_second))
-    by_speaker = config.speaker_norm or metadata.model_config.speaker_standardization
     pieces, owners, skipped, durations = [], [], [], {}
     for copy in range(tta_copies + 1):
         augmentation = TEST_TIME_AUGMENTATION if copy else None
@@ -126,10 +125,10 @@ def predict_files(model, metadata, paths, window_seconds=None, hop_seconds=None,
                 skipped.append((path, features))
             else:
                 readable.append((path, features))
-        if by_speaker and readable and not copy:
-            _warn_lone_speakers([speaker_of(path, speakers) for path, _ in readable], speakers)
+        keys = [speaker_of(path, speakers) for path, _ in readable] if metadata.normalises_by_speaker else []
+        if keys and not copy:
+            _warn_lone_speakers(keys, speakers)
         if config.speaker_norm and readable:
-            keys = [speaker_of(path, speakers) for path, _ in readable]
             paths_read, features_read = zip(*readable)
             readable = list(zip(paths_read, normalize_by_speaker(features_read, keys, scale=config.speaker_scale)))
         for path, features in readable:
@@ -143,9 +142,10 @@ def predict_files(model, metadata, paths, window_seconds=None, hop_seconds=None,
     if not pieces:
         return [], skipped
     # A model that standardises its embedding by speaker takes each copy's statistics from the same copy.
-    keys = ([(speaker_of(path, speakers), copy) for path, copy, _ in owners]
-            if metadata.model_config.speaker_standardization else None)
-    probabilities = predict_features(model, pieces, config.length_mode, config.fixed_frames, batch_size, keys)
+    piece_speakers = ([(speaker_of(path, speakers), copy) for path, copy, _ in owners]
+                      if metadata.model_config.speaker_standardization else None)
+    probabilities = predict_features(model, pieces, config.length_mode, config.fixed_frames, batch_size,
+                                     piece_speakers)
     labels = list(metadata.labels)
     results = {}  # path -> copy -> [(start, probabilities)]
     for (path, copy, start), p in zip(owners, probabilities):

@@ -182,5 +182,10 @@ def speaker_stages(model):
         head = model.get_layer(SPEAKER_HEAD)
     except ValueError:
         return None
+    return embedding_model(model), head
+
+
+def embedding_model(model):
+    """`model`'s feature inputs -> the output of its layer `EMBEDDING_LAYER` (the pooled embedding)."""
     features = [t for t in model.inputs if t.name not in SPEAKER_INPUTS]
-    return keras.Model(features, model.get_layer(EMBEDDING_LAYER).output), head
+    return keras.Model(features, model.get_layer(EMBEDDING_LAYER).output)

@@ -20,6 +20,12 @@ class ModelMetadata:
     model_config: ModelConfig
     version: str
 
+    @property
+    def normalises_by_speaker(self):
+        """Whether the model needs each clip's speaker: its features are normalised by speaker (trained with
+        --speaker-norm), or its embedding is standardised by speaker."""
+        return self.feature_config.speaker_norm or self.model_config.speaker_standardization
+
 
 def model_metadata(model):
     """Labels, feature settings and model settings stored in a serkeras model."""
