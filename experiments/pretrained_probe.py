@@ -240,9 +240,18 @@ def ct2_encoder(model_dir, threads):
 
 def keras_encoder(model_dir):
     """(file name suffixes, n_mels, encode) for the Keras port: encode(mel) gives every layer's frames."""
-    from whisper_keras import load_whisper_encoder
+    import keras
 
-    model = load_whisper_encoder(model_dir)
+    from serkeras.models.whisper import read_checkpoint, set_encoder_weights, whisper_encoder
+
+    checkpoint = read_checkpoint(model_dir)
+    sizes = checkpoint.sizes
+    mel = keras.Input((None, sizes.n_mels), name="log_mel")  # already in Whisper's scale (whisper_log_mel)
+    outputs, _ = whisper_encoder(mel, None, sizes.n_layers, sizes.dim, sizes.heads)
+    # The last layer after Whisper's final normalisation, as its decoder reads it.
+    outputs[-1] = keras.layers.LayerNormalization(epsilon=1e-5, name="final_norm")(outputs[-1])
+    model = keras.Model(mel, outputs, name="whisper_encoder")
+    set_encoder_weights(model, checkpoint.weights)
 
     def encode(mel):
         return [np.asarray(frames)[0] for frames in model(mel.T[None])]
@@ -254,7 +263,7 @@ def keras_encoder(model_dir):
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--name", required=True, help="Name of the embeddings file under data/cache/pretrained/.")
 @click.option("--engine", type=click.Choice(["ctranslate2", "keras"]), default="ctranslate2", show_default=True,
-              help="ctranslate2 pools the last layer into NAME.npz; keras (experiments/whisper_keras.py) pools "
+              help="ctranslate2 pools the last layer into NAME.npz; keras (serkeras.models.whisper) pools "
                    "every layer i into NAME-layer{i}.npz.")
 @data_dir_option
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
@@ -347,10 +356,6 @@ def score(names, prior_clips, data_dir):
     write_report(RESULTS_DIR / "pretrained_probe.md", latest_rows(log_path))
 
 
-#: Whisper's log-mel in serkeras' feature settings: 80 bands from 0 to 8 kHz, 25 ms windows every 10 ms, whole
-#: clips at the level they were recorded (Whisper's own scaling, inside the model, replaces peak normalisation).
-WHISPER_FEATURES = dict(n_fft=400, win_length=400, hop_length=160, fmin=0.0, fmax=8000.0, audio_normalization="none",
-                        length_mode="variable", max_seconds=30.0)
 SHIPPED_PATH = Path("saved_models") / "serkeras-crema-d-whisper.keras"
 SPEAKER_NORM_PATH = Path("saved_models") / "serkeras-crema-d-whisper-speaker-norm.keras"
 
@@ -396,25 +401,22 @@ def ship(model_dir, n_layers, quantize, augment_copies, speaker_norm, prior_clip
     from serkeras.errors import SerkerasError
     from serkeras.evaluation import predict_features
     from serkeras.features import FeatureConfig
-    from serkeras.models import ModelConfig, build_whisper, speaker_stages
+    from serkeras.models import ModelConfig, build_whisper, configure, speaker_stages
     from serkeras.models.blocks import embedding_model
     from serkeras.splits import make_split
     from serkeras.system import describe_machine
-    from whisper_keras import encoder_sizes, set_whisper_weights
+    from serkeras.models.whisper import cached_checkpoint
 
     if not (Path(model_dir) / "model.bin").exists():
         raise SerkerasError(f"{model_dir} is not a CTranslate2 model folder (no model.bin)")
-    variables, n_mels, dim, heads, available = encoder_sizes(model_dir)
-    if n_layers > available:
-        raise SerkerasError(f"--layers {n_layers}: the encoder in {model_dir} has {available}")
+    available = cached_checkpoint(model_dir).sizes.n_layers
     corpus = load_crema_d(data_dir)
-    feature_config = FeatureConfig(n_mels=n_mels, **WHISPER_FEATURES)
     output = output or str(SPEAKER_NORM_PATH if speaker_norm else SHIPPED_PATH)
-    model_config = ModelConfig(arch="whisper", encoder_layers=n_layers, encoder_dim=dim, attention_heads=heads,
-                               dropout=0.0, speaker_standardization=speaker_norm,
-                               speaker_prior_clips=prior_clips if speaker_norm else 0.0)
+    feature_config, model_config = configure(
+        FeatureConfig(),
+        ModelConfig(arch="whisper", encoder=str(model_dir), encoder_layers=n_layers, pooling="stats", dropout=0.0,
+                    speaker_standardization=speaker_norm, speaker_prior_clips=prior_clips if speaker_norm else 0.0))
     model = build_whisper(feature_config, model_config, corpus.labels)
-    set_whisper_weights(model, variables)
     if quantize != "none":
         # Feed-forward Dense layers only: Keras cannot reload a quantized MultiHeadAttention (3.15), and the
         # classifier is fit afterwards in float32.
@@ -503,7 +505,7 @@ def write_card(output, data_dir):
                         *([f"--output {output}"] if str(output) != str(default_output) else [])])
     provenance = (f"OpenAI's Whisper (MIT licence), converted to CTranslate2's format (the `{recipe['model_dir']}` "
                   f"folder of faster-whisper; its `model.bin` has sha256 `{recipe['sha256'][:16]}...`), read by "
-                  "`experiments/whisper_keras.py`.")
+                  "`serkeras.models.whisper`.")
     seconds = recipe["seconds"]
     train_line = (f"Time (wall-clock): features {seconds['features']:.0f} s (from serkeras' feature cache where "
                   f"present), the encoder over all {recipe['clips']} clips {seconds['encoder'] / 60:.1f} min, "
@@ -665,13 +667,14 @@ def encoder_layers(row):
 def encoder_cost(n_layers, dim=512, heads=8, n_mels=80, n_classes=6):
     """(parameters, MFLOPs per 2.5 s clip) of Whisper's first `n_layers` encoder layers, pooled, with a softmax
     layer, as `build_whisper` makes them (Whisper base's sizes by default; float32: int8 weights cost the same)."""
-    from serkeras.features import FeatureConfig
     from serkeras.models import ModelConfig, build_whisper
     from serkeras.models.cost import flops_per_clip
+    from serkeras.models.whisper import whisper_feature_config
 
-    config = FeatureConfig(n_mels=n_mels, **WHISPER_FEATURES)
+    config = whisper_feature_config(n_mels)
     model = build_whisper(config, ModelConfig(arch="whisper", encoder_layers=n_layers, encoder_dim=dim,
-                                              attention_heads=heads), [str(i) for i in range(n_classes)])
+                                              attention_heads=heads, pooling="stats"),
+                          [str(i) for i in range(n_classes)])
     return model.count_params(), flops_per_clip(model, config) / 1e6
 
 

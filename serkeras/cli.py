@@ -274,7 +274,23 @@ def _model_option_list(searched=()):
                                        help="Remove each clip's own feature mean (and variance) after standardising."),
         "pooling": click.option("--pooling", type=lazy_choice("models", "POOLINGS"), default="average",
                                 show_default=True,
-                                help="Frames to one vector: masked average or attentive statistics (mean and std)."),
+                                help="Frames to one vector: masked average, mean and std (stats), or attentive "
+                                     "statistics (attention)."),
+        "encoder": click.option("--encoder", type=click.Path(exists=True), default=None,
+                                help="--arch whisper: the pre-trained Whisper checkpoint to start from (a "
+                                     "faster-whisper folder, a Hugging Face openai/whisper-* folder or an OpenAI .pt "
+                                     "file); its weights are copied into the model file."),
+        "encoder_layers": click.option("--encoder-layers", type=click.IntRange(min=1), default=2, show_default=True,
+                                       help="Transformer layers: the first N of a Whisper encoder (the rest are "
+                                            "dropped), or conformer's layers."),
+        "fine_tune_layers": click.option("--fine-tune-layers", type=click.IntRange(min=0), default=0,
+                                         show_default=True,
+                                         help="--arch whisper: train the top K of the kept encoder layers "
+                                              "(0: the encoder stays frozen; only the classifier trains)."),
+        "layer_pooling": click.option("--layer-pooling", type=lazy_choice("models", "LAYER_POOLINGS"),
+                                      default="last", show_default=True,
+                                      help="--arch whisper: pool the last kept layer, or a learnt weighted sum of "
+                                           "every kept layer."),
     }
     return [option for name, option in options.items() if name not in searched]
 
@@ -369,8 +385,26 @@ def prepare_training_data(corpus, split, feature_config, train_config, cache_dir
 def model_config_from(kwargs):
     from serkeras.models import ModelConfig
 
-    names = ("arch", "activation", "width", "dropout", "head_units", "spec_augment", "utterance_norm", "pooling")
-    return ModelConfig(**{n: kwargs.pop(n) for n in names if n in kwargs})
+    names = ("arch", "activation", "width", "dropout", "head_units", "spec_augment", "utterance_norm", "pooling",
+             "encoder", "encoder_layers", "fine_tune_layers", "layer_pooling")
+    values = {n: kwargs.pop(n) for n in names if n in kwargs}
+    values["encoder"] = values.get("encoder") or ""
+    try:
+        return ModelConfig(**values)
+    except ValueError as exc:
+        raise SerkerasError(f"bad model settings: {exc}") from None
+
+
+def configured(feature_config, model_config):
+    """The settings an architecture is built and trained with (`serkeras.models.configure`): a pre-trained
+    encoder fixes its features and sizes, and says so."""
+    from serkeras.models import configure
+
+    resolved = configure(feature_config, model_config)
+    if resolved[0] != feature_config:
+        changed = {k: v for k, v in resolved[0].to_dict().items() if feature_config.to_dict()[k] != v}
+        click.echo(f"--arch {model_config.arch} sets the features: " + ", ".join(f"{k}={v}" for k, v in changed.items()))
+    return resolved
 
 
 def load_split(data_dir, manifest, split_kind, fold, n_folds, val_fraction, test_fraction, seed):
@@ -419,8 +453,7 @@ def train(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction
 
     from serkeras.training import TrainConfig
 
-    feature_config = feature_config_from(kwargs)
-    model_config = model_config_from(kwargs)
+    feature_config, model_config = configured(feature_config_from(kwargs), model_config_from(kwargs))
     train_config = TrainConfig(seed=seed if train_seed is None else train_seed, **kwargs)
     if resume:
         if not run_name:
@@ -725,11 +758,7 @@ def tune(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction,
     from serkeras.evaluation import format_report
     from serkeras.training import TrainConfig
 
-    feature_config = feature_config_from(kwargs)
-    try:
-        model_config = model_config_from(kwargs)
-    except ValueError as exc:
-        raise SerkerasError(f"bad model settings: {exc}") from None
+    feature_config, model_config = configured(feature_config_from(kwargs), model_config_from(kwargs))
     # Every trial trains like `serkeras train` would with these settings; the search sets the learning rate.
     train_config = TrainConfig(epochs=epochs, batch_size=batch_size, patience=patience, monitor=objective, seed=seed,
                                **kwargs)

@@ -132,7 +132,7 @@ def test_backend_checks(backend, backend_runs):
     assert not [line for line in lines if line.startswith("FAIL")], output
     # Variable mode, per architecture and whisper: build, padding, fit, save; fixed mode (combined): build, fit,
     # save; plus 1 export.
-    expected = 4 * (len(ARCHITECTURES) + 1) + 3 + 1 + 1  # whisper, checked but not registered; its speaker stages
+    expected = 4 * len(ARCHITECTURES) + 3 + 1 + 1  # and whisper's speaker stages
     assert len(passed) == expected, _explain(f"expected {expected} PASS lines, got {len(passed)}", returncode, output)
     assert lines[-1] == "0 failed", output
 

@@ -10,6 +10,7 @@ import pytest
 
 from serkeras.cli import main
 from serkeras.corpus import CREMA_D_LABELS
+from whisper_checkpoints import random_encoder_weights, write_ctranslate2
 
 STUDY = Path(__file__).resolve().parents[1] / "experiments" / "study.py"
 
@@ -424,111 +425,6 @@ def test_probe_score_without_embeddings_is_a_one_line_error(tmp_path, monkeypatc
     assert result.exit_code != 0 and "run embed first" in result.output and "Traceback" not in result.output
 
 
-def write_ct2_whisper_encoder(path, variables):
-    """A CTranslate2 model.bin (binary version 6) holding `variables`, float32 except int16 scalars."""
-    import struct
-
-    def string(s):
-        data = s.encode() + b"\0"
-        return struct.pack("<H", len(data)) + data
-
-    out = struct.pack("<I", 6) + string("WhisperSpec") + struct.pack("<I", 3) + struct.pack("<I", len(variables))
-    for name, value in variables.items():
-        value = np.asarray(value, np.int16 if np.ndim(value) == 0 else np.float32)
-        out += string(name) + struct.pack("<B", value.ndim) + b"".join(struct.pack("<I", d) for d in value.shape)
-        out += struct.pack("<B", 2 if value.dtype == np.int16 else 0) + struct.pack("<I", value.nbytes) + value.tobytes()
-    Path(path).write_bytes(out + struct.pack("<I", 0))  # no aliases
-
-
-def numpy_whisper_encoder(mel, v, heads):
-    """Whisper's encoder written out from its definition, on CTranslate2's variable layout: the reference."""
-    from math import erf
-
-    gelu = np.vectorize(lambda x: 0.5 * x * (1 + erf(x / np.sqrt(2))))
-
-    def conv(x, w, b, stride):  # x (time, in), w (out, in, 3), padding 1 each side
-        x = np.pad(x, ((1, 1), (0, 0)))
-        return np.stack([np.einsum("ki,oik->o", x[t:t + 3], w) + b for t in range(0, len(x) - 2, stride)])
-
-    def norm(x, p):
-        return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5) * v[p + "/gamma"] + v[p + "/beta"]
-
-    x = gelu(conv(mel, v["encoder/conv1/weight"], v["encoder/conv1/bias"], 1))
-    x = gelu(conv(x, v["encoder/conv2/weight"], v["encoder/conv2/bias"], 2))
-    x = x + v["encoder/position_encodings/encodings"][: len(x)]
-    dim = x.shape[1]
-    for i in range(sum(k.endswith("ffn/linear_0/bias") for k in v)):
-        p = f"encoder/layer_{i}/"
-        y = norm(x, p + "self_attention/layer_norm")
-        q, k, val = np.split(y @ v[p + "self_attention/linear_0/weight"].T + v[p + "self_attention/linear_0/bias"], 3, axis=1)
-        heads_out = []
-        for h in np.split(np.arange(dim), heads):
-            scores = q[:, h] @ k[:, h].T / np.sqrt(len(h))
-            weights = np.exp(scores - scores.max(1, keepdims=True))
-            heads_out.append(weights / weights.sum(1, keepdims=True) @ val[:, h])
-        x = x + np.concatenate(heads_out, 1) @ v[p + "self_attention/linear_1/weight"].T + v[p + "self_attention/linear_1/bias"]
-        y = gelu(norm(x, p + "ffn/layer_norm") @ v[p + "ffn/linear_0/weight"].T + v[p + "ffn/linear_0/bias"])
-        x = x + y @ v[p + "ffn/linear_1/weight"].T + v[p + "ffn/linear_1/bias"]
-    return norm(x, "encoder/layer_norm")
-
-
-def random_whisper_encoder(rng, n_mels, dim, heads, n_layers):
-    """Random Whisper encoder variables in CTranslate2's layout and names (plus one decoder variable)."""
-    import keras
-
-    from serkeras.models.layers import SinusoidalPositions
-
-    table = keras.ops.convert_to_numpy(SinusoidalPositions()(np.zeros((1, 1500, dim), np.float32)))[0]
-    v = {"encoder/conv1/weight": rng.normal(0, 0.3, (dim, n_mels, 3)), "encoder/conv1/bias": rng.normal(0, 0.1, dim),
-         "encoder/conv2/weight": rng.normal(0, 0.15, (dim, dim, 3)), "encoder/conv2/bias": rng.normal(0, 0.1, dim),
-         "encoder/position_encodings/encodings": table, "encoder/num_heads": heads,
-         "encoder/layer_norm/gamma": rng.normal(1, 0.1, dim), "encoder/layer_norm/beta": rng.normal(0, 0.1, dim),
-         "decoder/embeddings/weight": rng.normal(0, 1, (5, dim))}
-    for i in range(n_layers):
-        p = f"encoder/layer_{i}/"
-        bias = rng.normal(0, 0.1, 3 * dim)
-        bias[dim:2 * dim] = 0  # Whisper's key projection has no bias
-        v |= {p + "self_attention/linear_0/weight": rng.normal(0, 0.25, (3 * dim, dim)), p + "self_attention/linear_0/bias": bias,
-              p + "self_attention/linear_1/weight": rng.normal(0, 0.25, (dim, dim)),
-              p + "self_attention/linear_1/bias": rng.normal(0, 0.1, dim),
-              p + "ffn/linear_0/weight": rng.normal(0, 0.25, (4 * dim, dim)), p + "ffn/linear_0/bias": rng.normal(0, 0.1, 4 * dim),
-              p + "ffn/linear_1/weight": rng.normal(0, 0.1, (dim, 4 * dim)), p + "ffn/linear_1/bias": rng.normal(0, 0.1, dim)}
-        for norm in ("self_attention/layer_norm", "ffn/layer_norm"):
-            v |= {p + norm + "/gamma": rng.normal(1, 0.1, dim), p + norm + "/beta": rng.normal(0, 0.1, dim)}
-    return v
-
-
-def test_keras_whisper_encoder_matches_whispers_definition_on_ctranslate2_weights(tmp_path):
-    """Random weights in CTranslate2's layout, read back and mapped onto the Keras port: every transpose, the
-    fused query/key/value split, the padding of the strided convolution and the positions are checked by one
-    end-to-end comparison with a plain numpy encoder."""
-    probe = load_script("pretrained_probe")
-    whisper_keras = load_script("whisper_keras")
-    rng = np.random.default_rng(0)
-    n_mels, dim, heads, n_layers = 6, 16, 2, 2
-    v = random_whisper_encoder(rng, n_mels, dim, heads, n_layers)
-    write_ct2_whisper_encoder(tmp_path / "model.bin", v)
-    read = whisper_keras.read_ct2_variables(tmp_path / "model.bin")
-    assert "decoder/embeddings/weight" not in read and int(read["encoder/num_heads"]) == heads
-    np.testing.assert_array_equal(read["encoder/conv1/weight"], np.float32(v["encoder/conv1/weight"]))
-
-    model = whisper_keras.load_whisper_encoder(tmp_path)
-    assert len(model.outputs) == n_layers and model.input_shape == (None, None, n_mels)
-    mel = rng.normal(0, 1, (14, n_mels)).astype(np.float32)  # even frames, as whisper_log_mel gives
-    expected = numpy_whisper_encoder(mel, {k: np.asarray(w, np.float64) for k, w in v.items()}, heads)
-    got = np.asarray(model(mel[None])[-1])[0]
-    assert got.shape == (7, dim)
-    np.testing.assert_allclose(got, expected, atol=2e-4)
-    assert probe.pooled(got).shape == (2 * dim,)
-
-
-def test_ct2_reader_rejects_an_unknown_binary_version(tmp_path):
-    whisper_keras = load_script("whisper_keras")
-    (tmp_path / "model.bin").write_bytes((3).to_bytes(4, "little") + b"\0" * 8)
-    with pytest.raises(ValueError, match="binary version 3"):
-        whisper_keras.read_ct2_variables(tmp_path / "model.bin")
-
-
 def test_pretrained_probe_ship_writes_a_self_contained_whisper_model_and_its_card(crema_subset, tmp_path, monkeypatch):
     """The whole shipping recipe on real clips of 4 actors, with a tiny random encoder in CTranslate2's format:
     the saved model predicts what the fitted probe predicts, alone, after reloading; the card and the k-fold
@@ -547,7 +443,7 @@ def test_pretrained_probe_ship_writes_a_self_contained_whisper_model_and_its_car
     monkeypatch.chdir(tmp_path)
     model_dir = tmp_path / "tiny-whisper"
     model_dir.mkdir()
-    write_ct2_whisper_encoder(model_dir / "model.bin", random_whisper_encoder(np.random.default_rng(3), 80, 16, 2, 3))
+    write_ctranslate2(model_dir, random_encoder_weights(np.random.default_rng(3), 80, 16, 3), heads=2)
     output = tmp_path / "saved_models" / "serkeras-crema-d-whisper.keras"  # the default --output, under tmp_path
     args = ["ship", str(model_dir), "--layers", "2", "--augment-copies", "1", "--data-dir", str(crema_subset)]
     result = CliRunner().invoke(probe.cli, args)
@@ -555,9 +451,10 @@ def test_pretrained_probe_ship_writes_a_self_contained_whisper_model_and_its_car
     model, meta = load_model(output)
     assert meta.model_config.arch == "whisper" and meta.model_config.encoder_layers == 2
     assert meta.feature_config.n_mels == 80 and meta.feature_config.audio_normalization == "none"
-    assert "layer1_ffn_expand" in [layer.name for layer in model.layers] and "layer2_attention_norm" not in [
-        layer.name for layer in model.layers]
-    assert model.get_layer("layer0_ffn_expand").quantization_mode == "int8"
+    encoder = model.get_layer("whisper_encoder")
+    assert "layer1_ffn_expand" in [layer.name for layer in encoder.layers] and "layer2_attention_norm" not in [
+        layer.name for layer in encoder.layers]
+    assert encoder.get_layer("layer0_ffn_expand").quantization_mode == "int8"
     rows = [json.loads(line) for line in (tmp_path / "results" / "pretrained_probe.jsonl").read_text().splitlines()]
     assert [r["split"] for r in rows] == ["actor", "random"] and rows[0]["embeddings"].endswith("1 augmented copies")
     card = (tmp_path / "saved_models" / "MODEL_CARD-whisper.md").read_text()
@@ -603,7 +500,7 @@ def test_pretrained_probe_ship_speaker_norm_model_scores_alike_through_serkeras(
     monkeypatch.chdir(tmp_path)
     model_dir = tmp_path / "tiny-whisper"
     model_dir.mkdir()
-    write_ct2_whisper_encoder(model_dir / "model.bin", random_whisper_encoder(np.random.default_rng(5), 80, 16, 2, 2))
+    write_ctranslate2(model_dir, random_encoder_weights(np.random.default_rng(5), 80, 16, 2), heads=2)
     result = CliRunner().invoke(probe.cli, ["ship", str(model_dir), "--layers", "1", "--speaker-norm",
                                             "--data-dir", str(crema_subset)])
     assert result.exit_code == 0, result.output

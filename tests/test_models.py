@@ -262,7 +262,7 @@ def test_paper_models_parameter_counts_and_outputs(paper_models):
         assert model_metadata(model).model_config == ModelConfig(arch=arch)
 
 
-@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("arch", sorted(set(ARCHITECTURES) - {"whisper"}))  # whisper reads whole clips
 def test_fixed_mode_models_have_fixed_frames_and_no_lengths_input(arch):
     """Every architecture builds and predicts in fixed mode (tests/backend_checks.py trains only
     `combined` fixed under every backend: the rest differ from their variable graphs in shape only)."""
@@ -481,7 +481,7 @@ def test_sinusoidal_positions_are_whispers_table():
 def test_whisper_model_ignores_padding_and_round_trips_through_a_keras_file(tmp_path):
     from serkeras.models import build_whisper
 
-    config = ModelConfig(arch="whisper", encoder_layers=2, encoder_dim=16, attention_heads=2)
+    config = ModelConfig(arch="whisper", encoder_layers=2, encoder_dim=16, attention_heads=2, pooling="stats")
     model = build_whisper(WHISPER_FEATURES, config, LABELS)
     assert [i.name for i in model.inputs] == ["logmel", "lengths"] and model.output_shape == (None, len(LABELS))
     rng = np.random.default_rng(2)
@@ -526,7 +526,7 @@ def test_a_speaker_standardised_whisper_model_predicts_in_two_stages_and_reloads
     from serkeras.evaluation import embedding_speaker_stats, predict_features, speaker_input_arrays
     from serkeras.models import SPEAKER_INPUTS, build_whisper, speaker_stages
 
-    config = ModelConfig(arch="whisper", encoder_layers=1, encoder_dim=16, attention_heads=2,
+    config = ModelConfig(arch="whisper", encoder_layers=1, encoder_dim=16, attention_heads=2, pooling="stats",
                          speaker_standardization=True, speaker_prior_clips=2)
     model = build_whisper(WHISPER_FEATURES, config, LABELS)
     assert [i.name for i in model.inputs] == ["logmel", "lengths", *SPEAKER_INPUTS]

@@ -1,12 +1,12 @@
 """Model builders (a registry of functional Keras models) and loading of saved models."""
 
-from serkeras.models import cnn1d, cnn2d, combined, conformer, crnn, resnet  # noqa: F401  (register the architectures)
+from serkeras.models import cnn1d, cnn2d, combined, conformer, crnn, resnet, whisper  # noqa: F401  (register them)
 from serkeras.models.blocks import SPEAKER_INPUTS, speaker_stages
-from serkeras.models.config import ACTIVATIONS, POOLINGS, UTTERANCE_NORMS, ModelConfig
+from serkeras.models.config import ACTIVATIONS, LAYER_POOLINGS, POOLINGS, UTTERANCE_NORMS, ModelConfig
 from serkeras.models.layers import SerkerasMetadata
-from serkeras.models.registry import ARCHITECTURES, get_builder, register
+from serkeras.models.registry import ARCHITECTURES, configure, get_builder, register
 from serkeras.models.saving import load_model, model_metadata
-from serkeras.models.whisper import build_whisper  # not registered: it is built for Whisper's pre-trained weights
+from serkeras.models.whisper import build_whisper, load_whisper_backbone, whisper_backbone
 
 
 def build_model(feature_config, model_config, labels, stats=None):
@@ -25,6 +25,6 @@ def build_model(feature_config, model_config, labels, stats=None):
     return get_builder(model_config.arch)(feature_config, model_config, list(labels), stats)
 
 
-__all__ = ["ACTIVATIONS", "ARCHITECTURES", "ModelConfig", "POOLINGS", "SPEAKER_INPUTS", "UTTERANCE_NORMS",
-           "SerkerasMetadata", "build_model", "build_whisper", "get_builder", "load_model", "model_metadata", "register",
-           "speaker_stages"]
+__all__ = ["ACTIVATIONS", "ARCHITECTURES", "LAYER_POOLINGS", "ModelConfig", "POOLINGS", "SPEAKER_INPUTS",
+           "UTTERANCE_NORMS", "SerkerasMetadata", "build_model", "build_whisper", "configure", "get_builder",
+           "load_model", "load_whisper_backbone", "model_metadata", "register", "speaker_stages", "whisper_backbone"]

@@ -6,7 +6,7 @@ from keras import layers
 
 from serkeras.models.saving import METADATA_LAYER
 from serkeras.models.layers import (AttentiveStatisticsPooling, MaskedGlobalAveragePooling,
-                                    MaskedGroupNormalization, PooledLengths, SerkerasMetadata, SpeakerStandardization,
+                                    MaskedGroupNormalization, MaskedStatistics, PooledLengths, SerkerasMetadata, SpeakerStandardization,
                                     SpecAugment, TimeMask, UtteranceNormalization)
 
 #: Inputs of a model whose embedding is standardised by speaker (the statistics of the embeddings of the
@@ -118,9 +118,12 @@ def frames_of(x, name):
 
 
 def pool_over_time(x, lengths, config, name):
-    """One vector per clip: `config.pooling` over real frames ("average" or "attention")."""
+    """One vector per clip: `config.pooling` over real frames ("average", "stats": mean and standard deviation,
+    or "attention": attentive statistics)."""
     if config.pooling == "attention":
         return AttentiveStatisticsPooling(config.attention_units, name=name)(frames_of(x, f"{name}_frames"), lengths)
+    if config.pooling == "stats":
+        return MaskedStatistics(name=name)(frames_of(x, f"{name}_frames"), lengths)
     return MaskedGlobalAveragePooling(name=name)(x, lengths)
 
 

@@ -6,7 +6,8 @@ from serkeras.config import known_fields
 
 ACTIVATIONS = ("relu", "silu", "elu", "gelu")
 UTTERANCE_NORMS = ("none", "mean", "meanvar")
-POOLINGS = ("average", "attention")
+POOLINGS = ("average", "stats", "attention")
+LAYER_POOLINGS = ("last", "weighted")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +31,12 @@ class ModelConfig:
     of its speaker's embeddings, more model inputs (``speaker_mean``,
     ``speaker_variance``, ``speaker_count``), shrunk towards the training
     speakers' as if the population had `speaker_prior_clips` recordings.
+
+    Fields of `whisper`: `encoder`, the pre-trained checkpoint its encoder was
+    initialised from (a path; the trained weights travel in the model file),
+    `fine_tune_layers`, how many of the kept `encoder_layers` train (0: the
+    encoder is frozen), and `layer_pooling`, what is pooled: the last kept
+    layer, or a learnt weighted sum of every kept layer ("weighted").
     """
 
     arch: str = "2d"
@@ -54,6 +61,9 @@ class ModelConfig:
     attention_units: int = 128
     speaker_standardization: bool = False
     speaker_prior_clips: float = 0.0
+    encoder: str = ""
+    fine_tune_layers: int = 0
+    layer_pooling: str = "last"
 
     def __post_init__(self):
         if self.activation not in ACTIVATIONS:
@@ -66,6 +76,10 @@ class ModelConfig:
             raise ValueError("dropout must be in [0, 1)")
         if self.width <= 0:
             raise ValueError("width must be positive")
+        if self.layer_pooling not in LAYER_POOLINGS:
+            raise ValueError(f"layer_pooling must be one of {LAYER_POOLINGS}, got {self.layer_pooling!r}")
+        if not 0 <= self.fine_tune_layers <= self.encoder_layers:
+            raise ValueError(f"fine_tune_layers must be between 0 and encoder_layers ({self.encoder_layers})")
         if self.speaker_prior_clips < 0:
             raise ValueError("speaker_prior_clips must be >= 0")
         # Lists from JSON become tuples so configs compare and hash equal.

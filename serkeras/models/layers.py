@@ -397,3 +397,22 @@ class SpeakerStandardization(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "prior_clips": self.prior_clips}
+
+
+@keras.saving.register_keras_serializable(package="serkeras")
+class WeightedLayerSum(keras.layers.Layer):
+    """A learnt softmax-weighted sum of several layers' outputs of the same shape (as SUPERB pools an encoder).
+
+    Input: a list of tensors (batch, frames, channels); output: one such tensor. The
+    weights start equal, so training starts from the layers' mean.
+    """
+
+    def build(self, inputs_shape):
+        self.logits = self.add_weight(shape=(len(inputs_shape),), initializer="zeros", name="logits")
+
+    def call(self, inputs):
+        weights = ops.softmax(ops.cast(self.logits, inputs[0].dtype))
+        return sum(weights[i] * x for i, x in enumerate(inputs))
+
+    def compute_output_shape(self, inputs_shape):
+        return inputs_shape[0]

@@ -1,0 +1,128 @@
+"""`whisper`: a pre-trained Whisper encoder (backbone), pooled, and a classifier (task model).
+
+Following keras-hub's split: `whisper_backbone` is the backbone (usable alone,
+`load_whisper_backbone` fills it from a checkpoint),
+`build_whisper` the emotion classifier on top (registered as ``--arch whisper``),
+and `convert` reads the weights of each published format. A pre-trained checkpoint
+is what makes this architecture worth having: ``serkeras train --arch whisper
+--encoder PATH`` starts from it, keeps its first ``--encoder-layers``, trains the
+top ``--fine-tune-layers`` of those (0: frozen) and the classifier. The saved
+``.keras`` file holds every weight; loading it needs no checkpoint.
+"""
+
+import dataclasses
+import functools
+from pathlib import Path
+
+import keras
+from keras import layers
+
+from serkeras.errors import SerkerasError
+from serkeras.models.blocks import (EMBEDDING_LAYER, finish, lengths_input, pool_over_time, speaker_head,
+                                    speaker_statistics_inputs)
+from serkeras.models.layers import WeightedLayerSum
+from serkeras.models.registry import register
+from serkeras.models.whisper.backbone import (backbone_layers, encoder_layer, encoder_parameters, freeze_lower_layers,
+                                              load_whisper_backbone, set_encoder_weights, whisper_backbone,
+                                              whisper_encoder)
+from serkeras.models.whisper.convert import FORMATS, EncoderSizes, EncoderWeights, read_checkpoint
+
+#: Whisper's log-mel: 25 ms windows every 10 ms at 16 kHz, mel bands from 0 to 8 kHz, the clip at the level it
+#: was recorded (Whisper's own scaling, inside the model, replaces peak normalisation). It was trained on up to
+#: 30 s of audio.
+WHISPER_FEATURES = dict(sample_rate=16000, n_fft=400, win_length=400, hop_length=160, fmin=0.0, fmax=8000.0,
+                        audio_normalization="none", length_mode="variable")
+WHISPER_MAX_SECONDS = 30.0
+ENCODER_LAYER = "whisper_encoder"
+
+
+def whisper_feature_config(n_mels=80, base=None):
+    """`base` (a `serkeras.features.FeatureConfig`, default the defaults) with Whisper's log-mel settings."""
+    from serkeras.features import FeatureConfig
+
+    base = base or FeatureConfig()
+    return dataclasses.replace(base, n_mels=n_mels, max_seconds=min(base.max_seconds, WHISPER_MAX_SECONDS),
+                               **WHISPER_FEATURES)
+
+
+@functools.lru_cache(maxsize=1)
+def _checkpoint(path, modified):
+    return read_checkpoint(path)
+
+
+def cached_checkpoint(path):
+    """`read_checkpoint(path)`, read once while the file is unchanged (configuring and building both need it)."""
+    target = Path(path)
+    weights = target / "model.bin" if (target / "model.bin").is_file() else target
+    return _checkpoint(str(path), weights.stat().st_mtime if weights.exists() else None)
+
+
+def configure_whisper(feature_config, model_config):
+    """The feature and model settings a `whisper` model needs: Whisper's log-mel and the checkpoint's sizes.
+
+    The checkpoint `model_config.encoder` gives the mel bands, width and heads,
+    and `encoder_layers` is checked against its depth. The feature
+    settings that a Whisper encoder fixes (window, hop, mel range, level) are
+    replaced; the length limits and `speaker_*` stay as given.
+    """
+    if not model_config.encoder:
+        raise SerkerasError("--arch whisper needs --encoder PATH: a Whisper checkpoint (a faster-whisper folder, a "
+                            "Hugging Face openai/whisper-* folder or an OpenAI .pt file)")
+    sizes = cached_checkpoint(model_config.encoder).sizes
+    if model_config.encoder_layers > sizes.n_layers:
+        raise SerkerasError(f"--encoder-layers {model_config.encoder_layers}: the encoder in {model_config.encoder} "
+                            f"has {sizes.n_layers}")
+    model_config = model_config.replace(encoder_dim=sizes.dim, attention_heads=sizes.heads)
+    return whisper_feature_config(sizes.n_mels, feature_config), model_config
+
+
+@register("whisper", configure=configure_whisper)
+def build_whisper(feature_config, model_config, labels, stats=None):
+    """Whisper encoder layers -> pooling over time -> dropout -> softmax.
+
+    The encoder (`whisper_backbone`, nested as layer ``whisper_encoder``) keeps the
+    first `model_config.encoder_layers` layers of the checkpoint
+    `model_config.encoder` (random weights of `encoder_dim` / `attention_heads`
+    when it is empty, to be filled by `set_encoder_weights`); the top
+    `fine_tune_layers` of them train. What is pooled (`pooling`: mean,
+    mean-and-std "stats", or attentive statistics) is the last kept layer, or a
+    learnt weighted sum of all of them (`layer_pooling="weighted"`). `stats` is
+    not used: Whisper's scaling replaces the corpus standardisation. With
+    `model_config.speaker_standardization`, the pooled embedding is
+    standardised by the speaker's and classified in a nested model (see
+    `serkeras.models.blocks.speaker_head`).
+    """
+    if feature_config.length_mode != "variable":
+        raise SerkerasError("the whisper architecture reads whole clips: use --length variable")
+    if model_config.encoder:
+        checkpoint = cached_checkpoint(model_config.encoder)
+        if checkpoint.sizes.n_mels != feature_config.n_mels:
+            raise SerkerasError(f"the encoder in {model_config.encoder} reads {checkpoint.sizes.n_mels} mel bands, "
+                                f"the features have {feature_config.n_mels}")
+        encoder = whisper_backbone(checkpoint.sizes.n_mels, checkpoint.sizes.dim, checkpoint.sizes.heads,
+                                   model_config.encoder_layers, name=ENCODER_LAYER)
+        set_encoder_weights(encoder, checkpoint.weights)
+    else:
+        encoder = whisper_backbone(feature_config.n_mels, model_config.encoder_dim, model_config.attention_heads,
+                                   model_config.encoder_layers, name=ENCODER_LAYER)
+    freeze_lower_layers(encoder, model_config.fine_tune_layers)
+    lengths = lengths_input(feature_config)
+    logmel = keras.Input(shape=(None, feature_config.n_mels), name="logmel")
+    *frames, pooled_lengths = encoder([logmel, lengths])
+    x = WeightedLayerSum(name="layer_sum")(frames) if model_config.layer_pooling == "weighted" else frames[-1]
+    x = pool_over_time(x, pooled_lengths, model_config, name=EMBEDDING_LAYER)
+    speaker = []
+    if model_config.speaker_standardization:
+        speaker = speaker_statistics_inputs(x.shape[-1])
+        probabilities = speaker_head(x.shape[-1], len(labels), model_config.speaker_prior_clips)([x, *speaker])
+    else:
+        if model_config.dropout:
+            x = layers.Dropout(model_config.dropout, name="head_dropout")(x)
+        probabilities = layers.Dense(len(labels), activation="softmax", dtype="float32", name="probabilities")(x)
+    return finish([logmel, lengths, *speaker], probabilities, labels, feature_config, model_config, name="whisper")
+
+
+__all__ = ["ENCODER_LAYER", "EncoderSizes", "EncoderWeights", "FORMATS", "WHISPER_FEATURES", "backbone_layers",
+           "build_whisper", "configure_whisper", "encoder_layer", "encoder_parameters", "freeze_lower_layers",
+           "load_whisper_backbone", "whisper_backbone",
+           "read_checkpoint", "set_encoder_weights", "whisper_encoder", "whisper_feature_config"]

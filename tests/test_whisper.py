@@ -1,0 +1,235 @@
+"""The Whisper backbone and its checkpoint converters, on tiny random encoders written in every format."""
+
+import numpy as np
+import pytest
+
+from serkeras.errors import SerkerasError
+from serkeras.models.whisper import load_whisper_backbone, read_checkpoint, whisper_backbone
+from serkeras.models.whisper.convert import checkpoint_format
+from whisper_checkpoints import (numpy_whisper_encoder, random_encoder_weights, write_ctranslate2, write_huggingface,
+                                 write_openai)
+
+N_MELS, DIM, HEADS, LAYERS = 6, 16, 2, 3
+
+
+@pytest.fixture(scope="module")
+def weights():
+    return random_encoder_weights(np.random.default_rng(0), N_MELS, DIM, LAYERS)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(weights, tmp_path_factory):
+    """The same encoder in each format: {format: path}."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    paths = {"ctranslate2": write_ctranslate2(root / "faster-whisper-tiny", weights, HEADS),
+             "huggingface": write_huggingface(root / "whisper-tiny", weights, HEADS)}
+    pytest.importorskip("torch")
+    paths["openai"] = write_openai(root / "tiny.pt", weights, HEADS)
+    return paths
+
+
+@pytest.mark.parametrize("kind", ["ctranslate2", "huggingface", "openai"])
+def test_every_format_reads_into_the_same_weights_and_sizes(kind, checkpoints, weights):
+    checkpoint = read_checkpoint(checkpoints[kind])
+    assert checkpoint.format == kind == checkpoint_format(checkpoints[kind])
+    sizes = checkpoint.sizes
+    assert (sizes.n_mels, sizes.dim, sizes.heads, sizes.n_layers) == (N_MELS, DIM, HEADS, LAYERS)
+    assert set(checkpoint.weights) == set(weights)
+    for name, value in weights.items():
+        np.testing.assert_array_equal(checkpoint.weights[name], value, err_msg=name)
+    assert not any(name.startswith("decoder") for name in checkpoint.weights)
+
+
+def test_fingerprint_names_the_weights_not_the_format(checkpoints):
+    prints = {kind: read_checkpoint(path).fingerprint() for kind, path in checkpoints.items()}
+    assert len(set(prints.values())) == 1
+
+
+def test_ctranslate2_int8_weights_are_dequantized_with_their_scales(weights, tmp_path):
+    checkpoint = read_checkpoint(write_ctranslate2(tmp_path / "int8", weights, HEADS, quantize_ffn=True))
+    got, expected = checkpoint.weights["layer1/ffn_expand/weight"], weights["layer1/ffn_expand/weight"]
+    assert got.dtype == np.float32
+    # int8 rounding: within half a step of each row's scale
+    np.testing.assert_allclose(got, expected, atol=0.51 * np.abs(expected).max() / 127)
+
+
+@pytest.mark.parametrize("kind", ["ctranslate2", "huggingface", "openai"])
+def test_the_keras_encoder_matches_whispers_definition(kind, checkpoints, weights):
+    """Every transpose, the attention split, the strided convolution's padding and the positions, checked end to
+    end against a plain-numpy encoder, at the clip's own length and padded in a batch."""
+    encoder = load_whisper_backbone(checkpoints[kind], n_layers=2)
+    assert len(encoder.outputs) == 3
+    rng = np.random.default_rng(1)
+    db = rng.uniform(-20, 20, (13, N_MELS)).astype(np.float32)  # odd length: the strided conv's last frame
+    expected, _ = numpy_whisper_encoder((db / 10 + 4) / 4, weights, HEADS, n_layers=2)
+    padded = np.concatenate([db, rng.normal(0, 50, (9, N_MELS)).astype(np.float32)])
+    batch = np.stack([padded, padded])
+    *frames, lengths = encoder([batch, np.array([13, 22], np.int32)])
+    assert np.asarray(lengths).tolist() == [7, 11]
+    got = np.asarray(frames[-1])[0, :7]
+    np.testing.assert_allclose(got, expected[-1], atol=2e-4)
+    np.testing.assert_allclose(np.asarray(frames[0])[0, :7], expected[0], atol=2e-4)
+
+
+def test_a_frozen_int8_backbone_round_trips_through_a_keras_file(checkpoints, tmp_path):
+    """Its layers' settings travel with it: which layers train, and int8 feed-forward weights."""
+    import warnings
+
+    import keras
+
+    from serkeras.models.whisper import freeze_lower_layers
+
+    encoder = load_whisper_backbone(checkpoints["ctranslate2"], n_layers=2)
+    freeze_lower_layers(encoder, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        encoder.quantize("int8", filters=lambda layer: isinstance(layer, keras.layers.Dense))
+    top_layer = {"layer1_attention_norm", "layer1_attention", "layer1_ffn_norm", "layer1_ffn_expand",
+                 "layer1_ffn_project"}
+    assert {w.path.split("/")[0] for w in encoder.trainable_weights} == top_layer
+    encoder.save(tmp_path / "backbone.keras")
+    loaded = keras.saving.load_model(tmp_path / "backbone.keras")
+    # Reloaded, every layer keeps its flag (Keras 3.15 still lists a frozen MultiHeadAttention's weights as
+    # trainable: its sub-layers are built after the flag is restored).
+    assert not loaded.get_layer("layer0_attention").trainable and not loaded.get_layer("layer0_ffn_norm").trainable
+    assert loaded.get_layer("layer1_attention").trainable
+    assert loaded.get_layer("layer0_ffn_expand").quantization_mode == "int8"
+    x = np.random.default_rng(2).normal(0, 10, (1, 8, N_MELS)).astype(np.float32)
+    lengths = np.array([8], np.int32)
+    np.testing.assert_allclose(np.asarray(loaded([x, lengths])[1]), np.asarray(encoder([x, lengths])[1]), atol=1e-6)
+    with pytest.raises(SerkerasError, match="cannot fine-tune 3 layers"):
+        freeze_lower_layers(whisper_backbone(N_MELS, DIM, HEADS, 2), 3)
+
+
+def test_bad_checkpoints_are_one_line_errors(checkpoints, weights, tmp_path):
+    with pytest.raises(SerkerasError, match="does not exist"):
+        read_checkpoint(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SerkerasError, match="holds no Whisper checkpoint"):
+        read_checkpoint(tmp_path / "empty")
+    truncated = tmp_path / "truncated"
+    truncated.mkdir()
+    data = (checkpoints["ctranslate2"] / "model.bin").read_bytes()
+    (truncated / "model.bin").write_bytes(data[: len(data) // 2])
+    with pytest.raises(SerkerasError, match="truncated"):
+        read_checkpoint(truncated)
+    from safetensors.numpy import load_file, save_file
+
+    incomplete = write_huggingface(tmp_path / "incomplete", weights, HEADS)
+    tensors = load_file(str(incomplete / "model.safetensors"))
+    del tensors["model.encoder.layers.1.fc2.weight"]
+    save_file(tensors, str(incomplete / "model.safetensors"))
+    with pytest.raises(SerkerasError, match="lacks the weight layers.1.fc2.weight"):
+        read_checkpoint(incomplete)
+    (tmp_path / "broken.pt").write_bytes(b"not a zip file")
+    pytest.importorskip("torch")
+    with pytest.raises(SerkerasError, match="not a readable PyTorch checkpoint"):
+        read_checkpoint(tmp_path / "broken.pt")
+    with pytest.raises(SerkerasError, match="cannot keep 5"):
+        load_whisper_backbone(checkpoints["ctranslate2"], n_layers=5)
+
+
+# --------------------------------------------------------------------------- --arch whisper from the command line
+
+OWN_LABELS = {"ANG": "aroused", "NEU": "calm", "SAD": "low"}
+
+
+@pytest.fixture(scope="module")
+def three_class_manifest(crema_subset, tmp_path_factory):
+    """A manifest corpus with its own three labels (real CREMA-D clips of 8 actors), speakers given."""
+    import csv
+
+    path = tmp_path_factory.mktemp("manifest") / "corpus.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "speaker"])
+        for clip in sorted(crema_subset.glob("*.ogg")):
+            actor, _, code, _ = clip.stem.split("_")
+            if code in OWN_LABELS:
+                writer.writerow([str(clip), OWN_LABELS[code], actor])
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory):
+    """A tiny random Whisper (80 mel bands, as the real ones) as a faster-whisper folder."""
+    weights = random_encoder_weights(np.random.default_rng(7), 80, DIM, LAYERS)
+    return write_ctranslate2(tmp_path_factory.mktemp("encoders") / "faster-whisper-tiny", weights, HEADS)
+
+
+WHISPER_TRAIN = ["--split", "kfold", "--fold", "0", "--n-folds", "4", "--batch-size", "16", "--quiet", "--workers", "1"]
+
+
+def test_whisper_trains_frozen_and_fine_tuned_on_a_manifest_and_predicts_from_its_file_alone(
+        three_class_manifest, tiny_encoder, workdir, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import run_cli
+    from serkeras.models import load_model
+
+    cache = str(workdir / "cache")
+    frozen = run_cli(["train", "--arch", "whisper", "--encoder", str(tiny_encoder), "--pooling", "stats",
+                      "--manifest", str(three_class_manifest), "--epochs", "2", "--run-name", "whisper-frozen",
+                      "--cache-dir", cache] + WHISPER_TRAIN, workdir)
+    assert frozen.exit_code == 0, frozen.output
+    assert "--arch whisper sets the features" in frozen.output and "n_mels=80" in frozen.output
+    run = workdir / "saved_models" / "whisper-frozen"
+    model, meta = load_model(run / "model.keras")
+    assert meta.labels == ("aroused", "calm", "low") and meta.model_config.encoder_layers == 2
+    assert (meta.feature_config.n_fft, meta.feature_config.fmin, meta.feature_config.n_mels) == (400, 0.0, 80)
+    encoder = model.get_layer("whisper_encoder")
+    assert not any(layer.trainable for layer in encoder.layers if layer.weights)  # only the classifier trained
+    # The frozen encoder kept the checkpoint's weights, as the checkpoint alone gives them.
+    reference = load_whisper_backbone(tiny_encoder, n_layers=2)
+    for got, want in zip(encoder.get_weights(), reference.get_weights()):
+        np.testing.assert_array_equal(got, want)
+    assert json.loads((run / "metrics.json").read_text())["test"]["accuracy"] >= 0
+
+    tuned = run_cli(["train", "--arch", "whisper", "--encoder", str(tiny_encoder), "--encoder-layers", "3",
+                     "--fine-tune-layers", "1", "--layer-pooling", "weighted", "--pooling", "attention",
+                     "--manifest", str(three_class_manifest), "--epochs", "1", "--run-name", "whisper-tuned",
+                     "--cache-dir", cache] + WHISPER_TRAIN, workdir)
+    assert tuned.exit_code == 0, tuned.output
+    tuned_model, _ = load_model(workdir / "saved_models" / "whisper-tuned" / "model.keras")
+    tuned_encoder = tuned_model.get_layer("whisper_encoder")
+    reference = load_whisper_backbone(tiny_encoder, n_layers=3)
+    changed = {w.path.split("/")[0] for w, r in zip(tuned_encoder.weights, reference.weights)
+               if not np.array_equal(np.asarray(w), np.asarray(r))}
+    assert changed and all(name.startswith("layer2_") for name in changed), changed  # the top layer alone
+    assert tuned_model.get_layer("layer_sum").weights
+
+    # The .keras file alone predicts in a fresh process: no checkpoint, no CTranslate2.
+    audio = sorted(_manifest_paths(three_class_manifest))[0]
+    moved = tmp_path / "model.keras"
+    moved.write_bytes((run / "model.keras").read_bytes())
+    tiny_encoder_moved = tmp_path / "gone"
+    tiny_encoder.rename(tiny_encoder_moved)
+    try:
+        result = subprocess.run([sys.executable, "-m", "serkeras.cli", "predict", "--model", str(moved), audio,
+                                 "--format", "json", "--workers", "1"], capture_output=True, text=True, timeout=300,
+                                cwd=tmp_path)
+    finally:
+        tiny_encoder_moved.rename(tiny_encoder)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)[0]["label"] in OWN_LABELS.values()
+
+
+def _manifest_paths(manifest):
+    import csv
+
+    with open(manifest, newline="") as f:
+        return [row["path"] for row in csv.DictReader(f)]
+
+
+def test_whisper_settings_errors_are_one_line(three_class_manifest, tiny_encoder, workdir):
+    from conftest import run_cli
+
+    base = ["train", "--arch", "whisper", "--manifest", str(three_class_manifest)] + WHISPER_TRAIN
+    result = run_cli(base, workdir)
+    assert result.exit_code != 0 and "--arch whisper needs --encoder PATH" in result.output
+    result = run_cli(base + ["--encoder", str(tiny_encoder), "--encoder-layers", "4"], workdir)
+    assert result.exit_code != 0 and f"has {LAYERS}" in result.output
+    result = run_cli(base + ["--encoder", str(tiny_encoder), "--fine-tune-layers", "3"], workdir)
+    assert result.exit_code != 0 and "fine_tune_layers must be between 0 and encoder_layers" in result.output
