@@ -189,8 +189,8 @@ def check_trainable(corpus):
     """
     present = sorted({c.label for c in corpus.clips})
     if len(present) < 2:
-        raise DataError(f"the corpus {corpus.name} has clips of one label only ({present[0]!r}): training needs at least two "
-                        "labels")
+        raise DataError(f"the corpus {corpus.name} has clips of one label only ({present[0]!r}): training needs "
+                        "at least two labels")
 
 
 def load_corpus(data_dir=None, manifest=None):

@@ -153,7 +153,8 @@ def kfold_split(clips, fold, n_folds=5, val_fraction=0.1, seed=0):
         raise DataError(f"fold {fold + 1}/{n_folds} leaves {_describe_speakers(rest)} for training and validation, "
                         "too few to give each a speaker of its own (3 of one sex suffice): lower --n-folds, add "
                         "speakers, or use --split random")
-    return Split(train, inner["val"], tuple(clips[i] for i in test_idx), f"kfold {fold + 1}/{n_folds} by speaker seed={seed}")
+    return Split(train, inner["val"], tuple(clips[i] for i in test_idx),
+                 f"kfold {fold + 1}/{n_folds} by speaker seed={seed}")
 
 
 def make_split(clips, kind="random", val_fraction=0.1, test_fraction=0.1, fold=0, n_folds=5, seed=0):
