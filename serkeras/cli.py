@@ -112,8 +112,8 @@ class SerkerasGroup(click.Group):
                 raise
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("interrupted: work finished so far is kept (cache entries, checkpoints)", err=True)
+        except KeyboardInterrupt as exc:  # a command may say what was kept and how to go on
+            click.echo(f"interrupted: {exc or 'work finished so far is kept (cache entries, checkpoints)'}", err=True)
             sys.exit(130)
 
 
@@ -407,11 +407,14 @@ def configured(feature_config, model_config):
     return resolved
 
 
-def load_split(data_dir, manifest, split_kind, fold, n_folds, val_fraction, test_fraction, seed):
-    from serkeras.corpus import load_corpus
+def load_split(data_dir, manifest, split_kind, fold, n_folds, val_fraction, test_fraction, seed, training=False):
+    """The corpus and its split; `training` refuses a corpus that cannot train a classifier (one label)."""
+    from serkeras.corpus import check_trainable, load_corpus
     from serkeras.splits import make_split
 
     corpus = load_corpus(data_dir, manifest)
+    if training:
+        check_trainable(corpus)
     split = make_split(corpus.clips, split_kind, val_fraction, test_fraction, fold, n_folds, seed)
     return corpus, split
 
@@ -446,54 +449,80 @@ def load_split(data_dir, manifest, split_kind, fold, n_folds, val_fraction, test
 @click.option("--quiet", is_flag=True, help="No per-epoch progress bars.")
 def train(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction, test_fraction, seed, run_name,
           resume, output_dir, log_dir, workers, quiet, all_folds, train_seed, **kwargs):
-    """Train a model; the best one is saved as saved_models/<run>/model.keras."""
+    """Train a model; the best one is saved as saved_models/<run>/model.keras.
+
+    Ctrl-C stops at the next batch and keeps the last finished epoch; --resume
+    continues from there.
+    """
     import json
     import time
     from pathlib import Path
 
-    from serkeras.training import TrainConfig
+    from serkeras.training import TrainConfig, TrainingInterrupted, run_finished
 
     feature_config, model_config = configured(feature_config_from(kwargs), model_config_from(kwargs))
     train_config = TrainConfig(seed=seed if train_seed is None else train_seed, **kwargs)
     if resume:
         if not run_name:
             raise SerkerasError("--resume needs the --run-name of the run to continue")
-        stored = Path(output_dir) / run_name / "config.json"
-        if not stored.is_file():
-            raise SerkerasError(f"nothing to resume: {stored} does not exist")
+        saved, stored_folds = _stored_run_config(Path(output_dir) / run_name)
         from serkeras.features import FeatureConfig
         from serkeras.models import ModelConfig
 
-        saved = json.loads(stored.read_text())
         feature_config = FeatureConfig.from_dict(saved["feature_config"])
         model_config = ModelConfig.from_dict(saved["model_config"])
         train_config = TrainConfig.from_dict(saved["train_config"])
-        if click.get_current_context().get_parameter_source("epochs").name == "COMMANDLINE":
+        given = click.get_current_context().get_parameter_source
+        if given("epochs").name == "COMMANDLINE":
             train_config = TrainConfig.from_dict({**train_config.to_dict(), "epochs": kwargs["epochs"]})
         split_kind, fold, n_folds = saved["split"], saved["fold"], saved["n_folds"]
         val_fraction, test_fraction, seed = saved["val_fraction"], saved["test_fraction"], saved["seed"]
-        click.echo(f"resuming {run_name} with its stored settings")
+        all_folds = all_folds or stored_folds
+        # The stored corpus, unless one is given again (runs stored before the data source was kept have none).
+        if given("data_dir").name != "COMMANDLINE" and given("manifest").name != "COMMANDLINE":
+            data_dir, manifest = saved.get("data_dir", data_dir), saved.get("manifest", manifest)
+        if given("cache_dir").name != "COMMANDLINE":
+            cache_dir = saved.get("cache_dir", cache_dir)
+        run_dir = Path(output_dir) / run_name
+        finished = [k for k in range(n_folds) if run_finished(run_dir / f"fold{k}")]
+        if all_folds:  # finished when every fold is and their summary is written
+            done = len(finished) == n_folds and (run_dir / "kfold.json").is_file()
+        else:
+            done = run_finished(run_dir)
+        if done:
+            click.echo(f"run {run_name} already finished; nothing to resume")
+            return
+        click.echo(f"resuming {run_name} with its stored settings"
+                   + (f" (finished folds kept: {', '.join(map(str, finished))})" if all_folds and finished else ""))
     run_name = run_name or (f"{model_config.arch}-{split_kind}-{model_config.activation}-lr{train_config.learning_rate:g}"
                             f"-{time.strftime('%Y%m%d-%H%M%S')}")
     if all_folds and split_kind != "kfold":
         raise SerkerasError("--folds needs --split kfold")
     folds = list(range(n_folds)) if all_folds else [fold]
+    data_source = _data_source(data_dir, manifest, cache_dir)
     results = []
     for k in folds:
         name = f"{run_name}/fold{k}" if all_folds else run_name
         run_dir = Path(output_dir) / name
         if run_dir.exists() and not resume and (run_dir / "config.json").exists():
             raise SerkerasError(f"run {name} exists in {output_dir}/: use --resume to continue it or a new --run-name")
-        if resume and all_folds and (run_dir / "metrics.json").is_file() and not (run_dir / "backup").exists():
+        if resume and all_folds and run_finished(run_dir):
             results.append(json.loads((run_dir / "metrics.json").read_text()))
             continue
-        corpus, split = load_split(data_dir, manifest, split_kind, k, n_folds, val_fraction, test_fraction, seed)
+        corpus, split = load_split(data_dir, manifest, split_kind, k, n_folds, val_fraction, test_fraction, seed,
+                                   training=True)
         click.echo(f"run {name}: {split.description}; train {len(split.train)}, val {len(split.val)}, "
                    f"test {len(split.test)} clips")
-        results.append(_train_one(corpus, split, feature_config, model_config, train_config, run_dir,
-                                  Path(log_dir) / name, resume, cache_dir, workers, quiet,
-                                  {"split": split_kind, "fold": k, "n_folds": n_folds, "val_fraction": val_fraction,
-                                   "test_fraction": test_fraction, "seed": seed, "corpus": corpus.name}))
+        try:
+            results.append(_train_one(corpus, split, feature_config, model_config, train_config, run_dir,
+                                      Path(log_dir) / name, resume and (run_dir / "config.json").is_file(),
+                                      cache_dir, workers, quiet,
+                                      {"split": split_kind, "fold": k, "n_folds": n_folds,
+                                       "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed,
+                                       "corpus": corpus.name, **data_source}))
+        except TrainingInterrupted as exc:
+            raise KeyboardInterrupt(f"run {name}: {exc} (kept in {run_dir / 'backup'}); continue it with "
+                                    f"`serkeras train --resume --run-name {run_name}`") from None
     if all_folds:
         import numpy as np
 
@@ -505,6 +534,38 @@ def train(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction
                    f"macro-F1 {summary['macro_f1']['mean']:.4f} ± {summary['macro_f1']['std']:.4f}")
 
 
+def _stored_run_config(run_dir):
+    """The stored config.json of the run in `run_dir` and whether it trains every fold (--folds).
+
+    A --folds run keeps one config.json per fold (`fold0/`, ...); they differ in the fold only.
+    """
+    import json
+
+    stored = sorted(run_dir.glob("fold*/config.json")) or [run_dir / "config.json"]
+    if not stored[0].is_file():
+        raise SerkerasError(f"nothing to resume: {run_dir / 'config.json'} does not exist")
+    return json.loads(stored[0].read_text()), stored[0].parent != run_dir
+
+
+def _data_source(data_dir, manifest, cache_dir):
+    """Where a run's clips and features come from, as absolute paths for its config.json (--resume reads them)."""
+    from serkeras.cache import resolve_cache_dir
+    from serkeras.corpus import resolve_data_dir
+
+    if manifest:
+        corpus = {"manifest": os.path.abspath(manifest)}
+    else:
+        corpus = {"data_dir": os.path.abspath(resolve_data_dir(data_dir))}
+    return {**corpus, "cache_dir": os.path.abspath(resolve_cache_dir(cache_dir))}
+
+
+def fit_verbosity(quiet):
+    """Keras' `verbose` for training: a progress bar with the time left on a terminal, else a line per epoch."""
+    if quiet:
+        return 0
+    return 1 if sys.stdout.isatty() else 2
+
+
 def _train_one(corpus, split, feature_config, model_config, train_config, run_dir, log_dir, resume, cache_dir,
                workers, quiet, describe):
     from serkeras.evaluation import format_report
@@ -512,7 +573,7 @@ def _train_one(corpus, split, feature_config, model_config, train_config, run_di
 
     data = prepare_training_data(corpus, split, feature_config, train_config, cache_dir, workers)
     metrics = run_training(data, feature_config, model_config, train_config, run_dir, log_dir, resume=resume,
-                           describe=describe, verbose=0 if quiet else 2)
+                           describe=describe, verbose=fit_verbosity(quiet))
     click.echo(format_report(metrics["test"]))
     click.echo(f"best model: {run_dir / 'model.keras'}  (TensorBoard: tensorboard --logdir {log_dir.parent})")
     return metrics
@@ -780,7 +841,8 @@ def tune(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction,
     else:
         tuning.check_resumable(search_dir, settings)
 
-    corpus, split = load_split(data_dir, manifest, split_kind, fold, n_folds, val_fraction, test_fraction, seed)
+    corpus, split = load_split(data_dir, manifest, split_kind, fold, n_folds, val_fraction, test_fraction, seed,
+                               training=True)
     who = "" if role == "local" else f" ({role} {os.environ['KERASTUNER_TUNER_ID']})"
     click.echo(f"search {search_name}{who}: {split.description}; train {len(split.train)}, val {len(split.val)}, "
                f"test {len(split.test)} clips")

@@ -148,9 +148,13 @@ def load_manifest(manifest):
     if not manifest.is_file():
         raise DataError(f"manifest {manifest} does not exist")
     with open(manifest, newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or not {"path", "label"} <= set(rows[0]):
+        reader = csv.DictReader(f)
+        header, rows = reader.fieldnames or (), list(reader)
+    if not {"path", "label"} <= set(header):
         raise DataError(f"manifest {manifest} needs a header with columns path,label[,speaker]")
+    if not rows:
+        raise DataError(f"manifest {manifest} has no rows, only its header: add one line path,label[,speaker] "
+                        "per clip")
     clips, skipped = [], []
     for row in rows:
         path = Path(row["path"])
@@ -166,6 +170,27 @@ def load_manifest(manifest):
     if not clips:
         raise DataError(f"manifest {manifest} lists no usable clips")
     return Corpus(manifest.stem, tuple(clips), tuple(sorted({c.label for c in clips})))
+
+
+def check_trainable(corpus):
+    """Refuse a corpus whose clips have fewer than two labels.
+
+    A classifier trained on one label has one output, always right: it learns
+    nothing and reports an accuracy of 1.0.
+
+    Parameters
+    ----------
+    corpus : Corpus
+
+    Raises
+    ------
+    DataError
+        When the clips have a single label.
+    """
+    present = sorted({c.label for c in corpus.clips})
+    if len(present) < 2:
+        raise DataError(f"the corpus {corpus.name} has clips of one label only ({present[0]!r}): training needs "
+                        "at least two labels")
 
 
 def load_corpus(data_dir=None, manifest=None):

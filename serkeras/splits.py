@@ -5,6 +5,8 @@
 """
 
 import dataclasses
+import math
+from collections import Counter
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
@@ -32,16 +34,51 @@ def _check_fractions(val_fraction, test_fraction):
         raise DataError("val and test fractions must be in (0, 1) and sum to less than 1")
 
 
+def _check_stratified_sizes(clips, val_fraction, test_fraction):
+    """Refuse, with the numbers, a corpus too small or too unbalanced for `random_split`.
+
+    scikit-learn's own errors ("test_size = 4 should be greater or equal to the
+    number of classes = 6") name its arguments, not the options that change them.
+    Part sizes are computed as `train_test_split` rounds them.
+    """
+    counts = Counter(c.label for c in clips)
+    fewest = min(sorted(counts), key=counts.get)
+    if counts[fewest] < 3:
+        raise DataError(f"label {fewest!r} has {counts[fewest]} clip{'s' * (counts[fewest] > 1)}: a random split "
+                        "needs at least 3 clips of each label (one for each part); add clips of it or leave it out, "
+                        "or use --split actor")
+    n, n_labels = len(clips), len(counts)
+    n_test = math.ceil(test_fraction * n)
+    n_rest = n - n_test
+    n_val = math.ceil(val_fraction / (1 - test_fraction) * n_rest)
+    # The smallest fraction (in hundredths, the options' precision) that gives a part one clip per label; with
+    # 3 clips of each label it is at most about 1/3, within the options' range.
+    for part, size, option, least in (("test", n_test, "--test-fraction", n_labels / n),
+                                      ("validation", n_val, "--val-fraction", n_labels / n_rest * (1 - test_fraction))):
+        if size < n_labels:
+            raise DataError(f"a random split of {n} clips would give the {part} part {size} clips for {n_labels} "
+                            f"labels, and it needs one clip of each label: raise {option} to "
+                            f"{math.ceil(least * 100 - 1e-9) / 100:g}, or use --split actor")
+    if n_rest - n_val < n_labels:
+        raise DataError(f"a random split of {n} clips would leave {n_rest - n_val} clips for training, fewer than the "
+                        f"{n_labels} labels: lower --val-fraction or --test-fraction")
+
+
 def random_split(clips, val_fraction=0.1, test_fraction=0.1, seed=0):
     """Split clips at random, stratified by label (80/10/10 by default)."""
     _check_fractions(val_fraction, test_fraction)
     clips = list(clips)
+    _check_stratified_sizes(clips, val_fraction, test_fraction)
     labels = [c.label for c in clips]
-    rest, test = train_test_split(clips, test_size=test_fraction, stratify=labels, random_state=seed)
-    rest_labels = [c.label for c in rest]
-    train, val = train_test_split(
-        rest, test_size=val_fraction / (1 - test_fraction), stratify=rest_labels, random_state=seed
-    )
+    try:
+        rest, test = train_test_split(clips, test_size=test_fraction, stratify=labels, random_state=seed)
+        rest_labels = [c.label for c in rest]
+        train, val = train_test_split(
+            rest, test_size=val_fraction / (1 - test_fraction), stratify=rest_labels, random_state=seed
+        )
+    except ValueError as exc:  # a rounding corner the checks above do not foresee: still one line
+        raise DataError(f"a random split of {len(clips)} clips is not possible ({exc}): add clips, change "
+                        "--val-fraction or --test-fraction, or use --split actor") from None
     return Split(tuple(train), tuple(val), tuple(test), f"random stratified {val_fraction:g}/{test_fraction:g} seed={seed}")
 
 
@@ -54,11 +91,15 @@ def _speakers(clips):
     return speakers
 
 
-def actor_split(clips, val_fraction=0.1, test_fraction=0.1, seed=0):
-    """Speaker-disjoint split; speakers of each sex are divided in the same proportions."""
-    _check_fractions(val_fraction, test_fraction)
-    clips = list(clips)
-    _speakers(clips)
+def _describe_speakers(clips):
+    """'4 speakers (2 Female, 2 Male)': how many speakers of each sex a split has to divide."""
+    sex_of = {c.speaker: c.sex or "sex unknown" for c in clips}
+    by_sex = Counter(sex_of.values())
+    return f"{len(sex_of)} speakers ({', '.join(f'{n} {sex}' for sex, n in sorted(by_sex.items()))})"
+
+
+def _speaker_parts(clips, val_fraction, test_fraction, seed):
+    """Train, val and test clips with speakers of each sex divided in the same proportions (parts may be empty)."""
     sex_of = {c.speaker: c.sex for c in clips}
     rng = np.random.default_rng(seed)
     part_of = {}
@@ -69,7 +110,19 @@ def actor_split(clips, val_fraction=0.1, test_fraction=0.1, seed=0):
         n_val = max(1, round(len(group) * val_fraction)) if len(group) - n_test > 1 else 0
         for i, speaker in enumerate(group):
             part_of[speaker] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
-    parts = {name: tuple(c for c in clips if part_of[c.speaker] == name) for name in ("train", "val", "test")}
+    return {name: tuple(c for c in clips if part_of[c.speaker] == name) for name in ("train", "val", "test")}
+
+
+def actor_split(clips, val_fraction=0.1, test_fraction=0.1, seed=0):
+    """Speaker-disjoint split; speakers of each sex are divided in the same proportions."""
+    _check_fractions(val_fraction, test_fraction)
+    clips = list(clips)
+    _speakers(clips)
+    parts = _speaker_parts(clips, val_fraction, test_fraction, seed)
+    for name, part in parts.items():
+        if not part:
+            raise DataError(f"an actor split of {_describe_speakers(clips)} leaves the {name} part without a "
+                            "speaker: add speakers (3 of one sex suffice), or use --split random")
     return Split(**parts, description=f"actor-disjoint (balanced by sex) {val_fraction:g}/{test_fraction:g} seed={seed}")
 
 
@@ -79,20 +132,29 @@ def kfold_split(clips, fold, n_folds=5, val_fraction=0.1, seed=0):
     The fold is the test part; validation speakers are drawn from the other
     folds, so all three parts are speaker-disjoint.
     """
+    _check_fractions(val_fraction, val_fraction)
     clips = list(clips)
-    _speakers(clips)
+    speakers = _speakers(clips)
     if not 0 <= fold < n_folds:
         raise DataError(f"fold must be in 0..{n_folds - 1}, got {fold}")
+    if len(speakers) < n_folds:
+        raise DataError(f"a {n_folds}-fold split needs at least {n_folds} speakers (one per fold), got "
+                        f"{len(speakers)}: lower --n-folds, or use --split random")
     labels = [c.label for c in clips]
     groups = [c.speaker for c in clips]
     folds = list(StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(clips, labels, groups))
     rest_idx, test_idx = folds[fold]
     rest = [clips[i] for i in rest_idx]
-    inner = actor_split(rest, val_fraction=val_fraction, test_fraction=val_fraction, seed=seed + 1 + fold)
+    inner = _speaker_parts(rest, val_fraction, val_fraction, seed + 1 + fold)
     # The inner split's "test" speakers go back to training: only val is held out here.
-    val = set(inner.val)
+    val = set(inner["val"])
     train = tuple(c for c in rest if c not in val)
-    return Split(train, inner.val, tuple(clips[i] for i in test_idx), f"kfold {fold + 1}/{n_folds} by speaker seed={seed}")
+    if not val or not train:
+        raise DataError(f"fold {fold + 1}/{n_folds} leaves {_describe_speakers(rest)} for training and validation, "
+                        "too few to give each a speaker of its own (3 of one sex suffice): lower --n-folds, add "
+                        "speakers, or use --split random")
+    return Split(train, inner["val"], tuple(clips[i] for i in test_idx),
+                 f"kfold {fold + 1}/{n_folds} by speaker seed={seed}")
 
 
 def make_split(clips, kind="random", val_fraction=0.1, test_fraction=0.1, fold=0, n_folds=5, seed=0):

@@ -5,10 +5,19 @@ confusion_matrix.png, history.csv, backup/ while in progress) and
 `logs/<run>/` for TensorBoard.
 """
 
+import contextlib
+import csv
 import dataclasses
 import io
 import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
 import time
+import warnings
 from pathlib import Path
 
 import keras
@@ -262,7 +271,7 @@ class EpochTimer(keras.callbacks.Callback):
 
     An epoch's time runs from the end of the one before (or from the start of training), so
     the other callbacks' end-of-epoch work is counted too. Put it first: its line is written
-    before `BackupAndRestore` saves the epoch, so an epoch that a kill makes training do again
+    before `EpochBackup` saves the epoch, so an epoch that a kill makes training do again
     is timed again (and counted once, with its last time). A resumed run appends to the same
     file, so its training time adds up over every session.
     """
@@ -289,6 +298,182 @@ def epoch_seconds(path):
         return {}
     rows = (line.split(",") for line in Path(path).read_text().split())
     return {int(epoch): float(seconds) for epoch, seconds in rows}
+
+
+@contextlib.contextmanager
+def replacing(target):
+    """Yield a temporary path beside `target` to write; it replaces `target` only once the block has finished.
+
+    The rename is atomic, so a kill at any moment leaves `target` either as it
+    was or whole. The temporary name keeps every suffix of `target`
+    (`.weights.h5`), which Keras' savers check.
+    """
+    target = Path(target)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix="".join(target.suffixes))
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomically(path, text):
+    """`Path(path).write_text(text)` through `replacing`: a kill never leaves the file half written."""
+    with replacing(path) as tmp:
+        Path(tmp).write_text(text)
+
+
+class EpochBackup(keras.callbacks.Callback):
+    """Backs up the training state at each epoch's end, so that a killed or interrupted run resumes from it.
+
+    Keras' `BackupAndRestore` writes its checkpoint in place: a kill during the
+    write leaves a truncated file that blocks the run. Here each epoch's weights
+    (with the optimizer's state) go to a file of their own, written through
+    `replacing`; `training_metadata.json`, written the same way, then names them
+    and the previous epoch's, and is the commit point. `restore` falls back to
+    the previous epoch's state when the latest is unreadable, and reads a folder
+    that `BackupAndRestore` wrote (`latest.weights.h5`) too.
+
+    The folder outlives `fit`, which an interrupted run also ends: the caller
+    removes it (`remove`) once the run's results are written.
+    """
+
+    METADATA = "training_metadata.json"
+
+    def __init__(self, folder):
+        super().__init__()
+        self.folder = Path(folder)
+        self.epochs_done = 0
+
+    def _states(self):
+        """[(finished epochs, weights file name)] from the metadata, newest first; [] when there is none."""
+        path = self.folder / self.METADATA
+        if not path.is_file():
+            return []
+        try:
+            meta = json.loads(path.read_text())
+            # A `BackupAndRestore` folder has no "weights": its one state is latest.weights.h5.
+            states = [(int(meta["epoch"]), meta.get("weights", "latest.weights.h5"))]
+            if meta.get("previous"):
+                states.append((int(meta["previous"]["epoch"]), meta["previous"]["weights"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SerkerasError(f"cannot resume: {path} is unreadable ({exc}); delete {self.folder.parent} to train "
+                                "the run again, or train under another name") from None
+        return states
+
+    def restore(self, model):
+        """Load the newest readable backed-up state into `model` (compiled); returns its finished epochs (0: none).
+
+        Raises `SerkerasError` when there is a backup and none of its states can be read.
+        """
+        unreadable = []
+        for epochs, name in self._states():
+            try:
+                if model.optimizer is not None and not model.optimizer.built:
+                    model.optimizer.build(model.trainable_variables)  # its state is in the file too
+                model.load_weights(self.folder / name)
+            except (OSError, ValueError, KeyError) as exc:  # h5py: OSError for a truncated file
+                unreadable.append(f"{self.folder / name} is unreadable ({str(exc).splitlines()[0]})")
+                continue
+            if unreadable:
+                warnings.warn(f"{unreadable[0]}; resuming from the state after epoch {epochs} instead", stacklevel=2)
+            self.epochs_done = epochs
+            return epochs
+        if unreadable:
+            raise SerkerasError(f"cannot resume: {unreadable[0]} and no earlier epoch's state is kept; delete "
+                                f"{self.folder.parent} to train the run again, or train under another name")
+        return 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        states = self._states()
+        name = f"epoch-{epoch + 1:04d}.weights.h5"
+        with replacing(self.folder / name) as tmp:
+            self.model.save_weights(tmp)
+        meta = {"epoch": epoch + 1, "weights": name}
+        if states:
+            meta["previous"] = {"epoch": states[0][0], "weights": states[0][1]}
+        write_text_atomically(self.folder / self.METADATA, json.dumps(meta))
+        self.epochs_done = epoch + 1
+        # Older states, and temporary files that a kill left behind.
+        kept = {self.METADATA, name} | ({meta["previous"]["weights"]} if states else set())
+        for path in self.folder.iterdir():
+            if path.name not in kept:
+                path.unlink(missing_ok=True)
+
+    def remove(self):
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training; the state after `epochs_done` finished epochs is backed up for resuming."""
+
+    def __init__(self, epochs_done):
+        super().__init__(f"training stopped after {epochs_done} finished epoch{'s' * (epochs_done != 1)}")
+        self.epochs_done = epochs_done
+
+
+class StopOnInterrupt(keras.callbacks.Callback):
+    """Turns Ctrl-C during `fit` into `TrainingInterrupted` at the next batch or the next epoch's start.
+
+    Python's default SIGINT handler raises KeyboardInterrupt in whatever the main
+    thread runs; when that is a garbage-collector callback (JAX's
+    `_xla_gc_callback`), Python prints "Exception ignored" and training goes on.
+    Within `watching()`, SIGINT only records the request and this callback raises.
+    It does not stop training with `model.stop_training`, which would still
+    validate and back up the unfinished epoch as if it were finished; raising at
+    a batch leaves the last finished epoch's backup as it is. Never raising
+    during an epoch's end lets the epoch's callbacks (backup, history) finish
+    together. A second Ctrl-C raises KeyboardInterrupt at once.
+    """
+
+    def __init__(self, backup):
+        super().__init__()
+        self.backup = backup
+        self.requested = False
+
+    @contextlib.contextmanager
+    def watching(self):
+        """Install the SIGINT handler for the block (main thread only: elsewhere Python allows none)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request(signum, frame):
+            if self.requested:
+                signal.default_int_handler(signum, frame)
+            self.requested = True
+            sys.stderr.write("\nstopping after this batch (Ctrl-C again to stop at once)\n")
+
+        previous = signal.signal(signal.SIGINT, request)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _stop_if_requested(self, *args, **kwargs):
+        if self.requested:
+            raise TrainingInterrupted(self.backup.epochs_done)
+
+    on_epoch_begin = on_train_batch_end = on_test_batch_end = _stop_if_requested
+
+
+def drop_epochs_from(history_csv, first):
+    """Remove the rows of epochs `first` and later from a history.csv (epochs a resumed run trains again)."""
+    path = Path(history_csv)
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        rows = [row for row in reader if int(row["epoch"]) < first]
+        fields = reader.fieldnames
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomically(path, out.getvalue())
 
 
 def figure_to_png(fig):
@@ -339,7 +524,7 @@ def plateau_callback(train_config):
 def ema_callback(train_config):
     """With weight averaging: evaluate, checkpoint and log the averaged weights at each epoch's end, else None.
 
-    Place it after `BackupAndRestore` (which must back up the raw weights that training
+    Place it after `EpochBackup` (which must back up the raw weights that training
     continues from) and before the callbacks that should see the averaged ones.
     """
     if not train_config.ema_momentum:
@@ -347,13 +532,14 @@ def ema_callback(train_config):
     return keras.callbacks.SwapEMAWeights(swap_on_epoch=True)
 
 
-def make_callbacks(run_dir, log_dir, data, feature_config, train_config, resume=False):
+def make_callbacks(run_dir, log_dir, data, feature_config, train_config, backup, resume=False):
+    """The callbacks of a run, in the order their work needs; `backup` is the run's `EpochBackup`."""
     mode = "min" if train_config.monitor == "val_loss" else "max"
     val_clips, val_features, val_labels = data.parts["val"]
     callbacks = [
         EpochTimer(run_dir / EPOCH_SECONDS, resume),
         keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=True),
+        backup,
         ema_callback(train_config),
         keras.callbacks.ModelCheckpoint(str(run_dir / "model.keras"), monitor=train_config.monitor, mode=mode,
                                         save_best_only=True,
@@ -399,6 +585,9 @@ def run_training(data, feature_config, model_config, train_config, run_dir, log_
     """Train, keep the best model, evaluate it on validation and test; returns the metrics dict.
 
     `describe` is extra run information (split, corpus) stored in config.json and HParams.
+    With `resume`, training continues from the backed-up state of the last finished
+    epoch. Ctrl-C stops training at the next batch with `TrainingInterrupted`, the
+    backup kept.
     """
     run_dir, log_dir = Path(run_dir), Path(log_dir)
     keras.utils.set_random_seed(train_config.seed)
@@ -407,7 +596,7 @@ def run_training(data, feature_config, model_config, train_config, run_dir, log_
     run_dir.mkdir(parents=True, exist_ok=True)
     config = {"feature_config": feature_config.to_dict(), "model_config": model_config.to_dict(),
               "train_config": train_config.to_dict(), **(describe or {})}
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+    write_text_atomically(run_dir / "config.json", json.dumps(config, indent=2))
     with data_parallel(train_config.distribute):
         model = build_model(feature_config, model_config, data.labels, data.stats)
         names = model_input_names(model)
@@ -415,14 +604,21 @@ def run_training(data, feature_config, model_config, train_config, run_dir, log_
                             seed=train_config.seed, mixup_alpha=train_config.mixup_alpha)
     val_ds = data.dataset("val", feature_config, train_config.batch_size, names)
     steps = int(np.ceil(len(data.parts["train"][0]) / train_config.batch_size))
+    backup = EpochBackup(run_dir / "backup")
     with data_parallel(train_config.distribute):
         compile_model(model, train_config, steps)
+        initial_epoch = backup.restore(model) if resume else 0
     hparams = {**model_config.to_dict(), **train_config.to_dict(), **(describe or {})}
     if not resume:
         log_hparams(log_dir, hparams)
-    model.fit(train_ds, validation_data=val_ds, epochs=train_config.epochs, verbose=verbose, shuffle=False,
-              callbacks=make_callbacks(run_dir, log_dir, data, feature_config, train_config, resume),
-              class_weight=fit_class_weight(data, train_config))
+    callbacks = make_callbacks(run_dir, log_dir, data, feature_config, train_config, backup, resume)
+    if resume:  # after make_callbacks, which takes the best score so far from the whole history
+        drop_epochs_from(run_dir / "history.csv", initial_epoch)
+    interrupt = StopOnInterrupt(backup)
+    with interrupt.watching():
+        model.fit(train_ds, validation_data=val_ds, epochs=train_config.epochs, initial_epoch=initial_epoch,
+                  verbose=verbose, shuffle=False, callbacks=[interrupt] + callbacks,
+                  class_weight=fit_class_weight(data, train_config))
     if not (run_dir / "model.keras").is_file():
         raise SerkerasError(f"training produced no checkpoint in {run_dir} (did the loss become NaN?)")
     from serkeras.models import load_model
@@ -437,9 +633,16 @@ def run_training(data, feature_config, model_config, train_config, run_dir, log_
         probabilities = predict_features(best, features, feature_config.length_mode, feature_config.fixed_frames)
         metrics[part] = classification_report(labels, probabilities.argmax(axis=1), data.labels,
                                               groups={"sex": [c.sex for c in clips]})
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     save_confusion_matrix(metrics["test"]["confusion_matrix"], data.labels, run_dir / "confusion_matrix.png",
                           f"test ({describe.get('split', '') if describe else ''})")
     log_hparams(log_dir, hparams, {f"{part}_{m}": metrics[part][m] for part in ("val", "test")
                                    for m in ("accuracy", "macro_f1")})
+    # metrics.json marks the run finished (see `run_finished`): written last, and the backup kept until then.
+    write_text_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+    backup.remove()
     return metrics
+
+
+def run_finished(run_dir):
+    """Whether the run in `run_dir` finished: `run_training` writes metrics.json at its very end."""
+    return (Path(run_dir) / "metrics.json").is_file()

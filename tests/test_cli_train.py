@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -488,3 +489,182 @@ def test_export_litert_is_checked_against_the_keras_model(trained, workdir):
     run, _ = trained
     export_checked(run, workdir, "litert", workdir / "tiny")
     assert (workdir / "tiny.tflite").is_file()  # the exporter's suffix is added
+
+
+def _tiny_fitted_model(epochs, backup):
+    """A two-class dense model fitted for `epochs` with `backup` (an EpochBackup) among its callbacks."""
+    import keras
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile("adam", "categorical_crossentropy")
+    x = np.random.default_rng(0).standard_normal((16, 4)).astype("float32")
+    if epochs:
+        model.fit(x, np.eye(2)[np.arange(16) % 2], epochs=epochs, verbose=0, callbacks=[backup])
+    return model
+
+
+def test_a_kill_while_the_backup_is_written_leaves_the_last_one_whole(tmp_path):
+    """Each epoch's state is written under a temporary name and renamed: a kill mid-write (here the write
+    is cut short, then the process "dies") leaves the previous state to resume from."""
+    from serkeras.training import EpochBackup
+
+    backup = EpochBackup(tmp_path / "backup")
+    model = _tiny_fitted_model(2, backup)
+    saved = [w.copy() for w in model.get_weights()]
+    real_save = model.save_weights
+
+    def killed_during_write(path, **kwargs):
+        real_save(path, **kwargs)
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+        raise KeyboardInterrupt
+
+    model.save_weights = killed_during_write
+    model.set_weights([w + 1 for w in saved])
+    with pytest.raises(KeyboardInterrupt):
+        backup.on_epoch_end(2)
+    fresh = _tiny_fitted_model(0, None)
+    assert EpochBackup(tmp_path / "backup").restore(fresh) == 2
+    for got, want in zip(fresh.get_weights(), saved):
+        np.testing.assert_array_equal(got, want)
+    assert sorted(p.name for p in (tmp_path / "backup").iterdir()) == [
+        "epoch-0001.weights.h5", "epoch-0002.weights.h5", "training_metadata.json"]
+
+
+def test_an_unreadable_backup_falls_back_to_the_epoch_before_or_says_what_to_do(tmp_path):
+    from serkeras.errors import SerkerasError
+    from serkeras.training import EpochBackup
+
+    folder = tmp_path / "run" / "backup"
+    _tiny_fitted_model(3, EpochBackup(folder))
+    latest = folder / "epoch-0003.weights.h5"
+    with open(latest, "r+b") as f:
+        f.truncate(1000)
+    with pytest.warns(UserWarning, match=r"epoch-0003.weights.h5 is unreadable .*state after epoch 2 instead"):
+        assert EpochBackup(folder).restore(_tiny_fitted_model(0, None)) == 2
+    # A backup written by Keras' BackupAndRestore, cut short: nothing earlier to fall back to.
+    cut_short = latest.read_bytes()
+    for path in folder.iterdir():
+        path.unlink()
+    (folder / "latest.weights.h5").write_bytes(cut_short)
+    (folder / "training_metadata.json").write_text('{"epoch": 3, "batch": 0}')
+    with pytest.raises(SerkerasError, match=r"latest.weights.h5 is unreadable .* no earlier epoch's state is kept; "
+                                            r"delete .*run to train the run again"):
+        EpochBackup(folder).restore(_tiny_fitted_model(0, None))
+
+
+def test_one_label_manifest_and_too_small_corpus_are_refused_in_one_line(tmp_path, make_audio, crema_dir,
+                                                                         crema_manifest):
+    from conftest import copy_clips
+
+    for name in ("a.wav", "b.wav", "c.wav"):
+        make_audio(name, folder=tmp_path, seconds=0.5)
+    (tmp_path / "one.csv").write_text("path,label\na.wav,joy\nb.wav,joy\nc.wav,joy\n")
+    result = run_cli(["train", "--manifest", str(tmp_path / "one.csv")] + TINY, tmp_path)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "one label only ('joy'): training needs at least two labels" in result.output
+    # 36 real clips, 6 of each emotion: 10% is 4 test clips for 6 emotions.
+    rows = sorted(crema_manifest.values(), key=lambda r: r["file"])
+    chosen = []
+    for emotion in sorted({r["emotion"] for r in rows}):
+        chosen += [r for r in rows if r["emotion"] == emotion][:6]
+    copy_clips(crema_dir, chosen, tmp_path / "small")
+    result = run_cli(["train", "--data-dir", str(tmp_path / "small")] + TINY, tmp_path)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        "error: a random split of 36 clips would give the test part 4 clips for 6 labels, and it needs one clip of "
+        "each label: raise --test-fraction to 0.17, or use --split actor")
+
+
+def test_resuming_a_finished_run_touches_nothing(trained, workdir):
+    run, _ = trained
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run.rglob("*") if p.is_file()}
+    result = run_cli(["train", "--resume", "--run-name", "tiny"], workdir)
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "run tiny already finished; nothing to resume"
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run.rglob("*") if p.is_file()} == before
+
+
+@pytest.fixture(scope="module")
+def interrupted(crema_subset, workdir):
+    """A run stopped by Ctrl-C (SIGINT) after two finished epochs, its standard output a terminal."""
+    import pty
+    import shutil
+    import threading
+
+    args = [sys.executable, "-m", "serkeras.cli", "train", "--data-dir", str(crema_subset), "--split", "actor",
+            "--epochs", "40", "--patience", "40", "--run-name", "ctrl-c", "--cache-dir", str(workdir / "cache")]
+    args += [a for a in TINY if a != "--quiet"]
+    run = workdir / "saved_models" / "ctrl-c"
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(args, cwd=workdir, stdout=follower, stderr=subprocess.PIPE, text=True)
+    os.close(follower)
+    shown = []
+    reader = threading.Thread(target=lambda: shown.extend(iter(lambda: _read_pty(leader), b"")), daemon=True)
+    reader.start()
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (run / "history.csv").is_file() and len((run / "history.csv").read_text().strip().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    reader.join(timeout=5)
+    os.close(leader)
+    backup = json.loads((run / "backup" / "training_metadata.json").read_text())
+    state = types.SimpleNamespace(returncode=proc.returncode, stderr=stderr, epochs=backup["epoch"],
+                                  stdout=b"".join(shown).decode(errors="replace"),
+                                  history=(run / "history.csv").read_text(), finished=(run / "metrics.json").exists())
+    # A copy to damage, before the original is resumed.
+    shutil.copytree(run, workdir / "saved_models" / "ctrl-c-damaged")
+    return state
+
+
+def _read_pty(fd):
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # the terminal closed with the process
+        return b""
+
+
+def test_ctrl_c_stops_training_keeps_the_finished_epochs_and_exits_130(interrupted):
+    assert interrupted.returncode == 130, interrupted.stderr[-3000:]
+    last = interrupted.stderr.strip().splitlines()[-1]
+    assert last == (f"interrupted: run ctrl-c: training stopped after {interrupted.epochs} finished epochs "
+                    f"(kept in saved_models/ctrl-c/backup); continue it with "
+                    f"`serkeras train --resume --run-name ctrl-c`")
+    assert "Traceback" not in interrupted.stderr and not interrupted.finished
+    # The backup is of the last epoch in the history: the one interrupted left no trace.
+    assert interrupted.epochs == len(interrupted.history.strip().splitlines()) - 1 >= 2
+    # On a terminal, the epoch shows a progress bar with the time left, not one line at its end.
+    assert "━" in interrupted.stdout and "/step" in interrupted.stdout
+
+
+def test_resume_finds_the_stored_data_and_continues(interrupted, workdir):
+    """--resume without --data-dir or --cache-dir: the run's config.json says where its clips are."""
+    run = workdir / "saved_models" / "ctrl-c"
+    done = interrupted.epochs
+    result = run_cli(["train", "--resume", "--run-name", "ctrl-c", "--epochs", str(done + 1), "--quiet"],
+                     workdir)
+    assert result.exit_code == 0, result.output
+    assert [int(row["epoch"]) for row in csv.DictReader(open(run / "history.csv"))] == list(range(done + 1))
+    assert (run / "metrics.json").is_file() and not (run / "backup").exists()
+    config = json.loads((run / "config.json").read_text())
+    assert os.path.isabs(config["data_dir"]) and os.path.isabs(config["cache_dir"])
+
+
+def test_resume_falls_back_to_the_epoch_before_a_damaged_backup(interrupted, workdir, crema_subset):
+    run = workdir / "saved_models" / "ctrl-c-damaged"
+    done = interrupted.epochs
+    newest = run / "backup" / f"epoch-{done:04d}.weights.h5"
+    with open(newest, "r+b") as f:
+        f.truncate(newest.stat().st_size // 3)
+    result = run_cli(["train", "--resume", "--run-name", "ctrl-c-damaged", "--epochs", str(done + 1),
+                      "--data-dir", str(crema_subset), "--quiet"], workdir)
+    assert result.exit_code == 0, result.output
+    assert f"epoch-{done:04d}.weights.h5 is unreadable" in result.output
+    assert f"resuming from the state after epoch {done - 1} instead" in result.output
+    # The epoch whose state was lost is trained again, and in the history once.
+    assert [int(row["epoch"]) for row in csv.DictReader(open(run / "history.csv"))] == list(range(done + 1))
+    assert (run / "metrics.json").is_file()

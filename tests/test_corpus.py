@@ -11,6 +11,7 @@ from serkeras.corpus import (
     DATA_DIR_ENV,
     DEFAULT_DATA_DIR,
     SkippedFilesWarning,
+    check_trainable,
     load_corpus,
     load_crema_d,
     load_manifest,
@@ -219,10 +220,25 @@ def test_manifest_missing_files_and_labels_are_skipped_with_one_warning(tmp_path
     assert "gone.wav: file not found" in message and "no label" in message
 
 
-@pytest.mark.parametrize("text", ["file,emotion\na.wav,happy\n", "path\na.wav\n", "", "path,label\n"])
-def test_manifest_bad_header_or_no_rows(tmp_path, text):
+@pytest.mark.parametrize("text", ["file,emotion\na.wav,happy\n", "path\na.wav\n", ""])
+def test_manifest_bad_header(tmp_path, text):
     with pytest.raises(DataError, match="header with columns path,label"):
         load_manifest(_write_manifest(tmp_path / "m.csv", text))
+
+
+@pytest.mark.parametrize("text", ["path,label\n", "path,label,speaker\r\n"])
+def test_manifest_with_only_a_header_says_it_has_no_rows(tmp_path, text):
+    with pytest.raises(DataError, match="m.csv has no rows, only its header"):
+        load_manifest(_write_manifest(tmp_path / "m.csv", text))
+
+
+def test_a_corpus_of_one_label_cannot_train(tmp_path, make_audio):
+    for name in ("a.wav", "b.wav", "c.wav"):
+        make_audio(name, folder=tmp_path, seconds=0.3)
+    one = load_manifest(_write_manifest(tmp_path / "m.csv", "path,label\na.wav,joy\nb.wav,joy\nc.wav,joy\n"))
+    with pytest.raises(DataError, match="one label only \\('joy'\\): training needs at least two labels"):
+        check_trainable(one)
+    check_trainable(load_manifest(_write_manifest(tmp_path / "m.csv", "path,label\na.wav,joy\nb.wav,awe\n")))
 
 
 def test_manifest_missing_or_useless(tmp_path):

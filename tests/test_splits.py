@@ -176,3 +176,46 @@ def test_actor_split_without_sex_information():
     _assert_partition(split, clips)
     _assert_speaker_disjoint(split)
     assert len(_speakers(split.test)) == 1 and len(_speakers(split.val)) == 1
+
+
+def _per_label(clips, n):
+    """The first `n` real clips of each emotion (by file name), as a small user folder would hold."""
+    chosen = []
+    for label in sorted({c.label for c in clips}):
+        chosen += [c for c in clips if c.label == label][:n]
+    return chosen
+
+
+def test_small_corpus_random_split_says_which_fraction_to_raise(clips):
+    small = _per_label(clips, 6)  # 36 clips: 10% is 4 test clips for 6 labels
+    with pytest.raises(DataError, match=r"36 clips would give the test part 4 clips for 6 labels.*"
+                                        r"raise --test-fraction to 0\.17"):
+        random_split(small)
+    with pytest.raises(DataError, match=r"validation part 4 clips for 6 labels.*raise --val-fraction to 0\.18"):
+        random_split(small, test_fraction=0.17)
+    split = random_split(small, val_fraction=0.18, test_fraction=0.17)
+    _assert_partition(split, small)
+    assert min(len(split.val), len(split.test)) >= 6
+    smallest = _per_label(clips, 3)
+    with pytest.raises(DataError, match=r"18 clips would give the test part 2 clips.*--test-fraction to 0\.34"):
+        random_split(smallest)
+    with pytest.raises(DataError, match="18 clips would leave 5 clips for training, fewer than the 6 labels"):
+        random_split(smallest, val_fraction=0.34, test_fraction=0.34)
+
+
+def test_a_label_with_too_few_clips_is_named(clips):
+    unbalanced = _per_label(clips, 6)
+    lone = next(c for c in clips if c.label == "sad")
+    unbalanced = [c for c in unbalanced if c.label != "sad"] + [lone]
+    with pytest.raises(DataError, match="label 'sad' has 1 clip: a random split needs at least 3 clips of each label"):
+        random_split(unbalanced, val_fraction=0.3, test_fraction=0.3)
+
+
+def test_speaker_splits_with_too_few_speakers_say_what_they_need():
+    two_by_sex = _toy(["f1", "f2"], sex="Female") + _toy(["m1", "m2"], sex="Male")
+    with pytest.raises(DataError, match=r"4 speakers \(2 Female, 2 Male\) leaves the val part without a speaker"):
+        actor_split(two_by_sex)
+    with pytest.raises(DataError, match="5-fold split needs at least 5 speakers.*got 4: lower --n-folds"):
+        kfold_split(two_by_sex, 0, n_folds=5)
+    with pytest.raises(DataError, match="fold 1/2 leaves 2 speakers.*lower --n-folds"):
+        kfold_split(two_by_sex, 0, n_folds=2)
