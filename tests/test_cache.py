@@ -325,6 +325,53 @@ def test_resume_after_kill(tmp_path, crema_dir, crema_manifest, cache_dir):
     assert (again.computed, again.reused) == (0, total)
 
 
+def _children(pid):
+    """Process ids whose parent is `pid` (from /proc: psutil may not be installed)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):  # it ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def _running(pid):
+    """Whether `pid` is a process that has not ended (a zombie that nobody reaped has ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads the process table from /proc")
+def test_kill_9_of_the_parent_ends_its_worker_processes(tmp_path, crema_dir, crema_manifest, cache_dir):
+    """SIGKILL to `serkeras features` alone (not its group): its workers notice and exit within seconds,
+    instead of waiting forever, with their memory, for work from a dead parent."""
+    rows = sorted(crema_manifest.values(), key=lambda r: r["file"])[::149][:40]
+    data = tmp_path / "crema"
+    copy_clips(crema_dir, rows, data)
+    folder = cache_dir / FeatureConfig().extraction_key()
+    proc = _features_run_with_a_first_entry(data, cache_dir, folder)
+    try:
+        workers = [pid for pid in _children(proc.pid) if b"multiprocessing" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(workers) >= 2, workers  # the two workers (and maybe multiprocessing's resource tracker)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        proc.stdout.close()
+        deadline = time.monotonic() + 10
+        while any(map(_running, workers)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in workers if _running(pid)], "worker processes outlived their parent"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of its session
+        except ProcessLookupError:
+            pass
+
+
 def test_interrupt_stops_the_pool_without_finishing_the_queue(tmp_path, crema_dir, crema_manifest, cache_dir):
     """SIGINT to `serkeras features` alone (as `kill -INT` or `timeout -s INT` send it; a terminal's Ctrl-C
     also reaches the workers): the queued clips are dropped, not computed before it exits."""
