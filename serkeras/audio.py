@@ -48,7 +48,11 @@ def load_audio(path, sample_rate=16000, normalize="peak", max_seconds=None):
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except AudioError:
         raise
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+    except sf.LibsndfileError as exc:
+        # Its message without "Error opening '<path>'": the reason is cached for every file of the same
+        # bytes, so it must not name this one's path.
+        raise AudioError(f"unreadable audio ({exc.error_string.rstrip('.')})") from None
+    except (RuntimeError, TypeError, ValueError) as exc:
         raise AudioError(f"unreadable audio ({str(exc).splitlines()[0]})") from None
     if data.shape[0] == 0:
         raise AudioError("empty (no samples)")

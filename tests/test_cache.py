@@ -250,6 +250,23 @@ def test_model_features_take_speaker_statistics_from_the_given_clips(corpus, cac
     np.testing.assert_array_equal(a[0][0]["logmel"], b[0][0]["logmel"])
 
 
+def test_a_cached_reason_names_the_file_asked_for(tmp_path, cache_dir):
+    """Files of the same bytes share one cache entry: its reason must not carry the first one's folder."""
+    junk = np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    first, second = tmp_path / "mix" / "1003_TIE_ANG_XX.ogg", tmp_path / "bad" / "1003_TIE_ANG_XX.ogg"
+    for path in (first, second):
+        path.parent.mkdir()
+        path.write_bytes(junk)
+    with pytest.warns(SkippedFilesWarning):
+        computed = _run([Clip(str(first), "anger", "1003")], FeatureConfig(), cache_dir)
+    with pytest.warns(SkippedFilesWarning) as record:
+        reused = _run([Clip(str(second), "anger", "1003")], FeatureConfig(), cache_dir)
+    assert reused.reused == 1  # read back from the entry the first file wrote
+    (path, reason), = reused.skipped
+    assert path == str(second) and reason == computed.skipped[0][1] and reason.startswith("unreadable audio")
+    assert "mix" not in reason and "mix" not in str(record[0].message)
+
+
 def test_resolve_cache_dir(monkeypatch, tmp_path):
     monkeypatch.delenv(CACHE_DIR_ENV, raising=False)
     assert resolve_cache_dir() == resolve_cache_dir(None) == Path(DEFAULT_CACHE_DIR) == Path("data/cache")
