@@ -57,20 +57,28 @@ class LazyChoice(click.Choice):
 
     The architecture registry and the tuner names live in modules that import
     Keras; looking them up lazily keeps `--version`, `features` and other
-    commands' start-up free of that cost.
+    commands' start-up free of that cost. `--help` names the values only when
+    they are loaded already (a wrong value lists them), so that it never waits
+    seconds for TensorFlow.
     """
 
     def __init__(self, load, case_sensitive=True):
         self._load = load
+        self._loaded = None
         self.case_sensitive = case_sensitive
 
     @property
     def choices(self):
-        return tuple(self._load())
+        if self._loaded is None:
+            self._loaded = tuple(self._load())
+        return self._loaded
 
     @choices.setter
     def choices(self, value):  # click assigns in __init__; the values always come from `load`
         pass
+
+    def get_metavar(self, param, ctx=None):
+        return super().get_metavar(param, ctx) if self._loaded is not None else "NAME"
 
 
 def lazy_choice(module, name):

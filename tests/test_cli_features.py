@@ -48,6 +48,28 @@ def test_features_help(runner):
     assert "Precompute and cache features" in result.output
 
 
+def test_no_commands_help_imports_tensorflow():
+    """`serkeras <command> --help` answers at once: TensorFlow (seconds to import) is not loaded for it."""
+    import subprocess
+    import sys
+
+    script = ("import sys\n"
+              "from serkeras.cli import main\n"
+              "for name in sorted(main.commands):\n"
+              "    try:\n"
+              "        main([name, '--help'], standalone_mode=False)\n"
+              "    except SystemExit:\n"
+              "        pass\n"
+              "    print('loaded', name, [m for m in ('tensorflow', 'keras') if m in sys.modules])\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr
+    loaded = [line for line in result.stdout.splitlines() if line.startswith("loaded ")]
+    assert {line.split()[1] for line in loaded} >= {"features", "train", "evaluate", "predict", "export", "tune"}
+    assert all(line.endswith(" []") for line in loaded), loaded
+    assert "--arch NAME" in result.stdout and "--speaker NAME" in result.stdout
+
+
 def test_features_computes_then_reuses(runner, real_clips, tmp_path):
     cache = tmp_path / "cache"
     args = ["features", "--data-dir", str(real_clips.folder), "--cache-dir", str(cache), "--workers", "1"]
