@@ -643,6 +643,8 @@ def resolve_model(value):
 def predict(paths, model_path, output_format, window, hop, batch_size, workers, max_seconds, tta_copies,
             speaker_grouping):
     """Predict the emotion of audio files, folders or globs (any format, rate and channels)."""
+    import csv
+    import io
     import json
 
     from serkeras.inference import expand_paths, predict_files
@@ -659,9 +661,13 @@ def predict(paths, model_path, output_format, window, hop, batch_size, workers, 
                                 "timeline": [{"start": s, "end": e, "label": l, "probabilities": pr}
                                              for s, e, l, pr in p.timeline]} for p in predictions], indent=2))
     elif output_format == "csv":
-        click.echo(",".join(["path", "label"] + labels))
+        # The csv module quotes paths with commas, quotes or line breaks (RFC 4180), so columns never shift.
+        table = io.StringIO()
+        writer = csv.writer(table, lineterminator="\n")
+        writer.writerow(["path", "label"] + labels)
         for p in predictions:
-            click.echo(",".join([p.path, p.label] + [f"{p.probabilities[label]:.4f}" for label in labels]))
+            writer.writerow([p.path, p.label] + [f"{p.probabilities[label]:.4f}" for label in labels])
+        click.echo(table.getvalue(), nl=False)
     else:
         width = max([len(p.path) for p in predictions] + [4])
         click.echo(f"{'file':<{width}}  {'emotion':<8} " + " ".join(f"{label[:7]:>7}" for label in labels))
@@ -669,8 +675,6 @@ def predict(paths, model_path, output_format, window, hop, batch_size, workers, 
             click.echo(f"{p.path:<{width}}  {p.label:<8} " + " ".join(f"{p.probabilities[label]:>7.3f}" for label in labels))
             for start, end, label, probabilities in p.timeline:
                 click.echo(f"{'':<{width}}    {start:6.1f}-{end:6.1f} s {label}")
-    if skipped and not predictions:
-        raise SerkerasError(f"none of the {len(skipped)} files could be read as audio")
 
 
 def _refuse_model_paths(paths):

@@ -168,6 +168,55 @@ def test_unknown_option_is_a_usage_error(runner):
     assert "No such option" in result.output
 
 
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """An untrained, tiny fixed-length model saved to .keras: enough for predict's input and output."""
+    from serkeras.corpus import CREMA_D_LABELS
+    from serkeras.models import ModelConfig, build_model
+
+    config = FeatureConfig(length_mode="fixed", fixed_seconds=0.5)
+    path = tmp_path_factory.mktemp("tiny") / "tiny.keras"
+    build_model(config, ModelConfig(arch="1d", width=0.0625, head_units=8), CREMA_D_LABELS).save(path)
+    return path
+
+
+def test_predict_csv_quotes_awkward_file_names_and_lists_broken_links(runner, tiny_model, real_clips, tmp_path):
+    """RFC 4180 CSV: a comma, a quote or a line break in a file name stays in its own field; a folder's
+    broken symbolic link is reported among the skipped files, not dropped."""
+    import csv
+    import shutil
+
+    from serkeras.corpus import CREMA_D_LABELS
+
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    names = ["anger, take 2.ogg", 'she said "no".ogg', "two\nlines.ogg"]
+    for name, clip in zip(names, real_clips.paths):
+        shutil.copyfile(clip, folder / name)
+    (folder / "moved.ogg").symlink_to(tmp_path / "gone.ogg")
+    result = runner.invoke(main, ["predict", str(folder), "--model", str(tiny_model), "--format", "csv",
+                                  "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    header, *rows = csv.reader(result.stdout.splitlines(keepends=True))
+    assert header == ["path", "label", *CREMA_D_LABELS]
+    assert sorted(row[0] for row in rows) == sorted(str(folder / name) for name in names)
+    assert all(len(row) == len(header) and row[1] in CREMA_D_LABELS for row in rows)
+    assert "skipped 1 audio files: moved.ogg: broken symbolic link" in result.stderr
+
+
+def test_predict_when_no_file_can_be_used_prints_only_the_error_with_each_reason(runner, tiny_model, tmp_path,
+                                                                                   make_audio):
+    folder = tmp_path / "recordings"
+    make_audio("quiet.wav", folder=folder, amplitude=0.0, noise=0.0)  # all zeros
+    (folder / "moved.wav").symlink_to(tmp_path / "gone.wav")
+    for output_format in ("table", "csv"):
+        result = runner.invoke(main, ["predict", str(folder), "--model", str(tiny_model), "--format", output_format,
+                                      "--workers", "1"])
+        assert result.exit_code == 1 and result.stdout == ""
+        assert _lines(result.stderr) == ["error: none of the 2 files could be used: moved.wav: broken symbolic link "
+                                         "(its target does not exist); quiet.wav: silent"]
+
+
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "saved_models"
 SHIPPED = SHIPPED_DIR / SHIPPED_MODEL
 SPEAKER_NORMS = [name for name in SHIPPED_MODELS if name.endswith("-speaker-norm")]
