@@ -58,8 +58,8 @@ class FeatureSet:
 
     features: dict  # clip path -> {"logmel": array, "spectral": array}
     skipped: list  # (clip path, reason)
-    computed: int = 0
-    reused: int = 0
+    computed: int = 0  # clips whose features were computed in this run (skipped ones are counted apart)
+    reused: int = 0  # clips whose features were read from the cache
     seconds: float = 0.0
 
     def of(self, clips):
@@ -311,7 +311,7 @@ def cached_features(clips, config, cache_dir=None, workers=None, progress=True, 
             skipped.append((clip.path, found))
         else:
             todo.append((clip.path, base))
-    reused = len(features) + len(skipped)
+    reused = len(features)
     if todo:
         workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
         desc = f"augmented copy {copy}" if augmentation is not None else "features"
@@ -325,7 +325,8 @@ def cached_features(clips, config, cache_dir=None, workers=None, progress=True, 
             else:
                 features[path] = result
     warn_skipped(skipped, "audio files")
-    return FeatureSet(features, skipped, computed=len(todo), reused=reused, seconds=time.perf_counter() - start)
+    return FeatureSet(features, skipped, computed=len(features) - reused, reused=reused,
+                      seconds=time.perf_counter() - start)
 
 
 def copy_features(clips, config, copies, augmentation=TEST_TIME_AUGMENTATION, cache_dir=None):

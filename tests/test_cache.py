@@ -183,13 +183,13 @@ def test_bad_files_are_skipped_with_one_warning_and_remembered(tmp_path, make_au
     assert reasons[str(corrupt)].startswith("unreadable audio")
     assert reasons[str(tiny)] == "too short (0.05 s < 0.2 s)"
     assert set(first.features) == {str(p) for p in good}
-    assert (first.computed, first.reused) == (5, 0)
+    assert (first.computed, first.reused) == (2, 0)  # the skipped files are counted apart
     cache = cache_dir / config.extraction_key()
     assert len(_entries(cache, ".bad")) == 3 and len(_entries(cache)) == 2
     # Remembered: not retried, still reported.
     with pytest.warns(SkippedFilesWarning, match="skipped 3 audio files.*silent"):
         second = _run(clips, config, cache_dir)
-    assert (second.computed, second.reused) == (0, 5)
+    assert (second.computed, second.reused) == (0, 2)
     assert dict(second.skipped) == reasons
     # Callers that need every clip (test-time copies, the model card) get a one-line error instead.
     assert [f["logmel"].shape for f in second.all_of(clips[:2])] == [f["logmel"].shape for f in second.of(clips)[1]]
@@ -261,7 +261,8 @@ def test_a_cached_reason_names_the_file_asked_for(tmp_path, cache_dir):
         computed = _run([Clip(str(first), "anger", "1003")], FeatureConfig(), cache_dir)
     with pytest.warns(SkippedFilesWarning) as record:
         reused = _run([Clip(str(second), "anger", "1003")], FeatureConfig(), cache_dir)
-    assert reused.reused == 1  # read back from the entry the first file wrote
+    assert reused.computed == reused.reused == 0  # a skipped file counts as neither
+    assert len(list(cache_dir.rglob("*.bad"))) == 1  # the second file's reason is the first one's entry
     (path, reason), = reused.skipped
     assert path == str(second) and reason == computed.skipped[0][1] and reason.startswith("unreadable audio")
     assert "mix" not in reason and "mix" not in str(record[0].message)
