@@ -1,5 +1,6 @@
 """The `serkeras` command group and its `features` command, run in-process with CliRunner."""
 
+import os
 import re
 from pathlib import Path
 import warnings
@@ -312,6 +313,7 @@ def test_a_model_name_that_is_not_shipped_stays_a_path(tmp_path, monkeypatch):
 def test_a_wheel_installs_the_shipped_model_for_predict(real_clips, tmp_path):
     """A plain (non-editable) install finds the model in <prefix>/share/serkeras, away from any checkout."""
     import json
+    import site
     import subprocess
     import sys
     import venv
@@ -321,25 +323,37 @@ def test_a_wheel_installs_the_shipped_model_for_predict(real_clips, tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(root),
                     "-w", str(wheels)], check=True, capture_output=True)
     env_dir = tmp_path / "env"
-    venv.create(env_dir, system_site_packages=True, with_pip=False)  # the dependencies come from this Python
+    venv.create(env_dir, with_pip=False)
     python = env_dir / "bin" / "python"
+    # Nothing but the environment's own paths: with this checkout on PYTHONPATH or in the working folder,
+    # pip would find serkeras installed already.
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
-                    *map(str, wheels.glob("serkeras-*.whl"))], check=True, capture_output=True)
+                    *map(str, wheels.glob("serkeras-*.whl"))], cwd=tmp_path, env=clean, check=True,
+                   capture_output=True)
+    # The dependencies come from this interpreter's site-packages, whether it is a virtualenv or not
+    # (system_site_packages would give a virtualenv's base interpreter's instead). A .pth file's plain
+    # lines only extend sys.path, after the new environment's own folder: the .pth files in them (an
+    # editable install of this checkout) are not run, so `serkeras` is the wheel's.
+    inner_site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+    Path(inner_site, "outer-site-packages.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     for name in SHIPPED_MODELS:
         shipped = SHIPPED_DIR / f"{name}.keras"
         assert (env_dir / "share" / "serkeras" / shipped.name).read_bytes() == shipped.read_bytes()
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     result = subprocess.run([str(env_dir / "bin" / "serkeras"), "predict", str(real_clips.paths[0]), "--format", "json",
-                             "--workers", "1"], cwd=outside, capture_output=True, text=True, timeout=600)
+                             "--workers", "1"], cwd=outside, env=clean, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     # TensorFlow's import chatter is dropped (the CLI imports it with standard error captured)
     assert "absl::InitializeLog" not in result.stderr and "] oneDNN custom operations" not in result.stderr
     rows = json.loads(result.stdout[result.stdout.index("["):])
     assert [row["path"] for row in rows] == [str(real_clips.paths[0])]
-    located = subprocess.run([str(python), "-c", "import serkeras.cli as c; print(c.default_model_path())"],
-                             cwd=outside, capture_output=True, text=True, check=True).stdout.strip()
-    assert Path(located) == env_dir / "share" / "serkeras" / SHIPPED.name
+    located = subprocess.run([str(python), "-c", "import serkeras.cli as c; print(c.default_model_path(), c.__file__)"],
+                             cwd=outside, env=clean, capture_output=True, text=True, check=True).stdout.split()
+    assert Path(located[0]) == env_dir / "share" / "serkeras" / SHIPPED.name
+    assert Path(located[1]).is_relative_to(env_dir)  # the installed wheel's code, not this checkout's
 
 
 def test_import_chatter_is_dropped_and_everything_else_kept():
