@@ -390,6 +390,35 @@ def test_kill_9_of_the_parent_ends_its_worker_processes(tmp_path, crema_dir, cre
             pass
 
 
+def test_without_a_death_signal_the_watchdog_ends_an_orphaned_worker(tmp_path):
+    """The portable half of `exit_with_parent` (no prctl): a process whose parent is SIGKILLed exits by itself."""
+    child = ("import os, time\n"
+             "from serkeras.cache import exit_with_parent\n"
+             "exit_with_parent(os.getppid(), by_signal=False)\n"
+             "print('watching', flush=True)\n"
+             "time.sleep(120)\n")
+    parent = ("import subprocess, sys, time\n"
+              f"child = subprocess.Popen([sys.executable, '-c', {child!r}], stdout=subprocess.PIPE)\n"
+              "print(child.pid, child.stdout.readline().decode().strip(), flush=True)\n"
+              "time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        pid, state = proc.stdout.readline().decode().split()
+        assert state == "watching"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while _running(int(pid)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _running(int(pid)), "the orphaned process is still running"
+    finally:
+        proc.stdout.close()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def test_interrupt_stops_the_pool_without_finishing_the_queue(tmp_path, crema_dir, crema_manifest, cache_dir):
     """SIGINT to `serkeras features` alone (as `kill -INT` or `timeout -s INT` send it; a terminal's Ctrl-C
     also reaches the workers): the queued clips are dropped, not computed before it exits."""
