@@ -1,5 +1,7 @@
 """Core audio I/O: decode any libsndfile-readable file to mono float32 at one rate."""
 
+import os
+
 import numpy as np
 import soundfile as sf
 import soxr
@@ -12,8 +14,17 @@ SILENCE_PEAK = 1e-4
 NORMALIZATIONS = ("peak", "rms", "none")
 
 
+#: Why a symbolic link whose target is missing is skipped.
+BROKEN_LINK = "broken symbolic link (its target does not exist)"
+
+
 class AudioError(DataError):
     """One audio file cannot be used; the message says why in a few words."""
+
+
+def is_broken_link(path):
+    """Whether `path` is a symbolic link whose target does not exist."""
+    return os.path.islink(path) and not os.path.exists(path)
 
 
 def load_audio(path, sample_rate=16000, normalize="peak", max_seconds=None):
@@ -41,6 +52,8 @@ def load_audio(path, sample_rate=16000, normalize="peak", max_seconds=None):
     """
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+    if is_broken_link(path):
+        raise AudioError(BROKEN_LINK)
     try:
         info = sf.info(str(path))
         if max_seconds is not None and info.duration > max_seconds:
@@ -48,7 +61,11 @@ def load_audio(path, sample_rate=16000, normalize="peak", max_seconds=None):
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except AudioError:
         raise
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+    except sf.LibsndfileError as exc:
+        # Its message without "Error opening '<path>'": the reason is cached for every file of the same
+        # bytes, so it must not name this one's path.
+        raise AudioError(f"unreadable audio ({exc.error_string.rstrip('.')})") from None
+    except (RuntimeError, TypeError, ValueError) as exc:
         raise AudioError(f"unreadable audio ({str(exc).splitlines()[0]})") from None
     if data.shape[0] == 0:
         raise AudioError("empty (no samples)")

@@ -18,13 +18,17 @@ or of settings no longer trained with.
 """
 
 import concurrent.futures
+import ctypes
 import dataclasses
 import functools
 import hashlib
 import json
 import multiprocessing
 import os
+import signal
+import sys
 import tempfile
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -54,8 +58,8 @@ class FeatureSet:
 
     features: dict  # clip path -> {"logmel": array, "spectral": array}
     skipped: list  # (clip path, reason)
-    computed: int = 0
-    reused: int = 0
+    computed: int = 0  # clips whose features were computed in this run (skipped ones are counted apart)
+    reused: int = 0  # clips whose features were read from the cache
     seconds: float = 0.0
 
     def of(self, clips):
@@ -220,9 +224,52 @@ def warm_up(config_dict, augmentation_dict=None, copy=0):
     extract_features(wave, config)
 
 
-def _worker_init():
+def _worker_init(parent_pid, made_by_main_thread):
     # One thread per process: the pool already uses every core.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    exit_with_parent(parent_pid, made_by_main_thread)
+
+
+#: How often a worker's watchdog looks whether its parent is still alive (seconds).
+_PARENT_CHECK_SECONDS = 0.5
+
+
+def exit_with_parent(parent_pid, by_signal=True):
+    """End this process when the process `parent_pid` that started it dies (even by SIGKILL).
+
+    A pool's idle workers wait on a queue that the dead parent can no longer
+    close, so without this they would outlive it, holding their memory. On Linux,
+    with `by_signal`, the kernel sends SIGTERM when the parent dies
+    (`prctl(PR_SET_PDEATHSIG)`); it tracks the parent's *thread* that started
+    this process, so pass `by_signal=False` when that was not the main thread.
+    Everywhere, a daemon thread also checks every half second that the parent
+    is still this process's parent, and exits the process when it is not.
+
+    Parameters
+    ----------
+    parent_pid : int
+        The process id of the parent, as the parent saw it (`os.getpid()` there).
+    by_signal : bool
+        Also ask the kernel for a signal on the parent's death (Linux only).
+    """
+    if by_signal and sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        except (OSError, AttributeError):  # no libc prctl: the watchdog below still works
+            pass
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(_PARENT_CHECK_SECONDS)
+        os._exit(1)
+
+    # Started after prctl, so a parent that died before it took effect is seen here.
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+#: prctl's option that sets the signal a process gets when its parent dies (linux/prctl.h).
+_PR_SET_PDEATHSIG = 1
 
 
 def cached_features(clips, config, cache_dir=None, workers=None, progress=True, augmentation=None, copy=0):
@@ -264,7 +311,7 @@ def cached_features(clips, config, cache_dir=None, workers=None, progress=True, 
             skipped.append((clip.path, found))
         else:
             todo.append((clip.path, base))
-    reused = len(features) + len(skipped)
+    reused = len(features)
     if todo:
         workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
         desc = f"augmented copy {copy}" if augmentation is not None else "features"
@@ -278,7 +325,8 @@ def cached_features(clips, config, cache_dir=None, workers=None, progress=True, 
             else:
                 features[path] = result
     warn_skipped(skipped, "audio files")
-    return FeatureSet(features, skipped, computed=len(todo), reused=reused, seconds=time.perf_counter() - start)
+    return FeatureSet(features, skipped, computed=len(features) - reused, reused=reused,
+                      seconds=time.perf_counter() - start)
 
 
 def copy_features(clips, config, copies, augmentation=TEST_TIME_AUGMENTATION, cache_dir=None):
@@ -423,7 +471,10 @@ def _parallel(one, items, settings, workers, bar):
     warm_up(*settings)  # every `one` takes compute_clip's settings
     # spawn: safe even after TensorFlow / JAX / torch have started their threads.
     context = multiprocessing.get_context("spawn")
-    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init)
+    # Workers start from this thread (on submit), which PR_SET_PDEATHSIG tracks; see exit_with_parent.
+    pool = concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_worker_init,
+        initargs=(os.getpid(), threading.current_thread() is threading.main_thread()))
     # Chunks amortise inter-process overhead; small enough to keep the bar moving.
     size = max(1, min(32, len(items) // (workers * 4)))
     chunks = [items[i:i + size] for i in range(0, len(items), size)]

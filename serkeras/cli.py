@@ -57,20 +57,28 @@ class LazyChoice(click.Choice):
 
     The architecture registry and the tuner names live in modules that import
     Keras; looking them up lazily keeps `--version`, `features` and other
-    commands' start-up free of that cost.
+    commands' start-up free of that cost. `--help` names the values only when
+    they are loaded already (a wrong value lists them), so that it never waits
+    seconds for TensorFlow.
     """
 
     def __init__(self, load, case_sensitive=True):
         self._load = load
+        self._loaded = None
         self.case_sensitive = case_sensitive
 
     @property
     def choices(self):
-        return tuple(self._load())
+        if self._loaded is None:
+            self._loaded = tuple(self._load())
+        return self._loaded
 
     @choices.setter
     def choices(self, value):  # click assigns in __init__; the values always come from `load`
         pass
+
+    def get_metavar(self, param, ctx=None):
+        return super().get_metavar(param, ctx) if self._loaded is not None else "NAME"
 
 
 def lazy_choice(module, name):
@@ -729,6 +737,8 @@ def resolve_model(value):
 def predict(paths, model_path, output_format, window, hop, batch_size, workers, max_seconds, tta_copies,
             speaker_grouping):
     """Predict the emotion of audio files, folders or globs (any format, rate and channels)."""
+    import csv
+    import io
     import json
 
     from serkeras.inference import expand_paths, predict_files
@@ -745,9 +755,13 @@ def predict(paths, model_path, output_format, window, hop, batch_size, workers, 
                                 "timeline": [{"start": s, "end": e, "label": l, "probabilities": pr}
                                              for s, e, l, pr in p.timeline]} for p in predictions], indent=2))
     elif output_format == "csv":
-        click.echo(",".join(["path", "label"] + labels))
+        # The csv module quotes paths with commas, quotes or line breaks (RFC 4180), so columns never shift.
+        table = io.StringIO()
+        writer = csv.writer(table, lineterminator="\n")
+        writer.writerow(["path", "label"] + labels)
         for p in predictions:
-            click.echo(",".join([p.path, p.label] + [f"{p.probabilities[label]:.4f}" for label in labels]))
+            writer.writerow([p.path, p.label] + [f"{p.probabilities[label]:.4f}" for label in labels])
+        click.echo(table.getvalue(), nl=False)
     else:
         width = max([len(p.path) for p in predictions] + [4])
         click.echo(f"{'file':<{width}}  {'emotion':<8} " + " ".join(f"{label[:7]:>7}" for label in labels))
@@ -755,8 +769,6 @@ def predict(paths, model_path, output_format, window, hop, batch_size, workers, 
             click.echo(f"{p.path:<{width}}  {p.label:<8} " + " ".join(f"{p.probabilities[label]:>7.3f}" for label in labels))
             for start, end, label, probabilities in p.timeline:
                 click.echo(f"{'':<{width}}    {start:6.1f}-{end:6.1f} s {label}")
-    if skipped and not predictions:
-        raise SerkerasError(f"none of the {len(skipped)} files could be read as audio")
 
 
 def _refuse_model_paths(paths):

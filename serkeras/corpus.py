@@ -7,6 +7,7 @@ import re
 import warnings
 from pathlib import Path
 
+from serkeras.audio import BROKEN_LINK, is_broken_link
 from serkeras.errors import DataError
 
 #: CREMA-D emotions in the fixed label order every serkeras model uses.
@@ -66,13 +67,17 @@ class Corpus:
         return [index[c.label] for c in (self.clips if clips is None else clips)]
 
 
+def describe_skipped(skipped, shown=20):
+    """`(path, reason)` pairs as one line: "name: reason; ..." for the first `shown`, then how many more."""
+    listed = "; ".join(f"{Path(p).name}: {why}" for p, why in skipped[:shown])
+    return listed + (f"; and {len(skipped) - shown} more" if len(skipped) > shown else "")
+
+
 def warn_skipped(skipped, what="files"):
     """Emit one warning listing `(path, reason)` pairs with their count."""
     if not skipped:
         return
-    shown = "; ".join(f"{Path(p).name}: {why}" for p, why in skipped[:20])
-    more = f"; and {len(skipped) - 20} more" if len(skipped) > 20 else ""
-    warnings.warn(f"skipped {len(skipped)} {what}: {shown}{more}", SkippedFilesWarning, stacklevel=2)
+    warnings.warn(f"skipped {len(skipped)} {what}: {describe_skipped(skipped)}", SkippedFilesWarning, stacklevel=2)
 
 
 def resolve_data_dir(data_dir=None):
@@ -110,8 +115,10 @@ def load_crema_d(data_dir=None):
     Returns
     -------
     Corpus
-        Clips sorted by file name; files whose names do not parse or that are
-        empty are skipped with one `SkippedFilesWarning`.
+        Clips sorted by file name; files whose names do not parse, that are
+        empty or broken symbolic links, and a clip's other formats (`x.wav`
+        beside `x.ogg`: the first name in sorted order is kept) are skipped
+        with one `SkippedFilesWarning`.
     """
     folder = resolve_data_dir(data_dir)
     if not folder.is_dir():
@@ -119,17 +126,26 @@ def load_crema_d(data_dir=None):
     if (folder / "AudioWAV").is_dir():
         folder = folder / "AudioWAV"
     sexes = _read_sexes(folder)
-    clips, skipped = [], []
-    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+    clips, skipped, first_of_stem = [], [], {}
+    listed = (p for p in folder.iterdir() if (p.is_file() or is_broken_link(p)) and not p.name.startswith("."))
+    for path in sorted(listed):
         if path.suffix.lower() in _NOT_AUDIO:
             continue
         parts = parse_crema_d_name(path.stem)
         if parts is None:
             skipped.append((str(path), "name is not Actor_Sentence_Emotion_Level"))
             continue
+        if is_broken_link(path):
+            skipped.append((str(path), BROKEN_LINK))
+            continue
         if path.stat().st_size == 0:
             skipped.append((str(path), "empty file"))
             continue
+        # The same recording in two formats would count twice, and could land in training and test.
+        if path.stem in first_of_stem:
+            skipped.append((str(path), f"another format of {first_of_stem[path.stem]}"))
+            continue
+        first_of_stem[path.stem] = path.name
         actor, sentence, label, level = parts
         clips.append(Clip(str(path), label, actor, sentence, level, sexes.get(actor, "")))
     warn_skipped(skipped)

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from serkeras.audio import is_broken_link
 from serkeras.cache import compute_clips
-from serkeras.corpus import parse_crema_d_name, warn_skipped
+from serkeras.corpus import describe_skipped, parse_crema_d_name, warn_skipped
 from serkeras.effects import TEST_TIME_AUGMENTATION
 from serkeras.errors import DataError
 from serkeras.evaluation import predict_features
@@ -30,6 +31,7 @@ def expand_paths(paths):
     """Files, folders (recursively) and glob patterns -> sorted unique file list.
 
     A pattern that matches nothing, a path that does not exist and a folder without files raise `DataError`.
+    A folder's broken symbolic links are kept, so that reading them reports them as skipped.
     """
     files = []
     for p in paths:
@@ -38,11 +40,12 @@ def expand_paths(paths):
             raise DataError(f"no files match {p}")
         for m in matches:
             if os.path.isdir(m):
-                found = [str(f) for f in sorted(Path(m).rglob("*")) if f.is_file() and not f.name.startswith(".")]
+                found = [str(f) for f in sorted(Path(m).rglob("*"))
+                         if (f.is_file() or is_broken_link(f)) and not f.name.startswith(".")]
                 if not found:
                     raise DataError(f"folder {m} holds no files")
                 files += found
-            elif os.path.exists(m):
+            elif os.path.exists(m) or is_broken_link(m):
                 files.append(m)
             else:
                 raise DataError(f"{m} does not exist")
@@ -107,6 +110,17 @@ def predict_files(model, metadata, paths, window_seconds=None, hop_seconds=None,
     Speakers heard in one file only are reported in a warning.
     Files longer than `max_seconds` are skipped (default: the model's own limit
     for training clips, `feature_config.max_seconds`).
+
+    Returns
+    -------
+    predictions : list of Prediction
+    skipped : list of (path, reason)
+        The files that could not be used, also reported in one warning.
+
+    Raises
+    ------
+    DataError
+        When no file can be used; the message gives each file's reason.
     """
     config = metadata.feature_config
     if max_seconds is not None:
@@ -138,9 +152,9 @@ def predict_files(model, metadata, paths, window_seconds=None, hop_seconds=None,
             for start in windows(n, window, hop):
                 pieces.append({k: v[start:start + window] for k, v in features.items()})
                 owners.append((path, copy, start))
+    if not pieces:  # one error that says why, rather than a warning before it
+        raise DataError(f"none of the {len(skipped)} files could be used: {describe_skipped(skipped)}")
     warn_skipped(skipped, "audio files")
-    if not pieces:
-        return [], skipped
     # A model that standardises its embedding by speaker takes each copy's statistics from the same copy.
     piece_speakers = ([(speaker_of(path, speakers), copy) for path, copy, _ in owners]
                       if metadata.model_config.speaker_standardization else None)

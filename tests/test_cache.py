@@ -183,13 +183,13 @@ def test_bad_files_are_skipped_with_one_warning_and_remembered(tmp_path, make_au
     assert reasons[str(corrupt)].startswith("unreadable audio")
     assert reasons[str(tiny)] == "too short (0.05 s < 0.2 s)"
     assert set(first.features) == {str(p) for p in good}
-    assert (first.computed, first.reused) == (5, 0)
+    assert (first.computed, first.reused) == (2, 0)  # the skipped files are counted apart
     cache = cache_dir / config.extraction_key()
     assert len(_entries(cache, ".bad")) == 3 and len(_entries(cache)) == 2
     # Remembered: not retried, still reported.
     with pytest.warns(SkippedFilesWarning, match="skipped 3 audio files.*silent"):
         second = _run(clips, config, cache_dir)
-    assert (second.computed, second.reused) == (0, 5)
+    assert (second.computed, second.reused) == (0, 2)
     assert dict(second.skipped) == reasons
     # Callers that need every clip (test-time copies, the model card) get a one-line error instead.
     assert [f["logmel"].shape for f in second.all_of(clips[:2])] == [f["logmel"].shape for f in second.of(clips)[1]]
@@ -248,6 +248,24 @@ def test_model_features_take_speaker_statistics_from_the_given_clips(corpus, cac
     _, a = model_features(some, plain, cache_dir=cache_dir, speaker_clips=corpus.clips)
     _, b = model_features(some, plain, cache_dir=cache_dir)
     np.testing.assert_array_equal(a[0][0]["logmel"], b[0][0]["logmel"])
+
+
+def test_a_cached_reason_names_the_file_asked_for(tmp_path, cache_dir):
+    """Files of the same bytes share one cache entry: its reason must not carry the first one's folder."""
+    junk = np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    first, second = tmp_path / "mix" / "1003_TIE_ANG_XX.ogg", tmp_path / "bad" / "1003_TIE_ANG_XX.ogg"
+    for path in (first, second):
+        path.parent.mkdir()
+        path.write_bytes(junk)
+    with pytest.warns(SkippedFilesWarning):
+        computed = _run([Clip(str(first), "anger", "1003")], FeatureConfig(), cache_dir)
+    with pytest.warns(SkippedFilesWarning) as record:
+        reused = _run([Clip(str(second), "anger", "1003")], FeatureConfig(), cache_dir)
+    assert reused.computed == reused.reused == 0  # a skipped file counts as neither
+    assert len(list(cache_dir.rglob("*.bad"))) == 1  # the second file's reason is the first one's entry
+    (path, reason), = reused.skipped
+    assert path == str(second) and reason == computed.skipped[0][1] and reason.startswith("unreadable audio")
+    assert "mix" not in reason and "mix" not in str(record[0].message)
 
 
 def test_resolve_cache_dir(monkeypatch, tmp_path):
@@ -323,6 +341,82 @@ def test_resume_after_kill(tmp_path, crema_dir, crema_manifest, cache_dir):
             np.testing.assert_allclose(resumed.features[clip.path][key], fresh[key], **F16)
     again = _run(clips, config, cache_dir)
     assert (again.computed, again.reused) == (0, total)
+
+
+def _children(pid):
+    """Process ids whose parent is `pid` (from /proc: psutil may not be installed)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):  # it ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def _running(pid):
+    """Whether `pid` is a process that has not ended (a zombie that nobody reaped has ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads the process table from /proc")
+def test_kill_9_of_the_parent_ends_its_worker_processes(tmp_path, crema_dir, crema_manifest, cache_dir):
+    """SIGKILL to `serkeras features` alone (not its group): its workers notice and exit within seconds,
+    instead of waiting forever, with their memory, for work from a dead parent."""
+    rows = sorted(crema_manifest.values(), key=lambda r: r["file"])[::149][:40]
+    data = tmp_path / "crema"
+    copy_clips(crema_dir, rows, data)
+    folder = cache_dir / FeatureConfig().extraction_key()
+    proc = _features_run_with_a_first_entry(data, cache_dir, folder)
+    try:
+        workers = [pid for pid in _children(proc.pid) if b"multiprocessing" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(workers) >= 2, workers  # the two workers (and maybe multiprocessing's resource tracker)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        proc.stdout.close()
+        deadline = time.monotonic() + 10
+        while any(map(_running, workers)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in workers if _running(pid)], "worker processes outlived their parent"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of its session
+        except ProcessLookupError:
+            pass
+
+
+def test_without_a_death_signal_the_watchdog_ends_an_orphaned_worker(tmp_path):
+    """The portable half of `exit_with_parent` (no prctl): a process whose parent is SIGKILLed exits by itself."""
+    child = ("import os, time\n"
+             "from serkeras.cache import exit_with_parent\n"
+             "exit_with_parent(os.getppid(), by_signal=False)\n"
+             "print('watching', flush=True)\n"
+             "time.sleep(120)\n")
+    parent = ("import subprocess, sys, time\n"
+              f"child = subprocess.Popen([sys.executable, '-c', {child!r}], stdout=subprocess.PIPE)\n"
+              "print(child.pid, child.stdout.readline().decode().strip(), flush=True)\n"
+              "time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        pid, state = proc.stdout.readline().decode().split()
+        assert state == "watching"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while _running(int(pid)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _running(int(pid)), "the orphaned process is still running"
+    finally:
+        proc.stdout.close()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def test_interrupt_stops_the_pool_without_finishing_the_queue(tmp_path, crema_dir, crema_manifest, cache_dir):

@@ -1,5 +1,6 @@
 """The `serkeras` command group and its `features` command, run in-process with CliRunner."""
 
+import os
 import re
 from pathlib import Path
 import warnings
@@ -46,6 +47,28 @@ def test_features_help(runner):
                    "--audio-normalization"):
         assert option in result.output
     assert "Precompute and cache features" in result.output
+
+
+def test_no_commands_help_imports_tensorflow():
+    """`serkeras <command> --help` answers at once: TensorFlow (seconds to import) is not loaded for it."""
+    import subprocess
+    import sys
+
+    script = ("import sys\n"
+              "from serkeras.cli import main\n"
+              "for name in sorted(main.commands):\n"
+              "    try:\n"
+              "        main([name, '--help'], standalone_mode=False)\n"
+              "    except SystemExit:\n"
+              "        pass\n"
+              "    print('loaded', name, [m for m in ('tensorflow', 'keras') if m in sys.modules])\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr
+    loaded = [line for line in result.stdout.splitlines() if line.startswith("loaded ")]
+    assert {line.split()[1] for line in loaded} >= {"features", "train", "evaluate", "predict", "export", "tune"}
+    assert all(line.endswith(" []") for line in loaded), loaded
+    assert "--arch NAME" in result.stdout and "--speaker NAME" in result.stdout
 
 
 def test_features_computes_then_reuses(runner, real_clips, tmp_path):
@@ -95,7 +118,7 @@ def test_features_reports_skipped_files(runner, real_clips, tmp_path):
     result = runner.invoke(main, ["features", "--data-dir", str(real_clips.folder), "--cache-dir",
                                   str(tmp_path / "c"), "--workers", "1"])
     assert result.exit_code == 0, result.output
-    assert "crema-d: 13 clips, 12 with features, 1 skipped; computed 13, reused 0" in result.stdout
+    assert "crema-d: 13 clips, 12 with features, 1 skipped; computed 12, reused 0" in result.stdout
     warnings_printed = [line for line in _lines(result.stderr) if line.startswith("warning: ")]
     assert any("skipped 1 files: readme_clip.wav" in line for line in warnings_printed)
     assert any("skipped 1 audio files: 1001_DFA_ANG_XX.wav: unreadable audio" in line for line in warnings_printed)
@@ -144,6 +167,55 @@ def test_unknown_option_is_a_usage_error(runner):
     result = runner.invoke(main, ["features", "--no-such-option"])
     assert result.exit_code == 2
     assert "No such option" in result.output
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """An untrained, tiny fixed-length model saved to .keras: enough for predict's input and output."""
+    from serkeras.corpus import CREMA_D_LABELS
+    from serkeras.models import ModelConfig, build_model
+
+    config = FeatureConfig(length_mode="fixed", fixed_seconds=0.5)
+    path = tmp_path_factory.mktemp("tiny") / "tiny.keras"
+    build_model(config, ModelConfig(arch="1d", width=0.0625, head_units=8), CREMA_D_LABELS).save(path)
+    return path
+
+
+def test_predict_csv_quotes_awkward_file_names_and_lists_broken_links(runner, tiny_model, real_clips, tmp_path):
+    """RFC 4180 CSV: a comma, a quote or a line break in a file name stays in its own field; a folder's
+    broken symbolic link is reported among the skipped files, not dropped."""
+    import csv
+    import shutil
+
+    from serkeras.corpus import CREMA_D_LABELS
+
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    names = ["anger, take 2.ogg", 'she said "no".ogg', "two\nlines.ogg"]
+    for name, clip in zip(names, real_clips.paths):
+        shutil.copyfile(clip, folder / name)
+    (folder / "moved.ogg").symlink_to(tmp_path / "gone.ogg")
+    result = runner.invoke(main, ["predict", str(folder), "--model", str(tiny_model), "--format", "csv",
+                                  "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    header, *rows = csv.reader(result.stdout.splitlines(keepends=True))
+    assert header == ["path", "label", *CREMA_D_LABELS]
+    assert sorted(row[0] for row in rows) == sorted(str(folder / name) for name in names)
+    assert all(len(row) == len(header) and row[1] in CREMA_D_LABELS for row in rows)
+    assert "skipped 1 audio files: moved.ogg: broken symbolic link" in result.stderr
+
+
+def test_predict_when_no_file_can_be_used_prints_only_the_error_with_each_reason(runner, tiny_model, tmp_path,
+                                                                                   make_audio):
+    folder = tmp_path / "recordings"
+    make_audio("quiet.wav", folder=folder, amplitude=0.0, noise=0.0)  # all zeros
+    (folder / "moved.wav").symlink_to(tmp_path / "gone.wav")
+    for output_format in ("table", "csv"):
+        result = runner.invoke(main, ["predict", str(folder), "--model", str(tiny_model), "--format", output_format,
+                                      "--workers", "1"])
+        assert result.exit_code == 1 and result.stdout == ""
+        assert _lines(result.stderr) == ["error: none of the 2 files could be used: moved.wav: broken symbolic link "
+                                         "(its target does not exist); quiet.wav: silent"]
 
 
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "saved_models"
@@ -241,6 +313,7 @@ def test_a_model_name_that_is_not_shipped_stays_a_path(tmp_path, monkeypatch):
 def test_a_wheel_installs_the_shipped_model_for_predict(real_clips, tmp_path):
     """A plain (non-editable) install finds the model in <prefix>/share/serkeras, away from any checkout."""
     import json
+    import site
     import subprocess
     import sys
     import venv
@@ -250,25 +323,37 @@ def test_a_wheel_installs_the_shipped_model_for_predict(real_clips, tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(root),
                     "-w", str(wheels)], check=True, capture_output=True)
     env_dir = tmp_path / "env"
-    venv.create(env_dir, system_site_packages=True, with_pip=False)  # the dependencies come from this Python
+    venv.create(env_dir, with_pip=False)
     python = env_dir / "bin" / "python"
+    # Nothing but the environment's own paths: with this checkout on PYTHONPATH or in the working folder,
+    # pip would find serkeras installed already.
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
-                    *map(str, wheels.glob("serkeras-*.whl"))], check=True, capture_output=True)
+                    *map(str, wheels.glob("serkeras-*.whl"))], cwd=tmp_path, env=clean, check=True,
+                   capture_output=True)
+    # The dependencies come from this interpreter's site-packages, whether it is a virtualenv or not
+    # (system_site_packages would give a virtualenv's base interpreter's instead). A .pth file's plain
+    # lines only extend sys.path, after the new environment's own folder: the .pth files in them (an
+    # editable install of this checkout) are not run, so `serkeras` is the wheel's.
+    inner_site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+    Path(inner_site, "outer-site-packages.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     for name in SHIPPED_MODELS:
         shipped = SHIPPED_DIR / f"{name}.keras"
         assert (env_dir / "share" / "serkeras" / shipped.name).read_bytes() == shipped.read_bytes()
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     result = subprocess.run([str(env_dir / "bin" / "serkeras"), "predict", str(real_clips.paths[0]), "--format", "json",
-                             "--workers", "1"], cwd=outside, capture_output=True, text=True, timeout=600)
+                             "--workers", "1"], cwd=outside, env=clean, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     # TensorFlow's import chatter is dropped (the CLI imports it with standard error captured)
     assert "absl::InitializeLog" not in result.stderr and "] oneDNN custom operations" not in result.stderr
     rows = json.loads(result.stdout[result.stdout.index("["):])
     assert [row["path"] for row in rows] == [str(real_clips.paths[0])]
-    located = subprocess.run([str(python), "-c", "import serkeras.cli as c; print(c.default_model_path())"],
-                             cwd=outside, capture_output=True, text=True, check=True).stdout.strip()
-    assert Path(located) == env_dir / "share" / "serkeras" / SHIPPED.name
+    located = subprocess.run([str(python), "-c", "import serkeras.cli as c; print(c.default_model_path(), c.__file__)"],
+                             cwd=outside, env=clean, capture_output=True, text=True, check=True).stdout.split()
+    assert Path(located[0]) == env_dir / "share" / "serkeras" / SHIPPED.name
+    assert Path(located[1]).is_relative_to(env_dir)  # the installed wheel's code, not this checkout's
 
 
 def test_import_chatter_is_dropped_and_everything_else_kept():

@@ -200,7 +200,7 @@ def test_predict_errors(trained, workdir, tmp_path):
     empty = tmp_path / "empty"
     (empty / "nested").mkdir(parents=True)
     cases = [
-        (["predict", str(bad), "--model", str(run / "model.keras")], "could be read"),
+        (["predict", str(bad), "--model", str(run / "model.keras")], "could be used: bad.wav: unreadable audio"),
         (["predict", str(tmp_path / "missing.wav"), "--model", str(run / "model.keras")], "does not exist"),
         (["predict", str(empty), "--model", str(run / "model.keras")], f"folder {empty} holds no files"),
         (["predict", str(tmp_path / "*.flac"), "--model", str(run / "model.keras")], "no files match"),

@@ -103,6 +103,32 @@ def test_bad_names_and_empty_files_give_one_warning_with_a_count(real_clips):
     assert "hidden" not in message and "list.txt" not in message
 
 
+def test_broken_links_and_a_clips_other_formats_are_listed_among_the_skipped(real_clips):
+    """A symbolic link to nothing is reported, not dropped; the same clip in two formats (`x.ogg` beside
+    `x.wav`) is one clip, so it cannot be counted twice or land in both training and test."""
+    import soundfile as sf
+
+    folder = real_clips.folder
+    (folder / "1009_DFA_SAD_XX.ogg").symlink_to(folder / "moved-away.ogg")
+    original = sorted(real_clips.paths)[0]
+    wave, rate = sf.read(original)
+    sf.write(original.with_suffix(".wav"), wave, rate)
+    sf.write(original.with_suffix(".flac"), wave, rate)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        corpus = load_crema_d(folder)
+    kept, *others = sorted([original, original.with_suffix(".wav"), original.with_suffix(".flac")])
+    assert len(corpus) == 12 and str(kept) in [c.path for c in corpus.clips]  # the first name is kept
+    assert len({c.name for c in corpus.clips}) == 12
+    skipped = _skip_warnings(record)
+    assert len(skipped) == 1
+    message = str(skipped[0].message)
+    assert message.startswith("skipped 3 files: ")
+    assert "1009_DFA_SAD_XX.ogg: broken symbolic link (its target does not exist)" in message
+    for other in others:
+        assert f"{other.name}: another format of {kept.name}" in message
+
+
 def test_many_skips_are_summarised(tmp_path, make_audio):
     make_audio("1001_DFA_ANG_XX.wav", folder=tmp_path / "c", seconds=0.3)
     for i in range(25):
