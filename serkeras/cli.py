@@ -468,9 +468,11 @@ def train(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction
 
     from serkeras.training import TrainConfig, TrainingInterrupted, run_finished
 
-    feature_config, model_config = configured(feature_config_from(kwargs), model_config_from(kwargs))
+    feature_config, model_config = feature_config_from(kwargs), model_config_from(kwargs)
     train_config = TrainConfig(seed=seed if train_seed is None else train_seed, **kwargs)
-    if resume:
+    if not resume:  # a resumed run keeps the settings it stored, already configured
+        feature_config, model_config = configured(feature_config, model_config)
+    else:
         if not run_name:
             raise SerkerasError("--resume needs the --run-name of the run to continue")
         saved, stored_folds = _stored_run_config(Path(output_dir) / run_name)
