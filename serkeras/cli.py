@@ -121,7 +121,7 @@ class SerkerasGroup(click.Group):
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
         except KeyboardInterrupt as exc:  # a command may say what was kept and how to go on
-            click.echo(f"interrupted: {exc or 'work finished so far is kept (cache entries, checkpoints)'}", err=True)
+            click.echo(f"interrupted: {str(exc) or 'work finished so far is kept (cache entries, checkpoints)'}", err=True)
             sys.exit(130)
 
 
