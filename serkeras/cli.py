@@ -339,6 +339,22 @@ def training_data_options(f):
     return _apply(_training_data_option_list(), f)
 
 
+def _device_option_list():
+    """Which devices compute, and in what precision (shared by `train` and every trial of `tune`)."""
+    return [
+        click.option("--mixed-precision", is_flag=True,
+                     help="Compute in float16 on a GPU, bfloat16 on a CPU (weights and outputs stay float32)."),
+        click.option("--distribute", is_flag=True,
+                     help="Data-parallel over every local GPU (else every logical CPU device; at least two), or "
+                          "over the machines in TF_CONFIG when it is set (tensorflow backend). --batch-size is "
+                          "the global batch: a multiple of the devices."),
+    ]
+
+
+def device_options(f):
+    return _apply(_device_option_list(), f)
+
+
 def prepare_training_data(corpus, split, feature_config, train_config, cache_dir, workers, progress=True):
     """Features of every part of `split`, with the training part's augmented copies (and, with a teacher,
     its soft targets); says how many."""
@@ -399,8 +415,7 @@ def load_split(data_dir, manifest, split_kind, fold, n_folds, val_fraction, test
 @click.option("--train-seed", type=int, default=None,
               help="Seed of initialisation, shuffling and augmentation (default: --seed); vary it alone to "
                    "repeat training on the same split.")
-@click.option("--mixed-precision", is_flag=True, help="float16 compute (GPU).")
-@click.option("--distribute", is_flag=True, help="Data-parallel over all local GPUs (Keras distribution / tf.distribute).")
+@device_options
 @click.option("--folds", "all_folds", is_flag=True, help="With --split kfold: train every fold, report mean and std.")
 @click.option("--run-name", default=None, help="Folder name under saved_models/ and logs/ (default: from the settings).")
 @click.option("--resume", is_flag=True,
@@ -414,14 +429,20 @@ def train(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction
           resume, output_dir, log_dir, workers, quiet, all_folds, train_seed, **kwargs):
     """Train a model; the best one is saved as saved_models/<run>/model.keras."""
     import json
+    import shutil
     import time
     from pathlib import Path
 
-    from serkeras.training import TrainConfig
+    from serkeras.training import TrainConfig, writes_outputs
 
     feature_config = feature_config_from(kwargs)
     model_config = model_config_from(kwargs)
     train_config = TrainConfig(seed=seed if train_seed is None else train_seed, **kwargs)
+    if train_config.distribute and not writes_outputs():
+        # Multi-worker training: every worker trains and saves alike, only the chief's files are kept.
+        scratch = Path(tempfile.mkdtemp(prefix="serkeras-worker-"))
+        click.get_current_context().call_on_close(lambda: shutil.rmtree(scratch, ignore_errors=True))
+        output_dir, log_dir = scratch / "saved_models", scratch / "logs"
     if resume:
         if not run_name:
             raise SerkerasError("--resume needs the --run-name of the run to continue")
@@ -675,7 +696,8 @@ def _refuse_model_paths(paths):
 
 def _tune_options(f):
     """The base model and the search settings of `tune`."""
-    options = _model_option_list(searched=("activation",)) + _optimizer_option_list() + _training_data_option_list() + [
+    options = (_model_option_list(searched=("activation",)) + _optimizer_option_list() + _training_data_option_list()
+               + _device_option_list()) + [
         click.option("--tuner", "tuner_kind", type=lazy_choice("tuning", "TUNERS"), default="random", show_default=True),
         click.option("--max-trials", type=click.IntRange(min=1), default=10, show_default=True,
                      help="Trials in all (random, bayesian, grid; hyperband sets its own from --epochs)."),
