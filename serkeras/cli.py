@@ -345,9 +345,8 @@ def _device_option_list():
         click.option("--mixed-precision", is_flag=True,
                      help="Compute in float16 on a GPU, bfloat16 on a CPU (weights and outputs stay float32)."),
         click.option("--distribute", is_flag=True,
-                     help="Data-parallel over every local GPU (else every logical CPU device; at least two), or "
-                          "over the machines in TF_CONFIG when it is set (tensorflow backend). --batch-size is "
-                          "the global batch: a multiple of the devices."),
+                     help="Data-parallel over every local GPU (else every logical CPU device; at least two), "
+                          "jax or tensorflow backend. --batch-size is the global batch: a multiple of the devices."),
     ]
 
 
@@ -429,20 +428,14 @@ def train(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction
           resume, output_dir, log_dir, workers, quiet, all_folds, train_seed, **kwargs):
     """Train a model; the best one is saved as saved_models/<run>/model.keras."""
     import json
-    import shutil
     import time
     from pathlib import Path
 
-    from serkeras.training import TrainConfig, writes_outputs
+    from serkeras.training import TrainConfig
 
     feature_config = feature_config_from(kwargs)
     model_config = model_config_from(kwargs)
     train_config = TrainConfig(seed=seed if train_seed is None else train_seed, **kwargs)
-    if train_config.distribute and not writes_outputs():
-        # Multi-worker training: every worker trains and saves alike, only the chief's files are kept.
-        scratch = Path(tempfile.mkdtemp(prefix="serkeras-worker-"))
-        click.get_current_context().call_on_close(lambda: shutil.rmtree(scratch, ignore_errors=True))
-        output_dir, log_dir = scratch / "saved_models", scratch / "logs"
     if resume:
         if not run_name:
             raise SerkerasError("--resume needs the --run-name of the run to continue")

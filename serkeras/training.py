@@ -426,12 +426,6 @@ def multi_worker_task():
         raise SerkerasError(f"TF_CONFIG is not a cluster description with this process's task: {exc}") from None
 
 
-def writes_outputs():
-    """False for the workers of multi-worker training other than the chief (task 0): they write to scratch."""
-    task = multi_worker_task()
-    return task is None or task in (("chief", 0), ("worker", 0))
-
-
 def distribution_devices():
     """The local devices `--distribute` trains over: every GPU, else every logical CPU device.
 
@@ -452,23 +446,18 @@ def distribution_devices():
 def data_parallel(enabled):
     """A context to build, compile and fit a data-parallel model in; yields the number of replicas.
 
-    With TF_CONFIG set (TensorFlow backend): `tf.distribute.MultiWorkerMirroredStrategy`
-    over every worker in it. Otherwise over `distribution_devices()`: JAX, Keras' distribution
-    API (`keras.distribution.DataParallel`); TensorFlow, `tf.distribute.MirroredStrategy`.
-    Fewer than two devices is an error: data parallelism on one device would only be slower.
+    Over `distribution_devices()`: JAX, Keras' distribution API (`keras.distribution.DataParallel`);
+    TensorFlow, `tf.distribute.MirroredStrategy`. Fewer than two devices is an error: data
+    parallelism on one device would only be slower. Several machines (TF_CONFIG set) are refused:
+    Keras 3's `fit` fails under `tf.distribute.MultiWorkerMirroredStrategy` (it reduces the first
+    batch of a dict of inputs across workers before training), so a run would only crash later.
     """
     if not enabled:
         yield 1
         return
     if multi_worker_task() is not None:
-        if keras.backend.backend() != "tensorflow":
-            raise SerkerasError("multi-worker training (TF_CONFIG is set) needs the tensorflow backend")
-        import tensorflow as tf
-
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        with strategy.scope():
-            yield strategy.num_replicas_in_sync
-        return
+        raise SerkerasError("--distribute trains on one machine: TF_CONFIG is set, but Keras 3 cannot train with "
+                            "TensorFlow's MultiWorkerMirroredStrategy (unset TF_CONFIG to use this machine's devices)")
     devices = distribution_devices()
     if len(devices) < 2:
         raise SerkerasError(f"--distribute needs at least two devices, but {keras.backend.backend()} sees only "
