@@ -363,6 +363,21 @@ def training_data_options(f):
     return _apply(_training_data_option_list(), f)
 
 
+def _device_option_list():
+    """Which devices compute, and in what precision (shared by `train` and every trial of `tune`)."""
+    return [
+        click.option("--mixed-precision", is_flag=True,
+                     help="Compute in float16 on a GPU, bfloat16 on a CPU (weights and outputs stay float32)."),
+        click.option("--distribute", is_flag=True,
+                     help="Data-parallel over every local GPU (else every logical CPU device; at least two), "
+                          "jax or tensorflow backend. --batch-size is the global batch: a multiple of the devices."),
+    ]
+
+
+def device_options(f):
+    return _apply(_device_option_list(), f)
+
+
 def prepare_training_data(corpus, split, feature_config, train_config, cache_dir, workers, progress=True):
     """Features of every part of `split`, with the training part's augmented copies (and, with a teacher,
     its soft targets); says how many."""
@@ -444,8 +459,7 @@ def load_split(data_dir, manifest, split_kind, fold, n_folds, val_fraction, test
 @click.option("--train-seed", type=int, default=None,
               help="Seed of initialisation, shuffling and augmentation (default: --seed); vary it alone to "
                    "repeat training on the same split.")
-@click.option("--mixed-precision", is_flag=True, help="float16 compute (GPU).")
-@click.option("--distribute", is_flag=True, help="Data-parallel over all local GPUs (Keras distribution / tf.distribute).")
+@device_options
 @click.option("--folds", "all_folds", is_flag=True, help="With --split kfold: train every fold, report mean and std.")
 @click.option("--run-name", default=None, help="Folder name under saved_models/ and logs/ (default: from the settings).")
 @click.option("--resume", is_flag=True,
@@ -783,7 +797,8 @@ def _refuse_model_paths(paths):
 
 def _tune_options(f):
     """The base model and the search settings of `tune`."""
-    options = _model_option_list(searched=("activation",)) + _optimizer_option_list() + _training_data_option_list() + [
+    options = (_model_option_list(searched=("activation",)) + _optimizer_option_list() + _training_data_option_list()
+               + _device_option_list()) + [
         click.option("--tuner", "tuner_kind", type=lazy_choice("tuning", "TUNERS"), default="random", show_default=True),
         click.option("--max-trials", type=click.IntRange(min=1), default=10, show_default=True,
                      help="Trials in all (random, bayesian, grid; hyperband sets its own from --epochs)."),

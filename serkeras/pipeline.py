@@ -35,11 +35,51 @@ def bucket_boundaries(lengths, batch_size, max_buckets=24):
     return sorted({int(e) + 1 for e in edges})
 
 
-def bucketed_batches(lengths, boundaries, batch_size):
-    """Batches per epoch of `bucket_by_sequence_length`: each bucket's clips, batched, last batch partial."""
+def bucketed_batches(lengths, boundaries, batch_size, replicas=1):
+    """Batches per epoch of `bucket_by_sequence_length`: each bucket's clips, batched, last batch partial.
+
+    With `replicas` > 1 a partial batch of fewer clips than replicas is dropped (`whole_replica_batches`).
+    """
     buckets = np.searchsorted(np.asarray(boundaries), np.asarray(lengths), side="right")
-    counts = np.bincount(buckets, minlength=len(boundaries) + 1)
-    return int(np.sum(-(-counts // batch_size)))
+    return batch_count(np.bincount(buckets, minlength=len(boundaries) + 1), batch_size, replicas)
+
+
+def batch_count(clips, batch_size, replicas=1):
+    """Batches of `clips` (a count, or an array of counts summed over) with a partial last batch
+    kept unless it has fewer clips than `replicas` (`whole_replica_batches`)."""
+    full, rest = np.divmod(np.asarray(clips), batch_size)
+    return int(np.sum(full + (rest >= replicas)))
+
+
+def whole_replica_batches(dataset, replicas):
+    """Training batches cut to a multiple of `replicas` clips; a batch left empty is dropped.
+
+    Data-parallel training splits each batch between the replicas: a replica given no clip
+    turns BatchNormalization's statistics into NaN (tf.distribute), and JAX refuses a batch
+    that does not divide evenly. The clips left out differ from epoch to epoch (shuffled).
+    """
+    def cut(inputs, targets):
+        keep = tf.shape(targets)[0] // replicas * replicas
+        return {k: v[:keep] for k, v in inputs.items()}, targets[:keep]
+
+    return dataset.map(cut).filter(lambda inputs, targets: tf.shape(targets)[0] > 0)
+
+
+def replica_padded_batches(dataset, replicas):
+    """Evaluation batches of `(inputs, targets, sample_weight)`, each padded to a multiple of `replicas`.
+
+    The padding repeats the batch's first clips with weight 0, so every clip is evaluated once and
+    the metrics count real clips only (the mean loss is divided by the padded count, at most
+    `replicas - 1` extra clips per pass since only an unshuffled pipeline's last batch is partial).
+    """
+    def pad(inputs, targets):
+        n = tf.shape(targets)[0]
+        padded = (n + replicas - 1) // replicas * replicas
+        rows = tf.range(padded) % n
+        weights = tf.cast(tf.range(padded) < n, targets.dtype)
+        return {k: tf.gather(v, rows) for k, v in inputs.items()}, tf.gather(targets, rows), weights
+
+    return dataset.map(pad)
 
 
 def _ragged(feature_list, key, order):
@@ -103,7 +143,7 @@ def mixup(dataset, alpha, seed=0):
 
 def make_dataset(feature_list, labels, n_classes, length_mode="variable", fixed_frames=None,
                  batch_size=32, shuffle=False, seed=0, input_names=FEATURE_KINDS + ("lengths",), bucket=True,
-                 mixup_alpha=0.0):
+                 mixup_alpha=0.0, replicas=1):
     """Build a batched `tf.data.Dataset` of `(inputs, one_hot_labels)`.
 
     Parameters
@@ -127,6 +167,11 @@ def make_dataset(feature_list, labels, n_classes, length_mode="variable", fixed_
         Bucket shuffled variable-length clips by length (else plain padded batches).
     mixup_alpha : float
         With a positive value, `mixup` the batches (training pipelines only: labels become soft).
+    replicas : int
+        Devices a data-parallel model splits each batch between (1: not distributed). Shuffled
+        (training) batches are cut to a multiple of it (`whole_replica_batches`, `batch_size`
+        should be one); unshuffled ones are padded to one and carry sample weights
+        (`replica_padded_batches`).
     """
     labels = np.asarray(labels)
     targets = labels.astype(np.float32) if labels.ndim == 2 else np.eye(n_classes, dtype=np.float32)[labels]
@@ -140,9 +185,8 @@ def make_dataset(feature_list, labels, n_classes, length_mode="variable", fixed_
         if shuffle:
             ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
         ds = ds.batch(batch_size)
-        if mixup_alpha:
-            ds = mixup(ds, mixup_alpha, seed)
-        return ds.prefetch(tf.data.AUTOTUNE)
+        return _for_replicas(ds, shuffle, replicas, batch_count(len(labels), batch_size, replicas), mixup_alpha,
+                             seed).prefetch(tf.data.AUTOTUNE)
 
     lengths = clip_lengths(feature_list)
     order = np.arange(len(lengths)) if shuffle else eval_order(lengths)
@@ -160,15 +204,28 @@ def make_dataset(feature_list, labels, n_classes, length_mode="variable", fixed_
         )
         # A clip's bucket depends on its length only, so the batch count is the
         # same every epoch; stating it lets Keras size epochs and progress bars.
-        ds = ds.apply(tf.data.experimental.assert_cardinality(bucketed_batches(lengths, boundaries, batch_size)))
+        batches = bucketed_batches(lengths, boundaries, batch_size, replicas)
     else:
         ds = ds.padded_batch(batch_size)
+        batches = batch_count(len(labels), batch_size, replicas)
     ds = ds.map(_pad_to_multiple, num_parallel_calls=tf.data.AUTOTUNE)
-    if mixup_alpha:
-        ds = mixup(ds, mixup_alpha, seed)
     if "lengths" not in input_names:
         ds = ds.map(lambda x, y: ({k: v for k, v in x.items() if k != "lengths"}, y))
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return _for_replicas(ds, shuffle, replicas, batches, mixup_alpha, seed).prefetch(tf.data.AUTOTUNE)
+
+
+def _for_replicas(ds, shuffle, replicas, batches, mixup_alpha, seed):
+    """The last steps of `make_dataset`: batches fitted to `replicas`, `batches` of them per epoch
+    when shuffled; then mixup."""
+    if shuffle:
+        if replicas > 1:
+            ds = whole_replica_batches(ds, replicas)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
+    elif replicas > 1:
+        ds = replica_padded_batches(ds, replicas)
+    if mixup_alpha:
+        ds = mixup(ds, mixup_alpha, seed)
+    return ds
 
 
 def padding_overhead(dataset):

@@ -110,12 +110,13 @@ class SplitData:
     stats: object
     targets: dict = dataclasses.field(default_factory=dict)
 
-    def dataset(self, part, feature_config, batch_size, input_names, shuffle=False, seed=0, mixup_alpha=0.0):
+    def dataset(self, part, feature_config, batch_size, input_names, shuffle=False, seed=0, mixup_alpha=0.0,
+                replicas=1):
         clips, features, labels = self.parts[part]
         labels = self.targets.get(part, labels)
         return make_dataset(features, labels, len(self.labels), feature_config.length_mode,
                             feature_config.fixed_frames, batch_size, shuffle=shuffle, seed=seed,
-                            input_names=input_names, mixup_alpha=mixup_alpha)
+                            input_names=input_names, mixup_alpha=mixup_alpha, replicas=replicas)
 
 
 def prepare_split(corpus, split, feature_config, cache_dir=None, workers=None, progress=True, augmentation=None,
@@ -257,8 +258,12 @@ class ConfusionMatrixLogger(keras.callbacks.Callback):
             return
         import tensorflow as tf
 
-        probabilities = predict_features(self.model, self.features, self.feature_config.length_mode,
-                                         self.feature_config.fixed_frames)
+        replicas = replicas_of(self.model)
+        if replicas > 1:
+            probabilities = predict_with_replicas(self.model, self.features, self.feature_config, replicas)
+        else:
+            probabilities = predict_features(self.model, self.features, self.feature_config.length_mode,
+                                             self.feature_config.fixed_frames)
         report = classification_report(self.labels, probabilities.argmax(axis=1), self.label_names)
         image = figure_to_png(confusion_matrix_figure(report["confusion_matrix"], self.label_names,
                                                       f"validation, epoch {epoch + 1}"))
@@ -558,26 +563,134 @@ def make_callbacks(run_dir, log_dir, data, feature_config, train_config, backup,
     return callbacks
 
 
-def data_parallel(enabled):
-    """A context for building and compiling a data-parallel model over all local accelerators.
-
-    JAX: Keras' distribution API (`keras.distribution.DataParallel`); TensorFlow:
-    `tf.distribute.MirroredStrategy`. PyTorch has no built-in single-process
-    equivalent in Keras, so it is refused.
-    """
-    import contextlib
-
-    if not enabled:
-        return contextlib.nullcontext()
+def gpu_available():
+    """Whether the active Keras backend computes on a GPU."""
     backend = keras.backend.backend()
     if backend == "jax":
-        keras.distribution.set_distribution(keras.distribution.DataParallel())
-        return contextlib.nullcontext()
+        import jax
+
+        return jax.default_backend() == "gpu"
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+@contextlib.contextmanager
+def precision_policy(mixed):
+    """With `mixed`, compute in float16 on a GPU and in bfloat16 elsewhere (variables stay float32).
+
+    CPUs have no fast float16 arithmetic but do bfloat16 (and it needs no loss scaling). The output
+    layer is float32 in every model, so probabilities are float32 either way. The previous global
+    policy is restored on exit.
+    """
+    if not mixed:
+        yield
+        return
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16" if gpu_available() else "mixed_bfloat16")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def multi_worker_task():
+    """`(task type, index)` of this process in TF_CONFIG's cluster, or None when TF_CONFIG is not set."""
+    config = os.environ.get("TF_CONFIG")
+    if not config:
+        return None
+    try:
+        task = json.loads(config)["task"]
+        return task["type"], int(task["index"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SerkerasError(f"TF_CONFIG is not a cluster description with this process's task: {exc}") from None
+
+
+def distribution_devices():
+    """The local devices `--distribute` trains over: every GPU, else every logical CPU device.
+
+    A machine without GPUs has one CPU device unless it was split into several logical ones
+    (`tf.config.set_logical_device_configuration`; JAX: `XLA_FLAGS=--xla_force_host_platform_device_count=N`).
+    """
+    backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return tf.distribute.MirroredStrategy().scope()
+        return [d.name for d in tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")]
+    if backend == "jax":
+        return keras.distribution.list_devices()  # the default JAX platform's: GPUs if there are any
     raise SerkerasError(f"--distribute is supported with the jax and tensorflow backends, not {backend}")
+
+
+@contextlib.contextmanager
+def data_parallel(enabled):
+    """A context to build, compile and fit a data-parallel model in; yields the number of replicas.
+
+    Over `distribution_devices()`: JAX, Keras' distribution API (`keras.distribution.DataParallel`);
+    TensorFlow, `tf.distribute.MirroredStrategy`. Fewer than two devices is an error: data
+    parallelism on one device would only be slower. Several machines (TF_CONFIG set) are refused:
+    Keras 3's `fit` fails under `tf.distribute.MultiWorkerMirroredStrategy` (it reduces the first
+    batch of a dict of inputs across workers before training), so a run would only crash later.
+    """
+    if not enabled:
+        yield 1
+        return
+    if multi_worker_task() is not None:
+        raise SerkerasError("--distribute trains on one machine: TF_CONFIG is set, but Keras 3 cannot train with "
+                            "TensorFlow's MultiWorkerMirroredStrategy (unset TF_CONFIG to use this machine's devices)")
+    devices = distribution_devices()
+    if len(devices) < 2:
+        raise SerkerasError(f"--distribute needs at least two devices, but {keras.backend.backend()} sees only "
+                            f"{devices[0]}: leave --distribute out to train on it")
+    if keras.backend.backend() == "jax":
+        with keras.distribution.DataParallel(devices=devices).scope():
+            yield len(devices)
+        return
+    import tensorflow as tf
+
+    with tf.distribute.MirroredStrategy(devices).scope():
+        yield len(devices)
+
+
+def check_replica_batch(batch_size, replicas):
+    """Refuse a batch size that the replicas cannot share equally."""
+    if batch_size % replicas:
+        raise SerkerasError(f"--batch-size {batch_size} must be a multiple of the {replicas} replicas that "
+                            "--distribute splits each batch between")
+
+
+def replicas_of(model):
+    """How many replicas `model` splits each batch between (1: it is not data-parallel)."""
+    if keras.backend.backend() == "tensorflow":
+        return model.distribute_strategy.num_replicas_in_sync
+    distribution = keras.distribution.distribution()
+    return distribution.device_mesh.devices.size if distribution is not None else 1
+
+
+def predict_with_replicas(model, feature_list, feature_config, replicas, batch_size=32):
+    """`serkeras.evaluation.predict_features` for a data-parallel model, in the order of `feature_list`.
+
+    Batches are padded for the replicas (`serkeras.pipeline.replica_padded_batches`) and the padding's
+    rows dropped: `predict_on_batch` would give every replica the whole batch under tf.distribute, and
+    JAX refuses a batch the devices cannot share.
+    """
+    from serkeras.pipeline import clip_lengths, eval_order
+
+    n_classes = model.outputs[0].shape[-1]
+    dataset = make_dataset(feature_list, np.zeros(len(feature_list), np.int32), n_classes,
+                           feature_config.length_mode, feature_config.fixed_frames, batch_size * replicas,
+                           input_names=model_input_names(model), replicas=replicas)
+    real = np.concatenate([weights for _, _, weights in dataset.as_numpy_iterator()]) == 1
+    probabilities = model.predict(dataset, verbose=0)[real]
+    if feature_config.length_mode == "fixed":
+        return probabilities
+    out = np.empty_like(probabilities)
+    out[eval_order(clip_lengths(feature_list))] = probabilities
+    return out
 
 
 def run_training(data, feature_config, model_config, train_config, run_dir, log_dir, resume=False,
@@ -590,35 +703,34 @@ def run_training(data, feature_config, model_config, train_config, run_dir, log_
     backup kept.
     """
     run_dir, log_dir = Path(run_dir), Path(log_dir)
-    keras.utils.set_random_seed(train_config.seed)
-    if train_config.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
     run_dir.mkdir(parents=True, exist_ok=True)
     config = {"feature_config": feature_config.to_dict(), "model_config": model_config.to_dict(),
               "train_config": train_config.to_dict(), **(describe or {})}
     write_text_atomically(run_dir / "config.json", json.dumps(config, indent=2))
-    with data_parallel(train_config.distribute):
+    hparams = {**model_config.to_dict(), **train_config.to_dict(), **(describe or {})}
+    backup = EpochBackup(run_dir / "backup")
+    # The strategy first: a multi-worker one must exist before TensorFlow sets up its devices.
+    with data_parallel(train_config.distribute) as replicas, precision_policy(train_config.mixed_precision):
+        check_replica_batch(train_config.batch_size, replicas)
+        keras.utils.set_random_seed(train_config.seed)
         model = build_model(feature_config, model_config, data.labels, data.stats)
         names = model_input_names(model)
-    train_ds = data.dataset("train", feature_config, train_config.batch_size, names, shuffle=True,
-                            seed=train_config.seed, mixup_alpha=train_config.mixup_alpha)
-    val_ds = data.dataset("val", feature_config, train_config.batch_size, names)
-    steps = int(np.ceil(len(data.parts["train"][0]) / train_config.batch_size))
-    backup = EpochBackup(run_dir / "backup")
-    with data_parallel(train_config.distribute):
+        train_ds = data.dataset("train", feature_config, train_config.batch_size, names, shuffle=True,
+                                seed=train_config.seed, mixup_alpha=train_config.mixup_alpha, replicas=replicas)
+        val_ds = data.dataset("val", feature_config, train_config.batch_size, names, replicas=replicas)
+        steps = int(np.ceil(len(data.parts["train"][0]) / train_config.batch_size))
         compile_model(model, train_config, steps)
         initial_epoch = backup.restore(model) if resume else 0
-    hparams = {**model_config.to_dict(), **train_config.to_dict(), **(describe or {})}
-    if not resume:
-        log_hparams(log_dir, hparams)
-    callbacks = make_callbacks(run_dir, log_dir, data, feature_config, train_config, backup, resume)
-    if resume:  # after make_callbacks, which takes the best score so far from the whole history
-        drop_epochs_from(run_dir / "history.csv", initial_epoch)
-    interrupt = StopOnInterrupt(backup)
-    with interrupt.watching():
-        model.fit(train_ds, validation_data=val_ds, epochs=train_config.epochs, initial_epoch=initial_epoch,
-                  verbose=verbose, shuffle=False, callbacks=[interrupt] + callbacks,
-                  class_weight=fit_class_weight(data, train_config))
+        if not resume:
+            log_hparams(log_dir, hparams)
+        callbacks = make_callbacks(run_dir, log_dir, data, feature_config, train_config, backup, resume)
+        if resume:  # after make_callbacks, which takes the best score so far from the whole history
+            drop_epochs_from(run_dir / "history.csv", initial_epoch)
+        interrupt = StopOnInterrupt(backup)
+        with interrupt.watching():
+            model.fit(train_ds, validation_data=val_ds, epochs=train_config.epochs, initial_epoch=initial_epoch,
+                      verbose=verbose, shuffle=False, callbacks=[interrupt] + callbacks,
+                      class_weight=fit_class_weight(data, train_config))
     if not (run_dir / "model.keras").is_file():
         raise SerkerasError(f"training produced no checkpoint in {run_dir} (did the loss become NaN?)")
     from serkeras.models import load_model

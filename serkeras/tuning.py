@@ -35,8 +35,8 @@ import numpy as np
 from serkeras.errors import SerkerasError
 from serkeras.evaluation import classification_report, model_input_names, predict_features
 from serkeras.models import build_model
-from serkeras.training import (LearningRateLogger, TrainConfig, compile_model, ema_callback, fit_class_weight,
-                               plateau_callback)
+from serkeras.training import (LearningRateLogger, TrainConfig, check_replica_batch, compile_model, data_parallel,
+                               ema_callback, fit_class_weight, plateau_callback, precision_policy)
 
 #: The study's grid.
 ACTIVATION_GRID = ("relu", "silu", "elu")
@@ -49,6 +49,9 @@ TUNERS = ("random", "bayesian", "hyperband", "grid")
 OBJECTIVES = ("val_accuracy", "val_macro_f1")
 #: Hyperparameter names, in table order.
 HP_NAMES = ("activation", "learning_rate", "dropout", "width")
+#: Training settings a search does not store: searched (the learning rate), or which devices compute
+#: (a search may resume with or without --distribute).
+NOT_STORED = ("learning_rate", "distribute")
 #: Metrics reported per trial (values at the trial's best epoch).
 TRIAL_METRICS = ("val_accuracy", "val_macro_f1", "val_loss")
 
@@ -166,11 +169,20 @@ def run_search(tuner, data, epochs, batch_size, log_dir, patience=5, seed=0, ver
     a TensorBoard HParams callback holding the trial's values.
     """
     hypermodel = tuner.hypermodel
+    train_config = hypermodel.train_config
+    # Every trial's model is built, compiled and fitted in the same data-parallel context as `train`'s.
+    with data_parallel(train_config.distribute) as replicas, precision_policy(train_config.mixed_precision):
+        check_replica_batch(batch_size, replicas)
+        _search(tuner, data, epochs, batch_size, log_dir, patience, seed, verbose, replicas)
+
+
+def _search(tuner, data, epochs, batch_size, log_dir, patience, seed, verbose, replicas):
+    hypermodel = tuner.hypermodel
     names = input_names(hypermodel)
     feature_config = hypermodel.feature_config
     train = data.dataset("train", feature_config, batch_size, names, shuffle=True, seed=seed,
-                         mixup_alpha=hypermodel.train_config.mixup_alpha)
-    val = data.dataset("val", feature_config, batch_size, names)
+                         mixup_alpha=hypermodel.train_config.mixup_alpha, replicas=replicas)
+    val = data.dataset("val", feature_config, batch_size, names, replicas=replicas)
     objective = tuner.oracle.objective.name
     callbacks = [
         ema_callback(hypermodel.train_config),  # first: the objective and KerasTuner's checkpoint see its weights
@@ -293,8 +305,8 @@ def evaluate(model, data, feature_config, part="test"):
 
 def search_settings(feature_config, model_config, train_config, describe, tuner_kind, objective, search_dropout,
                     search_width):
-    """What a resumed search must share with the stored one (the searched learning rate aside)."""
-    training = {k: v for k, v in train_config.to_dict().items() if k != "learning_rate"}
+    """What a resumed search must share with the stored one (the searched learning rate and the devices aside)."""
+    training = {k: v for k, v in train_config.to_dict().items() if k not in NOT_STORED}
     return {"feature_config": feature_config.to_dict(), "model_config": model_config.to_dict(),
             "train_config": training, "tuner": tuner_kind, "objective": objective,
             "search_dropout": search_dropout, "search_width": search_width, **describe}
@@ -314,7 +326,8 @@ def _filled_in(settings):
         if isinstance(filled.get(key), dict):
             filled[key] = cls.from_dict(filled[key]).to_dict()
     if "train_config" in filled:
-        filled["train_config"].pop("learning_rate", None)  # searched, so never stored
+        for key in NOT_STORED:
+            filled["train_config"].pop(key, None)
     return json.loads(json.dumps(filled))
 
 

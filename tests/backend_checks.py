@@ -20,7 +20,13 @@ every backend too; their fixed-length graphs are built in tests/test_models.py):
   identical predictions (atol 1e-6), labels / feature config / model config
   round-trip through ``model_metadata``.
 
-and, once, ``whisper/variable speaker stages``: a tiny `whisper` that standardises
+and, once, ``distribute``: `serkeras.training.run_training` with ``distribute=True`` over two CPU
+devices (TensorFlow: two logical devices, MirroredStrategy; JAX: two host devices, DataParallel) on
+11 clips in batches of 4 (bucketed, partial batches); the saved model loads with finite weights, and
+the same weights predict the same under data parallelism (batches padded for the replicas) as on one
+device (atol 1e-5). Under torch, ``--distribute`` is refused with a one-line error.
+
+And, once, ``whisper/variable speaker stages``: a tiny `whisper` that standardises
 its embedding by speaker predicts through ``predict_features`` (embeddings, then
 its nested head with each speaker's statistics) what the whole model predicts
 given those statistics, and the same after a save and reload (atol 1e-5).
@@ -46,6 +52,14 @@ from pathlib import Path
 # roughly halves it (speed only; every comparison below is within one run or within 1e-5).
 if os.environ.get("KERAS_BACKEND") == "jax":
     os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+    # Two host devices for the ``distribute`` check (before JAX sets up its devices).
+    os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=2"
+elif os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+    # Two logical CPU devices for the ``distribute`` check (before TensorFlow sets up its devices).
+    import tensorflow as tf
+
+    tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
+                                               [tf.config.LogicalDeviceConfiguration()] * 2)
 
 # Test the checkout this file lives in, even if another copy of serkeras is installed.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -242,6 +256,48 @@ def check_speaker_stages(feature_config, clips, directory):
     return bool(diff <= PAD_ATOL), f"two stages vs whole model vs reloaded: max|diff|={diff:.2e}"
 
 
+def check_distribute(feature_config, clips, labels, directory):
+    from types import SimpleNamespace
+
+    from serkeras.errors import SerkerasError
+    from serkeras.pipeline import make_dataset
+    from serkeras.training import SplitData, TrainConfig, data_parallel, run_training
+
+    if keras.backend.backend() == "torch":
+        try:
+            with data_parallel(True):
+                pass
+        except SerkerasError as exc:
+            return "jax and tensorflow" in str(exc), f"refused: {exc}"
+        return False, "--distribute was not refused under torch"
+    rng = np.random.default_rng(3)
+    features = list(clips) + [synthetic_clip(rng, n, feature_config) for n in (64, 150, 90)]  # 11: partial batches
+    targets = list(labels) + list(rng.integers(0, len(LABELS), size=3))
+    described = [SimpleNamespace(path=f"clip{i}.wav", sex=("female", "male")[i % 2]) for i in range(len(features))]
+    parts = {"train": (described, features, targets), "val": (described[:5], features[:5], targets[:5]),
+             "test": (described[5:], features[5:], targets[5:])}
+    data = SplitData(tuple(LABELS), parts, compute_stats(features))
+    model_config = ModelConfig(arch="combined", width=0.125, head_units=32)
+    run_dir = Path(directory) / "distributed"
+    metrics = run_training(data, feature_config, model_config, TrainConfig(epochs=1, batch_size=4, distribute=True),
+                           run_dir, Path(directory) / "distributed-logs", verbose=0)
+    trained, _ = load_model(run_dir / "model.keras")
+    finite = all(np.isfinite(w).all() for w in trained.get_weights())
+    names = tuple(input_names(trained))
+    with data_parallel(True) as replicas:
+        distributed = build_model(feature_config, model_config, LABELS, data.stats)
+        distributed.set_weights(trained.get_weights())
+        padded = make_dataset(features, targets, len(LABELS), batch_size=4, input_names=names, replicas=replicas)
+        real = np.concatenate([np.asarray(weights) for _, _, weights in padded]) == 1
+        together = distributed.predict(padded, verbose=0)[real]
+    alone = trained.predict(make_dataset(features, targets, len(LABELS), batch_size=4, input_names=names), verbose=0)
+    diff = np.abs(together - alone).max() if together.shape == alone.shape else np.inf
+    scores = [metrics[part]["accuracy"] for part in ("val", "test")]
+    ok = replicas == 2 and finite and diff <= PAD_ATOL and all(0.0 <= s <= 1.0 for s in scores)
+    return ok, (f"{replicas} replicas, weights finite={finite}, val/test accuracy {scores}; predictions over "
+                f"the replicas vs one device: max|diff|={diff:.2e} over {alone.shape}")
+
+
 def export(model, feature_config, directory):
     """Save the model, a fixed synthetic batch and its predictions for another backend to reload."""
     directory = Path(directory)
@@ -312,6 +368,9 @@ def main(argv):
                 print(f"     {tag} took {time.perf_counter() - start:.1f} s", flush=True)
             if length_mode == "variable":
                 check("whisper/variable speaker stages")(check_speaker_stages, feature_config, clips, tmp)
+                start = time.perf_counter()
+                check("distribute")(check_distribute, feature_config, clips, labels, tmp)
+                print(f"     distribute took {time.perf_counter() - start:.1f} s", flush=True)
     print(f"{len(FAILURES)} failed" + (f": {', '.join(FAILURES)}" if FAILURES else ""), flush=True)
     return 1 if FAILURES else 0
 
