@@ -96,6 +96,32 @@ def _predict(model, feature_list, length_mode, fixed_frames, batch_size):
     return out
 
 
+def frame_outputs(model, feature_list, batch_size=32, progress=None):
+    """Per-clip outputs of a model stage that maps frames to frames (such as the `front` of
+    `serkeras.models.frozen_stages`), in the order of `feature_list`.
+
+    `model` takes variable-length features and their ``lengths`` and returns
+    frame tensors (batch, frames', dim), then the clips' frame counts after it;
+    each clip's real frames are kept, keyed ``frames0``, ``frames1``, ... as the
+    next stage's inputs are named. `progress`, if given, is called with the
+    number of clips done after each batch.
+    """
+    ds = make_dataset(feature_list, np.zeros(len(feature_list), np.int32), 1, "variable",
+                      batch_size=batch_size, input_names=model_input_names(model))
+    ds = ds.map(lambda x, y: x)
+    order = eval_order(clip_lengths(feature_list))
+    out = [None] * len(feature_list)
+    done = 0
+    for x in ds.as_numpy_iterator():
+        *frames, lengths = (np.asarray(o) for o in model.predict_on_batch(x))
+        for row, length in enumerate(lengths):
+            out[order[done + row]] = {f"frames{j}": f[row, :length] for j, f in enumerate(frames)}
+        done += len(lengths)
+        if progress is not None:
+            progress(done)
+    return out
+
+
 def predict_versions(model, versions, length_mode, fixed_frames=None, batch_size=32, speakers=None,
                      references=None):
     """Mean class probabilities over versions of the same clips, such as each clip and its

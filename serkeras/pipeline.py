@@ -18,7 +18,9 @@ PAD_MULTIPLE = 16
 
 
 def clip_lengths(feature_list):
-    return np.array([len(f["logmel"]) for f in feature_list], dtype=np.int32)
+    """Each clip's frames: the length of its frame-aligned arrays (`logmel`, or the first it has)."""
+    return np.array([len(f["logmel"] if "logmel" in f else next(iter(f.values()))) for f in feature_list],
+                    dtype=np.int32)
 
 
 def eval_order(lengths):
@@ -175,7 +177,7 @@ def make_dataset(feature_list, labels, n_classes, length_mode="variable", fixed_
     """
     labels = np.asarray(labels)
     targets = labels.astype(np.float32) if labels.ndim == 2 else np.eye(n_classes, dtype=np.float32)[labels]
-    kinds = [k for k in FEATURE_KINDS if k in input_names]
+    kinds = [k for k in input_names if k != "lengths"]  # the feature kinds, or a model stage's frame inputs
     if length_mode == "fixed":
         fitted = [fit_to_length({k: f[k] for k in kinds}, fixed_frames) for f in feature_list]
         inputs = {k: np.stack([f[k] for f in fitted]) for k in kinds}

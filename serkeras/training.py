@@ -8,6 +8,7 @@ confusion_matrix.png, history.csv, backup/ while in progress) and
 import contextlib
 import csv
 import dataclasses
+import functools
 import io
 import json
 import os
@@ -27,10 +28,10 @@ from serkeras.cache import cached_features
 from serkeras.config import known_fields
 from serkeras.effects import WaveAugmentation
 from serkeras.errors import SerkerasError
-from serkeras.evaluation import (classification_report, confusion_matrix_figure, model_input_names,
+from serkeras.evaluation import (classification_report, confusion_matrix_figure, frame_outputs, model_input_names,
                                  predict_features, save_confusion_matrix)
 from serkeras.features import compute_stats, speaker_normalized
-from serkeras.models import build_model
+from serkeras.models import build_model, frozen_stages
 from serkeras.pipeline import make_dataset
 
 SCHEDULES = ("plateau", "cosine", "constant")
@@ -109,6 +110,24 @@ class SplitData:
     parts: dict  # name -> (clips, feature_list, label_indices)
     stats: object
     targets: dict = dataclasses.field(default_factory=dict)
+
+    def through(self, stage, parts=("train", "val"), batch_size=32, progress=True):
+        """These `parts` of the split with each clip's features replaced by what `stage` makes of them.
+
+        For training the layers after a frozen stage (see `serkeras.models.frozen_stages`):
+        the stage runs once per clip instead of once per clip and epoch.
+        """
+        from tqdm.auto import tqdm
+
+        total = sum(len(self.parts[part][1]) for part in parts)
+        with tqdm(total=total, desc="frozen layers", unit="clip", disable=not progress) as bar:
+            def outputs(features):
+                done = bar.n
+                return frame_outputs(stage, features, batch_size, progress=lambda n: bar.update(done + n - bar.n))
+
+            staged = {part: (clips, outputs(features), labels)
+                      for part, (clips, features, labels) in self.parts.items() if part in parts}
+        return SplitData(self.labels, staged, self.stats, dict(self.targets))
 
     def dataset(self, part, feature_config, batch_size, input_names, shuffle=False, seed=0, mixup_alpha=0.0,
                 replicas=1):
@@ -537,8 +556,23 @@ def ema_callback(train_config):
     return keras.callbacks.SwapEMAWeights(swap_on_epoch=True)
 
 
-def make_callbacks(run_dir, log_dir, data, feature_config, train_config, backup, resume=False):
-    """The callbacks of a run, in the order their work needs; `backup` is the run's `EpochBackup`."""
+class CheckpointOf(keras.callbacks.ModelCheckpoint):
+    """`ModelCheckpoint` that saves `whole`, a model of which the one being trained is a part (sharing its
+    layers), when that part improves."""
+
+    def __init__(self, whole, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.whole = whole
+
+    def set_model(self, model):
+        super().set_model(self.whole)
+
+
+def make_callbacks(run_dir, log_dir, data, feature_config, train_config, backup, resume=False, whole=None):
+    """The callbacks of a run, in the order their work needs; `backup` is the run's `EpochBackup`.
+
+    `whole`: the model to save at each improvement when the trained model is a part of it.
+    """
     mode = "min" if train_config.monitor == "val_loss" else "max"
     val_clips, val_features, val_labels = data.parts["val"]
     callbacks = [
@@ -546,10 +580,9 @@ def make_callbacks(run_dir, log_dir, data, feature_config, train_config, backup,
         keras.callbacks.TerminateOnNaN(),
         backup,
         ema_callback(train_config),
-        keras.callbacks.ModelCheckpoint(str(run_dir / "model.keras"), monitor=train_config.monitor, mode=mode,
-                                        save_best_only=True,
-                                        initial_value_threshold=best_so_far(run_dir / "history.csv",
-                                                                            train_config.monitor) if resume else None),
+        (keras.callbacks.ModelCheckpoint if whole is None else functools.partial(CheckpointOf, whole))(
+            str(run_dir / "model.keras"), monitor=train_config.monitor, mode=mode, save_best_only=True,
+            initial_value_threshold=best_so_far(run_dir / "history.csv", train_config.monitor) if resume else None),
         keras.callbacks.EarlyStopping(monitor=train_config.monitor, mode=mode, patience=train_config.patience,
                                       restore_best_weights=True),
         plateau_callback(train_config),
@@ -714,21 +747,27 @@ def run_training(data, feature_config, model_config, train_config, run_dir, log_
         check_replica_batch(train_config.batch_size, replicas)
         keras.utils.set_random_seed(train_config.seed)
         model = build_model(feature_config, model_config, data.labels, data.stats)
-        names = model_input_names(model)
-        train_ds = data.dataset("train", feature_config, train_config.batch_size, names, shuffle=True,
-                                seed=train_config.seed, mixup_alpha=train_config.mixup_alpha, replicas=replicas)
-        val_ds = data.dataset("val", feature_config, train_config.batch_size, names, replicas=replicas)
+        # A model whose lower layers are frozen trains its upper part on their outputs, computed once.
+        stages = frozen_stages(model)
+        trained, trained_data = (model, data) if stages is None else (
+            stages[1], data.through(stages[0], batch_size=train_config.batch_size, progress=verbose > 0))
+        names = model_input_names(trained)
+        train_ds = trained_data.dataset("train", feature_config, train_config.batch_size, names, shuffle=True,
+                                        seed=train_config.seed, mixup_alpha=train_config.mixup_alpha,
+                                        replicas=replicas)
+        val_ds = trained_data.dataset("val", feature_config, train_config.batch_size, names, replicas=replicas)
         steps = int(np.ceil(len(data.parts["train"][0]) / train_config.batch_size))
-        compile_model(model, train_config, steps)
-        initial_epoch = backup.restore(model) if resume else 0
+        compile_model(trained, train_config, steps)
+        initial_epoch = backup.restore(trained) if resume else 0
         if not resume:
             log_hparams(log_dir, hparams)
-        callbacks = make_callbacks(run_dir, log_dir, data, feature_config, train_config, backup, resume)
+        callbacks = make_callbacks(run_dir, log_dir, trained_data, feature_config, train_config, backup, resume,
+                                   whole=None if trained is model else model)
         if resume:  # after make_callbacks, which takes the best score so far from the whole history
             drop_epochs_from(run_dir / "history.csv", initial_epoch)
         interrupt = StopOnInterrupt(backup)
         with interrupt.watching():
-            model.fit(train_ds, validation_data=val_ds, epochs=train_config.epochs, initial_epoch=initial_epoch,
+            trained.fit(train_ds, validation_data=val_ds, epochs=train_config.epochs, initial_epoch=initial_epoch,
                       verbose=verbose, shuffle=False, callbacks=[interrupt] + callbacks,
                       class_weight=fit_class_weight(data, train_config))
     if not (run_dir / "model.keras").is_file():

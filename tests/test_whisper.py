@@ -233,3 +233,35 @@ def test_whisper_settings_errors_are_one_line(three_class_manifest, tiny_encoder
     assert result.exit_code != 0 and f"has {LAYERS}" in result.output
     result = run_cli(base + ["--encoder", str(tiny_encoder), "--fine-tune-layers", "3"], workdir)
     assert result.exit_code != 0 and "fine_tune_layers must be between 0 and encoder_layers" in result.output
+
+
+@pytest.mark.parametrize("fine_tune, layer_pooling, pooling", [(0, "last", "stats"), (1, "weighted", "attention"),
+                                                               (3, "weighted", "average"), (2, "last", "stats")])
+def test_frozen_stages_compute_what_the_whole_model_does_and_train_its_layers(fine_tune, layer_pooling, pooling):
+    """The front (frozen layers, run once per clip) and the trained part, run one after the other, give the whole
+    model's probabilities; the trained part holds the whole model's trainable layers themselves."""
+    import keras
+
+    from serkeras.evaluation import frame_outputs, predict_features
+    from serkeras.features import FeatureConfig
+    from serkeras.models import ModelConfig, build_whisper, frozen_stages
+
+    config = ModelConfig(arch="whisper", encoder_layers=3, encoder_dim=DIM, attention_heads=HEADS, pooling=pooling,
+                         fine_tune_layers=fine_tune, layer_pooling=layer_pooling, dropout=0.2)
+    model = build_whisper(FeatureConfig(n_mels=N_MELS, fmin=0.0, n_fft=400), config, ["a", "b", "c"])
+    front, trained = frozen_stages(model)
+    rng = np.random.default_rng(3)
+    clips = [{"logmel": rng.uniform(-80, -20, (n, N_MELS)).astype(np.float32)} for n in (17, 6, 30, 9)]
+    staged = frame_outputs(front, clips, batch_size=3)
+    assert [len(s["frames0"]) for s in staged] == [9, 3, 15, 5]  # halved, rounded up
+    expected_inputs = (3 - fine_tune) if layer_pooling == "weighted" and fine_tune < 3 else 1
+    assert len(staged[0]) == expected_inputs
+    whole = predict_features(model, clips, "variable")
+    np.testing.assert_allclose(predict_features(trained, staged, "variable"), whole, atol=1e-5)
+    assert {id(w) for w in trained.trainable_weights} == {id(w) for w in model.trainable_weights}
+    trained.compile(optimizer=keras.optimizers.SGD(0.5), loss="categorical_crossentropy")
+    labels = np.eye(3, dtype=np.float32)[[0, 1, 2, 0]]
+    batch = {f"frames{j}": np.stack([np.pad(s[f"frames{j}"], ((0, 15 - len(s[f"frames{j}"])), (0, 0)))
+                                     for s in staged]) for j in range(expected_inputs)}
+    trained.train_on_batch({**batch, "lengths": np.array([9, 3, 15, 5], np.int32)}, labels)
+    assert not np.allclose(predict_features(model, clips, "variable"), whole, atol=1e-6)  # the whole model learnt

@@ -6,7 +6,7 @@ from serkeras.models.config import ACTIVATIONS, LAYER_POOLINGS, POOLINGS, UTTERA
 from serkeras.models.layers import SerkerasMetadata
 from serkeras.models.registry import ARCHITECTURES, configure, get_builder, register
 from serkeras.models.saving import load_model, model_metadata
-from serkeras.models.whisper import build_whisper, load_whisper_backbone, whisper_backbone
+from serkeras.models.whisper import build_whisper, frozen_stages, load_whisper_backbone, whisper_backbone
 
 
 def build_model(feature_config, model_config, labels, stats=None):
@@ -26,5 +26,5 @@ def build_model(feature_config, model_config, labels, stats=None):
 
 
 __all__ = ["ACTIVATIONS", "ARCHITECTURES", "LAYER_POOLINGS", "ModelConfig", "POOLINGS", "SPEAKER_INPUTS",
-           "UTTERANCE_NORMS", "SerkerasMetadata", "build_model", "build_whisper", "configure", "get_builder",
+           "UTTERANCE_NORMS", "SerkerasMetadata", "build_model", "build_whisper", "configure", "frozen_stages", "get_builder",
            "load_model", "load_whisper_backbone", "model_metadata", "register", "speaker_stages", "whisper_backbone"]

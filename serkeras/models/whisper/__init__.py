@@ -20,11 +20,11 @@ from keras import layers
 from serkeras.errors import SerkerasError
 from serkeras.models.blocks import (EMBEDDING_LAYER, finish, lengths_input, pool_over_time, speaker_head,
                                     speaker_statistics_inputs)
-from serkeras.models.layers import WeightedLayerSum
+from serkeras.models.layers import LengthMask, WeightedLayerSum
 from serkeras.models.registry import register
 from serkeras.models.whisper.backbone import (backbone_layers, encoder_layer, encoder_parameters, freeze_lower_layers,
-                                              load_whisper_backbone, set_encoder_weights, whisper_backbone,
-                                              whisper_encoder)
+                                              layers_by_name, load_whisper_backbone, set_encoder_weights,
+                                              whisper_backbone, whisper_encoder)
 from serkeras.models.whisper.convert import FORMATS, EncoderSizes, EncoderWeights, read_checkpoint
 
 #: Whisper's log-mel: 25 ms windows every 10 ms at 16 kHz, mel bands from 0 to 8 kHz, the clip at the level it
@@ -122,7 +122,57 @@ def build_whisper(feature_config, model_config, labels, stats=None):
     return finish([logmel, lengths, *speaker], probabilities, labels, feature_config, model_config, name="whisper")
 
 
+def frozen_stages(model):
+    """A `whisper` model cut where its frozen encoder layers end, or None for any other model.
+
+    Training needs the frozen layers' outputs only once per clip: `front` computes
+    them, `trained` (built from the same layer objects, so training it trains
+    `model`) runs the rest. A model whose embedding is standardised by speaker is
+    not cut (None).
+
+    Returns
+    -------
+    (front, trained) : (keras.Model, keras.Model)
+        `front` maps the model's inputs (``logmel``, ``lengths``) to the frames
+        that the trained layers read, ``frames0`` ... (the last frozen layer's
+        output, and with a weighted sum of layers every frozen layer's, in
+        order), then the halved ``lengths``; `trained` maps those to the class
+        probabilities.
+    """
+    try:
+        encoder = model.get_layer(ENCODER_LAYER)
+        probabilities = model.get_layer("probabilities")
+    except ValueError:
+        return None
+    found = layers_by_name(encoder)
+    n_layers = backbone_layers(encoder)
+    frozen = next((i for i in range(n_layers) if found[f"layer{i}_attention"].trainable), n_layers)
+    weighted = "layer_sum" in {layer.name for layer in model.layers}
+    start = found[f"layer{frozen - 1}_ffn_add"].output if frozen else found["positions"].output
+    carried = [found[f"layer{i}_ffn_add"].output for i in range(frozen - 1)] if weighted else []
+    lengths = found["conv2_lengths"].output
+    front = keras.Model(encoder.inputs, [*carried, start, lengths], name="whisper_frozen_layers")
+
+    dim = start.shape[-1]
+    inputs = [keras.Input(shape=(None, dim), name=f"frames{j}") for j in range(len(carried) + 1)]
+    pooled_lengths = keras.Input(shape=(), dtype="int32", name="lengths")
+    x = inputs[-1]
+    mask = LengthMask(name="frame_mask")(x, pooled_lengths)
+    outputs = list(inputs) if frozen else []
+    heads = found["layer0_attention"].num_heads
+    for i in range(frozen, n_layers):
+        x = encoder_layer(x, mask, dim, heads, f"layer{i}", reuse=found)
+        outputs.append(x)
+    if weighted:
+        x = model.get_layer("layer_sum")(outputs)
+    x = model.get_layer(EMBEDDING_LAYER)(x, pooled_lengths)
+    if "head_dropout" in {layer.name for layer in model.layers}:
+        x = model.get_layer("head_dropout")(x)
+    trained = keras.Model([*inputs, pooled_lengths], probabilities(x), name="whisper_trained_layers")
+    return front, trained
+
+
 __all__ = ["ENCODER_LAYER", "EncoderSizes", "EncoderWeights", "FORMATS", "WHISPER_FEATURES", "backbone_layers",
-           "build_whisper", "configure_whisper", "encoder_layer", "encoder_parameters", "freeze_lower_layers",
+           "build_whisper", "configure_whisper", "encoder_layer", "encoder_parameters", "freeze_lower_layers", "frozen_stages",
            "load_whisper_backbone", "whisper_backbone",
            "read_checkpoint", "set_encoder_weights", "whisper_encoder", "whisper_feature_config"]

@@ -16,15 +16,22 @@ from serkeras.models.layers import LengthMask, PooledLengths, SinusoidalPosition
 from serkeras.models.whisper.convert import read_checkpoint
 
 
-def encoder_layer(x, mask, dim, heads, name):
-    """Pre-norm self-attention and GELU feed-forward (4 x `dim`), each residual; LayerNorm epsilon as Whisper's."""
-    y = layers.LayerNormalization(epsilon=1e-5, name=f"{name}_attention_norm")(x)
-    y = layers.MultiHeadAttention(heads, dim // heads, name=f"{name}_attention")(y, y, query_mask=mask, value_mask=mask)
-    x = layers.Add(name=f"{name}_attention_add")([x, y])
-    y = layers.LayerNormalization(epsilon=1e-5, name=f"{name}_ffn_norm")(x)
-    y = layers.Dense(4 * dim, activation=gelu, name=f"{name}_ffn_expand")(y)
-    y = layers.Dense(dim, name=f"{name}_ffn_project")(y)
-    return layers.Add(name=f"{name}_ffn_add")([x, y])
+def encoder_layer(x, mask, dim, heads, name, reuse=None):
+    """Pre-norm self-attention and GELU feed-forward (4 x `dim`), each residual; LayerNorm epsilon as Whisper's.
+
+    `reuse` ({name: layer}) applies the existing layers of that name instead of new ones, with their weights.
+    """
+    def layer(make, suffix):
+        return reuse[f"{name}_{suffix}"] if reuse is not None else make(name=f"{name}_{suffix}")
+
+    y = layer(lambda **kw: layers.LayerNormalization(epsilon=1e-5, **kw), "attention_norm")(x)
+    y = layer(lambda **kw: layers.MultiHeadAttention(heads, dim // heads, **kw), "attention")(
+        y, y, query_mask=mask, value_mask=mask)
+    x = layer(layers.Add, "attention_add")([x, y])
+    y = layer(lambda **kw: layers.LayerNormalization(epsilon=1e-5, **kw), "ffn_norm")(x)
+    y = layer(lambda **kw: layers.Dense(4 * dim, activation=gelu, **kw), "ffn_expand")(y)
+    y = layer(lambda **kw: layers.Dense(dim, **kw), "ffn_project")(y)
+    return layer(layers.Add, "ffn_add")([x, y])
 
 
 def whisper_encoder(x, lengths, n_layers, dim, heads):
@@ -116,7 +123,7 @@ def set_encoder_weights(model, weights):
     ``layer{i}_*``), itself or in a nested model such as `whisper_backbone`;
     every encoder layer it has is filled, and ``final_norm`` if present.
     """
-    found = _layers_by_name(model)
+    found = layers_by_name(model)
     for conv in ("conv1", "conv2"):  # checkpoints store (out, in, kernel); Keras wants (kernel, in, out)
         found[conv].set_weights([weights[f"{conv}/weight"].transpose(2, 1, 0), weights[f"{conv}/bias"]])
     i = 0
@@ -140,13 +147,13 @@ def set_encoder_weights(model, weights):
         found["final_norm"].set_weights([weights["final_norm/gamma"], weights["final_norm/beta"]])
 
 
-def _layers_by_name(model):
+def layers_by_name(model):
     """Every layer of `model` and of the models nested in it, by name."""
     found = {}
     for layer in model.layers:
         found[layer.name] = layer
         if isinstance(layer, keras.Model):
-            found |= _layers_by_name(layer)
+            found |= layers_by_name(layer)
     return found
 
 
