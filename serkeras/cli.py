@@ -259,6 +259,26 @@ def split_options(f):
     return f
 
 
+def _use_recipe(ctx, param, value):
+    """--recipe: the recipe's settings become the command's defaults, so the command line still wins."""
+    if value is not None:
+        from serkeras.recipes import option_defaults, read_recipe
+
+        try:
+            defaults = option_defaults(read_recipe(value), ctx.command.params)
+        except SerkerasError as exc:
+            raise click.BadParameter(str(exc)) from None
+        ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
+#: --recipe of train and tune; eager, so that its settings are in place before the other options are read.
+recipe_option = click.option(
+    "--recipe", default=None, is_eager=True, expose_value=False, callback=_use_recipe,
+    help="A recipe (TOML file, or the name of one shipped with serkeras) whose settings replace the defaults; "
+         "options given on the command line still apply.")
+
+
 def _apply(options, f):
     for option in reversed(options):
         f = option(f)
@@ -443,6 +463,7 @@ def load_split(data_dir, manifest, split_kind, fold, n_folds, val_fraction, test
 
 
 @main.command(cls=KerasCommand)
+@recipe_option
 @data_options
 @split_options
 @feature_options
@@ -824,6 +845,7 @@ def _tune_options(f):
 
 
 @main.command(cls=KerasCommand)
+@recipe_option
 @data_options
 @split_options
 @feature_options

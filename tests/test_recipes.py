@@ -1,0 +1,48 @@
+"""Recipes: settings as TOML files that `train --recipe` and `tune --recipe` start from."""
+
+import pytest
+
+from serkeras.errors import SerkerasError
+from serkeras.recipes import option_defaults, read_recipe, shipped_recipes
+
+
+def test_every_shipped_recipe_is_a_valid_train_invocation():
+    from serkeras.cli import train
+
+    assert "crema-d-whisper-base" in shipped_recipes()
+    for name in shipped_recipes():
+        defaults = option_defaults(read_recipe(name), train.params)
+        assert defaults, name
+
+
+def test_recipe_keys_are_option_names_and_the_negative_flag_means_false():
+    from serkeras.cli import train
+
+    got = option_defaults({"batch-size": 8, "lr": 0.01, "no-augment": True, "pitch": True, "split_kind": "actor"},
+                          train.params)
+    assert got == {"batch_size": 8, "learning_rate": 0.01, "spec_augment": False, "pitch": True,
+                   "split_kind": "actor"}
+    with pytest.raises(SerkerasError, match="the recipe sets colour, epoch"):
+        option_defaults({"epoch": 3, "colour": "red"}, train.params)
+
+
+def test_train_starts_from_the_recipe_and_the_command_line_wins(crema_subset, workdir, tmp_path):
+    import json
+
+    from conftest import run_cli
+
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text('arch = "resnet"\nwidth = 0.0625\nhead-units = 16\nepochs = 3\nsplit = "actor"\n'
+                      'batch-size = 16\nquiet = true\nworkers = 1\n')
+    result = run_cli(["train", "--recipe", str(recipe), "--data-dir", str(crema_subset), "--epochs", "1",
+                      "--run-name", "from-recipe", "--cache-dir", str(workdir / "cache")], workdir)
+    assert result.exit_code == 0, result.output
+    config = json.loads((workdir / "saved_models" / "from-recipe" / "config.json").read_text())
+    assert config["model_config"]["arch"] == "resnet" and config["model_config"]["width"] == 0.0625
+    assert config["train_config"]["epochs"] == 1 and config["split"] == "actor"
+    bad = tmp_path / "bad.toml"
+    bad.write_text("arch = \n")
+    result = run_cli(["train", "--recipe", str(bad)], workdir)
+    assert result.exit_code == 2 and "is not valid TOML" in result.output
+    result = run_cli(["train", "--recipe", "no-such-recipe"], workdir)
+    assert result.exit_code == 2 and "neither a file nor a shipped recipe" in result.output
