@@ -222,6 +222,38 @@ def _read_ctranslate2(path):
     return _sizes(w, heads, n_layers), w
 
 
+# --- PyTorch module names (Hugging Face and OpenAI) ------------------------------------------------------------
+
+#: Where each of our names is in a PyTorch state dict's encoder: its layers' prefix, the final norm, and each
+#: layer's modules (``<module>.weight`` / ``<module>.bias``; a norm's weight is our gamma, its bias our beta).
+HUGGINGFACE_NAMES = {"layers": "layers", "final_norm": "layer_norm", "query": "self_attn.q_proj",
+                     "key": "self_attn.k_proj", "value": "self_attn.v_proj", "out": "self_attn.out_proj",
+                     "attention_norm": "self_attn_layer_norm", "ffn_norm": "final_layer_norm", "ffn_expand": "fc1",
+                     "ffn_project": "fc2"}
+OPENAI_NAMES = {"layers": "blocks", "final_norm": "ln_post", "query": "attn.query", "key": "attn.key",
+                "value": "attn.value", "out": "attn.out", "attention_norm": "attn_ln", "ffn_norm": "mlp_ln",
+                "ffn_expand": "mlp.0", "ffn_project": "mlp.2"}
+
+
+def _from_module_names(v, names):
+    """Encoder tensors `v` (PyTorch names, without the encoder's prefix) in our layout; returns (weights, layers)."""
+    def norm(module):
+        return v[f"{module}.weight"], v[f"{module}.bias"]
+
+    w = {f"{c}/{p}": v[f"{c}.{p}"] for c in ("conv1", "conv2") for p in ("weight", "bias")}
+    w["final_norm/gamma"], w["final_norm/beta"] = norm(names["final_norm"])
+    n_layers = _layer_count(v, re.escape(names["layers"]) + r"\.(\d+)\.")
+    for i in range(n_layers):
+        p, q = f"{names['layers']}.{i}.", f"layer{i}/"
+        for ours in ("query", "key", "value", "out", "ffn_expand", "ffn_project"):
+            weight = w[f"{q}{ours}/weight"] = v[f"{p}{names[ours]}.weight"]
+            # Whisper's key projection has no bias.
+            w[f"{q}{ours}/bias"] = v.get(f"{p}{names[ours]}.bias", np.zeros(len(weight), np.float32))
+        for ours in ("attention_norm", "ffn_norm"):
+            w[f"{q}{ours}/gamma"], w[f"{q}{ours}/beta"] = norm(p + names[ours])
+    return w, n_layers
+
+
 # --- Hugging Face (transformers' WhisperModel / WhisperForConditionalGeneration) ------------------------------
 
 
@@ -258,19 +290,7 @@ def _read_huggingface(path):
     v = {re.sub(r"^(model\.)?encoder\.", "", k): _float32(t) for k, t in tensors.items()}
     if "conv1.weight" not in v:
         raise SerkerasError(f"{path} holds no Whisper encoder (no encoder.conv1.weight)")
-    w = {f"{c}/{p}": v[f"{c}.{p}"] for c in ("conv1", "conv2") for p in ("weight", "bias")}
-    w |= {"final_norm/gamma": v["layer_norm.weight"], "final_norm/beta": v["layer_norm.bias"]}
-    n_layers = _layer_count(v, r"layers\.(\d+)\.")
-    for i in range(n_layers):
-        p, q = f"layers.{i}.", f"layer{i}/"
-        for ours, theirs in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj"), ("out", "out_proj")):
-            weight = v[f"{p}self_attn.{theirs}.weight"]
-            w[f"{q}{ours}/weight"] = weight
-            w[f"{q}{ours}/bias"] = v.get(f"{p}self_attn.{theirs}.bias", np.zeros(len(weight), np.float32))
-        for ours, theirs in (("attention_norm", "self_attn_layer_norm"), ("ffn_norm", "final_layer_norm")):
-            w[f"{q}{ours}/gamma"], w[f"{q}{ours}/beta"] = v[f"{p}{theirs}.weight"], v[f"{p}{theirs}.bias"]
-        for ours, theirs in (("ffn_expand", "fc1"), ("ffn_project", "fc2")):
-            w[f"{q}{ours}/weight"], w[f"{q}{ours}/bias"] = v[f"{p}{theirs}.weight"], v[f"{p}{theirs}.bias"]
+    w, n_layers = _from_module_names(v, HUGGINGFACE_NAMES)
     sizes = _sizes(w, config.get("encoder_attention_heads"), n_layers)
     if config.get("num_mel_bins", sizes.n_mels) != sizes.n_mels:
         raise SerkerasError(f"{path}: config.json says {config['num_mel_bins']} mel bands, the weights "
@@ -298,17 +318,5 @@ def _read_openai(path):
          for k, t in checkpoint["model_state_dict"].items() if k.startswith("encoder.")}
     if "conv1.weight" not in v:
         raise SerkerasError(f"{path} holds no Whisper encoder (no encoder.conv1.weight)")
-    w = {f"{c}/{p}": v[f"{c}.{p}"] for c in ("conv1", "conv2") for p in ("weight", "bias")}
-    w |= {"final_norm/gamma": v["ln_post.weight"], "final_norm/beta": v["ln_post.bias"]}
-    n_layers = _layer_count(v, r"blocks\.(\d+)\.")
-    for i in range(n_layers):
-        p, q = f"blocks.{i}.", f"layer{i}/"
-        for part in ("query", "key", "value", "out"):
-            weight = v[f"{p}attn.{part}.weight"]
-            w[f"{q}{part}/weight"] = weight
-            w[f"{q}{part}/bias"] = v.get(f"{p}attn.{part}.bias", np.zeros(len(weight), np.float32))
-        for ours, theirs in (("attention_norm", "attn_ln"), ("ffn_norm", "mlp_ln")):
-            w[f"{q}{ours}/gamma"], w[f"{q}{ours}/beta"] = v[f"{p}{theirs}.weight"], v[f"{p}{theirs}.bias"]
-        for ours, theirs in (("ffn_expand", "mlp.0"), ("ffn_project", "mlp.2")):
-            w[f"{q}{ours}/weight"], w[f"{q}{ours}/bias"] = v[f"{p}{theirs}.weight"], v[f"{p}{theirs}.bias"]
+    w, n_layers = _from_module_names(v, OPENAI_NAMES)
     return _sizes(w, dims.get("n_audio_head"), n_layers), w
