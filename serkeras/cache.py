@@ -494,3 +494,54 @@ def _parallel(one, items, settings, workers, bar):
         # alive until every clip was done. Chunks already running finish and are cached.
         pool.shutdown(wait=True, cancel_futures=True)
     return out
+
+
+def cached_arrays(folder, keys, compute, chunk=256, progress=None):
+    """Per-item arrays kept in `folder`, one entry per key; the missing ones computed and stored.
+
+    For what a model stage makes of cached features (a frozen encoder's frames):
+    entries are float16 `.npz` files named by key, written atomically, in chunks
+    of `chunk` items, so an interrupted run keeps what it computed and the next
+    one computes only the rest. A corrupt entry is computed again.
+
+    Parameters
+    ----------
+    folder : Path
+        One folder per producer of the arrays (its settings and weights in the name).
+    keys : sequence of str
+        One per item: what identifies its inputs.
+    compute : callable
+        ``compute(indices) -> list of dict of arrays``, for the items at `indices`.
+    progress : callable, optional
+        Called with the number of items done (read or computed) so far.
+
+    Returns
+    -------
+    list of dict of float32 arrays, in the order of `keys`.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(folder)
+    out = [None] * len(keys)
+    for i, key in enumerate(keys):
+        entry = folder / f"{key}.npz"
+        if _mark_used(entry):
+            try:
+                with np.load(entry, allow_pickle=False) as data:
+                    out[i] = {k: data[k].astype(np.float32) for k in data.files}
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+                out[i] = None
+    done = sum(o is not None for o in out)
+    if progress is not None:
+        progress(done)
+    missing = [i for i, o in enumerate(out) if o is None]
+    for start in range(0, len(missing), chunk):
+        indices = missing[start:start + chunk]
+        for i, arrays in zip(indices, compute(indices)):
+            stored = {k: np.asarray(v).astype(_STORE_DTYPE) for k, v in arrays.items()}
+            _atomic_write(folder / f"{keys[i]}.npz", lambda f: np.savez(f, **stored))
+            out[i] = {k: v.astype(np.float32) for k, v in stored.items()}
+        done += len(indices)
+        if progress is not None:
+            progress(done)
+    return out

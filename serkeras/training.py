@@ -9,6 +9,7 @@ import contextlib
 import csv
 import dataclasses
 import functools
+import hashlib
 import io
 import json
 import os
@@ -110,12 +111,14 @@ class SplitData:
     parts: dict  # name -> (clips, feature_list, label_indices)
     stats: object
     targets: dict = dataclasses.field(default_factory=dict)
+    cache_dir: object = None  # the feature cache the features came from (and stage outputs go to)
 
     def through(self, stage, parts=("train", "val"), batch_size=32, progress=True):
         """These `parts` of the split with each clip's features replaced by what `stage` makes of them.
 
         For training the layers after a frozen stage (see `serkeras.models.frozen_stages`):
-        the stage runs once per clip instead of once per clip and epoch.
+        the stage runs once per clip, not once per clip and epoch, and its outputs are
+        cached (`stage_outputs`), so another run with the same frozen layers reuses them.
         """
         from tqdm.auto import tqdm
 
@@ -123,11 +126,12 @@ class SplitData:
         with tqdm(total=total, desc="frozen layers", unit="clip", disable=not progress) as bar:
             def outputs(features):
                 done = bar.n
-                return frame_outputs(stage, features, batch_size, progress=lambda n: bar.update(done + n - bar.n))
+                return stage_outputs(stage, features, self.cache_dir, batch_size,
+                                     progress=lambda n: bar.update(done + n - bar.n))
 
             staged = {part: (clips, outputs(features), labels)
                       for part, (clips, features, labels) in self.parts.items() if part in parts}
-        return SplitData(self.labels, staged, self.stats, dict(self.targets))
+        return SplitData(self.labels, staged, self.stats, dict(self.targets), self.cache_dir)
 
     def dataset(self, part, feature_config, batch_size, input_names, shuffle=False, seed=0, mixup_alpha=0.0,
                 replicas=1):
@@ -172,7 +176,28 @@ def prepare_split(corpus, split, feature_config, cache_dir=None, workers=None, p
                                                                   seed + copy)
             train_labels = list(train_labels) + corpus.label_indices(kept)
         parts["train"] = (train_clips, train_features, train_labels)
-    return SplitData(corpus.labels, parts, stats)
+    return SplitData(corpus.labels, parts, stats, cache_dir=cache_dir)
+
+
+def stage_outputs(stage, feature_list, cache_dir=None, batch_size=32, progress=None):
+    """`serkeras.evaluation.frame_outputs` of `stage` for every clip, through the cache.
+
+    Entries are keyed by the stage's weights and each clip's features, so a
+    changed encoder or changed features are computed again, and live in the
+    feature cache's folder ``stage-<weights hash>`` (`serkeras cache` lists and
+    prunes it like the features).
+    """
+    from serkeras.cache import cached_arrays, resolve_cache_dir
+
+    weights = hashlib.sha256(repr([tuple(t.shape) for t in stage.outputs]).encode())  # which frames it gives
+    for w in stage.get_weights():
+        weights.update(np.ascontiguousarray(w).tobytes())
+    names = [n for n in model_input_names(stage) if n != "lengths"]
+    keys = [hashlib.sha256(b"".join(np.ascontiguousarray(f[n], np.float32).tobytes() for n in names)).hexdigest()[:24]
+            for f in feature_list]
+    folder = resolve_cache_dir(cache_dir) / f"stage-{weights.hexdigest()[:16]}"
+    return cached_arrays(folder, keys, lambda indices: frame_outputs(stage, [feature_list[i] for i in indices],
+                                                                     batch_size), progress=progress)
 
 
 def distillation_targets(data, teacher, teacher_data, weight):

@@ -265,3 +265,31 @@ def test_frozen_stages_compute_what_the_whole_model_does_and_train_its_layers(fi
                                      for s in staged]) for j in range(expected_inputs)}
     trained.train_on_batch({**batch, "lengths": np.array([9, 3, 15, 5], np.int32)}, labels)
     assert not np.allclose(predict_features(model, clips, "variable"), whole, atol=1e-6)  # the whole model learnt
+
+
+def test_stage_outputs_are_cached_per_clip_and_stage_and_recomputed_when_corrupt(tmp_path, monkeypatch):
+    from serkeras import evaluation, training
+    from serkeras.features import FeatureConfig
+    from serkeras.models import ModelConfig, build_whisper, frozen_stages
+
+    config = ModelConfig(arch="whisper", encoder_layers=2, encoder_dim=DIM, attention_heads=HEADS, pooling="stats")
+    front, _ = frozen_stages(build_whisper(FeatureConfig(n_mels=N_MELS, fmin=0.0, n_fft=400), config, ["a", "b"]))
+    rng = np.random.default_rng(5)
+    clips = [{"logmel": rng.uniform(-80, -20, (n, N_MELS)).astype(np.float32)} for n in (11, 4, 20)]
+    direct = evaluation.frame_outputs(front, clips)
+    first = training.stage_outputs(front, clips, tmp_path)
+    for got, want in zip(first, direct):
+        np.testing.assert_allclose(got["frames0"], want["frames0"], rtol=2e-3, atol=2e-3)  # stored as float16
+    entries = sorted((tmp_path).glob("stage-*/*.npz"))
+    assert len(entries) == 3
+    calls = []
+    monkeypatch.setattr(training, "frame_outputs", lambda stage, features, batch_size: calls.append(len(features))
+                        or evaluation.frame_outputs(stage, features, batch_size))
+    again = training.stage_outputs(front, clips, tmp_path)
+    assert calls == [] and all(np.array_equal(a["frames0"], b["frames0"]) for a, b in zip(again, first))
+    entries[0].write_bytes(b"cut short")
+    training.stage_outputs(front, clips, tmp_path)
+    assert calls == [1]
+    other = [{"logmel": c["logmel"] + 1.0} for c in clips[:1]]  # other features: another entry
+    training.stage_outputs(front, other, tmp_path)
+    assert calls == [1, 1] and len(list(tmp_path.glob("stage-*/*.npz"))) == 4
