@@ -34,7 +34,6 @@ import hashlib
 import json
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import click
@@ -394,8 +393,6 @@ def ship(model_dir, n_layers, quantize, augment_copies, speaker_norm, prior_clip
     computes. The same embeddings score the recipe on the 5 k-fold folds and
     on the random split (the study's protocol).
     """
-    import keras
-
     from serkeras.cache import model_features
     from serkeras.corpus import load_crema_d
     from serkeras.errors import SerkerasError
@@ -403,6 +400,7 @@ def ship(model_dir, n_layers, quantize, augment_copies, speaker_norm, prior_clip
     from serkeras.features import FeatureConfig
     from serkeras.models import ModelConfig, build_whisper, configure, speaker_stages
     from serkeras.models.blocks import embedding_model
+    from serkeras.models.saving import quantize_dense
     from serkeras.splits import make_split
     from serkeras.system import describe_machine
     from serkeras.models.whisper import cached_checkpoint
@@ -417,13 +415,7 @@ def ship(model_dir, n_layers, quantize, augment_copies, speaker_norm, prior_clip
         ModelConfig(arch="whisper", encoder=str(model_dir), encoder_layers=n_layers, pooling="stats", dropout=0.0,
                     speaker_standardization=speaker_norm, speaker_prior_clips=prior_clips if speaker_norm else 0.0))
     model = build_whisper(feature_config, model_config, corpus.labels)
-    if quantize != "none":
-        # Feed-forward Dense layers only: Keras cannot reload a quantized MultiHeadAttention (3.15), and the
-        # classifier is fit afterwards in float32.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # one per layer without weights to quantize
-            model.quantize(quantize, filters=lambda layer: isinstance(layer, keras.layers.Dense)
-                           and layer.name != "probabilities")
+    quantize_dense(model, quantize)  # the classifier is fit afterwards, in float32
     seconds = {"features": time.perf_counter()}
     kept, versions = model_features(corpus.clips, feature_config, copies=augment_copies)
     seconds["encoder"] = time.perf_counter()

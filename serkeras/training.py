@@ -70,6 +70,7 @@ class TrainConfig:
     speaker_subsets: float = 0.0
     teacher: str = ""  # a .keras file (or shipped model name) whose probabilities the training targets mix in
     distill_weight: float = 0.5
+    quantize: str = "none"  # store the trained model's Dense weights as int8 ("int8") after training
 
     def __post_init__(self):
         for value, allowed, what in ((self.schedule, SCHEDULES, "schedule"), (self.optimizer, OPTIMIZERS, "optimizer"),
@@ -82,6 +83,8 @@ class TrainConfig:
             raise SerkerasError(f"mixup_alpha must be >= 0 (0: off), got {self.mixup_alpha}")
         if not 0.0 <= self.speaker_subsets <= 1.0:
             raise SerkerasError(f"speaker_subsets must be in [0, 1] (0: off), got {self.speaker_subsets}")
+        if self.quantize not in ("none", "int8"):
+            raise SerkerasError(f"quantize must be none or int8, got {self.quantize!r}")
         if not 0.0 < self.distill_weight <= 1.0:
             raise SerkerasError(f"distill_weight must be in (0, 1], got {self.distill_weight}")
 
@@ -800,6 +803,11 @@ def run_training(data, feature_config, model_config, train_config, run_dir, log_
     from serkeras.models import load_model
 
     best, _ = load_model(run_dir / "model.keras")
+    if train_config.quantize != "none":  # scored as it is saved
+        from serkeras.models.saving import quantize_dense
+
+        quantize_dense(best, train_config.quantize)
+        save_model_atomically(best, run_dir / "model.keras")
     # Every session's epochs, not only this one's: a resumed run's time adds up.
     timed = epoch_seconds(run_dir / EPOCH_SECONDS)
     metrics = {"train_seconds": sum(timed.values()), "timed_epochs": len(timed),
@@ -817,6 +825,19 @@ def run_training(data, feature_config, model_config, train_config, run_dir, log_
     write_text_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     backup.remove()
     return metrics
+
+
+def save_model_atomically(model, path):
+    """`model.save(path)` through a temporary file in the same folder, so a kill never leaves half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".keras")
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def run_finished(run_dir):

@@ -189,15 +189,21 @@ def test_whisper_trains_frozen_and_fine_tuned_on_a_manifest_and_predicts_from_it
 
     tuned = run_cli(["train", "--arch", "whisper", "--encoder", str(tiny_encoder), "--encoder-layers", "3",
                      "--fine-tune-layers", "1", "--layer-pooling", "weighted", "--pooling", "attention",
+                     "--quantize", "int8",
                      "--manifest", str(three_class_manifest), "--epochs", "1", "--run-name", "whisper-tuned",
                      "--cache-dir", cache] + WHISPER_TRAIN, workdir)
     assert tuned.exit_code == 0, tuned.output
     tuned_model, _ = load_model(workdir / "saved_models" / "whisper-tuned" / "model.keras")
     tuned_encoder = tuned_model.get_layer("whisper_encoder")
     reference = load_whisper_backbone(tiny_encoder, n_layers=3)
-    changed = {w.path.split("/")[0] for w, r in zip(tuned_encoder.weights, reference.weights)
-               if not np.array_equal(np.asarray(w), np.asarray(r))}
+    before = {w.path: np.asarray(w) for w in reference.weights}
+    after = {w.path: np.asarray(w) for w in tuned_encoder.weights}
+    # Float weights compared (the int8 feed-forward kernels are stored otherwise now).
+    changed = {path.split("/")[0] for path, w in after.items()
+               if path in before and w.dtype == before[path].dtype and not np.array_equal(w, before[path])}
     assert changed and all(name.startswith("layer2_") for name in changed), changed  # the top layer alone
+    assert tuned_encoder.get_layer("layer2_ffn_expand").quantization_mode == "int8"  # and stored as int8
+    assert tuned_model.get_layer("probabilities").quantization_mode is None
     assert tuned_model.get_layer("layer_sum").weights
 
     # The .keras file alone predicts in a fresh process: no checkpoint, no CTranslate2.

@@ -64,3 +64,33 @@ def load_model(path):
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelFileError(f"cannot load {path}: {reason[:300]}") from None
     return model, model_metadata(model)
+
+
+QUANTIZATIONS = ("none", "int8")
+
+
+def quantize_dense(model, mode="int8"):
+    """Store `model`'s Dense layers' weights as `mode` (Keras' `Model.quantize`), in place; the output layer stays
+    float32.
+
+    Only Dense layers of the model's graphs (its own and its nested models'): Keras 3.15
+    cannot reload a `.keras` file whose MultiHeadAttention, or a Dense layer inside another
+    layer (such as attentive pooling's), is quantized ("objects could not be loaded").
+    """
+    import warnings
+
+    if mode == "none":
+        return model
+
+    def graph_layers(m):
+        for layer in m.layers:
+            yield layer
+            if isinstance(layer, keras.Model):
+                yield from graph_layers(layer)
+
+    quantized = {id(layer) for layer in graph_layers(model)
+                 if isinstance(layer, keras.layers.Dense) and layer.name != "probabilities"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # one per layer without weights to quantize
+        model.quantize(mode, filters=lambda layer: id(layer) in quantized)
+    return model

@@ -78,7 +78,7 @@ def configure_whisper(feature_config, model_config):
 
 @register("whisper", configure=configure_whisper)
 def build_whisper(feature_config, model_config, labels, stats=None):
-    """Whisper encoder layers -> pooling over time -> dropout -> softmax.
+    """Whisper encoder layers -> pooling over time -> batch normalisation -> dropout -> softmax.
 
     The encoder (`whisper_backbone`, nested as layer ``whisper_encoder``) keeps the
     first `model_config.encoder_layers` layers of the checkpoint
@@ -116,6 +116,9 @@ def build_whisper(feature_config, model_config, labels, stats=None):
         speaker = speaker_statistics_inputs(x.shape[-1])
         probabilities = speaker_head(x.shape[-1], len(labels), model_config.speaker_prior_clips)([x, *speaker])
     else:
+        # The pooled statistics differ in scale by orders of magnitude between channels (Whisper has a few
+        # large-valued ones): standardise them, as a linear probe's scaler would, before the classifier.
+        x = layers.BatchNormalization(name="embedding_norm")(x)
         if model_config.dropout:
             x = layers.Dropout(model_config.dropout, name="head_dropout")(x)
         probabilities = layers.Dense(len(labels), activation="softmax", dtype="float32", name="probabilities")(x)
@@ -166,8 +169,9 @@ def frozen_stages(model):
     if weighted:
         x = model.get_layer("layer_sum")(outputs)
     x = model.get_layer(EMBEDDING_LAYER)(x, pooled_lengths)
-    if "head_dropout" in {layer.name for layer in model.layers}:
-        x = model.get_layer("head_dropout")(x)
+    for name in ("embedding_norm", "head_dropout"):
+        if name in {layer.name for layer in model.layers}:
+            x = model.get_layer(name)(x)
     trained = keras.Model([*inputs, pooled_lengths], probabilities(x), name="whisper_trained_layers")
     return front, trained
 
