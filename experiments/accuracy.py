@@ -222,9 +222,9 @@ SHIPPED_MODELS = {
         chosen="The recipes were chosen by 5-fold cross-validation over the 73 development actors, whose test "
                "folds include this split's test actors, so the test figure here is not quite blind. The second "
                "training seed of each (members 3 and 4) was added for the four's accuracy on the validation "
-               "actors here and on each of the five folds: 71.2 ± 1.2% over the five (folds 0-2 as printed in "
-               "session 16, before ensemble scores were recorded, so the list below starts at fold 3; "
-               "experiments/README.md, findings 23 and 26)"),
+               "actors here and on each of the five folds: 71.2 ± 1.2% over the five (folds 0-2 were scored "
+               "before ensemble scores were recorded, so the list below starts at fold 3; the lab notebook, "
+               "experiments/README.md, has all five)"),
 }
 DEFAULT_SHIPPED = next(iter(SHIPPED_MODELS))  # what `ship` and `card` make without --model
 #: Test-time augmentation (`ensemble --tta-copies`): serkeras.effects.TEST_TIME_AUGMENTATION, as in

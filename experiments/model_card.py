@@ -8,6 +8,7 @@ time from the card it rewrites.
 
 import csv
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -229,6 +230,12 @@ def card_summary(scored):
             "human": float(scored["human"][scored["voted"]].mean()), "json": json.dumps(report)}
 
 
+def public_command(command):
+    """`command` as a card shows it: without `--data-dir DIR`, a folder of the machine that ran it (give yours,
+    or set SERKERAS_DATA_DIR)."""
+    return re.sub(r" --data-dir(?:=| )\S+", "", command)
+
+
 def write_model_card(model_path, card_path, data_dir, members, command, results, runs_dir, kfold_scores, n_folds,
                      tta_copies, kfold_ensembles=(), chosen="The members were chosen on the validation actors",
                      listed=None):
@@ -327,8 +334,8 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
         "## Training", "",
         f"- Command: `{command}`. It trains each member that is missing, with the commands below, then averages "
         "them.",
-        *[f"- `{c}`" for c in commands if c],
-        f"- Data: CREMA-D, the 73 development actors in `../shared/data/crema-d/` (the 18 held-back actors were "
+        *[f"- `{public_command(c)}`" for c in commands if c],
+        f"- Data: CREMA-D, its 73 development actors (the 18 held-back actors were "
         f"never used). Split `actor`, seed 0 ({split.description}): train {len(split.train)} clips of "
         f"{n_actors['train']} actors, validation {len(split.val)} clips of {n_actors['val']} actors (checkpoint "
         f"and member choice), test {len(split.test)} clips of {n_actors['test']} actors (below). No actor is in "

@@ -503,7 +503,7 @@ def write_card(output, data_dir):
                   f"present), the encoder over all {recipe['clips']} clips {seconds['encoder'] / 60:.1f} min, "
                   f"{len(C_GRID)} probes {seconds['probes']:.0f} s, on: {'; '.join(rows['actor']['machine'])}.")
     layer_note = (f"Layers kept: {recipe['layers']} of {recipe['of_layers']}, chosen with the per-layer probes of "
-                  "`experiments/README.md` (finding 29), which also compares the Keras port with CTranslate2.")
+                  "the lab notebook, `experiments/README.md`, which also compares the Keras port with CTranslate2.")
     card_path = Path(output).parent / f"MODEL_CARD-{Path(output).stem.removeprefix('serkeras-crema-d-')}.md"
     copies = recipe.get("augment_copies", 0)
     augmented = (f"The classifier was also fit on {copies} augmented cop{'y' if copies == 1 else 'ies'} of each "
@@ -581,7 +581,7 @@ def write_whisper_card(model_path, card_path, data_dir, command, provenance, tra
         + (" standardised by speaker (each training actor's statistics over their training clips; the training "
            "actors' mean statistics are the population's)" if by_speaker else "")
         + ", and writes the fitted standardisation and weights into the softmax layer. No gradient training.",
-        f"- Data: CREMA-D, the 73 development actors in `../shared/data/crema-d/` (the 18 held-back actors were "
+        f"- Data: CREMA-D, its 73 development actors (the 18 held-back actors were "
         f"never used). Split `actor`, seed 0 ({split.description}): train {len(split.train)} clips of "
         f"{n_actors['train']} actors, validation {len(split.val)} clips of {n_actors['val']} actors, test "
         f"{len(split.test)} clips of {n_actors['test']} actors (below). No actor is in two parts.",

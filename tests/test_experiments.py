@@ -222,6 +222,7 @@ def test_ship_saves_the_average_and_its_card(crema_subset, tmp_path, monkeypatch
     assert f"serkeras predict --model {name} recordings_of_one_speaker/" in card
     assert "| `tiny-speaker-norm-actor` | crnn |" in card and "--speaker-norm --split actor" in card
     assert "| `tiny-speaker-norm-actor-seed1` | crnn |" in card and "--train-seed 1 --run-name" in card
+    assert "--data-dir" not in card and str(crema_subset) not in card  # the commands without this machine's folders
     # No k-fold fold has been trained or scored: the card says so instead of leaving the section out.
     assert "kfold-ensemble tiny-speaker-norm tiny-speaker-norm:1` scores it" in card
     assert "- `tiny-speaker-norm:1`: no fold finished" in card
@@ -464,7 +465,8 @@ def test_pretrained_probe_ship_writes_a_self_contained_whisper_model_and_its_car
     assert "Layers kept: 2 of 3" in card and "sha256" in card and "Listeners' majority vote" in card
     assert "5-fold cross-validation\n\nNot scored in the run that wrote this card." in card
     assert "## The study's protocol: a random split" in card and "on one recording at a time" in card
-    assert "Time (wall-clock): features" in card and "(finding 29)" in card
+    assert "Time (wall-clock): features" in card and "the lab notebook, `experiments/README.md`" in card
+    assert "finding" not in card and str(crema_subset) not in card  # what users read: no notebook numbers, paths
     # `card` rewrites it from the saved model and the logged rows alone.
     (tmp_path / "saved_models" / "MODEL_CARD-whisper.md").unlink()
     result_card = CliRunner().invoke(probe.cli, ["card", "--data-dir", str(crema_subset)])
