@@ -164,7 +164,12 @@ def predict_clips(model, meta, clips, copies=0, cache_dir=None, speaker_clips=No
 
 
 def classification_report(y_true, y_pred, labels, groups=None):
-    """Accuracy, macro/weighted F1, precision, recall, per-class table, confusion matrix.
+    """Accuracy, UA, macro/weighted F1, precision, recall, per-class table, confusion matrix.
+
+    The macro averages, and UA (unweighted average recall: the mean of the
+    per-class recalls, the field's measure beside accuracy), are taken over the
+    classes the clips have, so a corpus without some class (ASED has no
+    disgust) is not scored on it; the per-class table lists every class.
 
     Parameters
     ----------
@@ -176,12 +181,14 @@ def classification_report(y_true, y_pred, labels, groups=None):
     """
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     classes = list(range(len(labels)))
+    present = sorted(set(y_true.tolist()))
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
-    macro = precision_recall_fscore_support(y_true, y_pred, labels=classes, average="macro", zero_division=0)
+    macro = precision_recall_fscore_support(y_true, y_pred, labels=present, average="macro", zero_division=0)
     report = {
         "n": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=classes, average="macro", zero_division=0)),
+        "unweighted_average_recall": float(macro[1]),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
         "weighted_f1": float(f1_score(y_true, y_pred, labels=classes, average="weighted", zero_division=0)),
         "macro_precision": float(macro[0]),
         "macro_recall": float(macro[1]),
@@ -199,7 +206,8 @@ def classification_report(y_true, y_pred, labels, groups=None):
 
 def format_report(report):
     """The report as a plain-text table (for the terminal and logs)."""
-    lines = [f"clips {report['n']}  accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}  "
+    lines = [f"clips {report['n']}  accuracy {report['accuracy']:.4f}  UA {report['unweighted_average_recall']:.4f}  "
+             f"macro-F1 {report['macro_f1']:.4f}  "
              f"weighted-F1 {report['weighted_f1']:.4f}  macro-precision {report['macro_precision']:.4f}  "
              f"macro-recall {report['macro_recall']:.4f}", "",
              f"{'class':<10} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}"]
