@@ -685,28 +685,39 @@ def evaluate(model_path, data_dir, manifest, cache_dir, split_kind, fold, n_fold
 
     from serkeras.evaluation import classification_report, format_report, predict_clips, save_confusion_matrix
 
+    from serkeras.corpus import load_corpus
+    from serkeras.splits import make_split
+
     model, meta = _open_model(model_path)
-    corpus, split = load_split(data_dir, manifest, split_kind, fold, n_folds, val_fraction, test_fraction, seed)
-    if list(meta.labels) != list(corpus.labels):
-        raise SerkerasError(f"the model's labels {list(meta.labels)} differ from the corpus's {list(corpus.labels)}")
-    clips = corpus.clips if part == "all" else split.parts()[part]
+    corpus = load_corpus(data_dir, manifest)
+    unknown = sorted(set(corpus.labels) - set(meta.labels))
+    if unknown:  # a corpus without some of the model's classes is fine: it is scored on those it has
+        raise SerkerasError(f"the corpus has labels the model does not predict: {', '.join(unknown)} "
+                            f"(the model's: {', '.join(meta.labels)})")
+    if part == "all":  # no split to make (a corpus too small to split can still be scored whole)
+        clips, described = corpus.clips, "every clip"
+    else:
+        split = make_split(corpus.clips, split_kind, val_fraction, test_fraction, fold, n_folds, seed)
+        clips, described = split.parts()[part], split.description
     kept, probabilities = predict_clips(model, meta, clips, tta_copies, cache_dir,
                                         speaker_reference_clips(speaker_stats, meta, corpus), batch_size)
     if not kept:
         raise SerkerasError("no usable clips to evaluate")
-    report = classification_report(corpus.label_indices(kept), probabilities.argmax(axis=1), corpus.labels,
+    model_index = {label: i for i, label in enumerate(meta.labels)}
+    truth = [model_index[corpus.labels[i]] for i in corpus.label_indices(kept)]
+    report = classification_report(truth, probabilities.argmax(axis=1), meta.labels,
                                    groups={"sex": [c.sex for c in kept]})
-    report.update({"model": str(model_path), "split": split.description, "part": part, "tta_copies": tta_copies,
+    report.update({"model": str(model_path), "split": described, "part": part, "tta_copies": tta_copies,
                    **({"speaker_stats": speaker_stats} if meta.normalises_by_speaker else {})})
     tta = f", test-time augmentation: each clip + {tta_copies} copies" if tta_copies else ""
     stats = ", speaker statistics from the whole corpus" if speaker_stats == "corpus" else ""
-    click.echo(f"{model_path} on {corpus.name}, {split.description}, part {part}{tta}{stats}")
+    click.echo(f"{model_path} on {corpus.name}, {described}, part {part}{tta}{stats}")
     click.echo(format_report(report))
     if json_path:
         with open(json_path, "w") as f:
             json.dump(report, f, indent=2)
     if plot:
-        save_confusion_matrix(report["confusion_matrix"], corpus.labels, plot, f"{part}: {split.description}")
+        save_confusion_matrix(report["confusion_matrix"], meta.labels, plot, f"{part}: {described}")
 
 
 #: The project's pretrained models (saved_models/<name>.keras); `predict` uses the first when --model is not

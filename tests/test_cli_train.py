@@ -92,6 +92,31 @@ def test_evaluate(trained, crema_subset, workdir):
     assert (workdir / "cm.png").stat().st_size > 0
 
 
+def test_evaluate_on_a_corpus_without_some_of_the_models_classes(trained, crema_subset, workdir, tmp_path):
+    """A corpus that lacks a class (ASED has no disgust) is scored on the classes it has; an unknown label is a
+    one-line error."""
+    run, _ = trained
+    codes = {"ANG": "anger", "HAP": "happy", "NEU": "neutral", "SAD": "sad", "FEA": "fear"}
+    manifest = tmp_path / "no-disgust.csv"
+    rows = [(str(p), codes[p.stem.split("_")[2]], p.stem.split("_")[0]) for p in sorted(crema_subset.glob("*.ogg"))
+            if p.stem.split("_")[2] in codes]
+    with open(manifest, "w", newline="") as f:
+        csv.writer(f).writerows([("path", "label", "speaker"), *rows])
+    report_path = tmp_path / "report.json"
+    result = run_cli(["evaluate", str(run / "model.keras"), "--manifest", str(manifest), "--part", "all",
+                      "--cache-dir", str(workdir / "cache"), "--json", str(report_path)], workdir)
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    assert report["n"] == len(rows) and report["per_class"]["disgust"]["support"] == 0
+    recalls = [report["per_class"][label]["recall"] for label in codes.values()]
+    assert report["unweighted_average_recall"] == pytest.approx(np.mean(recalls))
+    with open(manifest, "a", newline="") as f:
+        csv.writer(f).writerow((rows[0][0], "boredom", rows[0][2]))
+    result = run_cli(["evaluate", str(run / "model.keras"), "--manifest", str(manifest), "--part", "all",
+                      "--cache-dir", str(workdir / "cache")], workdir)
+    assert result.exit_code == 1 and "the corpus has labels the model does not predict: boredom" in result.output
+
+
 def test_predict_formats_and_long_audio(trained, crema_subset, workdir, tmp_path):
     run, _ = trained
     clip = sorted(crema_subset.iterdir())[0]
