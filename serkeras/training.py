@@ -807,7 +807,8 @@ def run_training(data, feature_config, model_config, train_config, run_dir, log_
         from serkeras.models.saving import quantize_dense
 
         quantize_dense(best, train_config.quantize)
-        save_model_atomically(best, run_dir / "model.keras")
+        with replacing(run_dir / "model.keras") as tmp:
+            best.save(tmp)
     # Every session's epochs, not only this one's: a resumed run's time adds up.
     timed = epoch_seconds(run_dir / EPOCH_SECONDS)
     metrics = {"train_seconds": sum(timed.values()), "timed_epochs": len(timed),
@@ -825,19 +826,6 @@ def run_training(data, feature_config, model_config, train_config, run_dir, log_
     write_text_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     backup.remove()
     return metrics
-
-
-def save_model_atomically(model, path):
-    """`model.save(path)` through a temporary file in the same folder, so a kill never leaves half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".keras")
-    os.close(fd)
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def run_finished(run_dir):
