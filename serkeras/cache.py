@@ -34,6 +34,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import threadpoolctl
 from tqdm.auto import tqdm
 
 from serkeras.audio import AudioError, load_audio
@@ -85,12 +86,15 @@ def resolve_cache_dir(cache_dir=None):
     return Path(cache_dir or os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR)
 
 
-def clip_key(path, config, augmentation=None, copy=0):
-    """Hash of the feature settings, the file's contents, and the augmented copy if any."""
+def clip_key(path, config, augmentation=None, copy=0, kinds=FEATURE_KINDS):
+    """Hash of the feature settings, the file's contents, the augmented copy if any, and the feature kinds
+    held when they are not all of them (an entry of every kind keeps the key it always had)."""
     stat = os.stat(path)
     ident = f"{config.extraction_key()}|{_content_digest(os.path.abspath(path), stat.st_size, stat.st_mtime_ns)}"
     if augmentation is not None:
         ident += f"|{augmentation.key(copy)}"
+    if tuple(kinds) != FEATURE_KINDS:
+        ident += f"|kinds={','.join(kinds)}"
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
@@ -144,8 +148,8 @@ def _mark_used(path):
     return True
 
 
-def _read_entry(base, config):
-    """Cached features, a reason string for a known-bad file, or None if absent/corrupt."""
+def _read_entry(base, config, kinds=FEATURE_KINDS):
+    """Cached features of `kinds`, a reason string for a known-bad file, or None if absent/corrupt."""
     bad = base.with_suffix(".bad")
     if _mark_used(bad):
         return bad.read_text(encoding="utf-8").strip() or "unusable"
@@ -154,33 +158,35 @@ def _read_entry(base, config):
         return None
     try:
         with np.load(npz, allow_pickle=False) as data:
-            features = {k: data[k].astype(np.float32) for k in FEATURE_KINDS}
+            features = {k: data[k].astype(np.float32) for k in kinds}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
-    frames = len(features["logmel"])
-    if (features["logmel"].shape[1:] != (config.n_mels,) or features["spectral"].shape != (frames, config.n_spectral)
-            or frames == 0 or not all(np.isfinite(a).all() for a in features.values())):
+    widths = {"logmel": config.n_mels, "spectral": config.n_spectral}
+    frames = len(features[kinds[0]])
+    if (frames == 0 or any(a.shape != (frames, widths[k]) for k, a in features.items())
+            or not all(np.isfinite(a).all() for a in features.values())):
         return None
     return features
 
 
-def compute_clip(path, config, augmentation=None, copy=0):
-    """Decode and featurise one file (or its augmented copy `copy`); raises AudioError when it cannot be used."""
+def compute_clip(path, config, augmentation=None, copy=0, kinds=FEATURE_KINDS):
+    """Decode and featurise one file (or its augmented copy `copy`), the feature kinds `kinds` only; raises
+    AudioError when it cannot be used."""
     wave = load_audio(path, config.sample_rate, config.audio_normalization, config.max_seconds)
     if len(wave) < config.min_seconds * config.sample_rate:
         raise AudioError(f"too short ({len(wave) / config.sample_rate:.2f} s < {config.min_seconds:g} s)")
     if augmentation is not None:
         rng = augmentation.rng(Path(path).name, copy)
         wave = augment_wave(wave, config.sample_rate, augmentation, rng)
-    return extract_features(wave, config)
+    return extract_features(wave, config, kinds)
 
 
-def _compute_and_store(path, base, config_dict, augmentation_dict=None, copy=0):
+def _compute_and_store(path, base, config_dict, augmentation_dict=None, copy=0, kinds=FEATURE_KINDS):
     """Worker: compute one clip and write its cache entry; returns (path, features or reason)."""
     config = FeatureConfig.from_dict(config_dict)
     augmentation = WaveAugmentation.from_dict(augmentation_dict) if augmentation_dict else None
     try:
-        features = compute_clip(path, config, augmentation, copy)
+        features = compute_clip(path, config, augmentation, copy, kinds)
     except AudioError as exc:
         reason = str(exc)
         _atomic_write(base.with_suffix(".bad"), lambda f: f.write(reason.encode()))
@@ -195,11 +201,11 @@ def _store_item(item, *settings):
     return _compute_and_store(path, base, *settings)
 
 
-def _compute_only(path, config_dict, augmentation_dict=None, copy=0):
+def _compute_only(path, config_dict, augmentation_dict=None, copy=0, kinds=FEATURE_KINDS):
     """Worker: compute one file's features without caching; returns (path, features or reason)."""
     augmentation = WaveAugmentation.from_dict(augmentation_dict) if augmentation_dict else None
     try:
-        return path, compute_clip(path, FeatureConfig.from_dict(config_dict), augmentation, copy)
+        return path, compute_clip(path, FeatureConfig.from_dict(config_dict), augmentation, copy, kinds)
     except AudioError as exc:
         return path, str(exc)
 
@@ -208,7 +214,7 @@ def _apply_chunk(one, chunk, *settings):
     return [one(item, *settings) for item in chunk]
 
 
-def warm_up(config_dict, augmentation_dict=None, copy=0):
+def warm_up(config_dict, augmentation_dict=None, copy=0, kinds=FEATURE_KINDS):
     """Featurise a second of noise here, so that librosa's numba kernels are compiled and cached by
     this process alone before workers start.
 
@@ -221,12 +227,13 @@ def warm_up(config_dict, augmentation_dict=None, copy=0):
     if augmentation_dict:
         augmentation = WaveAugmentation.from_dict(augmentation_dict)
         wave = augment_wave(wave, config.sample_rate, augmentation, augmentation.rng("warm-up", copy))
-    extract_features(wave, config)
+    extract_features(wave, config, kinds)
 
 
 def _worker_init(parent_pid, made_by_main_thread):
-    # One thread per process: the pool already uses every core.
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # One BLAS thread per process: the pool already uses every core. (Setting OMP_NUM_THREADS here came too
+    # late: unpickling this function had imported NumPy, whose BLAS had started its threads.)
+    threadpoolctl.threadpool_limits(1)
     exit_with_parent(parent_pid, made_by_main_thread)
 
 
@@ -272,7 +279,8 @@ def exit_with_parent(parent_pid, by_signal=True):
 _PR_SET_PDEATHSIG = 1
 
 
-def cached_features(clips, config, cache_dir=None, workers=None, progress=True, augmentation=None, copy=0):
+def cached_features(clips, config, cache_dir=None, workers=None, progress=True, augmentation=None, copy=0,
+                    kinds=FEATURE_KINDS):
     """Features for `clips`, from the cache where present, computed (in parallel) otherwise.
 
     Parameters
@@ -288,6 +296,9 @@ def cached_features(clips, config, cache_dir=None, workers=None, progress=True, 
     augmentation : serkeras.effects.WaveAugmentation, optional
         Featurise augmented copy number `copy` of each clip instead of the clip itself.
     copy : int
+    kinds : sequence of str
+        The feature kinds to read or compute (`serkeras.features.feature_kinds`); entries that hold
+        only some kinds are kept apart from those that hold all.
 
     Returns
     -------
@@ -303,8 +314,8 @@ def cached_features(clips, config, cache_dir=None, workers=None, progress=True, 
     remove_stale_temporaries(folder)
     features, skipped, todo = {}, [], []
     for clip in clips:
-        base = _entry(folder, clip.path, clip_key(clip.path, config, augmentation, copy))
-        found = _read_entry(base, config)
+        base = _entry(folder, clip.path, clip_key(clip.path, config, augmentation, copy, kinds))
+        found = _read_entry(base, config, kinds)
         if isinstance(found, dict):
             features[clip.path] = found
         elif isinstance(found, str):
@@ -316,7 +327,7 @@ def cached_features(clips, config, cache_dir=None, workers=None, progress=True, 
         workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
         desc = f"augmented copy {copy}" if augmentation is not None else "features"
         bar = tqdm(total=len(todo), desc=desc, unit="clip", disable=not progress, leave=False)
-        settings = (config.to_dict(), augmentation.to_dict() if augmentation is not None else None, copy)
+        settings = (config.to_dict(), augmentation.to_dict() if augmentation is not None else None, copy, kinds)
         results = _parallel(_store_item, todo, settings, workers, bar)
         bar.close()
         for path, result in results:
@@ -329,8 +340,8 @@ def cached_features(clips, config, cache_dir=None, workers=None, progress=True, 
                       seconds=time.perf_counter() - start)
 
 
-def copy_features(clips, config, copies, augmentation=TEST_TIME_AUGMENTATION, cache_dir=None):
-    """Features of augmented copies 1..`copies` of every clip (cached like training copies).
+def copy_features(clips, config, copies, augmentation=TEST_TIME_AUGMENTATION, cache_dir=None, kinds=FEATURE_KINDS):
+    """Features (of `kinds`) of augmented copies 1..`copies` of every clip (cached like training copies).
 
     For test-time augmentation: one feature list per copy, each in the order of `clips`.
 
@@ -339,11 +350,12 @@ def copy_features(clips, config, copies, augmentation=TEST_TIME_AUGMENTATION, ca
     DataError
         When some copy cannot be computed (`clips` should be clips whose own features could).
     """
-    return [cached_features(clips, config, cache_dir, augmentation=augmentation, copy=copy)
+    return [cached_features(clips, config, cache_dir, augmentation=augmentation, copy=copy, kinds=kinds)
             .all_of(clips, "test-time augmented copies") for copy in range(1, copies + 1)]
 
 
-def model_features(clips, config, copies=0, cache_dir=None, require_all=False, speaker_clips=None):
+def model_features(clips, config, copies=0, cache_dir=None, require_all=False, speaker_clips=None,
+                   kinds=FEATURE_KINDS):
     """What a model made with `config` is given for `clips`: cached features, speaker-normalised where
     `config` asks, of each usable clip and of its `copies` test-time augmented copies.
 
@@ -351,6 +363,7 @@ def model_features(clips, config, copies=0, cache_dir=None, require_all=False, s
     Speaker statistics come from each speaker's clips among `clips`, or, with
     `speaker_clips`, among the usable clips of `speaker_clips` (such as every
     recording of the corpus; each copy is normalised by the same copy of them).
+    `kinds`: the feature kinds the model takes (`serkeras.features.feature_kinds`).
 
     Returns
     -------
@@ -359,21 +372,21 @@ def model_features(clips, config, copies=0, cache_dir=None, require_all=False, s
     versions : list of list of dict
         The clips' own features, then one list per copy; each in the order of `kept`.
     """
-    found = cached_features(clips, config, cache_dir)
+    found = cached_features(clips, config, cache_dir, kinds=kinds)
     kept, features = (list(clips), found.all_of(clips)) if require_all else found.of(clips)
-    versions = [features] + copy_features(kept, config, copies, cache_dir=cache_dir)
+    versions = [features] + copy_features(kept, config, copies, cache_dir=cache_dir, kinds=kinds)
     if speaker_clips is None or not config.speaker_norm:
         return kept, [speaker_normalized(version, kept, config) for version in versions]
-    reference, reference_features = cached_features(speaker_clips, config, cache_dir).of(speaker_clips)
-    references = [reference_features] + copy_features(reference, config, copies, cache_dir=cache_dir)
+    reference, reference_features = cached_features(speaker_clips, config, cache_dir, kinds=kinds).of(speaker_clips)
+    references = [reference_features] + copy_features(reference, config, copies, cache_dir=cache_dir, kinds=kinds)
     return kept, [speaker_normalized(version, kept, config, reference=(reference_version, reference))
                   for version, reference_version in zip(versions, references)]
 
 
-def compute_clips(paths, config, workers=None, progress=False, augmentation=None, copy=0):
+def compute_clips(paths, config, workers=None, progress=False, augmentation=None, copy=0, kinds=FEATURE_KINDS):
     """Features of many files, computed in parallel and not cached (for one-off audio such as `predict` inputs).
 
-    `augmentation` and `copy` as in `cached_features`.
+    `augmentation`, `copy` and `kinds` as in `cached_features`.
 
     Returns
     -------
@@ -382,7 +395,7 @@ def compute_clips(paths, config, workers=None, progress=False, augmentation=None
     """
     workers = max(1, min(workers or os.cpu_count() or 1, len(paths) or 1))
     bar = tqdm(total=len(paths), desc="features", unit="file", disable=not progress, leave=False)
-    settings = (config.to_dict(), augmentation.to_dict() if augmentation is not None else None, copy)
+    settings = (config.to_dict(), augmentation.to_dict() if augmentation is not None else None, copy, kinds)
     results = dict(_parallel(_compute_only, list(paths), settings, workers, bar))
     bar.close()
     return [(path, results[path]) for path in paths]
@@ -464,9 +477,11 @@ def _parallel(one, items, settings, workers, bar):
     """`one(item, *settings)` for every item, in `workers` processes (in chunks) or in this one."""
     if workers == 1 or len(items) < 8:
         out = []
-        for item in items:
-            out.append(one(item, *settings))
-            bar.update()
+        # One BLAS thread, as in the workers: a clip's small matrix products run slower split between threads.
+        with threadpoolctl.threadpool_limits(1):
+            for item in items:
+                out.append(one(item, *settings))
+                bar.update()
         return out
     warm_up(*settings)  # every `one` takes compute_clip's settings
     # spawn: safe even after TensorFlow / JAX / torch have started their threads.

@@ -4,7 +4,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from serkeras.errors import DataError
-from serkeras.features import compute_stats
+from serkeras.features import compute_stats, feature_kinds
 from serkeras.pipeline import clip_lengths, eval_order, make_dataset
 
 
@@ -142,7 +142,8 @@ def predict_clips(model, meta, clips, copies=0, cache_dir=None, speaker_clips=No
     As `serkeras evaluate` scores them: `copies` test-time augmented copies
     averaged in, and each speaker's statistics (for models that normalise by
     speaker) taken from their clips among `clips`, or among `speaker_clips`
-    when given, as in `serkeras.cache.model_features`.
+    when given, as in `serkeras.cache.model_features`. Only the feature kinds that the model
+    takes are read from the cache or computed.
 
     Returns
     -------
@@ -151,14 +152,15 @@ def predict_clips(model, meta, clips, copies=0, cache_dir=None, speaker_clips=No
     from serkeras.cache import model_features
 
     config = meta.feature_config
-    kept, versions = model_features(clips, config, copies, cache_dir, require_all, speaker_clips)
+    kinds = feature_kinds(model_input_names(model))
+    kept, versions = model_features(clips, config, copies, cache_dir, require_all, speaker_clips, kinds)
     if not kept:
         return kept, np.zeros((0, len(meta.labels)), np.float32)
     by_speaker = {}
     if meta.model_config.speaker_standardization:
         by_speaker["speakers"] = [c.speaker for c in kept]
         if speaker_clips is not None:
-            reference, references = model_features(speaker_clips, config, copies, cache_dir)
+            reference, references = model_features(speaker_clips, config, copies, cache_dir, kinds=kinds)
             by_speaker["references"] = [(version, [c.speaker for c in reference]) for version in references]
     return kept, predict_versions(model, versions, config.length_mode, config.fixed_frames, batch_size, **by_speaker)
 

@@ -5,6 +5,7 @@ Both come from one STFT with the same hop, so frame `t` of the log-mel and frame
 """
 
 import dataclasses
+import functools
 import hashlib
 import json
 
@@ -103,28 +104,61 @@ def spectral_feature_names(config):
 PITCH_FMIN, PITCH_FMAX = 60.0, 500.0
 
 
-def extract_features(wave, config):
-    """Compute both feature kinds for one waveform.
+def feature_kinds(names):
+    """The feature kinds (`FEATURE_KINDS`) among `names`, such as a model's input names, in that order."""
+    return tuple(kind for kind in FEATURE_KINDS if kind in names)
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_basis(sample_rate, n_fft, n_mels, fmin, fmax):
+    """librosa's mel filter bank, built once per setting: building it costs as much as a clip's STFT."""
+    basis = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    basis.setflags(write=False)
+    return basis
+
+
+def extract_features(wave, config, kinds=FEATURE_KINDS):
+    """Compute the feature kinds `kinds` for one waveform.
 
     Parameters
     ----------
     wave : numpy.ndarray, float32, shape (n_samples,)
         Mono audio at `config.sample_rate` (see `serkeras.audio.load_audio`).
     config : FeatureConfig
+    kinds : sequence of str
+        Which of `FEATURE_KINDS` to compute: a model needs only those it takes as
+        inputs (`feature_kinds` of its input names), and the spectral
+        descriptors cost as much again as the log-mel.
 
     Returns
     -------
     dict
         `logmel`: (frames, n_mels) log-mel power in dB; `spectral`:
         (frames, n_spectral) MFCCs, deltas and spectral descriptors. float32.
+        Only the keys in `kinds`.
     """
+    unknown = set(kinds) - set(FEATURE_KINDS)
+    if unknown or not kinds:
+        raise ValueError(f"kinds must be some of {FEATURE_KINDS}, got {tuple(kinds)}")
     c = config
     stft = librosa.stft(wave, n_fft=c.n_fft, hop_length=c.hop_length, win_length=c.win_length, center=True)
     magnitude = np.abs(stft)
     power = magnitude**2
-    mel = librosa.feature.melspectrogram(S=power, sr=c.sample_rate, n_mels=c.n_mels, fmin=c.fmin, fmax=c.fmax)
+    # As librosa.feature.melspectrogram(S=power, ...), with the filter bank built once.
+    mel = _mel_basis(c.sample_rate, c.n_fft, c.n_mels, c.fmin, c.fmax) @ power
     # Fixed reference (not per-clip max) so loudness differences survive; floor at -100 dB.
     logmel = librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None)
+    features = {}
+    if "logmel" in kinds:
+        features["logmel"] = np.ascontiguousarray(logmel.T, dtype=np.float32)
+    if "spectral" in kinds:
+        features["spectral"] = _spectral_features(wave, magnitude, power, logmel, c)
+    return features
+
+
+def _spectral_features(wave, magnitude, power, logmel, config):
+    """The (frames, n_spectral) columns of `spectral_feature_names`, from one STFT's `magnitude` and `power`."""
+    c = config
     mfcc = librosa.feature.mfcc(S=logmel, n_mfcc=c.n_mfcc)
     delta = librosa.feature.delta(mfcc, width=min(9, _odd_at_most(mfcc.shape[1])), mode="nearest")
     spectral_kwargs = dict(S=magnitude, sr=c.sample_rate, n_fft=c.n_fft)
@@ -144,10 +178,7 @@ def extract_features(wave, config):
     if c.pitch:
         rows += list(_log_f0(wave, c, frames))
     spectral = np.concatenate([r[:, :frames] for r in rows], axis=0)
-    return {
-        "logmel": np.ascontiguousarray(logmel.T, dtype=np.float32),
-        "spectral": np.ascontiguousarray(np.nan_to_num(spectral.T), dtype=np.float32),
-    }
+    return np.ascontiguousarray(np.nan_to_num(spectral.T), dtype=np.float32)
 
 
 def _log_f0(wave, config, frames):

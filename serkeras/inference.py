@@ -14,8 +14,8 @@ from serkeras.cache import compute_clips
 from serkeras.corpus import describe_skipped, parse_crema_d_name, warn_skipped
 from serkeras.effects import TEST_TIME_AUGMENTATION
 from serkeras.errors import DataError
-from serkeras.evaluation import predict_features
-from serkeras.features import normalize_by_speaker
+from serkeras.evaluation import model_input_names, predict_features
+from serkeras.features import feature_kinds, normalize_by_speaker
 
 
 @dataclasses.dataclass
@@ -107,7 +107,8 @@ def predict_files(model, metadata, paths, window_seconds=None, hop_seconds=None,
     mean over the readable files of its speaker, as `speaker_of(path, speakers)`
     tells them apart; a model that standardises its embedding by speaker gets the
     mean and variance of the embeddings of every window of the speaker's files.
-    Speakers heard in one file only are reported in a warning.
+    Speakers heard in one file only are reported in a warning. Only the feature kinds that the model
+    takes are computed.
     Files longer than `max_seconds` are skipped (default: the model's own limit
     for training clips, `feature_config.max_seconds`).
 
@@ -129,12 +130,13 @@ def predict_files(model, metadata, paths, window_seconds=None, hop_seconds=None,
     window_seconds = window_seconds or (config.fixed_seconds if config.length_mode == "fixed" else 4.0)
     hop_seconds = hop_seconds or window_seconds / 2
     window, hop = int(window_seconds * frames_per_second), max(1, int(hop_seconds * frames_per_second))
+    kinds = feature_kinds(model_input_names(model))
     pieces, owners, skipped, durations = [], [], [], {}
     for copy in range(tta_copies + 1):
         augmentation = TEST_TIME_AUGMENTATION if copy else None
         readable = []
         for path, features in compute_clips(list(durations) if copy else paths, config, workers,
-                                            augmentation=augmentation, copy=copy):
+                                            augmentation=augmentation, copy=copy, kinds=kinds):
             if isinstance(features, str):  # (a copy of a readable file is readable)
                 skipped.append((path, features))
             else:
@@ -146,7 +148,7 @@ def predict_files(model, metadata, paths, window_seconds=None, hop_seconds=None,
             paths_read, features_read = zip(*readable)
             readable = list(zip(paths_read, normalize_by_speaker(features_read, keys, scale=config.speaker_scale)))
         for path, features in readable:
-            n = len(features["logmel"])
+            n = len(features[kinds[0]])  # every kind has a row per frame
             if not copy:
                 durations[path] = (n - 1) / frames_per_second
             for start in windows(n, window, hop):

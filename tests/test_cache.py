@@ -18,7 +18,7 @@ from serkeras.cache import (CACHE_DIR_ENV, DEFAULT_CACHE_DIR, cache_folders, cac
                             compute_clips, model_features, prune_cache, resolve_cache_dir)
 from serkeras.corpus import Clip, SkippedFilesWarning, load_crema_d
 from serkeras.errors import DataError
-from serkeras.features import FeatureConfig
+from serkeras.features import FEATURE_KINDS, FeatureConfig
 
 from conftest import copy_clips
 
@@ -500,7 +500,7 @@ def test_parallel_runs_compile_librosas_kernels_here_before_workers_start(real_c
     monkeypatch.setattr(serkeras.cache, "warm_up", lambda *settings: calls.append(settings))
     paths = sorted(str(p) for p in real_clips.paths)[:8]
     compute_clips(paths, config, workers=2)
-    assert calls == [(config.to_dict(), None, 0)]
+    assert calls == [(config.to_dict(), None, 0, FEATURE_KINDS)]
     compute_clips(paths[:2], config, workers=2)  # too few for a pool: this process computes them
     assert len(calls) == 1
 
@@ -550,3 +550,19 @@ def test_inventory_and_pruning_keep_what_runs_use(corpus, cache_dir):
 def test_inventory_of_a_missing_cache_is_an_error(tmp_path):
     with pytest.raises(DataError, match="no feature cache at"):
         cache_folders(tmp_path / "none")
+
+
+def test_entries_of_some_feature_kinds_are_kept_apart_from_entries_of_all(corpus, tmp_path):
+    config = FeatureConfig()
+    path = corpus.clips[0].path
+    assert clip_key(path, config, kinds=("logmel",)) != clip_key(path, config)
+    assert clip_key(path, config, kinds=FEATURE_KINDS) == clip_key(path, config)  # older entries stay valid
+    clips = corpus.clips[:2]
+    logmel_only = cached_features(clips, config, tmp_path, workers=1, progress=False, kinds=("logmel",))
+    assert logmel_only.computed == 2 and all(list(f) == ["logmel"] for f in logmel_only.features.values())
+    every_kind = cached_features(clips, config, tmp_path, workers=1, progress=False)
+    assert every_kind.computed == 2 and all(list(f) == list(FEATURE_KINDS) for f in every_kind.features.values())
+    again = cached_features(clips, config, tmp_path, workers=1, progress=False, kinds=("logmel",))
+    assert again.reused == 2
+    for clip in clips:
+        np.testing.assert_array_equal(again.features[clip.path]["logmel"], every_kind.features[clip.path]["logmel"])

@@ -367,3 +367,36 @@ def test_import_chatter_is_dropped_and_everything_else_kept():
             "ImportError: libcudart.so.12: cannot open shared object file\n")
     assert without_import_chatter(chatter + kept) == kept
     assert without_import_chatter(chatter) == ""
+
+
+@pytest.mark.parametrize("name", SHIPPED_MODELS)
+def test_computing_only_the_kinds_a_model_takes_keeps_its_predictions(name, real_clips, tmp_path, monkeypatch):
+    """`predict` and `evaluate` compute only the feature kinds among a model's inputs; every shipped model then
+    predicts what it did when every kind was computed."""
+    import numpy as np
+
+    import serkeras.evaluation
+    import serkeras.inference
+    from serkeras.corpus import load_crema_d
+    from serkeras.evaluation import predict_clips
+    from serkeras.features import FEATURE_KINDS
+    from serkeras.inference import predict_files
+    from serkeras.models import load_model
+
+    if not (SHIPPED_DIR / f"{name}.keras").is_file():
+        pytest.skip("no shipped model in this checkout")
+    model, meta = load_model(SHIPPED_DIR / f"{name}.keras")
+    paths = sorted(str(p) for p in real_clips.paths)
+    clips = load_crema_d(real_clips.folder).clips
+
+    def both_paths():
+        predictions, _ = predict_files(model, meta, paths, workers=1)
+        _, probabilities = predict_clips(model, meta, clips, cache_dir=tmp_path / "cache")
+        return np.array([list(p.probabilities.values()) for p in predictions]), probabilities
+
+    files, corpus = both_paths()
+    monkeypatch.setattr(serkeras.inference, "feature_kinds", lambda names: FEATURE_KINDS)
+    monkeypatch.setattr(serkeras.evaluation, "feature_kinds", lambda names: FEATURE_KINDS)
+    every_kind_files, every_kind_corpus = both_paths()
+    np.testing.assert_allclose(files, every_kind_files, atol=1e-6)
+    np.testing.assert_allclose(corpus, every_kind_corpus, atol=1e-6)
