@@ -7,6 +7,7 @@ import keras
 import numpy as np
 
 from serkeras.errors import SerkerasError
+from serkeras.models.saving import graph_layers
 
 FORMATS = ("tf_saved_model", "onnx", "litert")
 #: File suffix each format's exporter expects ('' for the SavedModel folder).
@@ -36,14 +37,6 @@ def example_inputs(model, frames=300, batch=2, seed=0):
     return inputs
 
 
-def _all_layers(model):
-    """Every layer of `model`, those of nested models (ensemble members) included."""
-    for layer in model.layers:
-        yield layer
-        if isinstance(layer, keras.Model):
-            yield from _all_layers(layer)
-
-
 def embed_normalization_constants(model):
     """Hold each built `Normalization` layer's mean and variance as NumPy arrays, in place.
 
@@ -53,7 +46,7 @@ def embed_normalization_constants(model):
     statistics. NumPy arrays are written into the traced graph as constants
     instead. The layer computes exactly the same thing either way.
     """
-    for layer in _all_layers(model):
+    for layer in graph_layers(model):
         if isinstance(layer, keras.layers.Normalization) and layer.built and layer.input_mean is not None:
             layer.mean = keras.ops.convert_to_numpy(layer.mean)
             layer.variance = keras.ops.convert_to_numpy(layer.variance)
@@ -100,7 +93,7 @@ def first_error_line(exc, limit=300):
 
 def quantized_layers(model):
     """Names of the layers of `model` that `Model.quantize` changed (int8 and the like)."""
-    return [layer.name for layer in _all_layers(model) if getattr(layer, "quantization_mode", None)]
+    return [layer.name for layer in graph_layers(model) if getattr(layer, "quantization_mode", None)]
 
 
 def export_tolerance(model):

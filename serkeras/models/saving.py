@@ -69,6 +69,15 @@ def load_model(path):
 QUANTIZATIONS = ("none", "int8")
 
 
+def graph_layers(model):
+    """Every layer of `model`'s graph and of the models nested in it (a backbone, ensemble members), in order;
+    not the layers that other layers hold inside them."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from graph_layers(layer)
+
+
 def quantize_dense(model, mode="int8"):
     """Store `model`'s Dense layers' weights as `mode` (Keras' `Model.quantize`), in place; the output layer stays
     float32.
@@ -81,12 +90,6 @@ def quantize_dense(model, mode="int8"):
 
     if mode == "none":
         return model
-
-    def graph_layers(m):
-        for layer in m.layers:
-            yield layer
-            if isinstance(layer, keras.Model):
-                yield from graph_layers(layer)
 
     quantized = {id(layer) for layer in graph_layers(model)
                  if isinstance(layer, keras.layers.Dense) and layer.name != "probabilities"}

@@ -13,6 +13,7 @@ from keras import layers
 
 from serkeras.errors import SerkerasError
 from serkeras.models.layers import LengthMask, PooledLengths, SinusoidalPositions, TimeMask, WhisperScaling, gelu
+from serkeras.models.saving import graph_layers
 from serkeras.models.whisper.convert import read_checkpoint
 
 
@@ -149,12 +150,7 @@ def set_encoder_weights(model, weights):
 
 def layers_by_name(model):
     """Every layer of `model` and of the models nested in it, by name."""
-    found = {}
-    for layer in model.layers:
-        found[layer.name] = layer
-        if isinstance(layer, keras.Model):
-            found |= layers_by_name(layer)
-    return found
+    return {layer.name: layer for layer in graph_layers(model)}
 
 
 def _layer_index(name):
