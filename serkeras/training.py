@@ -8,7 +8,6 @@ confusion_matrix.png, history.csv, backup/ while in progress) and
 import contextlib
 import csv
 import dataclasses
-import functools
 import hashlib
 import io
 import json
@@ -71,6 +70,9 @@ class TrainConfig:
     teacher: str = ""  # a .keras file (or shipped model name) whose probabilities the training targets mix in
     distill_weight: float = 0.5
     quantize: str = "none"  # store the trained model's Dense weights as int8 ("int8") after training
+    # The learning rate of a pre-trained encoder's fine-tuned layers; None: `learning_rate`, as every layer
+    # trained before the encoder had a rate of its own (`with_encoder_learning_rate` sets the default).
+    encoder_learning_rate: float = None
 
     def __post_init__(self):
         for value, allowed, what in ((self.schedule, SCHEDULES, "schedule"), (self.optimizer, OPTIMIZERS, "optimizer"),
@@ -87,6 +89,8 @@ class TrainConfig:
             raise SerkerasError(f"quantize must be none or int8, got {self.quantize!r}")
         if not 0.0 < self.distill_weight <= 1.0:
             raise SerkerasError(f"distill_weight must be in (0, 1], got {self.distill_weight}")
+        if self.encoder_learning_rate is not None and self.encoder_learning_rate <= 0:
+            raise SerkerasError(f"encoder_learning_rate must be > 0, got {self.encoder_learning_rate}")
 
     def to_dict(self):
         return {**dataclasses.asdict(self), "noise_snr_db": list(self.noise_snr_db)}
@@ -94,6 +98,10 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, config):
         return known_fields(cls, config)
+
+    def separate_encoder_rate(self):
+        """Whether fine-tuned encoder layers train at a learning rate of their own (not `learning_rate`)."""
+        return self.encoder_learning_rate is not None and self.encoder_learning_rate != self.learning_rate
 
     def wave_augmentation(self):
         """The waveform augmentation of the training part, or None when `augment_copies` is 0."""
@@ -242,8 +250,26 @@ def distillation_targets(data, teacher, teacher_data, weight):
     return ((1.0 - weight) * one_hot + weight * probabilities).astype(np.float32)
 
 
-def make_optimizer(config, steps_per_epoch):
-    lr = config.learning_rate
+#: The default learning rate of fine-tuned encoder layers, as a share of the classifier's: pre-trained layers
+#: move less than the new classifier on top of them, so the classifier's early, large gradients do not undo
+#: what the encoder learnt before.
+ENCODER_LR_FACTOR = 0.1
+
+
+def with_encoder_learning_rate(train_config, model_config):
+    """`train_config` with the encoder's own learning rate set when `model_config` fine-tunes encoder layers.
+
+    An encoder rate already given is kept; otherwise it is `ENCODER_LR_FACTOR` x `learning_rate`. A model
+    without fine-tuned encoder layers gets `train_config` unchanged.
+    """
+    if not model_config.fine_tune_layers or train_config.encoder_learning_rate is not None:
+        return train_config
+    return dataclasses.replace(train_config,
+                               encoder_learning_rate=ENCODER_LR_FACTOR * train_config.learning_rate)
+
+
+def _optimizer(config, steps_per_epoch, learning_rate, name=None):
+    lr = learning_rate
     if config.schedule == "cosine":
         total = max(1, config.epochs * steps_per_epoch)
         warmup = config.warmup_epochs * steps_per_epoch
@@ -253,14 +279,49 @@ def make_optimizer(config, steps_per_epoch):
     # Keras keeps the moving average of the weights inside the optimizer (Polyak averaging).
     ema = {"use_ema": True, "ema_momentum": config.ema_momentum} if config.ema_momentum else {}
     if config.optimizer == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=config.weight_decay, **ema)
-    return keras.optimizers.Adam(lr, **ema)
+        return keras.optimizers.AdamW(lr, weight_decay=config.weight_decay, name=name, **ema)
+    return keras.optimizers.Adam(lr, name=name, **ema)
+
+
+def make_optimizer(config, steps_per_epoch, encoder_trains=False):
+    """The optimiser of `config`; with `encoder_trains` and `config.separate_encoder_rate()`, two of them.
+
+    Then Keras' `MultiOptimizer` gives the variables of a pre-trained encoder's
+    layers (paths matching `ENCODER_VARIABLES`) an optimiser named "encoder" at
+    `encoder_learning_rate` and every other variable one named "head" at
+    `learning_rate`; both follow the same schedule, and the "plateau" schedule's
+    `ReduceLROnPlateau` halves both.
+    """
+    if not (encoder_trains and config.separate_encoder_rate()):
+        return _optimizer(config, steps_per_epoch, config.learning_rate)
+    if config.ema_momentum:
+        # Keras' SwapEMAWeights needs the averaging in the one optimizer of the model.
+        raise SerkerasError("--ema-momentum cannot be combined with an encoder learning rate of its own: give "
+                            "--encoder-lr equal to --lr, or leave out --ema-momentum")
+    from serkeras.models.whisper import ENCODER_VARIABLES
+
+    head = _optimizer(config, steps_per_epoch, config.learning_rate, name="head")
+    encoder = _optimizer(config, steps_per_epoch, config.encoder_learning_rate, name="encoder")
+    return keras.optimizers.MultiOptimizer(keras.optimizers.OptimizerMap(head, {ENCODER_VARIABLES: encoder}),
+                                           name="head_and_encoder")
+
+
+def encoder_trains(model):
+    """Whether any of `model`'s trainable variables belongs to a pre-trained encoder's layers."""
+    import re
+
+    from serkeras.models.whisper import ENCODER_VARIABLES
+
+    return any(re.fullmatch(ENCODER_VARIABLES, v.path) for v in model.trainable_variables)
 
 
 def compile_model(model, config, steps_per_epoch):
-    """Categorical cross-entropy (optionally smoothed); accuracy and macro-F1 as metrics."""
+    """Categorical cross-entropy (optionally smoothed); accuracy and macro-F1 as metrics.
+
+    Fine-tuned encoder layers train at `config.encoder_learning_rate` (see `make_optimizer`).
+    """
     model.compile(
-        optimizer=make_optimizer(config, steps_per_epoch),
+        optimizer=make_optimizer(config, steps_per_epoch, encoder_trains(model)),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
                  keras.metrics.F1Score(average="macro", name="macro_f1")],
@@ -285,11 +346,23 @@ def fit_class_weight(data, train_config):
 
 
 class LearningRateLogger(keras.callbacks.Callback):
-    """Adds the optimiser's current learning rate to the epoch logs (before TensorBoard sees them)."""
+    """Adds the optimiser's current learning rate to the epoch logs (before TensorBoard sees them).
+
+    With an optimiser per part of the model (`make_optimizer`), each one's as
+    ``learning_rate_<name>`` (as Keras' `ReduceLROnPlateau` logs them), and the
+    classifier's ("head") as ``learning_rate``.
+    """
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        if logs is None:
+            return
+        optimizer = self.model.optimizer
+        if not hasattr(optimizer, "optimizers"):  # one optimiser
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+            return
+        for inner in optimizer.optimizers:
+            logs[f"learning_rate_{inner.name}"] = float(keras.ops.convert_to_numpy(inner.learning_rate))
+        logs["learning_rate"] = logs["learning_rate_head"]
 
 
 class ConfusionMatrixLogger(keras.callbacks.Callback):
@@ -584,16 +657,52 @@ def ema_callback(train_config):
     return keras.callbacks.SwapEMAWeights(swap_on_epoch=True)
 
 
-class CheckpointOf(keras.callbacks.ModelCheckpoint):
-    """`ModelCheckpoint` that saves `whole`, a model of which the one being trained is a part (sharing its
-    layers), when that part improves."""
+class OnWholeModel(keras.callbacks.Callback):
+    """Runs `callback` with `whole` as its model while a part of `whole` (sharing its layers) is being fitted.
 
-    def __init__(self, whole, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.whole = whole
+    For the callbacks that save the model at an epoch's end (Keras'
+    `ModelCheckpoint`, KerasTuner's checkpoint of a trial's best epoch) when
+    training runs on the layers above frozen ones (`serkeras.models.frozen_stages`):
+    they save the whole model, which the trained part's updates reach. The
+    training and epoch hooks are passed on; the batch hooks are not (so Keras
+    still skips them for speed).
+    """
+
+    def __init__(self, callback, whole):
+        super().__init__()
+        self.callback, self.whole = callback, whole
 
     def set_model(self, model):
-        super().set_model(self.whole)
+        super().set_model(model)
+        self.callback.set_model(self.whole)
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.callback.set_params(params)
+
+    def _sync(self):
+        """Bring JAX's training state into the shared variables (Keras does it when `model` is read)."""
+        return self.model
+
+    def on_train_begin(self, logs=None):
+        self._sync()
+        self.callback.on_train_begin(logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.callback.on_epoch_begin(epoch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._sync()
+        self.callback.on_epoch_end(epoch, logs)
+
+    def on_train_end(self, logs=None):
+        self._sync()
+        self.callback.on_train_end(logs)
+
+
+def on_whole(callback, whole):
+    """`callback` run on `whole` (`OnWholeModel`), or `callback` itself when `whole` is None."""
+    return callback if whole is None else OnWholeModel(callback, whole)
 
 
 def make_callbacks(run_dir, log_dir, data, feature_config, train_config, backup, resume=False, whole=None):
@@ -608,9 +717,10 @@ def make_callbacks(run_dir, log_dir, data, feature_config, train_config, backup,
         keras.callbacks.TerminateOnNaN(),
         backup,
         ema_callback(train_config),
-        (keras.callbacks.ModelCheckpoint if whole is None else functools.partial(CheckpointOf, whole))(
+        on_whole(keras.callbacks.ModelCheckpoint(
             str(run_dir / "model.keras"), monitor=train_config.monitor, mode=mode, save_best_only=True,
             initial_value_threshold=best_so_far(run_dir / "history.csv", train_config.monitor) if resume else None),
+            whole),
         keras.callbacks.EarlyStopping(monitor=train_config.monitor, mode=mode, patience=train_config.patience,
                                       restore_best_weights=True),
         plateau_callback(train_config),

@@ -299,3 +299,90 @@ def test_stage_outputs_are_cached_per_clip_and_stage_and_recomputed_when_corrupt
     other = [{"logmel": c["logmel"] + 1.0} for c in clips[:1]]  # other features: another entry
     training.stage_outputs(front, other, tmp_path)
     assert calls == [1, 1] and len(list(tmp_path.glob("stage-*/*.npz"))) == 4
+
+
+# --------------------------------------------------------------------------- fine-tuned layers' own learning rate
+
+def test_fine_tuned_encoder_layers_step_at_their_own_learning_rate():
+    """Adam's first step moves every weight by about its learning rate: the encoder's by --encoder-lr, the
+    classifier's by --lr. Both rates, and the optimisers' state, come back from a saved training state."""
+    import keras
+
+    from serkeras.features import FeatureConfig
+    from serkeras.models import ModelConfig, build_whisper, frozen_stages
+    from serkeras.training import LearningRateLogger, TrainConfig, compile_model
+
+    def trained_part():
+        config = ModelConfig(arch="whisper", encoder_layers=2, encoder_dim=DIM, attention_heads=HEADS,
+                             pooling="stats", fine_tune_layers=1, dropout=0.0)
+        model = build_whisper(FeatureConfig(n_mels=N_MELS, fmin=0.0, n_fft=400), config, ["a", "b", "c"])
+        return compile_model(frozen_stages(model)[1], TrainConfig(learning_rate=1e-2, encoder_learning_rate=1e-4),
+                             steps_per_epoch=4)
+
+    trained = trained_part()
+    rng = np.random.default_rng(0)
+    batch = {"frames0": rng.normal(size=(4, 9, DIM)).astype(np.float32), "lengths": np.array([9, 5, 7, 3], np.int32)}
+    before = {v.path: keras.ops.convert_to_numpy(v) for v in trained.trainable_variables}
+    trained.train_on_batch(batch, np.eye(3, dtype=np.float32)[[0, 1, 2, 0]])
+    step = {path: np.abs(keras.ops.convert_to_numpy(v) - before[path]).max()
+            for path, v in ((v.path, v) for v in trained.trainable_variables)}
+    encoder = {path: s for path, s in step.items() if path.startswith("layer1_")}
+    head = {path: s for path, s in step.items() if not path.startswith("layer1_")}
+    assert encoder and head and set(head) >= {"probabilities/kernel", "embedding_norm/gamma"}
+    assert max(encoder.values()) == pytest.approx(1e-4, rel=0.01)
+    assert min(head.values()) == pytest.approx(1e-2, rel=0.01)
+    logs = {}
+    logger = LearningRateLogger()
+    logger.set_model(trained)
+    logger.on_epoch_end(0, logs)
+    assert logs["learning_rate_encoder"] == pytest.approx(1e-4) and logs["learning_rate"] == pytest.approx(1e-2)
+
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        trained.save_weights(Path(folder) / "state.weights.h5")
+        again = trained_part()
+        again.optimizer.build(again.trainable_variables)
+        again.load_weights(Path(folder) / "state.weights.h5")
+    for saved, restored in zip(trained.optimizer.variables, again.optimizer.variables):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(restored), keras.ops.convert_to_numpy(saved),
+                                      err_msg=saved.path)
+
+
+def test_encoder_lr_is_stored_and_kept_by_resume(three_class_manifest, tiny_encoder, workdir, monkeypatch):
+    import csv
+    import json
+
+    from conftest import run_cli
+    from serkeras import training
+
+    base = ["train", "--arch", "whisper", "--encoder", str(tiny_encoder), "--pooling", "stats",
+            "--fine-tune-layers", "1", "--manifest", str(three_class_manifest), "--cache-dir", str(workdir / "cache"),
+            "--lr", "2e-3", "--epochs", "2"] + WHISPER_TRAIN
+
+    def stop_before_the_second_epoch(self, epoch, logs=None):  # as Ctrl-C during it would
+        if epoch == 1:
+            raise training.TrainingInterrupted(self.backup.epochs_done)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(training.StopOnInterrupt, "on_epoch_begin", stop_before_the_second_epoch)
+        result = run_cli(base + ["--encoder-lr", "5e-5", "--run-name", "encoder-lr"], workdir)
+    assert result.exit_code == 130, result.output
+    run = workdir / "saved_models" / "encoder-lr"
+    assert json.loads((run / "config.json").read_text())["train_config"]["encoder_learning_rate"] == 5e-5
+    result = run_cli(["train", "--resume", "--run-name", "encoder-lr", "--quiet"], workdir)
+    assert result.exit_code == 0, result.output
+    with open(run / "history.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["0", "1"]  # the second epoch trained after the resume
+    assert [float(r["learning_rate_encoder"]) for r in rows] == pytest.approx([5e-5, 5e-5])
+    assert [float(r["learning_rate_head"]) for r in rows] == pytest.approx([2e-3, 2e-3])
+
+    # Without --encoder-lr: a tenth of --lr, stored as such.
+    result = run_cli(base + ["--run-name", "encoder-lr-default"], workdir)
+    assert result.exit_code == 0, result.output
+    stored = json.loads((workdir / "saved_models" / "encoder-lr-default" / "config.json").read_text())
+    assert stored["train_config"]["encoder_learning_rate"] == pytest.approx(2e-4)
+    result = run_cli(base + ["--fine-tune-layers", "0", "--encoder-lr", "1e-4"], workdir)
+    assert result.exit_code != 0 and "give --fine-tune-layers too" in result.output

@@ -22,9 +22,9 @@ from serkeras.models.blocks import (EMBEDDING_LAYER, finish, lengths_input, pool
                                     speaker_statistics_inputs)
 from serkeras.models.layers import LengthMask, WeightedLayerSum
 from serkeras.models.registry import register
-from serkeras.models.whisper.backbone import (backbone_layers, encoder_layer, encoder_parameters, freeze_lower_layers,
-                                              layers_by_name, load_whisper_backbone, set_encoder_weights,
-                                              whisper_backbone, whisper_encoder)
+from serkeras.models.whisper.backbone import (ENCODER_VARIABLES, backbone_layers, encoder_layer, encoder_parameters,
+                                              freeze_lower_layers, layers_by_name, load_whisper_backbone,
+                                              set_encoder_weights, whisper_backbone, whisper_encoder)
 from serkeras.models.whisper.convert import FORMATS, EncoderSizes, EncoderWeights, read_checkpoint
 
 #: Whisper's log-mel: 25 ms windows every 10 ms at 16 kHz, mel bands from 0 to 8 kHz, the clip at the level it
@@ -176,7 +176,7 @@ def frozen_stages(model):
     return front, trained
 
 
-__all__ = ["ENCODER_LAYER", "EncoderSizes", "EncoderWeights", "FORMATS", "WHISPER_FEATURES", "backbone_layers",
+__all__ = ["ENCODER_LAYER", "ENCODER_VARIABLES", "EncoderSizes", "EncoderWeights", "FORMATS", "WHISPER_FEATURES", "backbone_layers",
            "build_whisper", "configure_whisper", "encoder_layer", "encoder_parameters", "freeze_lower_layers", "frozen_stages",
            "load_whisper_backbone", "whisper_backbone",
            "read_checkpoint", "set_encoder_weights", "whisper_encoder", "whisper_feature_config"]
