@@ -386,3 +386,113 @@ def test_encoder_lr_is_stored_and_kept_by_resume(three_class_manifest, tiny_enco
     assert stored["train_config"]["encoder_learning_rate"] == pytest.approx(2e-4)
     result = run_cli(base + ["--fine-tune-layers", "0", "--encoder-lr", "1e-4"], workdir)
     assert result.exit_code != 0 and "give --fine-tune-layers too" in result.output
+
+
+# --------------------------------------------------------------------------- serkeras tune --arch whisper
+
+def test_tune_searches_an_encoder_model_on_cached_frozen_outputs(three_class_manifest, tiny_encoder, workdir,
+                                                                 monkeypatch):
+    import csv
+    import json
+
+    from conftest import run_cli
+    from serkeras import evaluation, training
+    from serkeras.models import LAYER_POOLINGS, POOLINGS, load_model
+    from serkeras.tuning import ENCODER_DROPOUT_GRID, ENCODER_LEARNING_RATE_GRID, FINE_TUNE_GRID
+    from test_tune import hparams_of
+
+    def tune(name, *extra):
+        return run_cli(["tune", "--arch", "whisper", "--encoder", str(tiny_encoder), "--encoder-layers", "2",
+                        "--manifest", str(three_class_manifest), "--cache-dir", str(workdir / "cache"),
+                        "--max-trials", "3", "--epochs", "1", "--search-fine-tune", "--search-name", name, *extra]
+                       + WHISPER_TRAIN, workdir)
+
+    result = tune("whisper-search")
+    assert result.exit_code == 0, result.output
+    search = workdir / "saved_models" / "whisper-search"
+    with open(search / "trials.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3
+    for row in rows:
+        assert float(row["learning_rate"]) in ENCODER_LEARNING_RATE_GRID
+        assert float(row["dropout"]) in ENCODER_DROPOUT_GRID and int(row["encoder_layers"]) in (1, 2)
+        assert row["layer_pooling"] in LAYER_POOLINGS and row["pooling"] in POOLINGS
+        assert int(row["fine_tune_layers"]) in FINE_TUNE_GRID and "activation" not in row
+        hparams, _ = hparams_of(workdir / "logs" / "whisper-search" / row["trial_id"])
+        assert hparams["encoder_layers"] == int(row["encoder_layers"]) and hparams["pooling"] == row["pooling"]
+    # The best trial's whole model (encoder included) at its best epoch, with the searched settings.
+    model, meta = load_model(search / "best.keras")
+    best = json.loads((search / "best.json").read_text())["hyperparameters"]
+    assert (meta.model_config.encoder_layers, meta.model_config.pooling, meta.model_config.layer_pooling,
+            meta.model_config.fine_tune_layers) == (best["encoder_layers"], best["pooling"], best["layer_pooling"],
+                                                    best["fine_tune_layers"])
+    assert model.get_layer("whisper_encoder") is not None
+
+    # The same trials in a new search read every frozen layer's output from the cache; a resumed one runs none.
+    computed = []
+    monkeypatch.setattr(training, "frame_outputs", lambda stage, features, batch_size: computed.append(len(features))
+                        or evaluation.frame_outputs(stage, features, batch_size))
+    result = tune("whisper-search-again")
+    assert result.exit_code == 0, result.output
+    assert computed == []
+    searched = ("trial_id", "learning_rate", "dropout", "encoder_layers", "fine_tune_layers", "layer_pooling", "pooling")
+    with open(workdir / "saved_models" / "whisper-search-again" / "trials.csv", newline="") as f:
+        again = list(csv.DictReader(f))
+    assert sorted(tuple(r[k] for k in searched) for r in again) == sorted(tuple(r[k] for k in searched) for r in rows)
+    result = tune("whisper-search")
+    assert result.exit_code == 0 and "3 completed (kept)" in result.output, result.output
+    result = tune("whisper-search", "--search-width")
+    assert result.exit_code != 0 and "no width to search" in result.output
+
+
+# --------------------------------------------------------------------------- export
+
+@pytest.fixture(scope="module")
+def whisper_runs(three_class_manifest, tiny_encoder, workdir):
+    """{"frozen": run folder, "fine-tuned": run folder} of two one-epoch Whisper runs on the tiny encoder."""
+    from conftest import run_cli
+
+    settings = {"frozen": ["--pooling", "stats"],
+                "fine-tuned": ["--encoder-layers", "3", "--fine-tune-layers", "1", "--layer-pooling", "weighted",
+                               "--pooling", "attention"]}
+    runs = {}
+    for kind, options in settings.items():
+        name = f"whisper-export-{kind}"
+        result = run_cli(["train", "--arch", "whisper", "--encoder", str(tiny_encoder), *options, "--manifest",
+                          str(three_class_manifest), "--epochs", "1", "--run-name", name, "--cache-dir",
+                          str(workdir / "cache")] + WHISPER_TRAIN, workdir)
+        assert result.exit_code == 0, result.output
+        runs[kind] = workdir / "saved_models" / name
+    return runs
+
+
+@pytest.mark.parametrize("kind", ["frozen", "fine-tuned"])
+@pytest.mark.parametrize("export_format", ["tf_saved_model", "onnx"])
+def test_a_trained_whisper_model_exports_and_predicts_like_its_keras_file(whisper_runs, kind, export_format,
+                                                                          workdir, tmp_path):
+    """The command checks the export on its own batch; here, another: clips of other lengths, padded."""
+    if export_format == "onnx":
+        onnxruntime = pytest.importorskip("onnxruntime")
+    from conftest import run_cli
+    from serkeras.export import example_inputs
+    from serkeras.models import load_model
+
+    out = tmp_path / ("whisper.onnx" if export_format == "onnx" else "whisper")
+    result = run_cli(["export", str(whisper_runs[kind] / "model.keras"), "--format", export_format, "--output",
+                      str(out)], workdir)
+    assert result.exit_code == 0, result.output
+    assert "same probabilities" in result.output
+    model, _ = load_model(whisper_runs[kind] / "model.keras")
+    assert [t.name for t in model.inputs] == ["logmel", "lengths"]
+    inputs = example_inputs(model, frames=123, batch=3, seed=5)
+    inputs["logmel"] = inputs["logmel"] * 20 - 50  # log-mel in dB, as the features give it
+    ordered = [inputs[t.name] for t in model.inputs]
+    if export_format == "onnx":
+        session = onnxruntime.InferenceSession(str(out))
+        got = session.run(None, dict(zip([i.name for i in session.get_inputs()], ordered)))[0]
+    else:
+        import tensorflow as tf
+
+        loaded = tf.saved_model.load(str(out))  # kept: its variables die with it
+        got = loaded.serve(ordered)
+    np.testing.assert_allclose(np.asarray(got), model.predict(inputs, verbose=0), atol=1e-4)
