@@ -285,8 +285,8 @@ def _apply(options, f):
     return f
 
 
-def _model_option_list(searched=()):
-    """Architecture and model size; `searched` names the ones a search chooses (not options then)."""
+def _model_option_list(left_out=()):
+    """Architecture and model size; `left_out` names the ones a command does not take as options."""
     options = {
         "arch": click.option("--arch", type=lazy_choice("models", "ARCHITECTURES"), default="2d", show_default=True),
         "activation": click.option("--activation", type=lazy_choice("models", "ACTIVATIONS"), default="silu",
@@ -319,8 +319,17 @@ def _model_option_list(searched=()):
                                       default="last", show_default=True,
                                       help="--arch whisper: pool the last kept layer, or a learnt weighted sum of "
                                            "every kept layer."),
+        "speaker_standardization": click.option(
+            "--speaker-standardization/--no-speaker-standardization", default=False, show_default=True,
+            help="--arch whisper with a frozen encoder: standardise each clip's pooled embedding by the mean and "
+                 "variance of its speaker's (needs speakers; predict and evaluate take them from several "
+                 "recordings of each speaker, see --speaker)."),
+        "speaker_prior_clips": click.option(
+            "--speaker-prior-clips", type=click.FloatRange(min=0), default=0.0, show_default=True,
+            help="With --speaker-standardization: shrink a speaker's statistics towards the training speakers' as "
+                 "if these had this many recordings (0: the speaker's own only)."),
     }
-    return [option for name, option in options.items() if name not in searched]
+    return [option for name, option in options.items() if name not in left_out]
 
 
 def model_options(f):
@@ -433,7 +442,8 @@ def model_config_from(kwargs):
     from serkeras.models import ModelConfig
 
     names = ("arch", "activation", "width", "dropout", "head_units", "spec_augment", "utterance_norm", "pooling",
-             "encoder", "encoder_layers", "fine_tune_layers", "layer_pooling")
+             "encoder", "encoder_layers", "fine_tune_layers", "layer_pooling", "speaker_standardization",
+             "speaker_prior_clips")
     values = {n: kwargs.pop(n) for n in names if n in kwargs}
     values["encoder"] = values.get("encoder") or ""
     try:
@@ -514,6 +524,9 @@ def train(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction
     train_config = TrainConfig(seed=seed if train_seed is None else train_seed, **kwargs)
     if not resume:  # a resumed run keeps the settings it stored, already configured
         feature_config, model_config = configured(feature_config, model_config)
+        if model_config.speaker_standardization and model_config.arch != "whisper":
+            raise click.UsageError("--speaker-standardization standardises a pre-trained encoder's embedding: "
+                                   "use it with --arch whisper (or --speaker-norm, which standardises features)")
         if train_config.encoder_learning_rate is not None and not model_config.fine_tune_layers:
             raise click.UsageError("--encoder-lr is the learning rate of fine-tuned encoder layers: give "
                                    "--fine-tune-layers too")
@@ -839,7 +852,9 @@ def _refuse_model_paths(paths):
 
 def _tune_options(f):
     """The base model and the search settings of `tune`."""
-    options = (_model_option_list(searched=("activation",)) + _optimizer_option_list() + _training_data_option_list()
+    # A search chooses the activation; a speaker-standardised model is trained by `train` alone.
+    options = (_model_option_list(left_out=("activation", "speaker_standardization", "speaker_prior_clips"))
+               + _optimizer_option_list() + _training_data_option_list()
                + _device_option_list()) + [
         click.option("--tuner", "tuner_kind", type=lazy_choice("tuning", "TUNERS"), default="random", show_default=True),
         click.option("--max-trials", type=click.IntRange(min=1), default=10, show_default=True,

@@ -153,6 +153,49 @@ class SplitData:
                             input_names=input_names, mixup_alpha=mixup_alpha, replicas=replicas)
 
 
+def speaker_head_data(model, data, batch_size=32, progress=True):
+    """The classifier of a model that standardises its embedding by speaker, and `data` as it takes them.
+
+    The embedding must be fixed (frozen encoder, pooling without weights), so
+    that a speaker's statistics do not change as training goes on: each clip of
+    the train and val parts is embedded once, through the cached outputs of the
+    frozen layers (`SplitData.through`), and each speaker's statistics come from
+    their clips in the same part, as `serkeras evaluate` takes them. The
+    classifier's population statistics (`SpeakerStandardization`, used with
+    ``speaker_prior_clips``) are set from the training speakers.
+
+    Returns
+    -------
+    (head, SplitData)
+        `head` maps ``embedding``, ``speaker_mean``, ``speaker_variance`` and
+        ``speaker_count`` to class probabilities (training it trains `model`);
+        the data's clips carry those four arrays.
+    """
+    from serkeras.evaluation import embedding_speaker_stats, population_stats, speaker_input_arrays
+    from serkeras.models import SPEAKER_INPUTS, frozen_stages, speaker_stages
+
+    front, pooling = frozen_stages(model)
+    if pooling.trainable_weights:
+        raise SerkerasError("--speaker-standardization trains the classifier on fixed embeddings: use it with "
+                            "--fine-tune-layers 0, --layer-pooling last and --pooling stats or average")
+    staged = data.through(front, batch_size=batch_size, progress=progress)
+    head = speaker_stages(model)[1]
+    parts, train_stats = {}, None
+    for part, (clips, features, labels) in staged.parts.items():
+        if not all(c.speaker for c in clips):
+            raise SerkerasError("--speaker-standardization needs each clip's speaker (a speaker column in the "
+                                "manifest)")
+        speakers = [c.speaker for c in clips]
+        embeddings = predict_features(pooling, features, "variable", batch_size=batch_size)
+        stats = embedding_speaker_stats(embeddings, speakers)
+        train_stats = stats if part == "train" else train_stats
+        statistics = speaker_input_arrays(speakers, stats)
+        parts[part] = (clips, [{"embedding": e, **{name: s[i] for name, s in zip(SPEAKER_INPUTS, statistics)}}
+                               for i, e in enumerate(embeddings)], labels)
+    head.get_layer("speaker_standardization").set_weights(population_stats(train_stats))
+    return head, SplitData(data.labels, parts, data.stats, dict(data.targets), data.cache_dir)
+
+
 def prepare_split(corpus, split, feature_config, cache_dir=None, workers=None, progress=True, augmentation=None,
                   copies=0, speaker_subsets=0.0, seed=0):
     """Cached features for every part of `split`; statistics from the training part only.
@@ -887,8 +930,11 @@ def run_training(data, feature_config, model_config, train_config, run_dir, log_
         model = build_model(feature_config, model_config, data.labels, data.stats)
         # A model whose lower layers are frozen trains its upper part on their outputs, computed once.
         stages = frozen_stages(model)
-        trained, trained_data = (model, data) if stages is None else (
-            stages[1], data.through(stages[0], batch_size=train_config.batch_size, progress=verbose > 0))
+        if model_config.speaker_standardization:
+            trained, trained_data = speaker_head_data(model, data, train_config.batch_size, progress=verbose > 0)
+        else:
+            trained, trained_data = (model, data) if stages is None else (
+                stages[1], data.through(stages[0], batch_size=train_config.batch_size, progress=verbose > 0))
         names = model_input_names(trained)
         train_ds = trained_data.dataset("train", feature_config, train_config.batch_size, names, shuffle=True,
                                         seed=train_config.seed, mixup_alpha=train_config.mixup_alpha,
@@ -925,7 +971,10 @@ def run_training(data, feature_config, model_config, train_config, run_dir, log_
                "parameters": int(best.count_params())}
     for part in ("val", "test"):
         clips, features, labels = data.parts[part]
-        probabilities = predict_features(best, features, feature_config.length_mode, feature_config.fixed_frames)
+        # A speaker-standardised model takes each speaker's statistics from their clips in the part.
+        speakers = [c.speaker for c in clips] if model_config.speaker_standardization else None
+        probabilities = predict_features(best, features, feature_config.length_mode, feature_config.fixed_frames,
+                                         speakers=speakers)
         metrics[part] = classification_report(labels, probabilities.argmax(axis=1), data.labels,
                                               groups={"sex": [c.sex for c in clips]})
     save_confusion_matrix(metrics["test"]["confusion_matrix"], data.labels, run_dir / "confusion_matrix.png",

@@ -496,3 +496,52 @@ def test_a_trained_whisper_model_exports_and_predicts_like_its_keras_file(whispe
         loaded = tf.saved_model.load(str(out))  # kept: its variables die with it
         got = loaded.serve(ordered)
     np.testing.assert_allclose(np.asarray(got), model.predict(inputs, verbose=0), atol=1e-4)
+
+
+# --------------------------------------------------------------------------- --speaker-standardization
+
+def test_speaker_standardization_trains_on_cached_embeddings_and_predicts_with_speakers(
+        three_class_manifest, tiny_encoder, workdir):
+    """Trained from the command line (frozen encoder, the classifier on fixed embeddings); the saved model
+    scores the same on evaluate, and predict standardises each file by its speaker's recordings."""
+    import json
+
+    from conftest import run_cli
+    from serkeras.models import load_model
+
+    base = ["train", "--arch", "whisper", "--encoder", str(tiny_encoder), "--speaker-standardization",
+            "--manifest", str(three_class_manifest), "--cache-dir", str(workdir / "cache"), "--epochs", "2"]
+    result = run_cli(base + ["--pooling", "stats", "--speaker-prior-clips", "2", "--run-name", "speaker-std"]
+                     + WHISPER_TRAIN, workdir)
+    assert result.exit_code == 0, result.output
+    run = workdir / "saved_models" / "speaker-std"
+    model, meta = load_model(run / "model.keras")
+    assert meta.model_config.speaker_standardization and meta.model_config.speaker_prior_clips == 2
+    assert meta.normalises_by_speaker
+    population_mean, population_variance = model.get_layer("speaker_head").get_layer(
+        "speaker_standardization").get_weights()
+    assert np.abs(population_mean).max() > 0 and not np.allclose(population_variance, 1.0)  # the training speakers'
+
+    evaluated = run_cli(["evaluate", str(run / "model.keras"), "--manifest", str(three_class_manifest), "--cache-dir",
+                         str(workdir / "cache"), "--json", str(workdir / "speaker-std.json")] + WHISPER_TRAIN[:6],
+                        workdir)
+    assert evaluated.exit_code == 0, evaluated.output
+    stored = json.loads((run / "metrics.json").read_text())["test"]
+    assert json.loads((workdir / "speaker-std.json").read_text())["accuracy"] == pytest.approx(stored["accuracy"])
+
+    paths = [p for p in sorted(_manifest_paths(three_class_manifest)) if "/1003_" in p or "/1004_" in p]
+    predicted = {}
+    for grouping in ("prefix", "file"):
+        result = run_cli(["predict", "--model", str(run / "model.keras"), *paths, "--speaker", grouping, "--format",
+                          "json", "--workers", "1"], workdir)
+        assert result.exit_code == 0, result.output
+        predicted[grouping] = json.loads(result.output[result.output.index("["):])
+        assert [p["label"] in meta.labels for p in predicted[grouping]] == [True] * len(paths)
+    # A speaker's statistics from all their files, or from each file alone: other probabilities.
+    assert predicted["prefix"][0]["probabilities"] != predicted["file"][0]["probabilities"]
+
+    result = run_cli(base + ["--pooling", "attention", "--run-name", "speaker-std-attention"] + WHISPER_TRAIN, workdir)
+    assert result.exit_code != 0 and "trains the classifier on fixed embeddings" in result.output
+    result = run_cli(["train", "--arch", "1d", "--speaker-standardization", "--manifest", str(three_class_manifest)],
+                     workdir)
+    assert result.exit_code != 0 and "use it with --arch whisper" in result.output
