@@ -435,7 +435,8 @@ def test_tune_searches_an_encoder_model_on_cached_frozen_outputs(three_class_man
     result = tune("whisper-search-again")
     assert result.exit_code == 0, result.output
     assert computed == []
-    searched = ("trial_id", "learning_rate", "dropout", "encoder_layers", "fine_tune_layers", "layer_pooling", "pooling")
+    searched = ("trial_id", "learning_rate", "dropout", "encoder_layers", "fine_tune_layers", "layer_pooling",
+                "pooling")
     with open(workdir / "saved_models" / "whisper-search-again" / "trials.csv", newline="") as f:
         again = list(csv.DictReader(f))
     assert sorted(tuple(r[k] for k in searched) for r in again) == sorted(tuple(r[k] for k in searched) for r in rows)

@@ -180,7 +180,8 @@ def frozen_stages(model):
     return front, trained
 
 
-__all__ = ["ENCODER_LAYER", "ENCODER_VARIABLES", "EncoderSizes", "EncoderWeights", "FORMATS", "WHISPER_FEATURES", "backbone_layers",
+__all__ = ["ENCODER_LAYER", "ENCODER_VARIABLES", "EncoderSizes", "EncoderWeights", "FORMATS", "WHISPER_FEATURES",
+           "backbone_layers",
            "build_whisper", "configure_whisper", "encoder_layer", "encoder_parameters", "freeze_lower_layers", "frozen_stages",
            "load_whisper_backbone", "whisper_backbone",
            "read_checkpoint", "set_encoder_weights", "whisper_encoder", "whisper_feature_config"]
