@@ -84,16 +84,19 @@ class SERHyperModel(keras_tuner.HyperModel):
         For the cosine schedule (the "plateau" schedule is a callback of `run_search`).
     search_dropout, search_width : bool
         Also search dropout in DROPOUT_GRID / width in WIDTH_FACTORS x base width.
+    partial_labels : bool
+        The training clips' corpora lack some classes (`serkeras.training.compile_model`).
     """
 
     def __init__(self, feature_config, model_config, labels, stats, train_config=None, steps_per_epoch=1,
-                 search_dropout=False, search_width=False, name="serkeras", tunable=True):
+                 search_dropout=False, search_width=False, name="serkeras", tunable=True, partial_labels=False):
         super().__init__(name=name, tunable=tunable)
         self.feature_config, self.model_config = feature_config, model_config
         self.labels, self.stats = list(labels), stats
         self.train_config = train_config or TrainConfig()
         self.steps_per_epoch = steps_per_epoch
         self.search_dropout, self.search_width = search_dropout, search_width
+        self.partial_labels = partial_labels
 
     def width_grid(self):
         return tuple(sorted({round(self.model_config.width * f, 6) for f in WIDTH_FACTORS}))
@@ -112,7 +115,7 @@ class SERHyperModel(keras_tuner.HyperModel):
     def build(self, hp):
         model_config, train_config = self.configs(hp)
         model = build_model(self.feature_config, model_config, self.labels, self.stats)
-        return compile_model(model, train_config, self.steps_per_epoch)
+        return compile_model(model, train_config, self.steps_per_epoch, self.partial_labels)
 
     def fit(self, hp, model, *args, **kwargs):
         return model.fit(*args, **kwargs)
