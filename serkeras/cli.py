@@ -646,13 +646,15 @@ def fit_verbosity(quiet):
 
 def _train_one(corpus, split, feature_config, model_config, train_config, run_dir, log_dir, resume, cache_dir,
                workers, quiet, describe):
-    from serkeras.evaluation import format_report
+    from serkeras.evaluation import format_corpus_table, format_report
     from serkeras.training import run_training
 
     data = prepare_training_data(corpus, split, feature_config, train_config, cache_dir, workers)
     metrics = run_training(data, feature_config, model_config, train_config, run_dir, log_dir, resume=resume,
                            describe=describe, verbose=fit_verbosity(quiet))
     click.echo(format_report(metrics["test"]))
+    if "test_by_corpus" in metrics:  # several corpora: each on the classes it has
+        click.echo("\n" + format_corpus_table({**metrics["test_by_corpus"], "all": metrics["test"]}))
     click.echo(f"best model: {run_dir / 'model.keras'}  (TensorBoard: tensorboard --logdir {log_dir.parent})")
     return metrics
 

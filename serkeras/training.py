@@ -9,6 +9,7 @@ import contextlib
 import csv
 import dataclasses
 import functools
+import gc
 import hashlib
 import io
 import json
@@ -846,6 +847,9 @@ def run_training(data, feature_config, model_config, train_config, run_dir, log_
             trained.fit(train_ds, validation_data=val_ds, epochs=train_config.epochs, initial_epoch=initial_epoch,
                       verbose=verbose, shuffle=False, callbacks=[interrupt] + callbacks,
                       class_weight=fit_class_weight(data, train_config))
+    # The frozen layers' outputs and the training pipelines can take gigabytes; the scores below need neither.
+    del trained_data, train_ds, val_ds, callbacks, trained, model
+    gc.collect()
     if not (run_dir / "model.keras").is_file():
         raise SerkerasError(f"training produced no checkpoint in {run_dir} (did the loss become NaN?)")
     from serkeras.models import load_model
