@@ -970,6 +970,8 @@ def leave_one_corpus_out(corpus, prepare, feature_config, model_config, train_co
         metrics = run_training(data, feature_config, model_config, train_config, run_dir, log_dir / run_dir.name,
                                resume=resume, describe=info, verbose=verbose)
         reports[name] = metrics["test"]
+        del data  # before the next corpus's features are read: each run's can take gigabytes
+        gc.collect()
     return reports
 
 

@@ -167,6 +167,13 @@ def test_train_evaluate_and_cross_corpus_on_three_corpora(manifests, tmp_path):
     assert sorted(metrics["test_by_corpus"]) == ["alpha", "beta", "gamma"]
     assert metrics["test_by_corpus"]["alpha"]["per_class"]["neutral"]["support"] == 0
 
+    # --resume finds every corpus in the run's settings (no --manifest given): metrics.json removed, the run
+    # counts as unfinished and trains again.
+    (run / "metrics.json").unlink()
+    result = run_cli(["train", "--resume", "--run-name", "mixed", "--quiet"], tmp_path)
+    assert result.exit_code == 0, result.output
+    assert sorted(json.loads((run / "metrics.json").read_text())["test_by_corpus"]) == ["alpha", "beta", "gamma"]
+
     from serkeras.models import load_model
 
     model, meta = load_model(run / "model.keras")  # compile=False: the partial-label loss is not needed
