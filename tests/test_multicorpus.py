@@ -216,3 +216,10 @@ def test_cross_corpus_refuses_a_held_out_corpus_of_one_class(manifests, tmp_path
                                      "on it needs at least two labels")
     result = run_cli(["cross-corpus", "--manifest", str(manifests[0]), *TINY], tmp_path)
     assert result.exit_code == 1 and "needs two or more corpora" in result.output
+
+
+def test_features_of_several_corpora(manifests, tmp_path):
+    sources = [arg for m in manifests[:2] for arg in ("--manifest", str(m))]
+    result = run_cli(["features", *sources, "--cache-dir", str(tmp_path / "cache"), "--workers", "1"], tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "alpha+beta: 48 clips, 48 with features, 0 skipped" in result.output
