@@ -196,3 +196,27 @@ def test_train_level_dbfs_is_an_option_with_a_range():
     result = CliRunner().invoke(main, ["train", "--level-dbfs", "5", "--epochs", "1"])
     assert result.exit_code != 0 and "--level-dbfs" in result.output
     assert "--level-dbfs" in CliRunner().invoke(main, ["train", "--help"]).output
+
+
+def test_predict_levels_a_long_recording_as_a_whole_and_ignores_its_gain(levelled_model, crema_dir, tmp_path):
+    """`predict` levels each file once, before cutting it into windows: every window of a louder or quieter
+    copy (float WAV, not clipped) gets the probabilities it got as recorded."""
+    import soundfile as sf
+
+    from serkeras.inference import predict_files
+    from serkeras.models import load_model
+
+    model, meta = load_model(levelled_model)
+    wave = np.concatenate([load_audio(crema_dir / f"1003_DFA_{e}_XX.ogg", normalize="none")
+                           for e in ("ANG", "SAD", "HAP", "NEU")])
+    paths = []
+    for name, gain in (("recorded", 0.0), ("quieter", -20.0), ("louder", 20.0)):
+        paths.append(str(tmp_path / f"{name}.wav"))
+        sf.write(paths[-1], apply_gain(wave, gain), 16000, subtype="FLOAT")
+    predictions, skipped = predict_files(model, meta, paths, workers=1)
+    assert not skipped and len(predictions[0].timeline) > 2
+    recorded = predictions[0]
+    for other in predictions[1:]:
+        assert [t[:3] for t in other.timeline] == [t[:3] for t in recorded.timeline]
+        np.testing.assert_allclose(list(other.probabilities.values()), list(recorded.probabilities.values()),
+                                   atol=1e-4)
