@@ -220,3 +220,14 @@ def test_predict_levels_a_long_recording_as_a_whole_and_ignores_its_gain(levelle
         assert [t[:3] for t in other.timeline] == [t[:3] for t in recorded.timeline]
         np.testing.assert_allclose(list(other.probabilities.values()), list(recorded.probabilities.values()),
                                    atol=1e-4)
+
+
+def test_gain_augmentation_can_span_plus_and_minus_20_db():
+    """The other route to level robustness: augmented copies at gains across ±20 dB (float: not clipped)."""
+    from serkeras.effects import WaveAugmentation, augment_wave
+
+    augmentation = WaveAugmentation(snr_db=(200.0, 200.0), gain_db=20.0, shift_seconds=0.0)
+    wave = np.full(1600, 0.5, np.float32)
+    gains = [20 * np.log10(np.mean(augment_wave(wave, 16000, augmentation, augmentation.rng("a.wav", copy))) / 0.5)
+             for copy in range(1, 201)]
+    assert -20.0 <= min(gains) < -18.0 and 18.0 < max(gains) <= 20.0
