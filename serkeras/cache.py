@@ -379,7 +379,8 @@ def copy_features(clips, config, copies, augmentation=TEST_TIME_AUGMENTATION, ca
         When some copy cannot be computed (`clips` should be clips whose own features could).
     """
     return [cached_features(clips, config, cache_dir, augmentation=augmentation, copy=copy, kinds=kinds,
-                            perturbation=perturbation).all_of(clips, "test-time augmented copies") for copy in range(1, copies + 1)]
+                            perturbation=perturbation).all_of(clips, "test-time augmented copies")
+            for copy in range(1, copies + 1)]
 
 
 def model_features(clips, config, copies=0, cache_dir=None, require_all=False, speaker_clips=None,
