@@ -37,9 +37,9 @@ import numpy as np
 import threadpoolctl
 from tqdm.auto import tqdm
 
-from serkeras.audio import AudioError, load_audio
+from serkeras.audio import AudioError, load_audio, normalize_amplitude, scale_to_level
 from serkeras.corpus import warn_skipped
-from serkeras.effects import TEST_TIME_AUGMENTATION, WaveAugmentation, augment_wave
+from serkeras.effects import TEST_TIME_AUGMENTATION, Perturbation, WaveAugmentation, augment_wave
 from serkeras.errors import DataError, SerkerasError
 from serkeras.features import FEATURE_KINDS, FeatureConfig, extract_features, speaker_normalized
 
@@ -86,15 +86,18 @@ def resolve_cache_dir(cache_dir=None):
     return Path(cache_dir or os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR)
 
 
-def clip_key(path, config, augmentation=None, copy=0, kinds=FEATURE_KINDS):
-    """Hash of the feature settings, the file's contents, the augmented copy if any, and the feature kinds
-    held when they are not all of them (an entry of every kind keeps the key it always had)."""
+def clip_key(path, config, augmentation=None, copy=0, kinds=FEATURE_KINDS, perturbation=None):
+    """Hash of the feature settings, the file's contents, the augmented copy if any, the feature kinds
+    held when they are not all of them (an entry of every kind keeps the key it always had), and the
+    perturbation if any."""
     stat = os.stat(path)
     ident = f"{config.extraction_key()}|{_content_digest(os.path.abspath(path), stat.st_size, stat.st_mtime_ns)}"
     if augmentation is not None:
         ident += f"|{augmentation.key(copy)}"
     if tuple(kinds) != FEATURE_KINDS:
         ident += f"|kinds={','.join(kinds)}"
+    if perturbation is not None:
+        ident += f"|perturbation={perturbation.key()}"
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
@@ -169,24 +172,37 @@ def _read_entry(base, config, kinds=FEATURE_KINDS):
     return features
 
 
-def compute_clip(path, config, augmentation=None, copy=0, kinds=FEATURE_KINDS):
+def compute_clip(path, config, augmentation=None, copy=0, kinds=FEATURE_KINDS, perturbation=None):
     """Decode and featurise one file (or its augmented copy `copy`), the feature kinds `kinds` only; raises
-    AudioError when it cannot be used."""
-    wave = load_audio(path, config.sample_rate, config.audio_normalization, config.max_seconds)
+    AudioError when it cannot be used.
+
+    A `perturbation` (`serkeras.effects.Perturbation`) changes the recording as decoded, before the
+    loader's amplitude normalisation: what a model would get had the recording been made that way.
+    """
+    if perturbation is None:
+        wave = load_audio(path, config.sample_rate, config.audio_normalization, config.max_seconds)
+    else:
+        wave = load_audio(path, config.sample_rate, "none", config.max_seconds)
+        wave = normalize_amplitude(perturbation.apply(wave, config.sample_rate, perturbation.rng(Path(path).name)),
+                                   config.audio_normalization)
     if len(wave) < config.min_seconds * config.sample_rate:
         raise AudioError(f"too short ({len(wave) / config.sample_rate:.2f} s < {config.min_seconds:g} s)")
     if augmentation is not None:
         rng = augmentation.rng(Path(path).name, copy)
         wave = augment_wave(wave, config.sample_rate, augmentation, rng)
+    if config.level_dbfs is not None:  # last, so that a copy's gain or noise is levelled as a user's recording is
+        wave = scale_to_level(wave, config.sample_rate, config.level_dbfs)
     return extract_features(wave, config, kinds)
 
 
-def _compute_and_store(path, base, config_dict, augmentation_dict=None, copy=0, kinds=FEATURE_KINDS):
+def _compute_and_store(path, base, config_dict, augmentation_dict=None, copy=0, kinds=FEATURE_KINDS,
+                       perturbation_dict=None):
     """Worker: compute one clip and write its cache entry; returns (path, features or reason)."""
     config = FeatureConfig.from_dict(config_dict)
     augmentation = WaveAugmentation.from_dict(augmentation_dict) if augmentation_dict else None
+    perturbation = Perturbation.from_dict(perturbation_dict) if perturbation_dict else None
     try:
-        features = compute_clip(path, config, augmentation, copy, kinds)
+        features = compute_clip(path, config, augmentation, copy, kinds, perturbation)
     except AudioError as exc:
         reason = str(exc)
         _atomic_write(base.with_suffix(".bad"), lambda f: f.write(reason.encode()))
@@ -201,11 +217,12 @@ def _store_item(item, *settings):
     return _compute_and_store(path, base, *settings)
 
 
-def _compute_only(path, config_dict, augmentation_dict=None, copy=0, kinds=FEATURE_KINDS):
+def _compute_only(path, config_dict, augmentation_dict=None, copy=0, kinds=FEATURE_KINDS, perturbation_dict=None):
     """Worker: compute one file's features without caching; returns (path, features or reason)."""
     augmentation = WaveAugmentation.from_dict(augmentation_dict) if augmentation_dict else None
+    perturbation = Perturbation.from_dict(perturbation_dict) if perturbation_dict else None
     try:
-        return path, compute_clip(path, FeatureConfig.from_dict(config_dict), augmentation, copy, kinds)
+        return path, compute_clip(path, FeatureConfig.from_dict(config_dict), augmentation, copy, kinds, perturbation)
     except AudioError as exc:
         return path, str(exc)
 
@@ -214,13 +231,14 @@ def _apply_chunk(one, chunk, *settings):
     return [one(item, *settings) for item in chunk]
 
 
-def warm_up(config_dict, augmentation_dict=None, copy=0, kinds=FEATURE_KINDS):
+def warm_up(config_dict, augmentation_dict=None, copy=0, kinds=FEATURE_KINDS, perturbation_dict=None):
     """Featurise a second of noise here, so that librosa's numba kernels are compiled and cached by
     this process alone before workers start.
 
     numba writes each kernel's cache files without a lock: workers compiling the same gufunc at once
     can leave a mismatched pair behind, and every later process that loads it crashes with a
     segmentation fault (numba issue #10128). With the cache filled here, workers only read it.
+    A perturbation (`perturbation_dict`) uses no numba kernel, so it is not applied here.
     """
     config = FeatureConfig.from_dict(config_dict)
     wave = np.random.default_rng(0).normal(0.0, 0.1, config.sample_rate).astype(np.float32)
@@ -280,7 +298,7 @@ _PR_SET_PDEATHSIG = 1
 
 
 def cached_features(clips, config, cache_dir=None, workers=None, progress=True, augmentation=None, copy=0,
-                    kinds=FEATURE_KINDS):
+                    kinds=FEATURE_KINDS, perturbation=None):
     """Features for `clips`, from the cache where present, computed (in parallel) otherwise.
 
     Parameters
@@ -299,6 +317,8 @@ def cached_features(clips, config, cache_dir=None, workers=None, progress=True, 
     kinds : sequence of str
         The feature kinds to read or compute (`serkeras.features.feature_kinds`); entries that hold
         only some kinds are kept apart from those that hold all.
+    perturbation : serkeras.effects.Perturbation, optional
+        Featurise each clip as changed by it (see `compute_clip`); kept apart from the clip's own features.
 
     Returns
     -------
@@ -314,7 +334,7 @@ def cached_features(clips, config, cache_dir=None, workers=None, progress=True, 
     remove_stale_temporaries(folder)
     features, skipped, todo = {}, [], []
     for clip in clips:
-        base = _entry(folder, clip.path, clip_key(clip.path, config, augmentation, copy, kinds))
+        base = _entry(folder, clip.path, clip_key(clip.path, config, augmentation, copy, kinds, perturbation))
         found = _read_entry(base, config, kinds)
         if isinstance(found, dict):
             features[clip.path] = found
@@ -327,7 +347,7 @@ def cached_features(clips, config, cache_dir=None, workers=None, progress=True, 
         workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
         desc = f"augmented copy {copy}" if augmentation is not None else "features"
         bar = tqdm(total=len(todo), desc=desc, unit="clip", disable=not progress, leave=False)
-        settings = (config.to_dict(), augmentation.to_dict() if augmentation is not None else None, copy, kinds)
+        settings = _worker_settings(config, augmentation, copy, kinds, perturbation)
         results = _parallel(_store_item, todo, settings, workers, bar)
         bar.close()
         for path, result in results:
@@ -340,8 +360,16 @@ def cached_features(clips, config, cache_dir=None, workers=None, progress=True, 
                       seconds=time.perf_counter() - start)
 
 
-def copy_features(clips, config, copies, augmentation=TEST_TIME_AUGMENTATION, cache_dir=None, kinds=FEATURE_KINDS):
-    """Features (of `kinds`) of augmented copies 1..`copies` of every clip (cached like training copies).
+def _worker_settings(config, augmentation, copy, kinds, perturbation):
+    """The settings after the path that `compute_clip`'s workers take, as plain data."""
+    return (config.to_dict(), augmentation.to_dict() if augmentation is not None else None, copy, kinds,
+            perturbation.to_dict() if perturbation is not None else None)
+
+
+def copy_features(clips, config, copies, augmentation=TEST_TIME_AUGMENTATION, cache_dir=None, kinds=FEATURE_KINDS,
+                  perturbation=None):
+    """Features (of `kinds`) of augmented copies 1..`copies` of every clip (cached like training copies),
+    each clip perturbed first by `perturbation` if given.
 
     For test-time augmentation: one feature list per copy, each in the order of `clips`.
 
@@ -350,12 +378,13 @@ def copy_features(clips, config, copies, augmentation=TEST_TIME_AUGMENTATION, ca
     DataError
         When some copy cannot be computed (`clips` should be clips whose own features could).
     """
-    return [cached_features(clips, config, cache_dir, augmentation=augmentation, copy=copy, kinds=kinds)
-            .all_of(clips, "test-time augmented copies") for copy in range(1, copies + 1)]
+    return [cached_features(clips, config, cache_dir, augmentation=augmentation, copy=copy, kinds=kinds,
+                            perturbation=perturbation).all_of(clips, "test-time augmented copies")
+            for copy in range(1, copies + 1)]
 
 
 def model_features(clips, config, copies=0, cache_dir=None, require_all=False, speaker_clips=None,
-                   kinds=FEATURE_KINDS):
+                   kinds=FEATURE_KINDS, perturbation=None):
     """What a model made with `config` is given for `clips`: cached features, speaker-normalised where
     `config` asks, of each usable clip and of its `copies` test-time augmented copies.
 
@@ -363,7 +392,8 @@ def model_features(clips, config, copies=0, cache_dir=None, require_all=False, s
     Speaker statistics come from each speaker's clips among `clips`, or, with
     `speaker_clips`, among the usable clips of `speaker_clips` (such as every
     recording of the corpus; each copy is normalised by the same copy of them).
-    `kinds`: the feature kinds the model takes (`serkeras.features.feature_kinds`).
+    `kinds`: the feature kinds the model takes (`serkeras.features.feature_kinds`). A `perturbation`
+    changes every clip, those of `speaker_clips` too (as recordings made in those conditions).
 
     Returns
     -------
@@ -372,13 +402,16 @@ def model_features(clips, config, copies=0, cache_dir=None, require_all=False, s
     versions : list of list of dict
         The clips' own features, then one list per copy; each in the order of `kept`.
     """
-    found = cached_features(clips, config, cache_dir, kinds=kinds)
+    found = cached_features(clips, config, cache_dir, kinds=kinds, perturbation=perturbation)
     kept, features = (list(clips), found.all_of(clips)) if require_all else found.of(clips)
-    versions = [features] + copy_features(kept, config, copies, cache_dir=cache_dir, kinds=kinds)
+    versions = [features] + copy_features(kept, config, copies, cache_dir=cache_dir, kinds=kinds,
+                                          perturbation=perturbation)
     if speaker_clips is None or not config.speaker_norm:
         return kept, [speaker_normalized(version, kept, config) for version in versions]
-    reference, reference_features = cached_features(speaker_clips, config, cache_dir, kinds=kinds).of(speaker_clips)
-    references = [reference_features] + copy_features(reference, config, copies, cache_dir=cache_dir, kinds=kinds)
+    reference, reference_features = cached_features(speaker_clips, config, cache_dir, kinds=kinds,
+                                                    perturbation=perturbation).of(speaker_clips)
+    references = [reference_features] + copy_features(reference, config, copies, cache_dir=cache_dir, kinds=kinds,
+                                                      perturbation=perturbation)
     return kept, [speaker_normalized(version, kept, config, reference=(reference_version, reference))
                   for version, reference_version in zip(versions, references)]
 
@@ -395,7 +428,7 @@ def compute_clips(paths, config, workers=None, progress=False, augmentation=None
     """
     workers = max(1, min(workers or os.cpu_count() or 1, len(paths) or 1))
     bar = tqdm(total=len(paths), desc="features", unit="file", disable=not progress, leave=False)
-    settings = (config.to_dict(), augmentation.to_dict() if augmentation is not None else None, copy, kinds)
+    settings = _worker_settings(config, augmentation, copy, kinds, None)
     results = dict(_parallel(_compute_only, list(paths), settings, workers, bar))
     bar.close()
     return [(path, results[path]) for path in paths]

@@ -151,7 +151,7 @@ def data_options(f):
 
 def feature_options(f):
     """Feature settings; defaults are `FeatureConfig`'s."""
-    from serkeras.features import FeatureConfig
+    from serkeras.features import LEVEL_RANGE_DBFS, FeatureConfig
 
     d = FeatureConfig()
     options = [
@@ -171,6 +171,10 @@ def feature_options(f):
                      help="Add log F0 (YIN) and its delta to the spectral features."),
         click.option("--audio-normalization", type=click.Choice(["peak", "rms", "none"]),
                      default=d.audio_normalization, show_default=True),
+        click.option("--level-dbfs", type=click.FloatRange(*LEVEL_RANGE_DBFS), default=d.level_dbfs,
+                     help="Scale each recording to this active speech level (dB relative to full scale, e.g. "
+                          "-26) before its features, so that how loud it was recorded does not matter; the "
+                          "model keeps the setting (default: the level as recorded)."),
         click.option("--speaker-norm/--no-speaker-norm", default=d.speaker_norm, show_default=True,
                      help="Remove each speaker's mean features, over all of the speaker's clips in a part of "
                           "the split (predict: see --speaker); use with --utterance-norm none."),
@@ -190,7 +194,7 @@ def feature_config_from(kwargs):
         raise click.UsageError("--speaker-scale needs --speaker-norm")
     names = ("length_mode", "fixed_seconds", "sample_rate", "n_mels", "n_fft", "win_length", "hop_length",
              "fmin", "fmax", "n_mfcc", "pitch", "audio_normalization", "speaker_norm",
-             "speaker_scale")
+             "speaker_scale", "level_dbfs")
     try:
         return FeatureConfig(**{n: kwargs.pop(n) for n in names})
     except ValueError as exc:
@@ -753,6 +757,16 @@ speaker_stats_option = click.option(
          "share speakers).")
 
 
+def _perturbations(ctx, param, values):
+    """--perturb's values as `serkeras.effects.Perturbation`s."""
+    from serkeras.effects import Perturbation
+
+    try:
+        return [Perturbation.parse(value) for value in values]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def speaker_reference_clips(speaker_stats, meta, corpus):
     """The clips whose speaker statistics `--speaker-stats` asks for: `model_features`' `speaker_clips`.
 
@@ -777,9 +791,14 @@ def speaker_reference_clips(speaker_stats, meta, corpus):
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @tta_option
 @speaker_stats_option
+@click.option("--perturb", "perturbations", multiple=True, metavar="KIND[:AMOUNT]", callback=_perturbations,
+              help="Robustness: also score the same clips with every recording changed: gain:DB (float "
+                   "samples, not clipped at full scale), noise:SNR_DB (white), telephone (300-3400 Hz), "
+                   "reverb:RT60_S (a synthetic room). Repeat for several; prints accuracy and UA per condition.")
 def evaluate(model_path, data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction, test_fraction, seed,
-             part, json_path, plot, batch_size, tta_copies, speaker_stats):
-    """Accuracy, F1, precision, recall, per-class table and confusion matrix of a saved model.
+             part, json_path, plot, batch_size, tta_copies, speaker_stats, perturbations):
+    """Accuracy, F1, precision, recall, per-class table and confusion matrix of a saved model
+    (with --perturb: accuracy and UA under each recording condition).
 
     MODEL is a .keras file or a shipped model's name (serkeras-crema-d-whisper,
     serkeras-crema-d-whisper-speaker-norm, serkeras-crema-d, serkeras-crema-d-speaker-norm).
@@ -790,27 +809,40 @@ def evaluate(model_path, data_dir, manifest, cache_dir, split_kind, fold, n_fold
     import numpy as np
 
     from serkeras.corpus import load_corpora
-    from serkeras.evaluation import (classification_report, corpus_reports, format_corpus_table, format_report,
-                                     predict_clips, save_confusion_matrix)
+    from serkeras.evaluation import (check_model_labels, classification_report, corpus_reports, format_corpus_table,
+                                     format_report, format_robustness, model_label_indices, predict_clips,
+                                     robustness_report, save_confusion_matrix)
     from serkeras.splits import make_split
 
+    if perturbations and plot:
+        raise click.UsageError("--plot draws one condition's confusion matrix; give it without --perturb")
     model, meta = _open_model(model_path)
     corpus = load_corpora(data_dir, manifest)
-    unknown = sorted(set(corpus.labels) - set(meta.labels))
-    if unknown:  # a corpus without some of the model's classes is fine: it is scored on those it has
-        raise SerkerasError(f"the corpus has labels the model does not predict: {', '.join(unknown)} "
-                            f"(the model's: {', '.join(meta.labels)})")
+    check_model_labels(meta, corpus.labels)
     if part == "all":  # no split to make (a corpus too small to split can still be scored whole)
         clips, described = corpus.clips, "every clip"
     else:
         split = make_split(corpus.clips, split_kind, val_fraction, test_fraction, fold, n_folds, seed)
         clips, described = split.parts()[part], split.description
+    tta = f", test-time augmentation: each clip + {tta_copies} copies" if tta_copies else ""
+    stats = ", speaker statistics from the whole corpus" if speaker_stats == "corpus" else ""
+    settings = {"model": str(model_path), "split": described, "part": part, "tta_copies": tta_copies,
+                **({"speaker_stats": speaker_stats} if meta.normalises_by_speaker else {})}
+    if perturbations:
+        rows = robustness_report(model, meta, corpus, clips, perturbations, tta_copies, cache_dir,
+                                 speaker_reference_clips(speaker_stats, meta, corpus), batch_size)
+        click.echo(f"{model_path} on {corpus.name}, {described}, part {part}{tta}{stats}; one prediction per "
+                   "recording")
+        click.echo(format_robustness(rows))
+        if json_path:
+            with open(json_path, "w") as f:
+                json.dump({**settings, "conditions": rows}, f, indent=2)
+        return
     kept, probabilities = predict_clips(model, meta, clips, tta_copies, cache_dir,
                                         speaker_reference_clips(speaker_stats, meta, corpus), batch_size)
     if not kept:
         raise SerkerasError("no usable clips to evaluate")
-    model_index = {label: i for i, label in enumerate(meta.labels)}
-    truth = [model_index[corpus.labels[i]] for i in corpus.label_indices(kept)]
+    truth = model_label_indices(meta, corpus, kept)
     groups = {"sex": [c.sex for c in kept]}
     by_corpus = {}
     if len(corpus.corpus_names) > 1:
@@ -821,10 +853,7 @@ def evaluate(model_path, data_dir, manifest, cache_dir, split_kind, fold, n_fold
         report = by_corpus.pop("all")
     else:
         report = classification_report(truth, probabilities.argmax(axis=1), meta.labels, groups=groups)
-    report.update({"model": str(model_path), "split": described, "part": part, "tta_copies": tta_copies,
-                   **({"speaker_stats": speaker_stats} if meta.normalises_by_speaker else {})})
-    tta = f", test-time augmentation: each clip + {tta_copies} copies" if tta_copies else ""
-    stats = ", speaker statistics from the whole corpus" if speaker_stats == "corpus" else ""
+    report.update(settings)
     click.echo(f"{model_path} on {corpus.name}, {described}, part {part}{tta}{stats}")
     for name, own in by_corpus.items():
         click.echo(f"\n{name}: {own['n']} clips, scored on its classes")

@@ -1,4 +1,5 @@
-"""Waveform augmentation: speed perturbation, time shift, gain and additive noise at a random SNR.
+"""Waveform augmentation (speed perturbation, time shift, gain and additive noise at a random SNR) and the fixed
+perturbations of robustness evaluation (a gain, noise at one SNR, telephone band, room reverberation).
 
 Augmented copies of training clips are computed once and cached like any other
 features (see `serkeras.cache.cached_features`), so training costs no extra
@@ -12,6 +13,7 @@ import json
 
 import librosa
 import numpy as np
+import scipy.signal
 
 from serkeras.config import known_fields
 
@@ -125,3 +127,110 @@ def augment_wave(wave, sample_rate, augmentation, rng):
     wave = time_shift(wave, int(rng.integers(-max_shift, max_shift + 1)) if max_shift else 0)
     wave = apply_gain(wave, rng.uniform(-augmentation.gain_db, augmentation.gain_db))
     return add_noise(wave, rng.uniform(*augmentation.snr_db), rng)
+
+
+#: The kinds of `Perturbation`, with what their amount means.
+PERTURBATIONS = {
+    "gain": "dB added to the level (float samples: not clipped at full scale)",
+    "noise": "signal-to-noise ratio in dB of added white noise",
+    "telephone": "no amount: band-limited to 300-3400 Hz",
+    "reverb": "reverberation time RT60 in seconds of a synthetic room",
+}
+#: The telephone band (Hz), as narrowband telephony passes it.
+TELEPHONE_BAND = (300.0, 3400.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Perturbation:
+    """One fixed change to every recording, to see how a model's accuracy moves with recording conditions
+    (`serkeras.evaluation.robustness_report`; serialisable).
+
+    Attributes
+    ----------
+    kind : str
+        One of `PERTURBATIONS`.
+    amount : float
+        What `PERTURBATIONS[kind]` says (0 for "telephone").
+    seed : int
+        Seed of the noise and of the room responses, drawn per clip (see `rng`).
+    """
+
+    kind: str
+    amount: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.kind not in PERTURBATIONS:
+            raise ValueError(f"perturbation kind must be one of {tuple(PERTURBATIONS)}, got {self.kind!r}")
+        object.__setattr__(self, "amount", float(self.amount))
+        if self.kind == "reverb" and not 0 < self.amount <= 5:
+            raise ValueError(f"reverb needs an RT60 in (0, 5] seconds, got {self.amount:g}")
+        if self.kind == "telephone" and self.amount:
+            raise ValueError("telephone takes no amount")
+
+    @classmethod
+    def parse(cls, text):
+        """From ``KIND[:AMOUNT]``, e.g. ``gain:-20``, ``noise:10``, ``telephone``, ``reverb:0.6``."""
+        kind, _, amount = text.strip().partition(":")
+        if kind != "telephone" and not amount:
+            raise ValueError(f"{text!r}: {kind} needs an amount ({kind}:AMOUNT)")
+        try:
+            return cls(kind, float(amount) if amount else 0.0)
+        except ValueError as exc:
+            raise ValueError(f"{text!r}: {exc}") from None
+
+    def __str__(self):
+        return {"gain": f"gain {self.amount:+g} dB", "noise": f"noise at {self.amount:g} dB SNR",
+                "telephone": "telephone band", "reverb": f"reverb, RT60 {self.amount:g} s"}[self.kind]
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, config):
+        return known_fields(cls, config)
+
+    def key(self):
+        """A short hash naming this perturbation (part of the cache key of a perturbed clip's features)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+    def rng(self, clip_id):
+        """The random generator of this perturbation for one clip: fixed by seed, kind, amount and clip."""
+        digest = hashlib.sha256(f"{self.seed}|{self.kind}|{self.amount!r}|{clip_id}".encode()).digest()
+        return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+    def apply(self, wave, sample_rate, rng):
+        """`wave` perturbed; `rng` from `self.rng(clip_id)`. Same length and dtype."""
+        if self.kind == "gain":
+            return apply_gain(wave, self.amount)
+        if self.kind == "noise":
+            return add_noise(wave, self.amount, rng)
+        if self.kind == "telephone":
+            return band_limit(wave, sample_rate, *TELEPHONE_BAND)
+        return reverberate(wave, sample_rate, self.amount, rng)
+
+
+def band_limit(wave, sample_rate, low_hz, high_hz):
+    """`wave` through a 4th-order Butterworth band-pass from `low_hz` to `high_hz` (zero phase)."""
+    high_hz = min(high_hz, 0.45 * sample_rate)
+    sos = scipy.signal.butter(4, [low_hz, high_hz], btype="bandpass", fs=sample_rate, output="sos")
+    return scipy.signal.sosfiltfilt(sos, wave).astype(wave.dtype)
+
+
+def room_response(sample_rate, rt60, rng):
+    """A synthetic room impulse response: the direct sound, then Gaussian noise decaying by 60 dB in `rt60`
+    seconds (exponential decay, as in a diffuse field), starting 2.5 ms after it."""
+    length = int(rt60 * sample_rate)
+    t = np.arange(length) / sample_rate
+    tail = rng.standard_normal(length) * np.exp(-6.9078 * t / rt60)  # ln(1000): 60 dB of amplitude decay
+    tail[: int(0.0025 * sample_rate)] = 0.0
+    # Reverberant energy about equal to the direct sound's (a speaker a few metres from the microphone).
+    tail /= np.sqrt(np.sum(tail**2)) or 1.0
+    response = np.concatenate([[1.0], tail])
+    return response / np.sqrt(np.sum(response**2))
+
+
+def reverberate(wave, sample_rate, rt60, rng):
+    """`wave` convolved with a `room_response` of reverberation time `rt60` (the tail beyond its end cut)."""
+    response = room_response(sample_rate, rt60, rng)
+    return scipy.signal.fftconvolve(wave.astype(np.float64), response)[: len(wave)].astype(wave.dtype)

@@ -136,14 +136,15 @@ def predict_versions(model, versions, length_mode, fixed_frames=None, batch_size
 
 
 def predict_clips(model, meta, clips, copies=0, cache_dir=None, speaker_clips=None, batch_size=32,
-                  require_all=False):
+                  require_all=False, perturbation=None):
     """Class probabilities of `model` (with `meta`, its metadata) for corpus `clips`, from the feature cache.
 
     As `serkeras evaluate` scores them: `copies` test-time augmented copies
     averaged in, and each speaker's statistics (for models that normalise by
     speaker) taken from their clips among `clips`, or among `speaker_clips`
     when given, as in `serkeras.cache.model_features`. Only the feature kinds that the model
-    takes are read from the cache or computed.
+    takes are read from the cache or computed. A `perturbation` (`serkeras.effects.Perturbation`)
+    changes every recording first.
 
     Returns
     -------
@@ -153,16 +154,102 @@ def predict_clips(model, meta, clips, copies=0, cache_dir=None, speaker_clips=No
 
     config = meta.feature_config
     kinds = feature_kinds(model_input_names(model))
-    kept, versions = model_features(clips, config, copies, cache_dir, require_all, speaker_clips, kinds)
+    kept, versions = model_features(clips, config, copies, cache_dir, require_all, speaker_clips, kinds, perturbation)
     if not kept:
         return kept, np.zeros((0, len(meta.labels)), np.float32)
     by_speaker = {}
     if meta.model_config.speaker_standardization:
         by_speaker["speakers"] = [c.speaker for c in kept]
         if speaker_clips is not None:
-            reference, references = model_features(speaker_clips, config, copies, cache_dir, kinds=kinds)
+            reference, references = model_features(speaker_clips, config, copies, cache_dir, kinds=kinds,
+                                                   perturbation=perturbation)
             by_speaker["references"] = [(version, [c.speaker for c in reference]) for version in references]
     return kept, predict_versions(model, versions, config.length_mode, config.fixed_frames, batch_size, **by_speaker)
+
+
+def model_label_indices(meta, corpus, clips):
+    """The true class of each of `clips` (of `corpus`) as an index into the model's labels (`meta.labels`).
+
+    Raises
+    ------
+    DataError
+        When a clip's label is not one the model predicts.
+    """
+    labels = [corpus.labels[i] for i in corpus.label_indices(clips)]
+    check_model_labels(meta, labels)
+    model_index = {label: i for i, label in enumerate(meta.labels)}
+    return [model_index[label] for label in labels]
+
+
+def check_model_labels(meta, labels):
+    """Raise `DataError` when some of `labels` is not a class the model (`meta`) predicts (a corpus without some
+    of the model's classes is fine: it is scored on those it has)."""
+    unknown = sorted(set(labels) - set(meta.labels))
+    if unknown:
+        raise DataError(f"the corpus has labels the model does not predict: {', '.join(unknown)} "
+                        f"(the model's: {', '.join(meta.labels)})")
+
+
+def robustness_report(model, meta, corpus, clips, perturbations, copies=0, cache_dir=None, speaker_clips=None,
+                      batch_size=32):
+    """How `model` scores the same `clips` as recorded and under each of `perturbations`.
+
+    Each condition is scored as `serkeras evaluate` scores clips (`predict_clips`):
+    one prediction per recording, test-time augmented copies and speaker
+    statistics as asked, every recording of the condition (those of
+    `speaker_clips` too) changed alike. Perturbed features are cached apart
+    from the clips' own.
+
+    Parameters
+    ----------
+    model, meta
+        From `serkeras.models.load_model`.
+    corpus : serkeras.corpus.Corpus
+        Gives each clip's label.
+    clips : sequence of Clip
+    perturbations : sequence of serkeras.effects.Perturbation
+        The conditions besides "as recorded", which always comes first.
+    copies, cache_dir, speaker_clips, batch_size
+        As in `predict_clips`.
+
+    Returns
+    -------
+    list of dict
+        One per condition: ``condition`` (its name), ``perturbation`` (its settings, None as recorded),
+        ``skipped`` (clips that could not be used) and the `classification_report` of the rest.
+
+    Raises
+    ------
+    DataError
+        When no clip can be used in some condition.
+    """
+    rows = []
+    for perturbation in [None, *perturbations]:
+        kept, probabilities = predict_clips(model, meta, clips, copies, cache_dir, speaker_clips, batch_size,
+                                            perturbation=perturbation)
+        condition = str(perturbation) if perturbation is not None else "as recorded"
+        if not kept:
+            raise DataError(f"no usable clips {condition}")
+        report = classification_report(model_label_indices(meta, corpus, kept), probabilities.argmax(axis=1),
+                                       meta.labels)
+        rows.append({"condition": condition, "perturbation": perturbation.to_dict() if perturbation else None,
+                     "skipped": len(clips) - len(kept), **report})
+    return rows
+
+
+def format_robustness(rows):
+    """`robustness_report`'s conditions as a plain-text table, with each one's change from the first."""
+    first = rows[0]
+    lines = [f"{'condition':<24} {'clips':>6} {'accuracy':>9} {'UA':>7} {'macro-F1':>9} {'Δaccuracy':>10} {'ΔUA':>7}"]
+    for row in rows:
+        lines.append(f"{row['condition']:<24} {row['n']:>6d} {row['accuracy']:>9.4f} "
+                     f"{row['unweighted_average_recall']:>7.4f} {row['macro_f1']:>9.4f} "
+                     f"{row['accuracy'] - first['accuracy']:>+10.4f} "
+                     f"{row['unweighted_average_recall'] - first['unweighted_average_recall']:>+7.4f}")
+    skipped = [f"{row['condition']}: {row['skipped']}" for row in rows if row["skipped"]]
+    if skipped:
+        lines.append("clips that could not be used: " + ", ".join(skipped))
+    return "\n".join(lines)
 
 
 def classification_report(y_true, y_pred, labels, groups=None, scored=None):

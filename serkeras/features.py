@@ -17,6 +17,8 @@ from serkeras.config import known_fields
 from serkeras.errors import DataError
 
 LENGTH_MODES = ("variable", "fixed")
+#: The active speech levels (dBFS) that `FeatureConfig.level_dbfs` may ask for.
+LEVEL_RANGE_DBFS = (-60.0, -6.0)
 FEATURE_KINDS = ("logmel", "spectral")
 
 
@@ -34,6 +36,11 @@ class FeatureConfig:
     `speaker_scale` also divides by the speaker's standard deviation (speaker
     z-normalisation), so a speaker who acts in a narrow range and one who acts
     in a wide one reach the model alike.
+    `level_dbfs`, when set, scales each recording (after `audio_normalization`
+    and any augmentation) so that its active speech level
+    (`serkeras.audio.active_speech_level`) is this many dB relative to full
+    scale, one gain for the whole recording: a recording made louder or quieter
+    then gives the same features. None (the default) keeps the level as loaded.
     """
 
     sample_rate: int = 16000
@@ -52,6 +59,7 @@ class FeatureConfig:
     max_seconds: float = 60.0
     speaker_norm: bool = False
     speaker_scale: bool = False
+    level_dbfs: float | None = None
 
     def __post_init__(self):
         if self.length_mode not in LENGTH_MODES:
@@ -64,6 +72,10 @@ class FeatureConfig:
             raise ValueError("win_length must not exceed n_fft")
         if self.speaker_scale and not self.speaker_norm:
             raise ValueError("speaker_scale needs speaker_norm")
+        if self.level_dbfs is not None:
+            if not LEVEL_RANGE_DBFS[0] <= self.level_dbfs <= LEVEL_RANGE_DBFS[1]:
+                raise ValueError(f"level_dbfs must be in {list(LEVEL_RANGE_DBFS)}, got {self.level_dbfs}")
+            object.__setattr__(self, "level_dbfs", float(self.level_dbfs))
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -74,9 +86,12 @@ class FeatureConfig:
 
     def extraction_key(self):
         """Hash of the settings that change each clip's extracted features (not the length mode, nor the
-        speaker normalisation applied after extraction)."""
+        speaker normalisation applied after extraction). `level_dbfs` counts only when set, so features
+        extracted before it existed keep their keys."""
         settings = {k: v for k, v in self.to_dict().items()
                     if k not in ("length_mode", "fixed_seconds", "speaker_norm", "speaker_scale")}
+        if self.level_dbfs is None:
+            del settings["level_dbfs"]
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
     @property

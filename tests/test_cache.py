@@ -500,7 +500,7 @@ def test_parallel_runs_compile_librosas_kernels_here_before_workers_start(real_c
     monkeypatch.setattr(serkeras.cache, "warm_up", lambda *settings: calls.append(settings))
     paths = sorted(str(p) for p in real_clips.paths)[:8]
     compute_clips(paths, config, workers=2)
-    assert calls == [(config.to_dict(), None, 0, FEATURE_KINDS)]
+    assert calls == [(config.to_dict(), None, 0, FEATURE_KINDS, None)]  # no augmentation, copy 0, no perturbation
     compute_clips(paths[:2], config, workers=2)  # too few for a pool: this process computes them
     assert len(calls) == 1
 

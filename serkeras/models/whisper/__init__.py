@@ -28,8 +28,8 @@ from serkeras.models.whisper.backbone import (ENCODER_VARIABLES, backbone_layers
 from serkeras.models.whisper.convert import FORMATS, EncoderSizes, EncoderWeights, read_checkpoint
 
 #: Whisper's log-mel: 25 ms windows every 10 ms at 16 kHz, mel bands from 0 to 8 kHz, the clip at the level it
-#: was recorded (Whisper's own scaling, inside the model, replaces peak normalisation). It was trained on up to
-#: 30 s of audio.
+#: was recorded (Whisper's own scaling, inside the model, replaces peak normalisation; `level_dbfs`, kept as given,
+#: can level it first). It was trained on up to 30 s of audio.
 WHISPER_FEATURES = dict(sample_rate=16000, n_fft=400, win_length=400, hop_length=160, fmin=0.0, fmax=8000.0,
                         audio_normalization="none", length_mode="variable")
 WHISPER_MAX_SECONDS = 30.0
