@@ -32,6 +32,7 @@ from serkeras.errors import SerkerasError
 from serkeras.evaluation import (classification_report, confusion_matrix_figure, frame_outputs, model_input_names,
                                  predict_features, save_confusion_matrix)
 from serkeras.features import compute_stats, speaker_normalized
+from serkeras.head_fit import HEAD_C_GRID, HEAD_FITS
 from serkeras.models import build_model, frozen_stages
 from serkeras.pipeline import make_dataset
 
@@ -71,6 +72,8 @@ class TrainConfig:
     teacher: str = ""  # a .keras file (or shipped model name) whose probabilities the training targets mix in
     distill_weight: float = 0.5
     quantize: str = "none"  # store the trained model's Dense weights as int8 ("int8") after training
+    head_fit: str = "gradient"  # "lbfgs": fit a frozen encoder's classifier in closed form (serkeras.head_fit)
+    head_c_grid: tuple = HEAD_C_GRID  # the inverse L2 strengths that "lbfgs" chooses from on validation
 
     def __post_init__(self):
         for value, allowed, what in ((self.schedule, SCHEDULES, "schedule"), (self.optimizer, OPTIMIZERS, "optimizer"),
@@ -87,9 +90,15 @@ class TrainConfig:
             raise SerkerasError(f"quantize must be none or int8, got {self.quantize!r}")
         if not 0.0 < self.distill_weight <= 1.0:
             raise SerkerasError(f"distill_weight must be in (0, 1], got {self.distill_weight}")
+        if self.head_fit not in HEAD_FITS:
+            raise SerkerasError(f"head_fit must be one of {', '.join(HEAD_FITS)}, got {self.head_fit!r}")
+        object.__setattr__(self, "head_c_grid", tuple(float(c) for c in self.head_c_grid))
+        if not self.head_c_grid or min(self.head_c_grid) <= 0:
+            raise SerkerasError(f"head_c_grid must be positive inverse strengths, got {list(self.head_c_grid)}")
 
     def to_dict(self):
-        return {**dataclasses.asdict(self), "noise_snr_db": list(self.noise_snr_db)}
+        return {**dataclasses.asdict(self), "noise_snr_db": list(self.noise_snr_db),
+                "head_c_grid": list(self.head_c_grid)}
 
     @classmethod
     def from_dict(cls, config):
