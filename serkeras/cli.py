@@ -521,7 +521,7 @@ def train(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction
     feature_config, model_config = feature_config_from(kwargs), model_config_from(kwargs)
     train_config = TrainConfig(seed=seed if train_seed is None else train_seed, **kwargs)
     if model_config.speaker_prior_clips and not model_config.speaker_standardization:
-        raise click.UsageError("--speaker-prior-clips needs --speaker-standardization")
+        raise SerkerasError("--speaker-prior-clips needs --speaker-standardization")
     check_head_fit(model_config, train_config)
     if not resume:  # a resumed run keeps the settings it stored, already configured
         feature_config, model_config = configured(feature_config, model_config)
