@@ -401,7 +401,7 @@ def heads(encoder, cache_dir, epochs, data_dir):
         for variable-length clips, from buckets of clips of similar length."""
         import tensorflow as tf
 
-        from serkeras.pipeline import bucket_boundaries
+        from serkeras.pipeline import bucket_boundaries, bucketed_batches
 
         ds = tf.data.Dataset.from_tensor_slices(((x["train"], lengths), one_hot))
         ds = ds.shuffle(len(lengths), seed=0, reshuffle_each_iteration=True)
@@ -410,6 +410,8 @@ def heads(encoder, cache_dir, epochs, data_dir):
         boundaries = bucket_boundaries(lengths, 32)
         ds = ds.bucket_by_sequence_length(lambda xl, y: xl[1], bucket_boundaries=boundaries,
                                           bucket_batch_sizes=[32] * (len(boundaries) + 1))
+        # Keras needs the epoch's length, which bucketing hides (as serkeras.pipeline asserts it).
+        ds = ds.apply(tf.data.experimental.assert_cardinality(bucketed_batches(lengths, boundaries, 32)))
         return ds.map(lambda xl, y: (xl[0], y))
 
     def gradient(name, dropout, standardized=False, l2=0.0, bucketed=False):
