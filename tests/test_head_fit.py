@@ -91,20 +91,24 @@ def test_lbfgs_head_is_the_fitted_logistic_regression_and_the_saved_model_predic
 
 
 def test_speaker_standardised_head_matches_its_scores_through_evaluate(three_class_manifest, tiny_encoder, workdir):
-    """`--speaker-standardization` with `--head-fit lbfgs`, from the shipped recipe: the saved model, evaluated by
-    `serkeras evaluate` (speaker statistics over each test speaker's clips), scores what the run reported."""
+    """`--speaker-standardization` with `--head-fit lbfgs`, from the shipped recipe, with an int8 encoder: the saved
+    model, evaluated by `serkeras evaluate` (speaker statistics over each test speaker's clips), scores what the
+    run reported."""
     from conftest import run_cli
     from serkeras.models import SPEAKER_INPUTS, load_model, speaker_stages
 
     cache = str(workdir / "cache")
     result = run_cli(["train", "--recipe", "crema-d-whisper-speaker-norm", "--encoder", str(tiny_encoder),
-                      "--manifest", str(three_class_manifest), "--run-name", "lbfgs-speaker", "--cache-dir", cache]
-                     + TRAIN, workdir)
+                      "--manifest", str(three_class_manifest), "--run-name", "lbfgs-speaker", "--cache-dir", cache,
+                      "--quantize", "int8"] + TRAIN, workdir)
     assert result.exit_code == 0, result.output
     run = workdir / "saved_models" / "lbfgs-speaker"
     model, meta = load_model(run / "model.keras")
     assert [t.name for t in model.inputs][2:] == list(SPEAKER_INPUTS)
     assert meta.model_config.speaker_standardization and meta.model_config.speaker_prior_clips == 5.0
+    # Quantized before the fit: the classifier was fitted on what the int8 encoder computes, and stays float32.
+    assert model.get_layer("whisper_encoder").get_layer("layer0_ffn_expand").quantization_mode == "int8"
+    assert speaker_stages(model)[1].get_layer("probabilities").quantization_mode is None
     population_mean, population_variance = speaker_stages(model)[1].get_layer("speaker_standardization").get_weights()
     assert np.abs(population_mean).sum() > 0 and (population_variance > 0).all()
     metrics = json.loads((run / "metrics.json").read_text())
