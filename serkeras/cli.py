@@ -285,8 +285,8 @@ def _apply(options, f):
     return f
 
 
-def _model_option_list(searched=()):
-    """Architecture and model size; `searched` names the ones a search chooses (not options then)."""
+def _model_option_list(left_out=()):
+    """Architecture and model size; `left_out` names the ones a command does not take as options."""
     options = {
         "arch": click.option("--arch", type=lazy_choice("models", "ARCHITECTURES"), default="2d", show_default=True),
         "activation": click.option("--activation", type=lazy_choice("models", "ACTIVATIONS"), default="silu",
@@ -319,8 +319,17 @@ def _model_option_list(searched=()):
                                       default="last", show_default=True,
                                       help="--arch whisper: pool the last kept layer, or a learnt weighted sum of "
                                            "every kept layer."),
+        "speaker_standardization": click.option(
+            "--speaker-standardization/--no-speaker-standardization", default=False, show_default=True,
+            help="--arch whisper with a frozen encoder: standardise each clip's pooled embedding by the mean and "
+                 "variance of its speaker's (needs speakers; predict and evaluate take them from several "
+                 "recordings of each speaker, see --speaker)."),
+        "speaker_prior_clips": click.option(
+            "--speaker-prior-clips", type=click.FloatRange(min=0), default=0.0, show_default=True,
+            help="With --speaker-standardization: shrink a speaker's statistics towards the training speakers' as "
+                 "if these had this many recordings (0: the speaker's own only)."),
     }
-    return [option for name, option in options.items() if name not in searched]
+    return [option for name, option in options.items() if name not in left_out]
 
 
 def model_options(f):
@@ -340,6 +349,10 @@ def _optimizer_option_list():
         click.option("--label-smoothing", type=click.FloatRange(0, 0.5), default=0.0, show_default=True),
         click.option("--ema-momentum", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
                      help="Evaluate and save an exponential moving average of the weights (e.g. 0.99; 0: off)."),
+        click.option("--encoder-lr", "encoder_learning_rate", type=click.FloatRange(min=0, min_open=True),
+                     default=None,
+                     help="--arch whisper with --fine-tune-layers: the learning rate of the fine-tuned encoder "
+                          "layers (default: a tenth of the classifier's learning rate)."),
     ]
 
 
@@ -497,12 +510,6 @@ def load_split(data_dir, manifest, split_kind, fold, n_folds, val_fraction, test
               help="gradient: train with the optimiser over epochs; lbfgs (a frozen encoder, --arch whisper): fit "
                    "the classifier as a logistic regression by L-BFGS, its L2 strength chosen on the validation "
                    "speakers (no epochs or learning rate).")
-@click.option("--speaker-standardization/--no-speaker-standardization", default=False, show_default=True,
-              help="--arch whisper with --head-fit lbfgs: standardise the pooled embedding by the mean and "
-                   "variance of its speaker's recordings (a model for several recordings per speaker).")
-@click.option("--speaker-prior-clips", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="With --speaker-standardization: shrink a speaker's statistics towards the training speakers' "
-                   "as if those were this many more recordings (0: the speaker's own only).")
 @click.option("--quiet", is_flag=True, help="No per-epoch progress bars.")
 def train(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction, test_fraction, seed, run_name,
           resume, output_dir, log_dir, workers, quiet, all_folds, train_seed, **kwargs):
@@ -516,7 +523,7 @@ def train(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction
     from pathlib import Path
 
     from serkeras.head_fit import check_head_fit
-    from serkeras.training import TrainConfig, TrainingInterrupted, run_finished
+    from serkeras.training import TrainConfig, TrainingInterrupted, run_finished, with_encoder_learning_rate
 
     feature_config, model_config = feature_config_from(kwargs), model_config_from(kwargs)
     train_config = TrainConfig(seed=seed if train_seed is None else train_seed, **kwargs)
@@ -525,6 +532,13 @@ def train(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction
     check_head_fit(model_config, train_config)
     if not resume:  # a resumed run keeps the settings it stored, already configured
         feature_config, model_config = configured(feature_config, model_config)
+        if model_config.speaker_standardization and model_config.arch != "whisper":
+            raise click.UsageError("--speaker-standardization standardises a pre-trained encoder's embedding: "
+                                   "use it with --arch whisper (or --speaker-norm, which standardises features)")
+        if train_config.encoder_learning_rate is not None and not model_config.fine_tune_layers:
+            raise click.UsageError("--encoder-lr is the learning rate of fine-tuned encoder layers: give "
+                                   "--fine-tune-layers too")
+        train_config = with_encoder_learning_rate(train_config, model_config)
     else:
         if not run_name:
             raise SerkerasError("--resume needs the --run-name of the run to continue")
@@ -860,7 +874,9 @@ def _refuse_model_paths(paths):
 
 def _tune_options(f):
     """The base model and the search settings of `tune`."""
-    options = (_model_option_list(searched=("activation",)) + _optimizer_option_list() + _training_data_option_list()
+    # A search chooses the activation; a speaker-standardised model is trained by `train` alone.
+    options = (_model_option_list(left_out=("activation", "speaker_standardization", "speaker_prior_clips"))
+               + _optimizer_option_list() + _training_data_option_list()
                + _device_option_list()) + [
         click.option("--tuner", "tuner_kind", type=lazy_choice("tuning", "TUNERS"), default="random", show_default=True),
         click.option("--max-trials", type=click.IntRange(min=1), default=10, show_default=True,
@@ -874,6 +890,9 @@ def _tune_options(f):
         click.option("--search-dropout", is_flag=True,
                      help="Also search dropout in {0.1, 0.3, 0.5} (instead of using --dropout)."),
         click.option("--search-width", is_flag=True, help="Also search the width in {0.5, 1, 2} x --width."),
+        click.option("--search-fine-tune", is_flag=True,
+                     help="--arch whisper: also search --fine-tune-layers in {0, 1} (a trained encoder layer makes "
+                          "each epoch far slower)."),
         click.option("--search-name", default=None,
                      help="Folder name under --output-dir and --log-dir "
                           "(default: <arch>-<split>-<tuner>-<objective>)."),
@@ -893,9 +912,14 @@ def _tune_options(f):
 @feature_options
 @_tune_options
 def tune(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction, test_fraction, seed, tuner_kind,
-         max_trials, epochs, batch_size, patience, objective, search_dropout, search_width, search_name, overwrite,
-         output_dir, log_dir, workers, quiet, **kwargs):
+         max_trials, epochs, batch_size, patience, objective, search_dropout, search_width, search_fine_tune,
+         search_name, overwrite, output_dir, log_dir, workers, quiet, **kwargs):
     """Search activation and learning rate (optionally dropout, width) with KerasTuner.
+
+    With --arch whisper: the learning rate, the encoder layers kept (1 to
+    --encoder-layers), --layer-pooling, --pooling and dropout (and with
+    --search-fine-tune, --fine-tune-layers); the frozen layers' outputs are
+    cached, so each depth runs them once.
 
     Resumes an existing search of the same --search-name (finished trials are
     kept). Writes <output-dir>/<search>/trials.csv, trials.md, best.keras and
@@ -913,6 +937,7 @@ def tune(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction,
     from serkeras.training import TrainConfig
 
     feature_config, model_config = configured(feature_config_from(kwargs), model_config_from(kwargs))
+    tuning.check_search_options(model_config.arch, search_width, search_fine_tune)
     # Every trial trains like `serkeras train` would with these settings; the search sets the learning rate.
     train_config = TrainConfig(epochs=epochs, batch_size=batch_size, patience=patience, monitor=objective, seed=seed,
                                **kwargs)
@@ -922,7 +947,7 @@ def tune(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction,
     describe = {"split": split_kind, "fold": fold, "n_folds": n_folds, "val_fraction": val_fraction,
                 "test_fraction": test_fraction, "seed": seed}
     settings = tuning.search_settings(feature_config, model_config, train_config, describe, tuner_kind, objective,
-                                      search_dropout, search_width)
+                                      search_dropout, search_width, search_fine_tune)
     if role == "worker":
         if overwrite:
             click.echo("warning: --overwrite is ignored by workers (only the chief starts a search again)", err=True)
@@ -942,7 +967,8 @@ def tune(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction,
     data = prepare_training_data(corpus, split, feature_config, train_config, cache_dir, workers, progress=not quiet)
     steps = math.ceil(len(data.parts["train"][0]) / batch_size)
     hypermodel = tuning.SERHyperModel(feature_config, model_config, data.labels, data.stats, train_config, steps,
-                                      search_dropout=search_dropout, search_width=search_width)
+                                      search_dropout=search_dropout, search_width=search_width,
+                                      search_fine_tune=search_fine_tune)
     if role != "worker":
         search_dir.mkdir(parents=True, exist_ok=True)
         (search_dir / "search.json").write_text(json.dumps({"settings": settings, "corpus": corpus.name}, indent=2))

@@ -67,16 +67,13 @@ class LogisticHead:
 
 
 def check_head_fit(model_config, train_config):
-    """Refuse, in one line, settings that `--head-fit lbfgs` cannot fit, or that need it.
+    """Refuse, in one line, settings that `--head-fit lbfgs` cannot fit.
 
     Raises
     ------
     SerkerasError
     """
     if train_config.head_fit == "gradient":
-        if model_config.speaker_standardization:
-            raise SerkerasError("--speaker-standardization is fitted with --head-fit lbfgs (the embedding's speaker "
-                                "statistics are computed over every clip first)")
         return
     if model_config.arch != "whisper":
         raise SerkerasError(f"--head-fit lbfgs fits the classifier of a frozen pre-trained encoder (--arch whisper), "

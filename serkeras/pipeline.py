@@ -151,7 +151,9 @@ def make_dataset(feature_list, labels, n_classes, length_mode="variable", fixed_
     Parameters
     ----------
     feature_list : sequence of dict
-        Per-clip features from `serkeras.cache.cached_features`.
+        Per-clip features from `serkeras.cache.cached_features`, or a model
+        stage's inputs; inputs that are one vector per clip (and no ``lengths``)
+        are batched as they are, in input order, whatever `length_mode`.
     labels : sequence of int, or array of shape (clips, n_classes)
         Class index per clip, or per-clip target probabilities (soft targets,
         such as a teacher's in distillation), used as they are.
@@ -178,9 +180,14 @@ def make_dataset(feature_list, labels, n_classes, length_mode="variable", fixed_
     labels = np.asarray(labels)
     targets = labels.astype(np.float32) if labels.ndim == 2 else np.eye(n_classes, dtype=np.float32)[labels]
     kinds = [k for k in input_names if k != "lengths"]  # the feature kinds, or a model stage's frame inputs
-    if length_mode == "fixed":
-        fitted = [fit_to_length({k: f[k] for k in kinds}, fixed_frames) for f in feature_list]
-        inputs = {k: np.stack([f[k] for f in fitted]) for k in kinds}
+    # One vector per clip and input (a pooled embedding and its speaker's statistics): no time axis to fit.
+    vectors = "lengths" not in input_names and all(np.ndim(feature_list[0][k]) == 1 for k in kinds)
+    if length_mode == "fixed" or vectors:
+        if vectors:
+            inputs = {k: np.stack([f[k] for f in feature_list]) for k in kinds}
+        else:
+            fitted = [fit_to_length({k: f[k] for k in kinds}, fixed_frames) for f in feature_list]
+            inputs = {k: np.stack([f[k] for f in fitted]) for k in kinds}
         if "lengths" in input_names:
             inputs["lengths"] = np.minimum(clip_lengths(feature_list), fixed_frames)
         ds = tf.data.Dataset.from_tensor_slices((inputs, targets))

@@ -8,7 +8,6 @@ confusion_matrix.png, history.csv, backup/ while in progress) and
 import contextlib
 import csv
 import dataclasses
-import functools
 import hashlib
 import io
 import json
@@ -72,6 +71,9 @@ class TrainConfig:
     teacher: str = ""  # a .keras file (or shipped model name) whose probabilities the training targets mix in
     distill_weight: float = 0.5
     quantize: str = "none"  # store the trained model's Dense weights as int8 ("int8") after training
+    # The learning rate of a pre-trained encoder's fine-tuned layers; None: `learning_rate`, as every layer
+    # trained before the encoder had a rate of its own (`with_encoder_learning_rate` sets the default).
+    encoder_learning_rate: float = None
     head_fit: str = "gradient"  # "lbfgs": fit a frozen encoder's classifier in closed form (serkeras.head_fit)
     head_c_grid: tuple = HEAD_C_GRID  # the inverse L2 strengths that "lbfgs" chooses from on validation
 
@@ -90,6 +92,8 @@ class TrainConfig:
             raise SerkerasError(f"quantize must be none or int8, got {self.quantize!r}")
         if not 0.0 < self.distill_weight <= 1.0:
             raise SerkerasError(f"distill_weight must be in (0, 1], got {self.distill_weight}")
+        if self.encoder_learning_rate is not None and self.encoder_learning_rate <= 0:
+            raise SerkerasError(f"encoder_learning_rate must be > 0, got {self.encoder_learning_rate}")
         if self.head_fit not in HEAD_FITS:
             raise SerkerasError(f"head_fit must be one of {', '.join(HEAD_FITS)}, got {self.head_fit!r}")
         object.__setattr__(self, "head_c_grid", tuple(float(c) for c in self.head_c_grid))
@@ -103,6 +107,10 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, config):
         return known_fields(cls, config)
+
+    def separate_encoder_rate(self):
+        """Whether fine-tuned encoder layers train at a learning rate of their own (not `learning_rate`)."""
+        return self.encoder_learning_rate is not None and self.encoder_learning_rate != self.learning_rate
 
     def wave_augmentation(self):
         """The waveform augmentation of the training part, or None when `augment_copies` is 0."""
@@ -153,6 +161,48 @@ class SplitData:
         return make_dataset(features, labels, len(self.labels), feature_config.length_mode,
                             feature_config.fixed_frames, batch_size, shuffle=shuffle, seed=seed,
                             input_names=input_names, mixup_alpha=mixup_alpha, replicas=replicas, bucket=bucket)
+
+
+def speaker_head_data(model, data, batch_size=32, progress=True):
+    """The classifier of a model that standardises its embedding by speaker, and `data` as it takes them.
+
+    The embedding must be fixed (frozen encoder, pooling without weights), so
+    that a speaker's statistics do not change as training goes on: each clip of
+    the train and val parts is embedded once, through the cached outputs of the
+    frozen layers (`SplitData.through`), and each speaker's statistics come from
+    their clips in the same part, as `serkeras evaluate` takes them. The
+    classifier's population statistics (`SpeakerStandardization`, used with
+    ``speaker_prior_clips``) are set from the training speakers.
+
+    Returns
+    -------
+    (head, SplitData)
+        `head` maps ``embedding``, ``speaker_mean``, ``speaker_variance`` and
+        ``speaker_count`` to class probabilities (training it trains `model`);
+        the data's clips carry those four arrays.
+    """
+    from serkeras.evaluation import embedding_speaker_stats, population_stats, speaker_input_arrays
+    from serkeras.models import SPEAKER_INPUTS, frozen_stages, speaker_stages
+
+    front, pooling = frozen_stages(model)
+    if pooling.trainable_weights:
+        raise SerkerasError("--speaker-standardization trains the classifier on fixed embeddings: use it with "
+                            "--fine-tune-layers 0, --layer-pooling last and --pooling stats or average")
+    if not all(c.speaker for clips, _, _ in data.parts.values() for c in clips):
+        raise SerkerasError("--speaker-standardization needs each clip's speaker (a speaker column in the manifest)")
+    staged = data.through(front, batch_size=batch_size, progress=progress)
+    head = speaker_stages(model)[1]
+    parts, train_stats = {}, None
+    for part, (clips, features, labels) in staged.parts.items():
+        speakers = [c.speaker for c in clips]
+        embeddings = predict_features(pooling, features, "variable", batch_size=batch_size)
+        stats = embedding_speaker_stats(embeddings, speakers)
+        train_stats = stats if part == "train" else train_stats
+        statistics = speaker_input_arrays(speakers, stats)
+        parts[part] = (clips, [{"embedding": e, **{name: s[i] for name, s in zip(SPEAKER_INPUTS, statistics)}}
+                               for i, e in enumerate(embeddings)], labels)
+    head.get_layer("speaker_standardization").set_weights(population_stats(train_stats))
+    return head, SplitData(data.labels, parts, data.stats, dict(data.targets), data.cache_dir)
 
 
 def prepare_split(corpus, split, feature_config, cache_dir=None, workers=None, progress=True, augmentation=None,
@@ -252,8 +302,26 @@ def distillation_targets(data, teacher, teacher_data, weight):
     return ((1.0 - weight) * one_hot + weight * probabilities).astype(np.float32)
 
 
-def make_optimizer(config, steps_per_epoch):
-    lr = config.learning_rate
+#: The default learning rate of fine-tuned encoder layers, as a share of the classifier's: pre-trained layers
+#: move less than the new classifier on top of them, so the classifier's early, large gradients do not undo
+#: what the encoder learnt before.
+ENCODER_LR_FACTOR = 0.1
+
+
+def with_encoder_learning_rate(train_config, model_config):
+    """`train_config` with the encoder's own learning rate set when `model_config` fine-tunes encoder layers.
+
+    An encoder rate already given is kept; otherwise it is `ENCODER_LR_FACTOR` x `learning_rate`. A model
+    without fine-tuned encoder layers gets `train_config` unchanged.
+    """
+    if not model_config.fine_tune_layers or train_config.encoder_learning_rate is not None:
+        return train_config
+    return dataclasses.replace(train_config,
+                               encoder_learning_rate=ENCODER_LR_FACTOR * train_config.learning_rate)
+
+
+def _optimizer(config, steps_per_epoch, learning_rate, name=None):
+    lr = learning_rate
     if config.schedule == "cosine":
         total = max(1, config.epochs * steps_per_epoch)
         warmup = config.warmup_epochs * steps_per_epoch
@@ -263,14 +331,49 @@ def make_optimizer(config, steps_per_epoch):
     # Keras keeps the moving average of the weights inside the optimizer (Polyak averaging).
     ema = {"use_ema": True, "ema_momentum": config.ema_momentum} if config.ema_momentum else {}
     if config.optimizer == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=config.weight_decay, **ema)
-    return keras.optimizers.Adam(lr, **ema)
+        return keras.optimizers.AdamW(lr, weight_decay=config.weight_decay, name=name, **ema)
+    return keras.optimizers.Adam(lr, name=name, **ema)
+
+
+def make_optimizer(config, steps_per_epoch, encoder_trains=False):
+    """The optimiser of `config`; with `encoder_trains` and `config.separate_encoder_rate()`, two of them.
+
+    Then Keras' `MultiOptimizer` gives the variables of a pre-trained encoder's
+    layers (paths matching `ENCODER_VARIABLES`) an optimiser named "encoder" at
+    `encoder_learning_rate` and every other variable one named "head" at
+    `learning_rate`; both follow the same schedule, and the "plateau" schedule's
+    `ReduceLROnPlateau` halves both.
+    """
+    if not (encoder_trains and config.separate_encoder_rate()):
+        return _optimizer(config, steps_per_epoch, config.learning_rate)
+    if config.ema_momentum:
+        # Keras' SwapEMAWeights needs the averaging in the one optimizer of the model.
+        raise SerkerasError("--ema-momentum cannot be combined with an encoder learning rate of its own: give "
+                            "--encoder-lr equal to --lr, or leave out --ema-momentum")
+    from serkeras.models.whisper import ENCODER_VARIABLES
+
+    head = _optimizer(config, steps_per_epoch, config.learning_rate, name="head")
+    encoder = _optimizer(config, steps_per_epoch, config.encoder_learning_rate, name="encoder")
+    return keras.optimizers.MultiOptimizer(keras.optimizers.OptimizerMap(head, {ENCODER_VARIABLES: encoder}),
+                                           name="head_and_encoder")
+
+
+def encoder_trains(model):
+    """Whether any of `model`'s trainable variables belongs to a pre-trained encoder's layers."""
+    import re
+
+    from serkeras.models.whisper import ENCODER_VARIABLES
+
+    return any(re.fullmatch(ENCODER_VARIABLES, v.path) for v in model.trainable_variables)
 
 
 def compile_model(model, config, steps_per_epoch):
-    """Categorical cross-entropy (optionally smoothed); accuracy and macro-F1 as metrics."""
+    """Categorical cross-entropy (optionally smoothed); accuracy and macro-F1 as metrics.
+
+    Fine-tuned encoder layers train at `config.encoder_learning_rate` (see `make_optimizer`).
+    """
     model.compile(
-        optimizer=make_optimizer(config, steps_per_epoch),
+        optimizer=make_optimizer(config, steps_per_epoch, encoder_trains(model)),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
                  keras.metrics.F1Score(average="macro", name="macro_f1")],
@@ -295,11 +398,23 @@ def fit_class_weight(data, train_config):
 
 
 class LearningRateLogger(keras.callbacks.Callback):
-    """Adds the optimiser's current learning rate to the epoch logs (before TensorBoard sees them)."""
+    """Adds the optimiser's current learning rate to the epoch logs (before TensorBoard sees them).
+
+    With an optimiser per part of the model (`make_optimizer`), each one's as
+    ``learning_rate_<name>`` (as Keras' `ReduceLROnPlateau` logs them), and the
+    classifier's ("head") as ``learning_rate``.
+    """
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        if logs is None:
+            return
+        optimizer = self.model.optimizer
+        if not hasattr(optimizer, "optimizers"):  # one optimiser
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+            return
+        for inner in optimizer.optimizers:
+            logs[f"learning_rate_{inner.name}"] = float(keras.ops.convert_to_numpy(inner.learning_rate))
+        logs["learning_rate"] = logs["learning_rate_head"]
 
 
 class ConfusionMatrixLogger(keras.callbacks.Callback):
@@ -594,16 +709,52 @@ def ema_callback(train_config):
     return keras.callbacks.SwapEMAWeights(swap_on_epoch=True)
 
 
-class CheckpointOf(keras.callbacks.ModelCheckpoint):
-    """`ModelCheckpoint` that saves `whole`, a model of which the one being trained is a part (sharing its
-    layers), when that part improves."""
+class OnWholeModel(keras.callbacks.Callback):
+    """Runs `callback` with `whole` as its model while a part of `whole` (sharing its layers) is being fitted.
 
-    def __init__(self, whole, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.whole = whole
+    For the callbacks that save the model at an epoch's end (Keras'
+    `ModelCheckpoint`, KerasTuner's checkpoint of a trial's best epoch) when
+    training runs on the layers above frozen ones (`serkeras.models.frozen_stages`):
+    they save the whole model, which the trained part's updates reach. The
+    training and epoch hooks are passed on; the batch hooks are not (so Keras
+    still skips them for speed).
+    """
+
+    def __init__(self, callback, whole):
+        super().__init__()
+        self.callback, self.whole = callback, whole
 
     def set_model(self, model):
-        super().set_model(self.whole)
+        super().set_model(model)
+        self.callback.set_model(self.whole)
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.callback.set_params(params)
+
+    def _sync(self):
+        """Bring JAX's training state into the shared variables (Keras does it when `model` is read)."""
+        return self.model
+
+    def on_train_begin(self, logs=None):
+        self._sync()
+        self.callback.on_train_begin(logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.callback.on_epoch_begin(epoch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._sync()
+        self.callback.on_epoch_end(epoch, logs)
+
+    def on_train_end(self, logs=None):
+        self._sync()
+        self.callback.on_train_end(logs)
+
+
+def on_whole(callback, whole):
+    """`callback` run on `whole` (`OnWholeModel`), or `callback` itself when `whole` is None."""
+    return callback if whole is None else OnWholeModel(callback, whole)
 
 
 def make_callbacks(run_dir, log_dir, data, feature_config, train_config, backup, resume=False, whole=None):
@@ -618,9 +769,10 @@ def make_callbacks(run_dir, log_dir, data, feature_config, train_config, backup,
         keras.callbacks.TerminateOnNaN(),
         backup,
         ema_callback(train_config),
-        (keras.callbacks.ModelCheckpoint if whole is None else functools.partial(CheckpointOf, whole))(
+        on_whole(keras.callbacks.ModelCheckpoint(
             str(run_dir / "model.keras"), monitor=train_config.monitor, mode=mode, save_best_only=True,
             initial_value_threshold=best_so_far(run_dir / "history.csv", train_config.monitor) if resume else None),
+            whole),
         keras.callbacks.EarlyStopping(monitor=train_config.monitor, mode=mode, patience=train_config.patience,
                                       restore_best_weights=True),
         plateau_callback(train_config),
@@ -787,8 +939,11 @@ def run_training(data, feature_config, model_config, train_config, run_dir, log_
         model = build_model(feature_config, model_config, data.labels, data.stats)
         # A model whose lower layers are frozen trains its upper part on their outputs, computed once.
         stages = frozen_stages(model)
-        trained, trained_data = (model, data) if stages is None else (
-            stages[1], data.through(stages[0], batch_size=train_config.batch_size, progress=verbose > 0))
+        if model_config.speaker_standardization:
+            trained, trained_data = speaker_head_data(model, data, train_config.batch_size, progress=verbose > 0)
+        else:
+            trained, trained_data = (model, data) if stages is None else (
+                stages[1], data.through(stages[0], batch_size=train_config.batch_size, progress=verbose > 0))
         names = model_input_names(trained)
         # Layers after frozen ones draw their batches from all clips, not from clips of similar length: on
         # CREMA-D, length-bucketed batches skew the batch normalisation of Whisper's pooled embedding (59-61%
@@ -828,7 +983,10 @@ def run_training(data, feature_config, model_config, train_config, run_dir, log_
                "parameters": int(best.count_params())}
     for part in ("val", "test"):
         clips, features, labels = data.parts[part]
-        probabilities = predict_features(best, features, feature_config.length_mode, feature_config.fixed_frames)
+        # A speaker-standardised model takes each speaker's statistics from their clips in the part.
+        speakers = [c.speaker for c in clips] if model_config.speaker_standardization else None
+        probabilities = predict_features(best, features, feature_config.length_mode, feature_config.fixed_frames,
+                                         speakers=speakers)
         metrics[part] = classification_report(labels, probabilities.argmax(axis=1), data.labels,
                                               groups={"sex": [c.sex for c in clips]})
     save_confusion_matrix(metrics["test"]["confusion_matrix"], data.labels, run_dir / "confusion_matrix.png",

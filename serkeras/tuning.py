@@ -2,7 +2,12 @@
 
 The search space is the study's grid: activation in {relu, silu, elu} and
 learning rate in {1e-2, 1e-3, 1e-4} (both `hp.Choice`), optionally dropout
-and width. A search `<search>` writes
+and width. A model on a pre-trained encoder (``--arch whisper``) has its own
+space: learning rate, how many encoder layers it keeps, what it pools (the
+last layer or a weighted sum, and how), dropout, and optionally how many
+layers it fine-tunes; the frozen layers' outputs come from the cache that
+`serkeras train` fills (`serkeras.training.stage_outputs`), so a trial computes
+them only for a depth that no run has used before. A search `<search>` writes
 
 * `saved_models/<search>/tuner/`: KerasTuner's own project (oracle.json,
   trial_*/trial.json, trial_*/checkpoint.weights.h5); an existing project is
@@ -34,9 +39,10 @@ import numpy as np
 
 from serkeras.errors import SerkerasError
 from serkeras.evaluation import classification_report, model_input_names, predict_features
-from serkeras.models import build_model
+from serkeras.models import LAYER_POOLINGS, POOLINGS, build_model, frozen_stages
 from serkeras.training import (LearningRateLogger, TrainConfig, check_replica_batch, compile_model, data_parallel,
-                               ema_callback, fit_class_weight, plateau_callback, precision_policy)
+                               ema_callback, fit_class_weight, on_whole, plateau_callback, precision_policy,
+                               with_encoder_learning_rate)
 
 #: The study's grid.
 ACTIVATION_GRID = ("relu", "silu", "elu")
@@ -45,10 +51,21 @@ LEARNING_RATE_GRID = (1e-2, 1e-3, 1e-4)
 DROPOUT_GRID = (0.1, 0.3, 0.5)
 WIDTH_FACTORS = (0.5, 1.0, 2.0)
 
+#: The search space of a model on a pre-trained encoder (--arch whisper): learning rates from the 1e-3 of the
+#: shipped recipe (crema-d-whisper-base) down past the 3e-4 its fine-tuning runs used, dropout from none, and
+#: with --search-fine-tune the encoder frozen or its top layer trained (at a tenth of the trial's rate unless
+#: --encoder-lr is given); the kept layers range from 1 to --encoder-layers.
+ENCODER_LEARNING_RATE_GRID = (1e-3, 3e-4, 1e-4)
+ENCODER_DROPOUT_GRID = (0.0, 0.2, 0.4)
+FINE_TUNE_GRID = (0, 1)
+#: The architectures built on a pre-trained encoder, searched over ENCODER_* rather than the study's grid.
+ENCODER_ARCHITECTURES = ("whisper",)
+
 TUNERS = ("random", "bayesian", "hyperband", "grid")
 OBJECTIVES = ("val_accuracy", "val_macro_f1")
 #: Hyperparameter names, in table order.
-HP_NAMES = ("activation", "learning_rate", "dropout", "width")
+HP_NAMES = ("activation", "learning_rate", "dropout", "width", "encoder_layers", "fine_tune_layers", "layer_pooling",
+            "pooling")
 #: Training settings a search does not store: searched (the learning rate), or which devices compute
 #: (a search may resume with or without --distribute).
 NOT_STORED = ("learning_rate", "distribute")
@@ -66,15 +83,26 @@ def distributed_role():
     return "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
 
 
+def check_search_options(arch, search_width, search_fine_tune):
+    """Refuse searches that `arch` has no hyperparameter for; returns whether it is an encoder model."""
+    encoder_model = arch in ENCODER_ARCHITECTURES
+    if encoder_model and search_width:
+        raise SerkerasError(f"--arch {arch} has no width to search: leave out --search-width")
+    if search_fine_tune and not encoder_model:
+        raise SerkerasError("--search-fine-tune is for models on a pre-trained encoder (--arch whisper)")
+    return encoder_model
+
+
 class SERHyperModel(keras_tuner.HyperModel):
-    """Builds and compiles a registry model for a set of hyperparameter values.
+    """Builds, compiles and fits a registry model for a set of hyperparameter values.
 
     Parameters
     ----------
     feature_config : serkeras.features.FeatureConfig
     model_config : serkeras.models.ModelConfig
         The base model (architecture, width, head size, dropout); searched
-        fields replace its values.
+        fields replace its values. For an encoder model (ENCODER_ARCHITECTURES)
+        its `encoder_layers` is the deepest searched.
     labels : sequence of str
     stats : serkeras.features.FeatureStats
         Training-part statistics stored in the model's standardisation layers.
@@ -83,39 +111,84 @@ class SERHyperModel(keras_tuner.HyperModel):
     steps_per_epoch : int
         For the cosine schedule (the "plateau" schedule is a callback of `run_search`).
     search_dropout, search_width : bool
-        Also search dropout in DROPOUT_GRID / width in WIDTH_FACTORS x base width.
+        Also search dropout in DROPOUT_GRID / width in WIDTH_FACTORS x base width
+        (the study's space; an encoder model always searches dropout and has no width).
+    search_fine_tune : bool
+        An encoder model: also search `fine_tune_layers` in FINE_TUNE_GRID.
     """
 
     def __init__(self, feature_config, model_config, labels, stats, train_config=None, steps_per_epoch=1,
-                 search_dropout=False, search_width=False, name="serkeras", tunable=True):
+                 search_dropout=False, search_width=False, search_fine_tune=False, name="serkeras", tunable=True):
         super().__init__(name=name, tunable=tunable)
         self.feature_config, self.model_config = feature_config, model_config
         self.labels, self.stats = list(labels), stats
         self.train_config = train_config or TrainConfig()
         self.steps_per_epoch = steps_per_epoch
         self.search_dropout, self.search_width = search_dropout, search_width
+        self.search_fine_tune = search_fine_tune
+        self.encoder_model = check_search_options(model_config.arch, search_width, search_fine_tune)
 
     def width_grid(self):
         return tuple(sorted({round(self.model_config.width * f, 6) for f in WIDTH_FACTORS}))
 
     def configs(self, hp):
         """(ModelConfig, TrainConfig) for the values in `hp` (declaring the searched hyperparameters)."""
-        changes = {"activation": hp.Choice("activation", list(ACTIVATION_GRID))}
-        learning_rate = hp.Choice("learning_rate", list(LEARNING_RATE_GRID))
-        if self.search_dropout:
-            changes["dropout"] = hp.Choice("dropout", list(DROPOUT_GRID))
-        if self.search_width:
-            changes["width"] = hp.Choice("width", list(self.width_grid()))
+        if self.encoder_model:
+            changes = self._encoder_changes(hp)
+            learning_rate = hp.Choice("learning_rate", list(ENCODER_LEARNING_RATE_GRID))
+        else:
+            changes = {"activation": hp.Choice("activation", list(ACTIVATION_GRID))}
+            learning_rate = hp.Choice("learning_rate", list(LEARNING_RATE_GRID))
+            if self.search_dropout:
+                changes["dropout"] = hp.Choice("dropout", list(DROPOUT_GRID))
+            if self.search_width:
+                changes["width"] = hp.Choice("width", list(self.width_grid()))
+        model_config = self.model_config.replace(**changes)
         train_config = TrainConfig.from_dict({**self.train_config.to_dict(), "learning_rate": learning_rate})
-        return self.model_config.replace(**changes), train_config
+        return model_config, with_encoder_learning_rate(train_config, model_config)
+
+    def _encoder_changes(self, hp):
+        deepest = self.model_config.encoder_layers
+        changes = {"encoder_layers": hp.Choice("encoder_layers", list(range(1, deepest + 1))),
+                   "layer_pooling": hp.Choice("layer_pooling", list(LAYER_POOLINGS)),
+                   "pooling": hp.Choice("pooling", list(POOLINGS)),
+                   "dropout": hp.Choice("dropout", list(ENCODER_DROPOUT_GRID))}
+        fine_tune = (hp.Choice("fine_tune_layers", list(FINE_TUNE_GRID)) if self.search_fine_tune
+                     else self.model_config.fine_tune_layers)
+        changes["fine_tune_layers"] = min(fine_tune, changes["encoder_layers"])  # it cannot train more than it keeps
+        return changes
 
     def build(self, hp):
         model_config, train_config = self.configs(hp)
         model = build_model(self.feature_config, model_config, self.labels, self.stats)
         return compile_model(model, train_config, self.steps_per_epoch)
 
-    def fit(self, hp, model, *args, **kwargs):
-        return model.fit(*args, **kwargs)
+    def fit(self, hp, model, data, batch_size=32, seed=0, replicas=1, callbacks=(), **kwargs):
+        """Train `model` on the train part of `data` (a `serkeras.training.SplitData`), validated on its val part.
+
+        A model with frozen layers (`serkeras.models.frozen_stages`) trains the
+        layers above them on their cached outputs, as `serkeras train` does;
+        the callbacks that save the model (KerasTuner's checkpoint) save it whole.
+        """
+        stages = frozen_stages(model)
+        trained = model
+        if stages is not None:
+            front, trained = stages
+            data = data.through(front, batch_size=batch_size, progress=False)
+            compile_model(trained, self.configs(hp)[1], self.steps_per_epoch)
+            callbacks = [on_whole(c, model) if _saves_model(c) else c for c in callbacks]
+        names = model_input_names(trained)
+        train = data.dataset("train", self.feature_config, batch_size, names, shuffle=True, seed=seed,
+                             mixup_alpha=self.train_config.mixup_alpha, replicas=replicas)
+        val = data.dataset("val", self.feature_config, batch_size, names, replicas=replicas)
+        # The train dataset is shuffled already (fit's own shuffle would only warn).
+        return trained.fit(train, validation_data=val, callbacks=list(callbacks), shuffle=False,
+                           class_weight=fit_class_weight(data, self.train_config), **kwargs)
+
+
+def _saves_model(callback):
+    """Whether `callback` writes the model's weights: KerasTuner's checkpoint of a trial's best epoch."""
+    return type(callback).__name__ == "SaveBestEpoch" or isinstance(callback, keras.callbacks.ModelCheckpoint)
 
 
 def make_objective(objective):
@@ -151,15 +224,6 @@ def make_tuner(kind, hypermodel, objective, max_trials, directory, project_name,
     raise SerkerasError(f"tuner must be one of {', '.join(TUNERS)}, got {kind!r}")
 
 
-def input_names(hypermodel):
-    """The model's input names (the same for every hyperparameter value)."""
-    model = build_model(hypermodel.feature_config, hypermodel.model_config, hypermodel.labels, hypermodel.stats)
-    names = model_input_names(model)
-    del model
-    keras.backend.clear_session()
-    return names
-
-
 def run_search(tuner, data, epochs, batch_size, log_dir, patience=5, seed=0, verbose=0):
     """Run (or continue) the search on the train part, scored on the val part.
 
@@ -178,11 +242,6 @@ def run_search(tuner, data, epochs, batch_size, log_dir, patience=5, seed=0, ver
 
 def _search(tuner, data, epochs, batch_size, log_dir, patience, seed, verbose, replicas):
     hypermodel = tuner.hypermodel
-    names = input_names(hypermodel)
-    feature_config = hypermodel.feature_config
-    train = data.dataset("train", feature_config, batch_size, names, shuffle=True, seed=seed,
-                         mixup_alpha=hypermodel.train_config.mixup_alpha, replicas=replicas)
-    val = data.dataset("val", feature_config, batch_size, names, replicas=replicas)
     objective = tuner.oracle.objective.name
     callbacks = [
         ema_callback(hypermodel.train_config),  # first: the objective and KerasTuner's checkpoint see its weights
@@ -194,9 +253,9 @@ def _search(tuner, data, epochs, batch_size, log_dir, patience, seed, verbose, r
     callbacks = [c for c in callbacks if c is not None]  # the optional ones are None when not asked for
     keras.utils.set_random_seed(seed)
     try:
-        # The train dataset is shuffled already (fit's own shuffle would only warn).
-        tuner.search(train, validation_data=val, epochs=epochs, callbacks=callbacks, verbose=verbose, shuffle=False,
-                     class_weight=fit_class_weight(data, hypermodel.train_config))
+        # KerasTuner hands `data` and the settings to SERHyperModel.fit, which makes each trial's datasets.
+        tuner.search(data, batch_size=batch_size, seed=seed, replicas=replicas, epochs=epochs, callbacks=callbacks,
+                     verbose=verbose)
     except RuntimeError as exc:  # KerasTuner gives up after repeated failed trials.
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SerkerasError(f"the search stopped: {first}") from exc
@@ -304,12 +363,13 @@ def evaluate(model, data, feature_config, part="test"):
 
 
 def search_settings(feature_config, model_config, train_config, describe, tuner_kind, objective, search_dropout,
-                    search_width):
+                    search_width, search_fine_tune=False):
     """What a resumed search must share with the stored one (the searched learning rate and the devices aside)."""
     training = {k: v for k, v in train_config.to_dict().items() if k not in NOT_STORED}
     return {"feature_config": feature_config.to_dict(), "model_config": model_config.to_dict(),
             "train_config": training, "tuner": tuner_kind, "objective": objective,
-            "search_dropout": search_dropout, "search_width": search_width, **describe}
+            "search_dropout": search_dropout, "search_width": search_width, "search_fine_tune": search_fine_tune,
+            **describe}
 
 
 def _filled_in(settings):
@@ -328,6 +388,7 @@ def _filled_in(settings):
     if "train_config" in filled:
         for key in NOT_STORED:
             filled["train_config"].pop(key, None)
+    filled.setdefault("search_fine_tune", False)  # searches stored before it existed did not search it
     return json.loads(json.dumps(filled))
 
 

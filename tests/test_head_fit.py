@@ -125,7 +125,6 @@ def test_speaker_standardised_head_matches_its_scores_through_evaluate(three_cla
     (["--layer-pooling", "weighted"], "--layer-pooling weighted) needs --head-fit gradient"),
     (["--mixup", "0.2"], "leave out --mixup"),
     (["--arch", "crnn"], "not of --arch crnn"),
-    (["--head-fit", "gradient", "--speaker-standardization"], "--speaker-standardization is fitted with --head-fit"),
     (["--speaker-prior-clips", "3", "--no-speaker-standardization"], "--speaker-prior-clips needs"),
 ])
 def test_settings_lbfgs_cannot_fit_are_one_line_errors(extra, message, three_class_manifest, tiny_encoder, workdir):

@@ -282,3 +282,250 @@ def test_stage_outputs_are_cached_per_clip_and_stage_and_recomputed_when_corrupt
     other = [{"logmel": c["logmel"] + 1.0} for c in clips[:1]]  # other features: another entry
     training.stage_outputs(front, other, tmp_path)
     assert calls == [1, 1] and len(list(tmp_path.glob("stage-*/*.npz"))) == 4
+
+
+# --------------------------------------------------------------------------- fine-tuned layers' own learning rate
+
+def test_fine_tuned_encoder_layers_step_at_their_own_learning_rate():
+    """Adam's first step moves every weight by about its learning rate: the encoder's by --encoder-lr, the
+    classifier's by --lr. Both rates, and the optimisers' state, come back from a saved training state."""
+    import keras
+
+    from serkeras.features import FeatureConfig
+    from serkeras.models import ModelConfig, build_whisper, frozen_stages
+    from serkeras.training import LearningRateLogger, TrainConfig, compile_model
+
+    def trained_part():
+        config = ModelConfig(arch="whisper", encoder_layers=2, encoder_dim=DIM, attention_heads=HEADS,
+                             pooling="stats", fine_tune_layers=1, dropout=0.0)
+        model = build_whisper(FeatureConfig(n_mels=N_MELS, fmin=0.0, n_fft=400), config, ["a", "b", "c"])
+        return compile_model(frozen_stages(model)[1], TrainConfig(learning_rate=1e-2, encoder_learning_rate=1e-4),
+                             steps_per_epoch=4)
+
+    trained = trained_part()
+    rng = np.random.default_rng(0)
+    batch = {"frames0": rng.normal(size=(4, 9, DIM)).astype(np.float32), "lengths": np.array([9, 5, 7, 3], np.int32)}
+    before = {v.path: keras.ops.convert_to_numpy(v) for v in trained.trainable_variables}
+    trained.train_on_batch(batch, np.eye(3, dtype=np.float32)[[0, 1, 2, 0]])
+    step = {path: np.abs(keras.ops.convert_to_numpy(v) - before[path]).max()
+            for path, v in ((v.path, v) for v in trained.trainable_variables)}
+    encoder = {path: s for path, s in step.items() if path.startswith("layer1_")}
+    head = {path: s for path, s in step.items() if not path.startswith("layer1_")}
+    assert encoder and head and set(head) >= {"probabilities/kernel", "embedding_norm/gamma"}
+    assert max(encoder.values()) == pytest.approx(1e-4, rel=0.01)
+    assert min(head.values()) == pytest.approx(1e-2, rel=0.01)
+    logs = {}
+    logger = LearningRateLogger()
+    logger.set_model(trained)
+    logger.on_epoch_end(0, logs)
+    assert logs["learning_rate_encoder"] == pytest.approx(1e-4) and logs["learning_rate"] == pytest.approx(1e-2)
+
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        trained.save_weights(Path(folder) / "state.weights.h5")
+        again = trained_part()
+        again.optimizer.build(again.trainable_variables)
+        again.load_weights(Path(folder) / "state.weights.h5")
+    for saved, restored in zip(trained.optimizer.variables, again.optimizer.variables):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(restored), keras.ops.convert_to_numpy(saved),
+                                      err_msg=saved.path)
+
+
+def test_encoder_lr_is_stored_and_kept_by_resume(three_class_manifest, tiny_encoder, workdir, monkeypatch):
+    import csv
+    import json
+
+    from conftest import run_cli
+    from serkeras import training
+
+    base = ["train", "--arch", "whisper", "--encoder", str(tiny_encoder), "--pooling", "stats",
+            "--fine-tune-layers", "1", "--manifest", str(three_class_manifest), "--cache-dir", str(workdir / "cache"),
+            "--lr", "2e-3", "--epochs", "2"] + WHISPER_TRAIN
+
+    def stop_before_the_second_epoch(self, epoch, logs=None):  # as Ctrl-C during it would
+        if epoch == 1:
+            raise training.TrainingInterrupted(self.backup.epochs_done)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(training.StopOnInterrupt, "on_epoch_begin", stop_before_the_second_epoch)
+        result = run_cli(base + ["--encoder-lr", "5e-5", "--run-name", "encoder-lr"], workdir)
+    assert result.exit_code == 130, result.output
+    run = workdir / "saved_models" / "encoder-lr"
+    assert json.loads((run / "config.json").read_text())["train_config"]["encoder_learning_rate"] == 5e-5
+    result = run_cli(["train", "--resume", "--run-name", "encoder-lr", "--quiet"], workdir)
+    assert result.exit_code == 0, result.output
+    with open(run / "history.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["0", "1"]  # the second epoch trained after the resume
+    assert [float(r["learning_rate_encoder"]) for r in rows] == pytest.approx([5e-5, 5e-5])
+    assert [float(r["learning_rate_head"]) for r in rows] == pytest.approx([2e-3, 2e-3])
+
+    # Without --encoder-lr: a tenth of --lr, stored as such.
+    result = run_cli(base + ["--run-name", "encoder-lr-default"], workdir)
+    assert result.exit_code == 0, result.output
+    stored = json.loads((workdir / "saved_models" / "encoder-lr-default" / "config.json").read_text())
+    assert stored["train_config"]["encoder_learning_rate"] == pytest.approx(2e-4)
+    result = run_cli(base + ["--fine-tune-layers", "0", "--encoder-lr", "1e-4"], workdir)
+    assert result.exit_code != 0 and "give --fine-tune-layers too" in result.output
+
+
+# --------------------------------------------------------------------------- serkeras tune --arch whisper
+
+def test_tune_searches_an_encoder_model_on_cached_frozen_outputs(three_class_manifest, tiny_encoder, workdir,
+                                                                 monkeypatch):
+    import csv
+    import json
+
+    from conftest import run_cli
+    from serkeras import evaluation, training
+    from serkeras.models import LAYER_POOLINGS, POOLINGS, load_model
+    from serkeras.tuning import ENCODER_DROPOUT_GRID, ENCODER_LEARNING_RATE_GRID, FINE_TUNE_GRID
+    from test_tune import hparams_of
+
+    def tune(name, *extra):
+        return run_cli(["tune", "--arch", "whisper", "--encoder", str(tiny_encoder), "--encoder-layers", "2",
+                        "--manifest", str(three_class_manifest), "--cache-dir", str(workdir / "cache"),
+                        "--max-trials", "3", "--epochs", "1", "--search-fine-tune", "--search-name", name, *extra]
+                       + WHISPER_TRAIN, workdir)
+
+    result = tune("whisper-search")
+    assert result.exit_code == 0, result.output
+    search = workdir / "saved_models" / "whisper-search"
+    with open(search / "trials.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3
+    for row in rows:
+        assert float(row["learning_rate"]) in ENCODER_LEARNING_RATE_GRID
+        assert float(row["dropout"]) in ENCODER_DROPOUT_GRID and int(row["encoder_layers"]) in (1, 2)
+        assert row["layer_pooling"] in LAYER_POOLINGS and row["pooling"] in POOLINGS
+        assert int(row["fine_tune_layers"]) in FINE_TUNE_GRID and "activation" not in row
+        hparams, _ = hparams_of(workdir / "logs" / "whisper-search" / row["trial_id"])
+        assert hparams["encoder_layers"] == int(row["encoder_layers"]) and hparams["pooling"] == row["pooling"]
+    # The best trial's whole model (encoder included) at its best epoch, with the searched settings.
+    model, meta = load_model(search / "best.keras")
+    best = json.loads((search / "best.json").read_text())["hyperparameters"]
+    assert (meta.model_config.encoder_layers, meta.model_config.pooling, meta.model_config.layer_pooling,
+            meta.model_config.fine_tune_layers) == (best["encoder_layers"], best["pooling"], best["layer_pooling"],
+                                                    best["fine_tune_layers"])
+    assert model.get_layer("whisper_encoder") is not None
+
+    # The same trials in a new search read every frozen layer's output from the cache; a resumed one runs none.
+    computed = []
+    monkeypatch.setattr(training, "frame_outputs", lambda stage, features, batch_size: computed.append(len(features))
+                        or evaluation.frame_outputs(stage, features, batch_size))
+    result = tune("whisper-search-again")
+    assert result.exit_code == 0, result.output
+    assert computed == []
+    searched = ("trial_id", "learning_rate", "dropout", "encoder_layers", "fine_tune_layers", "layer_pooling",
+                "pooling")
+    with open(workdir / "saved_models" / "whisper-search-again" / "trials.csv", newline="") as f:
+        again = list(csv.DictReader(f))
+    assert sorted(tuple(r[k] for k in searched) for r in again) == sorted(tuple(r[k] for k in searched) for r in rows)
+    result = tune("whisper-search")
+    assert result.exit_code == 0 and "3 completed (kept)" in result.output, result.output
+    result = tune("whisper-search", "--search-width")
+    assert result.exit_code != 0 and "no width to search" in result.output
+
+
+# --------------------------------------------------------------------------- export
+
+@pytest.fixture(scope="module")
+def whisper_runs(three_class_manifest, tiny_encoder, workdir):
+    """{"frozen": run folder, "fine-tuned": run folder} of two one-epoch Whisper runs on the tiny encoder."""
+    from conftest import run_cli
+
+    settings = {"frozen": ["--pooling", "stats"],
+                "fine-tuned": ["--encoder-layers", "3", "--fine-tune-layers", "1", "--layer-pooling", "weighted",
+                               "--pooling", "attention"]}
+    runs = {}
+    for kind, options in settings.items():
+        name = f"whisper-export-{kind}"
+        result = run_cli(["train", "--arch", "whisper", "--encoder", str(tiny_encoder), *options, "--manifest",
+                          str(three_class_manifest), "--epochs", "1", "--run-name", name, "--cache-dir",
+                          str(workdir / "cache")] + WHISPER_TRAIN, workdir)
+        assert result.exit_code == 0, result.output
+        runs[kind] = workdir / "saved_models" / name
+    return runs
+
+
+@pytest.mark.parametrize("kind", ["frozen", "fine-tuned"])
+@pytest.mark.parametrize("export_format", ["tf_saved_model", "onnx"])
+def test_a_trained_whisper_model_exports_and_predicts_like_its_keras_file(whisper_runs, kind, export_format,
+                                                                          workdir, tmp_path):
+    """The command checks the export on its own batch; here, another: clips of other lengths, padded."""
+    if export_format == "onnx":
+        onnxruntime = pytest.importorskip("onnxruntime")
+    from conftest import run_cli
+    from serkeras.export import example_inputs
+    from serkeras.models import load_model
+
+    out = tmp_path / ("whisper.onnx" if export_format == "onnx" else "whisper")
+    result = run_cli(["export", str(whisper_runs[kind] / "model.keras"), "--format", export_format, "--output",
+                      str(out)], workdir)
+    assert result.exit_code == 0, result.output
+    assert "same probabilities" in result.output
+    model, _ = load_model(whisper_runs[kind] / "model.keras")
+    assert [t.name for t in model.inputs] == ["logmel", "lengths"]
+    inputs = example_inputs(model, frames=123, batch=3, seed=5)
+    inputs["logmel"] = inputs["logmel"] * 20 - 50  # log-mel in dB, as the features give it
+    ordered = [inputs[t.name] for t in model.inputs]
+    if export_format == "onnx":
+        session = onnxruntime.InferenceSession(str(out))
+        got = session.run(None, dict(zip([i.name for i in session.get_inputs()], ordered)))[0]
+    else:
+        import tensorflow as tf
+
+        loaded = tf.saved_model.load(str(out))  # kept: its variables die with it
+        got = loaded.serve(ordered)
+    np.testing.assert_allclose(np.asarray(got), model.predict(inputs, verbose=0), atol=1e-4)
+
+
+# --------------------------------------------------------------------------- --speaker-standardization
+
+def test_speaker_standardization_trains_on_cached_embeddings_and_predicts_with_speakers(
+        three_class_manifest, tiny_encoder, workdir):
+    """Trained from the command line (frozen encoder, the classifier on fixed embeddings); the saved model
+    scores the same on evaluate, and predict standardises each file by its speaker's recordings."""
+    import json
+
+    from conftest import run_cli
+    from serkeras.models import load_model
+
+    base = ["train", "--arch", "whisper", "--encoder", str(tiny_encoder), "--speaker-standardization",
+            "--manifest", str(three_class_manifest), "--cache-dir", str(workdir / "cache"), "--epochs", "2"]
+    result = run_cli(base + ["--pooling", "stats", "--speaker-prior-clips", "2", "--run-name", "speaker-std"]
+                     + WHISPER_TRAIN, workdir)
+    assert result.exit_code == 0, result.output
+    run = workdir / "saved_models" / "speaker-std"
+    model, meta = load_model(run / "model.keras")
+    assert meta.model_config.speaker_standardization and meta.model_config.speaker_prior_clips == 2
+    assert meta.normalises_by_speaker
+    population_mean, population_variance = model.get_layer("speaker_head").get_layer(
+        "speaker_standardization").get_weights()
+    assert np.abs(population_mean).max() > 0 and not np.allclose(population_variance, 1.0)  # the training speakers'
+
+    evaluated = run_cli(["evaluate", str(run / "model.keras"), "--manifest", str(three_class_manifest), "--cache-dir",
+                         str(workdir / "cache"), "--json", str(workdir / "speaker-std.json")] + WHISPER_TRAIN[:6],
+                        workdir)
+    assert evaluated.exit_code == 0, evaluated.output
+    stored = json.loads((run / "metrics.json").read_text())["test"]
+    assert json.loads((workdir / "speaker-std.json").read_text())["accuracy"] == pytest.approx(stored["accuracy"])
+
+    paths = [p for p in sorted(_manifest_paths(three_class_manifest)) if "/1003_" in p or "/1004_" in p]
+    predicted = {}
+    for grouping in ("prefix", "file"):
+        result = run_cli(["predict", "--model", str(run / "model.keras"), *paths, "--speaker", grouping, "--format",
+                          "json", "--workers", "1"], workdir)
+        assert result.exit_code == 0, result.output
+        predicted[grouping] = json.loads(result.output[result.output.index("["):])
+        assert [p["label"] in meta.labels for p in predicted[grouping]] == [True] * len(paths)
+    # A speaker's statistics from all their files, or from each file alone: other probabilities.
+    assert predicted["prefix"][0]["probabilities"] != predicted["file"][0]["probabilities"]
+
+    result = run_cli(base + ["--pooling", "attention", "--run-name", "speaker-std-attention"] + WHISPER_TRAIN, workdir)
+    assert result.exit_code != 0 and "trains the classifier on fixed embeddings" in result.output
+    result = run_cli(["train", "--arch", "1d", "--speaker-standardization", "--manifest", str(three_class_manifest)],
+                     workdir)
+    assert result.exit_code != 0 and "use it with --arch whisper" in result.output

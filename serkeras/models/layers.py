@@ -411,7 +411,10 @@ class WeightedLayerSum(keras.layers.Layer):
         self.logits = self.add_weight(shape=(len(inputs_shape),), initializer="zeros", name="logits")
 
     def call(self, inputs):
-        weights = ops.softmax(ops.cast(self.logits, inputs[0].dtype))
+        # The softmax written out: Keras' own warns about a softmax over one layer, which is only the identity.
+        logits = ops.cast(self.logits, inputs[0].dtype)
+        exp = ops.exp(logits - ops.max(logits))
+        weights = exp / ops.sum(exp)
         return sum(weights[i] * x for i, x in enumerate(inputs))
 
     def compute_output_shape(self, inputs_shape):

@@ -18,13 +18,13 @@ import keras
 from keras import layers
 
 from serkeras.errors import SerkerasError
-from serkeras.models.blocks import (EMBEDDING_LAYER, finish, lengths_input, pool_over_time, speaker_head,
-                                    speaker_statistics_inputs)
+from serkeras.models.blocks import (EMBEDDING_LAYER, SPEAKER_HEAD, finish, lengths_input, pool_over_time,
+                                    speaker_head, speaker_statistics_inputs)
 from serkeras.models.layers import LengthMask, WeightedLayerSum
 from serkeras.models.registry import register
-from serkeras.models.whisper.backbone import (backbone_layers, encoder_layer, encoder_parameters, freeze_lower_layers,
-                                              layers_by_name, load_whisper_backbone, set_encoder_weights,
-                                              whisper_backbone, whisper_encoder)
+from serkeras.models.whisper.backbone import (ENCODER_VARIABLES, backbone_layers, encoder_layer, encoder_parameters,
+                                              freeze_lower_layers, layers_by_name, load_whisper_backbone,
+                                              set_encoder_weights, whisper_backbone, whisper_encoder)
 from serkeras.models.whisper.convert import FORMATS, EncoderSizes, EncoderWeights, read_checkpoint
 
 #: Whisper's log-mel: 25 ms windows every 10 ms at 16 kHz, mel bands from 0 to 8 kHz, the clip at the level it
@@ -157,8 +157,10 @@ def frozen_stages(model):
 
     Training needs the frozen layers' outputs only once per clip: `front` computes
     them, `trained` (built from the same layer objects, so training it trains
-    `model`) runs the rest. A model whose embedding is standardised by speaker is
-    not cut (None).
+    `model`) runs the rest. In a model whose embedding is standardised by speaker
+    (`model_config.speaker_standardization`), `trained` ends at the pooled
+    embedding: its classifier (`serkeras.models.speaker_stages`) needs the
+    statistics of all of a speaker's embeddings.
 
     Returns
     -------
@@ -167,16 +169,16 @@ def frozen_stages(model):
         that the trained layers read, ``frames0`` ... (the last frozen layer's
         output, and with a weighted sum of layers every frozen layer's, in
         order), then the halved ``lengths``; `trained` maps those to the class
-        probabilities.
+        probabilities (or, standardised by speaker, to the pooled embedding).
     """
     try:
-        model.get_layer(ENCODER_LAYER)
-        probabilities = model.get_layer("probabilities")
+        encoder = model.get_layer(ENCODER_LAYER)
     except ValueError:
         return None
+    by_speaker = SPEAKER_HEAD in {layer.name for layer in model.layers}
     front = frozen_front(model)
-    found = layers_by_name(model.get_layer(ENCODER_LAYER))
-    n_layers = backbone_layers(model.get_layer(ENCODER_LAYER))
+    found = layers_by_name(encoder)
+    n_layers = backbone_layers(encoder)
     frozen = frozen_layers(model)
     weighted = "layer_sum" in {layer.name for layer in model.layers}
     carried = front.outputs[:-2]
@@ -194,15 +196,17 @@ def frozen_stages(model):
     if weighted:
         x = model.get_layer("layer_sum")(outputs)
     x = model.get_layer(EMBEDDING_LAYER)(x, pooled_lengths)
+    if by_speaker:
+        return front, keras.Model([*inputs, pooled_lengths], x, name="whisper_trained_layers")
     for name in ("embedding_norm", "head_dropout"):
         if name in {layer.name for layer in model.layers}:
             x = model.get_layer(name)(x)
-    trained = keras.Model([*inputs, pooled_lengths], probabilities(x), name="whisper_trained_layers")
+    trained = keras.Model([*inputs, pooled_lengths], model.get_layer("probabilities")(x), name="whisper_trained_layers")
     return front, trained
 
 
-__all__ = ["ENCODER_LAYER", "EncoderSizes", "EncoderWeights", "FORMATS", "WHISPER_FEATURES", "backbone_layers",
-           "build_whisper", "configure_whisper", "encoder_layer", "encoder_parameters", "freeze_lower_layers",
-           "frozen_front", "frozen_layers", "frozen_stages",
+__all__ = ["ENCODER_LAYER", "ENCODER_VARIABLES", "EncoderSizes", "EncoderWeights", "FORMATS", "WHISPER_FEATURES",
+           "backbone_layers", "build_whisper", "configure_whisper", "encoder_layer", "encoder_parameters",
+           "freeze_lower_layers", "frozen_front", "frozen_layers", "frozen_stages",
            "load_whisper_backbone", "whisper_backbone",
            "read_checkpoint", "set_encoder_weights", "whisper_encoder", "whisper_feature_config"]

@@ -16,6 +16,11 @@ from serkeras.models.layers import LengthMask, PooledLengths, SinusoidalPosition
 from serkeras.models.saving import graph_layers
 from serkeras.models.whisper.convert import read_checkpoint
 
+#: The paths of the variables of the encoder's transformer layers (``layer0_attention/query/kernel``, ...), the
+#: ones that fine-tuning trains (`freeze_lower_layers` keeps the convolutions frozen): a pattern for Keras'
+#: `OptimizerMap`, which gives them a learning rate of their own.
+ENCODER_VARIABLES = r"layer\d+_[a-z_]+/.+"
+
 
 def encoder_layer(x, mask, dim, heads, name, reuse=None):
     """Pre-norm self-attention and GELU feed-forward (4 x `dim`), each residual; LayerNorm epsilon as Whisper's.
