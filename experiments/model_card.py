@@ -402,3 +402,168 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
     lines += human_lines(scored) + limitation_lines(scored)
     Path(card_path).write_text("\n".join(line for line in lines if line is not None))
     return card_summary(scored)
+
+
+def run_folds(kfold_dir):
+    """{fold: its test scores (accuracy, macro-F1, UA)} of a `serkeras train --split kfold --folds` run folder."""
+    folds = {}
+    for path in sorted(Path(kfold_dir).glob("fold*/metrics.json")):
+        test = json.loads(path.read_text())["test"]
+        folds[int(path.parent.name.removeprefix("fold"))] = {
+            "accuracy": test["accuracy"], "macro_f1": test["macro_f1"], "ua": test["unweighted_average_recall"]}
+    return folds
+
+
+def encoder_provenance(encoder):
+    """A sentence on the pre-trained encoder a model started from: its folder's name, and its weights' fingerprint
+    when the checkpoint is at hand."""
+    from serkeras.models.whisper import read_checkpoint
+
+    name = Path(encoder).name
+    sentence = f"OpenAI's Whisper (MIT licence), the checkpoint `{name}`, read by `serkeras.models.whisper`"
+    if Path(encoder).exists():
+        sentence += (f" (`serkeras.models.whisper.read_checkpoint(PATH).fingerprint()` is "
+                     f"`{read_checkpoint(encoder).fingerprint()[:16]}...`)")
+    return sentence + "."
+
+
+def write_whisper_card(run_dir, card_path, data_dir, recipe, kfold_dir=None, model_path=None):
+    """Write the card of a Whisper model trained by ``serkeras train --recipe RECIPE`` on the actor split.
+
+    Everything comes from the run: the model (`model_path`, default the run's
+    model.keras), its config.json and metrics.json, and, with `kfold_dir`, the
+    per-fold metrics of the same recipe run with ``--split kfold --folds``.
+    The test actors' numbers are recomputed from the model file and the corpus.
+    """
+    from serkeras.corpus import load_crema_d
+    from serkeras.export import quantized_layers
+    from serkeras.models import load_model
+    from serkeras.models.cost import flops_per_clip
+    from serkeras.splits import make_split
+
+    run_dir = Path(run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    train_config = config["train_config"]
+    model_path = Path(model_path or run_dir / "model.keras")
+    model, meta = load_model(model_path)
+    corpus = load_crema_d(data_dir)
+    split = make_split(corpus.clips, "actor", seed=0)
+    scored = score_test_actors(corpus, split, list(meta.labels), part_probabilities(model, meta, list(split.test)))
+    n_actors, mc, fc = scored["n_actors"], meta.model_config, meta.feature_config
+    name = model_path.stem
+    command = f"serkeras train --recipe {recipe} --encoder PATH/{Path(mc.encoder).name}"
+    folds = run_folds(kfold_dir) if kfold_dir else {}
+    by_speaker = mc.speaker_standardization
+    lbfgs = train_config.get("head_fit") == "lbfgs"
+    if name == SHIPPED_MODELS[0]:
+        use = "serkeras predict my_recording.wav        # uses this model when --model is not given"
+    elif by_speaker:
+        use = (f"serkeras predict --model {name} recordings_of_one_speaker/   # several recordings per speaker "
+               "(below)")
+    else:
+        use = f"serkeras predict --model {name} my_recording.wav"
+    copies = train_config.get("augment_copies", 0)
+    augmented = (f"The classifier was also fit on {copies} augmented cop{'y' if copies == 1 else 'ies'} of each "
+                 "training clip (`--augment-copies`)." if copies else "Nothing in this recipe saw augmented audio.")
+    fit = metrics.get("head_fit")
+    how = (f"fits the softmax layer as a logistic regression by L-BFGS (its L2 strength chosen on the validation "
+           f"actors from C = {', '.join(f'{c:g}' for c in fit['c_grid'])}: C = {fit['C']:g}) on the training "
+           "actors' pooled outputs" if lbfgs and fit else "trains the classifier by gradient descent")
+    lines = [
+        f"# Model card: `{name}.keras`", "",
+        "Speech emotion recognition for six acted emotions (anger, disgust, fear, happy, neutral, sad) from 16 kHz "
+        "speech, " + ("from several recordings of each speaker (it standardises a clip by its speaker's other "
+                      "recordings; with one or two it still works, less well: below)" if by_speaker else
+                      "on one recording at a time")
+        + f". Trained by `{command}`; every number below is computed from the model file, the corpus and the "
+        "training runs by `experiments/model_card.py`.", "",
+        "## Use", "", "```", use, f"serkeras evaluate {name} --split actor", "```", "",
+        "In Python: `model, meta = serkeras.models.load_model(path)`, then "
+        "`serkeras.inference.predict_files(model, meta, paths)`; `meta.labels` and `meta.feature_config` "
+        "travel with the file.", "",
+        "## Model", "",
+        f"The first {mc.encoder_layers} layers of the audio encoder of OpenAI's Whisper (`{mc.encoder_dim}`-wide, "
+        f"{mc.attention_heads} attention heads; `serkeras.models.whisper`, plain Keras layers), frozen as "
+        "pre-trained, then the mean and standard deviation over time of the last kept layer"
+        + (f", standardised by the mean and variance of the same over all of the speaker's recordings (both shrunk "
+           f"towards the training speakers' as if those were {mc.speaker_prior_clips:g} more recordings, so that a "
+           "speaker heard a few times is not standardised by noise: `SpeakerStandardization`)," if by_speaker else
+           ", standardised,")
+        + f" and one softmax layer (a logistic regression). {model.count_params():,} parameters, "
+        f"{model_path.stat().st_size / 2**20:.1f} MiB on disk"
+        f"{' (feed-forward weights int8)' if quantized_layers(model) else ''}, "
+        f"{flops_per_clip(model, fc) / 1e6:,.0f} MFLOPs per 2.5 s clip (forward pass).", "",
+        f"- Encoder weights: {encoder_provenance(mc.encoder)}",
+        f"- Layers kept: {mc.encoder_layers}, chosen with the per-layer probes of the lab notebook, "
+        "`experiments/README.md`.",
+        f"- Features (stored in the file): Whisper's log-mel, {fc.n_mels} bands from {fc.fmin:g} to {fc.fmax:g} Hz, "
+        f"{1000 * fc.win_length / fc.sample_rate:.0f} ms windows every {1000 * fc.hop_length / fc.sample_rate:.0f} ms, "
+        "the level as recorded (no peak normalisation), scaled inside the model as Whisper expects.", "",
+        "## Training", "",
+        f"- Command: `{command}` (the recipe is `serkeras/recipes/{recipe}.toml`). It runs the kept encoder layers "
+        f"over every clip once (their outputs are cached), {how}"
+        + (" standardised by speaker (each training actor's statistics over their training clips; the training "
+           "actors' mean statistics are the population's)" if by_speaker else "")
+        + ", and writes the fitted standardisation and weights into the model's own layers."
+        + (" No gradient training." if lbfgs else ""),
+        f"- Data: CREMA-D, its 73 development actors (the 18 held-back actors were "
+        f"never used). Split `actor`, seed 0 ({split.description}): train {len(split.train)} clips of "
+        f"{n_actors['train']} actors, validation {len(split.val)} clips of {n_actors['val']} actors, test "
+        f"{len(split.test)} clips of {n_actors['test']} actors (below). No actor is in two parts.",
+        f"- Time (wall-clock): {metrics['train_seconds']:.0f} s for the fit, the encoder's outputs read from "
+        "serkeras' cache where present.",
+    ]
+    lines += results_lines(scored)
+    lines += degraded_lines(model, meta, scored, augmented)
+    if by_speaker:
+        from speaker_means import speaker_mean_table
+
+        lines += ["", "### Speaker statistics: give several recordings of each speaker", "",
+                  "Above, each test clip was standardised with the statistics of all of its speaker's test clips "
+                  "(about 80 per actor, all six emotions). `serkeras predict` groups files by speaker with "
+                  "`--speaker` (default `auto`: CREMA-D file names give their actor, other files are grouped by "
+                  "folder), so put each speaker's recordings in one folder. Accuracy on the same actors when each "
+                  "speaker's statistics come from:", "", *speaker_mean_table(model, meta, corpus, split)]
+    lines += ["", "## Other unseen actors: 5-fold cross-validation", ""]
+    if folds:
+        ua, ua_std = mean_std([f["ua"] for f in folds.values()])
+        lines += [f"The same recipe on each fold (`{command} --split kfold --folds`): the classifier fit on ~52 "
+                  "actors' clips (its strength chosen on the fold's validation actors), tested on the 14-15 "
+                  "others, so every development actor is tested once by a model that never heard them. "
+                  f"{per_fold_summary(folds, len(folds), bold=True)}; UA {100 * ua:.1f}% ± {100 * ua_std:.1f}."]
+    else:
+        lines += ["Not scored in the run that wrote this card."]
+    lines += human_lines(scored) + limitation_lines(scored)[:-1] + [
+        "- `serkeras predict` cuts recordings longer than 4 s into overlapping 4 s windows and averages them, as "
+        "for every variable-length model; Whisper itself was trained on windows of up to 30 s.", ""]
+    Path(card_path).write_text("\n".join(lines))
+    return scored["report"]
+
+
+if __name__ == "__main__":
+    import click
+
+    from serkeras.cli import SerkerasGroup
+
+    @click.group(cls=SerkerasGroup)  # user errors as one line, as in the serkeras CLI
+    def cli():
+        """Write model cards."""
+
+    @cli.command()
+    @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+    @click.option("--recipe", required=True, help="The recipe the run was trained with (`serkeras train --recipe`).")
+    @click.option("--kfold-run", type=click.Path(exists=True, file_okay=False), default=None,
+                  help="The same recipe's `--split kfold --folds` run folder, for the cross-validated numbers.")
+    @click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False), default=None,
+                  help="The model file the card describes (default: the run's model.keras).")
+    @click.option("--card", "card_path", type=click.Path(dir_okay=False), required=True)
+    @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+                  help="CREMA-D audio folder (default $SERKERAS_DATA_DIR or data/Crema).")
+    def whisper(run_dir, recipe, kfold_run, model_path, card_path, data_dir):
+        """Write the card of the Whisper model trained in RUN_DIR (actor split) from the run and the corpus."""
+        report = write_whisper_card(run_dir, card_path, data_dir, recipe, kfold_run, model_path)
+        click.echo(f"wrote {card_path}: test actors {100 * report['accuracy']:.1f}%, "
+                   f"UA {100 * report['unweighted_average_recall']:.1f}%, macro-F1 {report['macro_f1']:.3f}")
+
+    cli()

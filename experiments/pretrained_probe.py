@@ -1,10 +1,9 @@
-"""How far a frozen pre-trained speech encoder gets on unseen speakers, and the shipped model made from it.
+"""How far a frozen pre-trained speech encoder gets on unseen speakers (the analysis behind the Whisper models).
 
     python experiments/pretrained_probe.py embed PATH/faster-whisper-base --name whisper-base
     python experiments/pretrained_probe.py embed PATH/faster-whisper-base --name whisper-base-keras --engine keras
     python experiments/pretrained_probe.py score whisper-base-keras-layer2 [MORE ...]
-    python experiments/pretrained_probe.py ship PATH/faster-whisper-base --layers 2
-    python experiments/pretrained_probe.py card
+    python experiments/pretrained_probe.py heads PATH/faster-whisper-base
 
 PATH/faster-whisper-base is Whisper in CTranslate2's format (the folder
 faster-whisper uses, such as ``Systran/faster-whisper-base``). ``embed`` runs
@@ -16,21 +15,19 @@ or of every layer (``--engine keras``, the Keras port of
 ``score`` fits a logistic regression on the training part of each split (its
 strength chosen on the validation part), with and without each speaker's
 z-normalisation of the embeddings (several NAMES are concatenated), and
-rewrites ``experiments/results/pretrained_probe.md``.
+rewrites ``experiments/results/pretrained_probe.md``. ``heads`` compares, on
+the same cached embeddings, the classifier fitted by L-BFGS with the ones
+trained by gradient descent.
 
-``ship`` builds ``saved_models/serkeras-crema-d-whisper.keras``: the first
-LAYERS encoder layers in Keras with Whisper's weights (feed-forward layers
-int8), fed serkeras' own features, with the probe fitted on the actor split's
-training actors as its softmax layer; it scores the recipe on the k-fold folds
-and the random split and writes the model card (``card`` rewrites the card
-alone). With ``--speaker-norm`` it builds
-``saved_models/serkeras-crema-d-whisper-speaker-norm.keras``, whose pooled
-embedding is standardised by its speaker's statistics before the softmax.
-``experiments/accuracy.py report`` lists every logged row with its cost.
+The shipped Whisper models are trained by serkeras itself:
+``serkeras train --recipe crema-d-whisper --encoder PATH`` (and
+``crema-d-whisper-speaker-norm``); their cards are written by
+``python experiments/model_card.py whisper RUN``. ``experiments/accuracy.py
+report`` lists every logged row with its cost (rows logged as "shipped recipe"
+came from the script that built them before).
 """
 
 import functools
-import hashlib
 import json
 import sys
 import time
@@ -39,17 +36,15 @@ from pathlib import Path
 import click
 import numpy as np
 
-from serkeras.cli import SHIPPED_MODELS, SerkerasGroup
+from serkeras.cli import SerkerasGroup
+from serkeras.head_fit import HEAD_C_GRID, fit_logistic_head
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from study import RESULTS_DIR, accuracy_interval, mean_std  # noqa: E402
 
 EMBEDDINGS_DIR = Path("data") / "cache" / "pretrained"
-#: Inverse regularisation strengths tried; the validation part picks one per split.
-C_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
-#: `ship --prior-clips`: "a few recordings" (finding 30: with many recordings it changes little, with few it
-#: decides; priors of 2 to 10 do alike, 5 is in the middle).
-PRIOR_CLIPS = 5.0
+#: Inverse regularisation strengths tried; the validation part picks one per split (as `--head-fit lbfgs`).
+C_GRID = HEAD_C_GRID
 N_FOLDS = 5
 SAVE_EVERY = 500
 
@@ -99,24 +94,15 @@ def save_embeddings(path, embeddings):
 
 
 def fit_probe(x_train, y_train, x_val, y_val, c_grid=C_GRID):
-    """Standardisation + logistic regression, with the C of `c_grid` that scores best on the validation part.
+    """Standardisation + logistic regression, with the C of `c_grid` that scores best on the validation part
+    (`serkeras.head_fit.fit_logistic_head`, what ``serkeras train --head-fit lbfgs`` fits).
 
     Returns
     -------
-    (fitted sklearn Pipeline, C, validation accuracy)
+    (fitted `serkeras.head_fit.LogisticHead`, C, validation accuracy)
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    best = None
-    for c in c_grid:
-        probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000)).fit(x_train, y_train)
-        val_accuracy = accuracy_score(y_val, probe.predict(x_val))
-        if best is None or val_accuracy > best[2]:
-            best = (probe, c, float(val_accuracy))
-    return best
+    head = fit_logistic_head(x_train, y_train, x_val, y_val, c_grid)
+    return head, head.c, head.val_accuracy
 
 
 def fitted_probe_split(embeddings, split, labels, speaker_scale, c_grid=C_GRID, train_copies=(), prior_clips=0.0):
@@ -135,7 +121,7 @@ def fitted_probe_split(embeddings, split, labels, speaker_scale, c_grid=C_GRID, 
 
     Returns
     -------
-    (the fitted sklearn Pipeline, dict with the chosen ``C``, ``val_accuracy``, ``test_accuracy``,
+    (the fitted `serkeras.head_fit.LogisticHead`, dict with the chosen ``C``, ``val_accuracy``, ``test_accuracy``,
     ``test_macro_f1`` and ``test_clips``, the `SpeakerStandardization` layer with its population weights set
     (None without `speaker_scale`))
     """
@@ -175,7 +161,7 @@ def fitted_probe_split(embeddings, split, labels, speaker_scale, c_grid=C_GRID, 
     x_val, y_val = features(parts["val"], every_stats)
     x_test, y_test = features(parts["test"], every_stats)
     probe, c, val_accuracy = fit_probe(x_train, y_train, x_val, y_val, c_grid)
-    predicted = probe.predict(x_test)
+    predicted = probe.probabilities(x_test).argmax(axis=1)
     scores = {"C": c, "val_accuracy": float(val_accuracy), "test_accuracy": float(accuracy_score(y_test, predicted)),
               "test_macro_f1": float(f1_score(y_test, predicted, average="macro")), "test_clips": len(y_test)}
     if standardization is not None:
@@ -199,7 +185,7 @@ def few_recordings_scores(probe, standardization, x, clips, y, seed=0):
 
     def accuracy(keys, stats):
         standardized = np.asarray(standardization(x, *speaker_input_arrays(keys, stats)))
-        return float(np.mean(probe.predict(standardized) == y))
+        return float(np.mean(probe.probabilities(standardized).argmax(axis=1) == y))
 
     rng = np.random.default_rng(seed)
     speakers = [c.speaker for c in clips]
@@ -323,7 +309,7 @@ def joined_embeddings(names):
 @click.argument("names", nargs=-1, required=True)
 @click.option("--prior-clips", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Score only the speaker-standardised probe, with its statistics shrunk towards the training "
-                   "speakers' as `ship --speaker-norm` does (0: both probes, a plain z-score per speaker).")
+                   "speakers' as `--speaker-prior-clips` does (0: both probes, a plain z-score per speaker).")
 @data_dir_option
 def score(names, prior_clips, data_dir):
     """Probe the embeddings NAMES (several are concatenated) on the actor, kfold and random splits.
@@ -355,270 +341,114 @@ def score(names, prior_clips, data_dir):
     write_report(RESULTS_DIR / "pretrained_probe.md", latest_rows(log_path))
 
 
-SHIPPED_PATH = Path("saved_models") / "serkeras-crema-d-whisper.keras"
-SPEAKER_NORM_PATH = Path("saved_models") / "serkeras-crema-d-whisper-speaker-norm.keras"
-
-
-def head_weights(probe):
-    """A fitted StandardScaler + LogisticRegression pipeline as one Dense layer's (kernel, bias)."""
-    scaler, regression = probe[0], probe[-1]
-    kernel = regression.coef_.T / scaler.scale_[:, None]
-    bias = regression.intercept_ - (scaler.mean_ / scaler.scale_) @ regression.coef_.T
-    return [kernel.astype("float32"), bias.astype("float32")]
-
-
 @cli.command()
-@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--layers", "n_layers", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Encoder layers kept (the per-layer probes of `score` tell which).")
-@click.option("--quantize", type=click.Choice(["none", "int8"]), default="int8", show_default=True,
-              help="Store the encoder's feed-forward weights as int8 (Keras' Model.quantize).")
-@click.option("--augment-copies", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Also fit the classifier on this many augmented copies of each training clip (speed 0.9-1.1, "
-                   "time shift, gain, noise at 10-30 dB SNR: serkeras' TEST_TIME_AUGMENTATION).")
-@click.option("--speaker-norm", is_flag=True,
-              help="Standardise the pooled embedding by its speaker's mean and variance (model inputs that "
-                   "`serkeras predict` fills from all of a speaker's recordings).")
-@click.option("--prior-clips", type=click.FloatRange(min=0), default=PRIOR_CLIPS, show_default=True,
-              help="With --speaker-norm: shrink a speaker's statistics towards the training speakers' as if these "
-                   "had this many recordings, so that a speaker heard a few times is not standardised by noise.")
-@click.option("--output", type=click.Path(dir_okay=False), default=None,
-              help=f"Default: {SHIPPED_PATH}, or {SPEAKER_NORM_PATH} with --speaker-norm.")
+@click.argument("encoder", type=click.Path(exists=True))
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="The feature cache (frozen layers' outputs are cached there too).")
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Epochs of the gradient-trained heads (early stopping on validation accuracy, patience 8).")
 @data_dir_option
-def ship(model_dir, n_layers, quantize, augment_copies, speaker_norm, prior_clips, output, data_dir):
-    """Build the shipped Whisper model: the first LAYERS encoder layers, a probe fit on the actor split's training part.
+def heads(encoder, cache_dir, epochs, data_dir):
+    """Why `--head-fit lbfgs` beats the gradient-trained head: both on the same cached embeddings of the frozen
+    first two layers of ENCODER (mean and std pooled), `actor` split, seed 0, no augmented copies.
 
-    Every clip goes through the model's own encoder (serkeras features, int8
-    weights where asked), so the classifier is fit on what the saved model
-    computes. The same embeddings score the recipe on the 5 k-fold folds and
-    on the random split (the study's protocol).
+    Rows: the L-BFGS logistic regression (`serkeras.head_fit`, C chosen on the validation actors); the
+    gradient recipe of `crema-d-whisper-base` (batch normalisation, dropout 0.3, Adam 1e-3, batch 32,
+    learning rate halved on plateaus), with batches drawn from all clips and with batches of clips of similar
+    length (as `serkeras train` makes them); the same without dropout; and Adam on the L-BFGS objective
+    itself (inputs standardised as the probe, no dropout, the L2 penalty of the chosen C: 1 / (2 C n) per
+    weight).
     """
-    from serkeras.cache import model_features
+    import keras
+
     from serkeras.corpus import load_crema_d
-    from serkeras.errors import SerkerasError
-    from serkeras.evaluation import predict_features
     from serkeras.features import FeatureConfig
-    from serkeras.models import ModelConfig, build_whisper, configure, speaker_stages
-    from serkeras.models.blocks import embedding_model
-    from serkeras.models.saving import quantize_dense
+    from serkeras.head_fit import embedding_stages, fit_logistic_head, pooled_embeddings
+    from serkeras.models import ModelConfig, build_model, configure
     from serkeras.splits import make_split
     from serkeras.system import describe_machine
-    from serkeras.models.whisper import cached_checkpoint
+    from serkeras.training import TrainConfig, compile_model, prepare_split
 
-    if not (Path(model_dir) / "model.bin").exists():
-        raise SerkerasError(f"{model_dir} is not a CTranslate2 model folder (no model.bin)")
-    available = cached_checkpoint(model_dir).sizes.n_layers
-    corpus = load_crema_d(data_dir)
-    output = output or str(SPEAKER_NORM_PATH if speaker_norm else SHIPPED_PATH)
-    feature_config, model_config = configure(
-        FeatureConfig(),
-        ModelConfig(arch="whisper", encoder=str(model_dir), encoder_layers=n_layers, pooling="stats", dropout=0.0,
-                    speaker_standardization=speaker_norm, speaker_prior_clips=prior_clips if speaker_norm else 0.0))
-    model = build_whisper(feature_config, model_config, corpus.labels)
-    quantize_dense(model, quantize)  # the classifier is fit afterwards, in float32
-    seconds = {"features": time.perf_counter()}
-    kept, versions = model_features(corpus.clips, feature_config, copies=augment_copies)
-    seconds["encoder"] = time.perf_counter()
-    embedder = embedding_model(model)
-    click.echo(f"embedding {len(kept)} clips and {augment_copies} augmented copies of each "
-               f"with {n_layers} encoder layers")
-    embeddings, *copies = [dict(zip((c.name for c in kept), predict_features(embedder, version, "variable")))
-                           for version in versions]
-    seconds["probes"] = time.perf_counter()
-
-    def scored_split(kind, fold=0):
-        split = make_split(corpus.clips, kind, fold=fold, n_folds=N_FOLDS, seed=0)
-        return fitted_probe_split(embeddings, split, corpus.labels, speaker_norm, train_copies=copies,
-                                  prior_clips=model_config.speaker_prior_clips)
-
-    probe, actor, standardization = scored_split("actor")  # the shipped classifier, and its scores
-    seconds["end"] = time.perf_counter()
-    stages = list(seconds)
-    seconds = {stage: round(seconds[after] - seconds[stage], 1) for stage, after in zip(stages, stages[1:])}
-    head = speaker_stages(model)[1] if speaker_norm else model
-    head.get_layer("probabilities").set_weights(head_weights(probe))
-    if standardization is not None:
-        head.get_layer("speaker_standardization").set_weights(standardization.get_weights())
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    model.save(output)
-    click.echo(f"saved {output} ({Path(output).stat().st_size / 2**20:.1f} MiB, C={actor['C']:g}, "
-               f"val {100 * actor['val_accuracy']:.1f}%, test {100 * actor['test_accuracy']:.1f}%; "
-               + ", ".join(f"{stage} {t:.0f} s" for stage, t in seconds.items()) + ")")
-    digest = hashlib.sha256((Path(model_dir) / "model.bin").read_bytes()).hexdigest()
-    name = (f"shipped recipe: {Path(model_dir).name} layers 1-{n_layers}, {quantize}, serkeras features"
-            + (f", {augment_copies} augmented copies" if augment_copies else "")
-            + (f", speaker-standardised embedding (prior {prior_clips:g} clips)" if speaker_norm else ""))
-    recipe = {"output": str(output), "model_dir": Path(model_dir).name, "sha256": digest, "layers": n_layers,
-              "of_layers": available, "quantize": quantize, "augment_copies": augment_copies,
-              "speaker_norm": speaker_norm, **({"prior_clips": prior_clips} if speaker_norm else {}),
-              "clips": len(kept), "seconds": seconds}
-    folds = {"actor": [actor], "kfold": [scored_split("kfold", k)[1] for k in range(N_FOLDS)],
-             "random": [scored_split("random")[1]]}
-    rows = [{"embeddings": name, "speaker_zscore": speaker_norm, "split": kind, "machine": describe_machine(),
-             "folds": folds[kind], "recipe": recipe} for kind in ("actor", "kfold", "random") if folds[kind]]
-    for row in rows:
-        click.echo(f"{row['split']}: " + ", ".join(f"{f['test_accuracy']:.3f}" for f in row["folds"]))
-    log_path = RESULTS_DIR / "pretrained_probe.jsonl"
-    with open(log_path, "a") as log:
-        for row in rows:
-            log.write(json.dumps(row) + "\n")
-    write_report(RESULTS_DIR / "pretrained_probe.md", latest_rows(log_path))
-    write_card(output, data_dir)
-
-
-@cli.command()
-@click.option("--output", type=click.Path(dir_okay=False), default=str(SHIPPED_PATH), show_default=True,
-              help=f"The model `ship` wrote (such as {SPEAKER_NORM_PATH}).")
-@data_dir_option
-def card(output, data_dir):
-    """Rewrite the card of the Whisper model that `ship` wrote, from the model and the rows `ship` logged."""
-    write_card(output, data_dir)
-
-
-def write_card(output, data_dir):
-    """Write MODEL_CARD-<suffix>.md beside `output` from the newest rows that `ship` logged for it."""
-    from serkeras.errors import SerkerasError
-
-    log_path = RESULTS_DIR / "pretrained_probe.jsonl"
-    rows = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.is_file() else []
-    rows = {row["split"]: row for row in rows if row.get("recipe", {}).get("output") == str(output)}
-    if "actor" not in rows or not Path(output).is_file():
-        raise SerkerasError(f"no model {output} logged by `ship` in {log_path}; run ship first")
-    recipe = rows["actor"]["recipe"]
-    speaker_norm = recipe.get("speaker_norm", False)
-    default_output = SPEAKER_NORM_PATH if speaker_norm else SHIPPED_PATH
-    command = " ".join(["python experiments/pretrained_probe.py ship", f"PATH/{recipe['model_dir']}",
-                        f"--layers {recipe['layers']}",
-                        *([f"--quantize {recipe['quantize']}"] if recipe["quantize"] != "int8" else []),
-                        *([f"--augment-copies {recipe['augment_copies']}"] if recipe.get("augment_copies") else []),
-                        *(["--speaker-norm"] if speaker_norm else []),
-                        *([f"--prior-clips {recipe['prior_clips']:g}"]
-                          if speaker_norm and recipe["prior_clips"] != PRIOR_CLIPS else []),
-                        *([f"--output {output}"] if str(output) != str(default_output) else [])])
-    provenance = (f"OpenAI's Whisper (MIT licence), converted to CTranslate2's format (the `{recipe['model_dir']}` "
-                  f"folder of faster-whisper; its `model.bin` has sha256 `{recipe['sha256'][:16]}...`), read by "
-                  "`serkeras.models.whisper`.")
-    seconds = recipe["seconds"]
-    train_line = (f"Time (wall-clock): features {seconds['features']:.0f} s (from serkeras' feature cache where "
-                  f"present), the encoder over all {recipe['clips']} clips {seconds['encoder'] / 60:.1f} min, "
-                  f"{len(C_GRID)} probes {seconds['probes']:.0f} s, on: {'; '.join(rows['actor']['machine'])}.")
-    layer_note = (f"Layers kept: {recipe['layers']} of {recipe['of_layers']}, chosen with the per-layer probes of "
-                  "the lab notebook, `experiments/README.md`, which also compares the Keras port with CTranslate2.")
-    card_path = Path(output).parent / f"MODEL_CARD-{Path(output).stem.removeprefix('serkeras-crema-d-')}.md"
-    copies = recipe.get("augment_copies", 0)
-    augmented = (f"The classifier was also fit on {copies} augmented cop{'y' if copies == 1 else 'ies'} of each "
-                 "training clip (speed, shift, gain and noise as above)." if copies else
-                 "Nothing in this recipe saw augmented audio.")
-    report = write_whisper_card(output, card_path, data_dir, command, provenance, train_line,
-                                [rows["kfold"]] if "kfold" in rows else [], layer_note, augmented, rows.get("random"))
-    click.echo(f"wrote {card_path}: test actors {100 * report['accuracy']:.1f}%, macro-F1 {report['macro_f1']:.3f}")
-
-
-def write_whisper_card(model_path, card_path, data_dir, command, provenance, train_line, kfold_rows, layer_note,
-                       augmented, random_row=None):
-    """Write the card of the Whisper model at `model_path` from its predictions on the actor split's test actors.
-
-    `provenance`: a sentence on where the encoder weights came from; `train_line`: the cost of the recipe;
-    `kfold_rows`: the recipe's k-fold row as logged by `ship` (none: not scored); `layer_note`: how the layer
-    count was chosen; `augmented`: a sentence on what augmented audio the recipe saw; `random_row`: the
-    recipe's row on the random split, as logged by `ship` (None: not scored).
-    """
-    from model_card import (degraded_lines, human_lines, limitation_lines, part_probabilities, per_fold_summary,
-                            results_lines, score_test_actors)
-
-    from serkeras.corpus import load_crema_d
-    from serkeras.export import quantized_layers
-    from serkeras.models import load_model
-    from serkeras.models.cost import flops_per_clip
-    from serkeras.splits import make_split
-
-    model, meta = load_model(model_path)
     corpus = load_crema_d(data_dir)
     split = make_split(corpus.clips, "actor", seed=0)
-    scored = score_test_actors(corpus, split, list(meta.labels), part_probabilities(model, meta, list(split.test)))
-    n_actors, mc, fc = scored["n_actors"], meta.model_config, meta.feature_config
-    name = Path(model_path).stem
-    folds = {k: {"accuracy": f["test_accuracy"], "macro_f1": f["test_macro_f1"]}
-             for row in kfold_rows for k, f in enumerate(row["folds"])}
-    by_speaker = mc.speaker_standardization
-    if name == SHIPPED_MODELS[0]:
-        use = "serkeras predict my_recording.wav        # uses this model when --model is not given"
-    elif by_speaker:
-        use = (f"serkeras predict --model {name} recordings_of_one_speaker/   # several recordings per speaker "
-               "(below)")
-    else:
-        use = f"serkeras predict --model {name} my_recording.wav"
-    lines = [
-        f"# Model card: `{name}.keras`", "",
-        "Speech emotion recognition for six acted emotions (anger, disgust, fear, happy, neutral, sad) from 16 kHz "
-        "speech, " + ("from several recordings of each speaker (it standardises a clip by its speaker's other "
-                      "recordings; with one or two it still works, less well: below)" if by_speaker else
-                      "on one recording at a time")
-        + f". Written by `{command}`; every number below is computed from the model file and the corpus.", "",
-        "## Use", "", "```", use, f"serkeras evaluate {name} --split actor", "```", "",
-        "In Python: `model, meta = serkeras.models.load_model(path)`, then "
-        "`serkeras.inference.predict_files(model, meta, paths)`; `meta.labels` and `meta.feature_config` "
-        "travel with the file.", "",
-        "## Model", "",
-        f"The first {mc.encoder_layers} layers of the audio encoder of OpenAI's Whisper (`{mc.encoder_dim}`-wide, "
-        f"{mc.attention_heads} attention heads; `serkeras.models.whisper`, plain Keras layers), frozen as "
-        "pre-trained, then the mean and standard deviation over time of the last kept layer"
-        + (f", standardised by the mean and variance of the same over all of the speaker's recordings (both shrunk "
-           f"towards the training speakers' as if those were {mc.speaker_prior_clips:g} more recordings, so that a "
-           "speaker heard a few times is not standardised by noise: `SpeakerStandardization`)," if by_speaker else "")
-        + f" and one softmax layer (a logistic regression). {model.count_params():,} parameters, "
-        f"{Path(model_path).stat().st_size / 2**20:.1f} MiB on disk"
-        f"{' (feed-forward weights int8)' if quantized_layers(model) else ''}, "
-        f"{flops_per_clip(model, fc) / 1e6:,.0f} MFLOPs per 2.5 s clip (forward pass).", "",
-        f"- Encoder weights: {provenance}",
-        f"- {layer_note}",
-        f"- Features (stored in the file): Whisper's log-mel, {fc.n_mels} bands from {fc.fmin:g} to {fc.fmax:g} Hz, "
-        f"{1000 * fc.win_length / fc.sample_rate:.0f} ms windows every {1000 * fc.hop_length / fc.sample_rate:.0f} ms, "
-        "the level as recorded (no peak normalisation), scaled inside the model as Whisper expects.", "",
-        "## Training", "",
-        f"- Command: `{command}`. It runs the kept encoder layers over every clip, fits the logistic regression "
-        "(its strength chosen on the validation actors) on the training actors' pooled outputs"
-        + (" standardised by speaker (each training actor's statistics over their training clips; the training "
-           "actors' mean statistics are the population's)" if by_speaker else "")
-        + ", and writes the fitted standardisation and weights into the softmax layer. No gradient training.",
-        f"- Data: CREMA-D, its 73 development actors (the 18 held-back actors were "
-        f"never used). Split `actor`, seed 0 ({split.description}): train {len(split.train)} clips of "
-        f"{n_actors['train']} actors, validation {len(split.val)} clips of {n_actors['val']} actors, test "
-        f"{len(split.test)} clips of {n_actors['test']} actors (below). No actor is in two parts.",
-        f"- {train_line}",
-    ]
-    lines += results_lines(scored)
-    lines += degraded_lines(model, meta, scored, augmented)
-    if by_speaker:
-        from speaker_means import speaker_mean_table
+    feature_config, model_config = configure(FeatureConfig(), ModelConfig(arch="whisper", encoder=str(encoder),
+                                                                          pooling="stats", dropout=0.0))
+    data = prepare_split(corpus, split, feature_config, cache_dir, progress=False)
+    front, pool = embedding_stages(build_model(feature_config, model_config, corpus.labels))
+    x = {part: pooled_embeddings(front, pool, data.parts[part][1], cache_dir) for part in data.parts}
+    y = {part: np.asarray(data.parts[part][2]) for part in data.parts}
+    n_classes = len(corpus.labels)
+    rows = []
 
-        lines += ["", "### Speaker statistics: give several recordings of each speaker", "",
-                  "Above, each test clip was standardised with the statistics of all of its speaker's test clips "
-                  "(about 80 per actor, all six emotions). `serkeras predict` groups files by speaker with "
-                  "`--speaker` (default `auto`: CREMA-D file names give their actor, other files are grouped by "
-                  "folder), so put each speaker's recordings in one folder. Accuracy on the same actors when each "
-                  "speaker's statistics come from:", "", *speaker_mean_table(model, meta, corpus, split)]
-    if random_row:
-        f = random_row["folds"][0]
-        lines += ["", "## The study's protocol: a random split", "",
-                  "The same recipe with its classifier fit on the training clips of the `random` split (clips "
-                  "shuffled over all 73 development actors, seed 0, so the test actors were also heard in training"
-                  + ("; each speaker's statistics come from all of their clips, as `serkeras evaluate "
-                     "--speaker-stats corpus` does" if by_speaker else "")
-                  + f"): accuracy **{100 * f['test_accuracy']:.1f}%**, macro-F1 {f['test_macro_f1']:.3f} on "
-                  f"{f['test_clips']} test clips (the study's best: 64.1%). This file's classifier was fit on the "
-                  "`actor` split, whose training clips include most of `random`'s test clips, so it cannot be "
-                  "scored there itself."]
-    lines += ["", "## Other unseen actors: 5-fold cross-validation", "",
-              "The same recipe on each fold: the probe fit on ~52 actors' clips (strength chosen on the fold's "
-              "validation actors), tested on the 14-15 others, so every development actor is tested once by a "
-              f"probe that never heard them. {per_fold_summary(folds, len(folds), bold=True)}." if folds else
-              "Not scored in the run that wrote this card."]
-    lines += human_lines(scored) + limitation_lines(scored)[:-1] + [
-        "- `serkeras predict` cuts recordings longer than 4 s into overlapping 4 s windows and averages them, as "
-        "for every variable-length model; Whisper itself was trained on windows of up to 30 s.", ""]
-    Path(card_path).write_text("\n".join(lines))
-    return scored["report"]
+    def scores(name, probabilities, seconds):
+        from serkeras.evaluation import classification_report
+
+        report = {part: classification_report(y[part], probabilities(x[part]).argmax(axis=1), corpus.labels)
+                  for part in ("val", "test")}
+        rows.append((name, 100 * report["val"]["accuracy"], 100 * report["test"]["accuracy"],
+                     100 * report["test"]["unweighted_average_recall"], seconds))
+        click.echo(f"{name}: val {rows[-1][1]:.1f}, test {rows[-1][2]:.1f} (UA {rows[-1][3]:.1f}), {seconds:.0f} s")
+
+    start = time.perf_counter()
+    head = fit_logistic_head(x["train"], y["train"], x["val"], y["val"], n_classes=n_classes)
+    scores(f"L-BFGS logistic regression (C={head.c:g} of {', '.join(f'{c:g}' for c in C_GRID)})",
+           head.probabilities, time.perf_counter() - start)
+
+    lengths = np.array([len(f["logmel"]) for f in data.parts["train"][1]], np.int32)
+
+    def batches(one_hot, bucketed):
+        """Shuffled training batches of 32: drawn from all clips, or, as `serkeras.pipeline.make_dataset` does
+        for variable-length clips, from buckets of clips of similar length."""
+        import tensorflow as tf
+
+        from serkeras.pipeline import bucket_boundaries, bucketed_batches
+
+        ds = tf.data.Dataset.from_tensor_slices(((x["train"], lengths), one_hot))
+        ds = ds.shuffle(len(lengths), seed=0, reshuffle_each_iteration=True)
+        if not bucketed:
+            return ds.batch(32).map(lambda xl, y: (xl[0], y))
+        boundaries = bucket_boundaries(lengths, 32)
+        ds = ds.bucket_by_sequence_length(lambda xl, y: xl[1], bucket_boundaries=boundaries,
+                                          bucket_batch_sizes=[32] * (len(boundaries) + 1))
+        # Keras needs the epoch's length, which bucketing hides (as serkeras.pipeline asserts it).
+        ds = ds.apply(tf.data.experimental.assert_cardinality(bucketed_batches(lengths, boundaries, 32)))
+        return ds.map(lambda xl, y: (xl[0], y))
+
+    def gradient(name, dropout, standardized=False, l2=0.0, bucketed=False):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((x["train"].shape[1],))
+        h = inputs
+        if standardized:
+            h = keras.layers.Normalization(mean=head.mean, variance=head.scale ** 2)(h)
+        else:
+            h = keras.layers.BatchNormalization()(h)
+        if dropout:
+            h = keras.layers.Dropout(dropout)(h)
+        regularizer = keras.regularizers.L2(l2) if l2 else None
+        outputs = keras.layers.Dense(n_classes, activation="softmax", kernel_regularizer=regularizer)(h)
+        model = keras.Model(inputs, outputs)
+        compile_model(model, TrainConfig(epochs=epochs), int(np.ceil(len(y["train"]) / 32)))
+        one_hot = {part: np.eye(n_classes, dtype="float32")[y[part]] for part in ("train", "val")}
+        start = time.perf_counter()
+        model.fit(batches(one_hot["train"], bucketed), epochs=epochs, verbose=0,
+                  validation_data=(x["val"], one_hot["val"]),
+                  callbacks=[keras.callbacks.EarlyStopping("val_accuracy", mode="max", patience=8,
+                                                           restore_best_weights=True),
+                             keras.callbacks.ReduceLROnPlateau("val_accuracy", mode="max", factor=0.5, patience=2)])
+        scores(name, lambda v: np.asarray(model.predict(v, verbose=0)), time.perf_counter() - start)
+
+    gradient("gradient: batch normalisation, dropout 0.3, Adam (the crema-d-whisper-base recipe), batches drawn "
+             "from all clips", 0.3)
+    gradient("the same, batches from clips of similar length (as `serkeras train` batches variable-length clips)",
+             0.3, bucketed=True)
+    gradient("gradient: batch normalisation, no dropout, Adam", 0.0)
+    gradient(f"gradient: the L-BFGS objective (standardised, L2 of C={head.c:g}), Adam", 0.0, standardized=True,
+             l2=1.0 / (2 * head.c * len(y["train"])))
+    lines = [f"`python experiments/pretrained_probe.py heads ENCODER` ({', '.join(describe_machine())}); "
+             f"train {len(y['train'])}, validation {len(y['val'])}, test {len(y['test'])} clips.", "",
+             "| head | val acc % | test acc % | test UA % | fit s |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {name} | {val:.1f} | {test:.1f} | {ua:.1f} | {seconds:.0f} |" for name, val, test, ua, seconds in rows]
+    click.echo("\n".join(lines))
 
 
 def latest_rows(log_path):
@@ -671,7 +501,7 @@ def encoder_cost(n_layers, dim=512, heads=8, n_mels=80, n_classes=6):
 
 
 def cost_rows(log_path):
-    """Rows of experiments/results/accuracy.md's table of probes: every row `score` and `ship` logged in
+    """Rows of experiments/results/accuracy.md's table of probes: every row `score` (and the former `ship`) logged in
     `log_path` (the newest of each), with the encoder's size and cost and, where logged, the recipe's time."""
     rows = []
     for row in latest_rows(log_path) if Path(log_path).is_file() else []:

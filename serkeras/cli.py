@@ -516,6 +516,10 @@ def run_options(f):
                      help="After training, store the model's Dense weights (a Whisper encoder's feed-forward "
                           "layers) as int8: a file about half the size; the reported scores are the quantized "
                           "model's."),
+        click.option("--head-fit", type=lazy_choice("head_fit", "HEAD_FITS"), default="gradient", show_default=True,
+                     help="gradient: train with the optimiser over epochs; lbfgs (a frozen encoder, --arch "
+                          "whisper): fit the classifier as a logistic regression by L-BFGS, its L2 strength chosen "
+                          "on the validation speakers (no epochs or learning rate)."),
         click.option("--quiet", is_flag=True, help="No per-epoch progress bars."),
     ]
     return _apply(options, f)
@@ -542,10 +546,14 @@ def train(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction
     import time
     from pathlib import Path
 
+    from serkeras.head_fit import check_head_fit
     from serkeras.training import TrainConfig, TrainingInterrupted, run_finished, with_encoder_learning_rate
 
     feature_config, model_config = feature_config_from(kwargs), model_config_from(kwargs)
     train_config = TrainConfig(seed=seed if train_seed is None else train_seed, **kwargs)
+    if model_config.speaker_prior_clips and not model_config.speaker_standardization:
+        raise SerkerasError("--speaker-prior-clips needs --speaker-standardization")
+    check_head_fit(model_config, train_config)
     if not resume:  # a resumed run keeps the settings it stored, already configured
         feature_config, model_config = configured(feature_config, model_config)
         if model_config.speaker_standardization and model_config.arch != "whisper":
@@ -622,9 +630,12 @@ def train(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction
 
         summary = {m: {"mean": float(np.mean([r["test"][m] for r in results])),
                        "std": float(np.std([r["test"][m] for r in results])),
-                       "folds": [r["test"][m] for r in results]} for m in ("accuracy", "macro_f1")}
+                       "folds": [r["test"][m] for r in results]}
+                   for m in ("accuracy", "unweighted_average_recall", "macro_f1")}
         (Path(output_dir) / run_name / "kfold.json").write_text(json.dumps(summary, indent=2))
+        ua = summary["unweighted_average_recall"]
         click.echo(f"{n_folds}-fold test accuracy {summary['accuracy']['mean']:.4f} ± {summary['accuracy']['std']:.4f}, "
+                   f"UA {ua['mean']:.4f} ± {ua['std']:.4f}, "
                    f"macro-F1 {summary['macro_f1']['mean']:.4f} ± {summary['macro_f1']['std']:.4f}")
 
 
@@ -675,6 +686,17 @@ def _train_one(corpus, split, feature_config, model_config, train_config, run_di
     from serkeras.training import run_training
 
     data = prepare_training_data(corpus, split, feature_config, train_config, cache_dir, workers)
+    if train_config.head_fit == "lbfgs":  # nothing to resume: the fit starts over
+        from serkeras.head_fit import run_head_fit
+
+        metrics = run_head_fit(data, feature_config, model_config, train_config, run_dir, describe=describe,
+                               verbose=0 if quiet else 1)
+        fit = metrics["head_fit"]
+        click.echo(f"classifier fitted by L-BFGS on {fit['training_clips']} training clips: C={fit['C']:g} "
+                   f"(validation accuracy {fit['val_accuracy']:.4f}), {metrics['train_seconds']:.0f} s")
+        click.echo(format_report(metrics["test"]))
+        click.echo(f"model: {run_dir / 'model.keras'}")
+        return metrics
     metrics = run_training(data, feature_config, model_config, train_config, run_dir, log_dir, resume=resume,
                            describe=describe, verbose=fit_verbosity(quiet))
     click.echo(format_report(metrics["test"]))

@@ -139,6 +139,26 @@ def crema_subset(tmp_path_factory, crema_root, crema_dir):
     return audio
 
 
+#: `three_class_manifest`'s labels of its own for CREMA-D's emotion codes.
+OWN_LABELS = {"ANG": "aroused", "NEU": "calm", "SAD": "low"}
+
+
+@pytest.fixture(scope="session")
+def three_class_manifest(crema_subset, tmp_path_factory):
+    """A manifest corpus with its own three labels (real CREMA-D clips of 8 actors), speakers given."""
+    import csv
+
+    path = tmp_path_factory.mktemp("manifest") / "corpus.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "speaker"])
+        for clip in sorted(crema_subset.glob("*.ogg")):
+            actor, _, code, _ = clip.stem.split("_")
+            if code in OWN_LABELS:
+                writer.writerow([str(clip), OWN_LABELS[code], actor])
+    return path
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A working folder standing in for a user's project folder (saved_models/, logs/)."""

@@ -1,7 +1,10 @@
 """experiments/study.py: the runs it plans are the study's grid, and every command is one `serkeras train` accepts."""
 
 import importlib.util
+import json
+import runpy
 import shutil
+import sys
 from pathlib import Path
 
 import click
@@ -70,7 +73,7 @@ def test_every_accuracy_recipe_is_a_valid_train_invocation():
     accuracy = load_script("accuracy")
     from serkeras.cli import SHIPPED_MODELS
 
-    # What `ship` makes is what `predict` finds (the Whisper models are pretrained_probe.py's).
+    # What `ship` makes is what `predict` finds (the Whisper models come from `serkeras train --recipe`).
     assert list(accuracy.SHIPPED_MODELS) == [name for name in SHIPPED_MODELS if "-whisper" not in name]
     for shipped in accuracy.SHIPPED_MODELS.values():
         members = shipped.members()  # RECIPE[:SEED], each recipe a known one
@@ -426,120 +429,37 @@ def test_probe_score_without_embeddings_is_a_one_line_error(tmp_path, monkeypatc
     assert result.exit_code != 0 and "run embed first" in result.output and "Traceback" not in result.output
 
 
-def test_pretrained_probe_ship_writes_a_self_contained_whisper_model_and_its_card(crema_subset, tmp_path, monkeypatch):
-    """The whole shipping recipe on real clips of 4 actors, with a tiny random encoder in CTranslate2's format:
-    the saved model predicts what the fitted probe predicts, alone, after reloading; the card and the k-fold
-    rows are written."""
-    import json
-
+def test_whisper_card_is_written_from_a_recipe_run(crema_subset, tmp_path, monkeypatch):
+    """`model_card.py whisper RUN`: the card of a model trained by `serkeras train --recipe` (here the speaker-norm
+    recipe on real clips of a few actors and a tiny random encoder), its numbers from the run and the model file;
+    the training command is the recipe's, with no machine paths."""
     from click.testing import CliRunner
 
     from serkeras.cli import main
-    from serkeras.models import load_model
 
-    probe = load_script("pretrained_probe")
-    monkeypatch.setattr(probe, "RESULTS_DIR", tmp_path / "results")
-    monkeypatch.setattr(probe, "N_FOLDS", 0)  # the subset's 4 actors are too few for k-fold: not scored
-    (tmp_path / "results").mkdir()
-    monkeypatch.chdir(tmp_path)
-    model_dir = tmp_path / "tiny-whisper"
-    model_dir.mkdir()
-    write_ctranslate2(model_dir, random_encoder_weights(np.random.default_rng(3), 80, 16, 3), heads=2)
-    output = tmp_path / "saved_models" / "serkeras-crema-d-whisper.keras"  # the default --output, under tmp_path
-    args = ["ship", str(model_dir), "--layers", "2", "--augment-copies", "1", "--data-dir", str(crema_subset)]
-    result = CliRunner().invoke(probe.cli, args)
-    assert result.exit_code == 0, result.output
-    model, meta = load_model(output)
-    assert meta.model_config.arch == "whisper" and meta.model_config.encoder_layers == 2
-    assert meta.feature_config.n_mels == 80 and meta.feature_config.audio_normalization == "none"
-    encoder = model.get_layer("whisper_encoder")
-    assert "layer1_ffn_expand" in [layer.name for layer in encoder.layers] and "layer2_attention_norm" not in [
-        layer.name for layer in encoder.layers]
-    assert encoder.get_layer("layer0_ffn_expand").quantization_mode == "int8"
-    rows = [json.loads(line) for line in (tmp_path / "results" / "pretrained_probe.jsonl").read_text().splitlines()]
-    assert [r["split"] for r in rows] == ["actor", "random"] and rows[0]["embeddings"].endswith("1 augmented copies")
-    card = (tmp_path / "saved_models" / "MODEL_CARD-whisper.md").read_text()
-    assert card.startswith("# Model card: `serkeras-crema-d-whisper.keras`")
-    assert "Written by `python experiments/pretrained_probe.py ship PATH/tiny-whisper --layers 2 --augment-copies 1`" in card
-    assert "also fit on 1 augmented copy of each training clip" in card
-    assert "Layers kept: 2 of 3" in card and "sha256" in card and "Listeners' majority vote" in card
-    assert "5-fold cross-validation\n\nNot scored in the run that wrote this card." in card
-    assert "## The study's protocol: a random split" in card and "on one recording at a time" in card
-    assert "Time (wall-clock): features" in card and "the lab notebook, `experiments/README.md`" in card
-    assert "finding" not in card and str(crema_subset) not in card  # what users read: no notebook numbers, paths
-    # `card` rewrites it from the saved model and the logged rows alone.
-    (tmp_path / "saved_models" / "MODEL_CARD-whisper.md").unlink()
-    result_card = CliRunner().invoke(probe.cli, ["card", "--data-dir", str(crema_subset)])
-    assert result_card.exit_code == 0, result_card.output
-    assert (tmp_path / "saved_models" / "MODEL_CARD-whisper.md").read_text() == card
-    # The probe's test accuracy in the command's output is the saved model's own, through `serkeras evaluate`.
-    stated = float(result.output.split("test ")[1].split("%")[0])
-    result = CliRunner().invoke(main, ["evaluate", str(output), "--split", "actor", "--data-dir", str(crema_subset)])
-    assert result.exit_code == 0, result.output
-    assert float(result.output.split("  accuracy ")[1].split()[0]) == pytest.approx(stated / 100, abs=6e-4)
-    # A folder without model.bin, and more layers than the encoder has, are one-line errors.
-    for bad in (["ship", str(tmp_path)], ["ship", str(model_dir), "--layers", "4"], ["card", "--output", "x.keras"]):
-        result = CliRunner().invoke(probe.cli, bad + ["--data-dir", str(crema_subset)])
-        assert result.exit_code != 0 and "Traceback" not in result.output
-
-
-
-def test_pretrained_probe_ship_speaker_norm_model_scores_alike_through_serkeras(crema_subset, tmp_path, monkeypatch):
-    """`ship --speaker-norm`: the saved model standardises each clip's embedding by its speaker's (nested head,
-    population statistics inside); `serkeras evaluate` on it gives the accuracy the probe was scored with, and
-    `serkeras predict` groups files by speaker; the card says what the model needs from each speaker."""
-    import json
-
-    from click.testing import CliRunner
-
-    from serkeras.cli import main
-    from serkeras.models import SPEAKER_INPUTS, load_model, speaker_stages
-
-    probe = load_script("pretrained_probe")
-    monkeypatch.setattr(probe, "RESULTS_DIR", tmp_path / "results")
-    monkeypatch.setattr(probe, "N_FOLDS", 0)
-    (tmp_path / "results").mkdir()
     monkeypatch.chdir(tmp_path)
     model_dir = tmp_path / "tiny-whisper"
     model_dir.mkdir()
     write_ctranslate2(model_dir, random_encoder_weights(np.random.default_rng(5), 80, 16, 2), heads=2)
-    result = CliRunner().invoke(probe.cli, ["ship", str(model_dir), "--layers", "1", "--speaker-norm",
-                                            "--data-dir", str(crema_subset)])
-    assert result.exit_code == 0, result.output
-    output = tmp_path / "saved_models" / "serkeras-crema-d-whisper-speaker-norm.keras"
-    model, meta = load_model(output)
-    assert [t.name for t in model.inputs][2:] == list(SPEAKER_INPUTS)
-    assert meta.model_config.speaker_standardization and meta.model_config.speaker_prior_clips == probe.PRIOR_CLIPS
-    population_mean, population_variance = speaker_stages(model)[1].get_layer("speaker_standardization").get_weights()
-    assert population_mean.shape == (32,) and (population_variance > 0).all() and np.abs(population_mean).sum() > 0
-    rows = [json.loads(line) for line in (tmp_path / "results" / "pretrained_probe.jsonl").read_text().splitlines()]
-    assert [(r["split"], r["speaker_zscore"]) for r in rows] == [("actor", True), ("random", True)]
-    assert {"test_accuracy_clip_alone", "test_accuracy_3_clips"} <= set(rows[0]["folds"][0])
-    card = (tmp_path / "saved_models" / "MODEL_CARD-whisper-speaker-norm.md").read_text()
-    assert "`python experiments/pretrained_probe.py ship PATH/tiny-whisper --layers 1 --speaker-norm`" in card
-    assert "from several recordings of each speaker" in card and "as if those were 5 more recordings" in card
-    assert "| the clip alone (`serkeras predict --speaker file`) |" in card
-    assert "## The study's protocol: a random split" in card
-    # The probe's test accuracy is the saved model's own through `serkeras evaluate` (speaker statistics over each
-    # test actor's clips), so fitting and the model standardise alike.
-    stated = float(result.output.split("test ")[1].split("%")[0])
-    evaluated = CliRunner().invoke(main, ["evaluate", str(output), "--split", "actor", "--data-dir", str(crema_subset)])
-    assert evaluated.exit_code == 0, evaluated.output
-    assert float(evaluated.output.split("  accuracy ")[1].split()[0]) == pytest.approx(stated / 100, abs=6e-4)
-    # On the random split each speaker's statistics can come from all of their clips in the corpus.
-    corpus_stats = CliRunner().invoke(main, ["evaluate", str(output), "--split", "random", "--speaker-stats", "corpus",
-                                             "--data-dir", str(crema_subset)])
-    assert corpus_stats.exit_code == 0 and "speaker statistics from the whole corpus" in corpus_stats.output
-    # predict: files of one actor share statistics; each file alone is a lone speaker, said in a warning.
-    first_actor = sorted(crema_subset.glob("*.ogg"))[0].name.split("_")[0]
-    files = sorted(str(p) for p in crema_subset.glob(f"{first_actor}_*"))[:4]
-    grouped = CliRunner().invoke(main, ["predict", *files, "--model", str(output), "--format", "json"])
-    assert grouped.exit_code == 0, grouped.output
-    alone = CliRunner().invoke(main, ["predict", *files, "--model", str(output), "--format", "json",
-                                      "--speaker", "file"])
-    assert alone.exit_code == 0 and "4 of 4 speakers (--speaker file) have one recording only" in alone.output
-    probabilities = [[p["probabilities"] for p in json.loads(r.output[r.output.index("["):])] for r in (grouped, alone)]
-    assert probabilities[0] != probabilities[1]
+    trained = CliRunner().invoke(main, ["train", "--recipe", "crema-d-whisper-speaker-norm", "--encoder",
+                                        str(model_dir), "--data-dir", str(crema_subset), "--run-name", "sn",
+                                        "--quiet", "--workers", "1"])
+    assert trained.exit_code == 0, trained.output
+    monkeypatch.setattr(sys, "argv", ["model_card.py", "whisper", "saved_models/sn", "--recipe",
+                                      "crema-d-whisper-speaker-norm", "--card", "MODEL_CARD-whisper-speaker-norm.md",
+                                      "--data-dir", str(crema_subset)])
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_path(str(STUDY.parent / "model_card.py"), run_name="__main__")
+    assert exited.value.code in (0, None)
+    card = (tmp_path / "MODEL_CARD-whisper-speaker-norm.md").read_text()
+    assert card.startswith("# Model card: `model.keras`")
+    assert "Trained by `serkeras train --recipe crema-d-whisper-speaker-norm --encoder PATH/tiny-whisper`" in card
+    assert "logistic regression by L-BFGS" in card and "No gradient training." in card
+    assert "as if those were 5 more recordings" in card and "| the clip alone (`serkeras predict --speaker file`) |" in card
+    assert "5-fold cross-validation\n\nNot scored in the run that wrote this card." in card
+    accuracy = json.loads((tmp_path / "saved_models" / "sn" / "metrics.json").read_text())["test"]["accuracy"]
+    assert f"Accuracy **{100 * accuracy:.1f}%**" in card  # the model file, rescored, says what the run said
+    assert str(crema_subset) not in card and str(tmp_path) not in card
 
 
 def test_probe_rows_of_the_accuracy_report_carry_the_encoders_cost(tmp_path):

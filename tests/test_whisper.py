@@ -6,6 +6,7 @@ import pytest
 from serkeras.errors import SerkerasError
 from serkeras.models.whisper import load_whisper_backbone, read_checkpoint, whisper_backbone
 from serkeras.models.whisper.convert import checkpoint_format
+from conftest import OWN_LABELS
 from whisper_checkpoints import (numpy_whisper_encoder, random_encoder_weights, write_ctranslate2, write_huggingface,
                                  write_openai)
 
@@ -130,24 +131,6 @@ def test_bad_checkpoints_are_one_line_errors(checkpoints, weights, tmp_path):
 
 
 # --------------------------------------------------------------------------- --arch whisper from the command line
-
-OWN_LABELS = {"ANG": "aroused", "NEU": "calm", "SAD": "low"}
-
-
-@pytest.fixture(scope="module")
-def three_class_manifest(crema_subset, tmp_path_factory):
-    """A manifest corpus with its own three labels (real CREMA-D clips of 8 actors), speakers given."""
-    import csv
-
-    path = tmp_path_factory.mktemp("manifest") / "corpus.csv"
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "label", "speaker"])
-        for clip in sorted(crema_subset.glob("*.ogg")):
-            actor, _, code, _ = clip.stem.split("_")
-            if code in OWN_LABELS:
-                writer.writerow([str(clip), OWN_LABELS[code], actor])
-    return path
 
 
 @pytest.fixture(scope="module")

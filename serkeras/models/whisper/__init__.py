@@ -125,6 +125,33 @@ def build_whisper(feature_config, model_config, labels, stats=None):
     return finish([logmel, lengths, *speaker], probabilities, labels, feature_config, model_config, name="whisper")
 
 
+def frozen_layers(model):
+    """How many of a `whisper` model's encoder layers, from the bottom, are frozen."""
+    encoder = model.get_layer(ENCODER_LAYER)
+    found = layers_by_name(encoder)
+    n_layers = backbone_layers(encoder)
+    return next((i for i in range(n_layers) if found[f"layer{i}_attention"].trainable), n_layers)
+
+
+def frozen_front(model):
+    """The frozen part of a `whisper` model's encoder as a model of its own (see `frozen_stages`).
+
+    It maps ``logmel`` and ``lengths`` to the last frozen layer's frames (with a
+    weighted sum of layers, every frozen layer's first, in order), then the
+    halved lengths. Built from the encoder's own layers, so its outputs are
+    those of the whole model; a model standardised by speaker has the same
+    front as one that is not.
+    """
+    encoder = model.get_layer(ENCODER_LAYER)
+    found = layers_by_name(encoder)
+    frozen = frozen_layers(model)
+    weighted = "layer_sum" in {layer.name for layer in model.layers}
+    start = found[f"layer{frozen - 1}_ffn_add"].output if frozen else found["positions"].output
+    carried = [found[f"layer{i}_ffn_add"].output for i in range(frozen - 1)] if weighted else []
+    lengths = found["conv2_lengths"].output
+    return keras.Model(encoder.inputs, [*carried, start, lengths], name="whisper_frozen_layers")
+
+
 def frozen_stages(model):
     """A `whisper` model cut where its frozen encoder layers end, or None for any other model.
 
@@ -149,16 +176,14 @@ def frozen_stages(model):
     except ValueError:
         return None
     by_speaker = SPEAKER_HEAD in {layer.name for layer in model.layers}
+    front = frozen_front(model)
     found = layers_by_name(encoder)
     n_layers = backbone_layers(encoder)
-    frozen = next((i for i in range(n_layers) if found[f"layer{i}_attention"].trainable), n_layers)
+    frozen = frozen_layers(model)
     weighted = "layer_sum" in {layer.name for layer in model.layers}
-    start = found[f"layer{frozen - 1}_ffn_add"].output if frozen else found["positions"].output
-    carried = [found[f"layer{i}_ffn_add"].output for i in range(frozen - 1)] if weighted else []
-    lengths = found["conv2_lengths"].output
-    front = keras.Model(encoder.inputs, [*carried, start, lengths], name="whisper_frozen_layers")
+    carried = front.outputs[:-2]
 
-    dim = start.shape[-1]
+    dim = front.outputs[-2].shape[-1]
     inputs = [keras.Input(shape=(None, dim), name=f"frames{j}") for j in range(len(carried) + 1)]
     pooled_lengths = keras.Input(shape=(), dtype="int32", name="lengths")
     x = inputs[-1]
@@ -181,7 +206,7 @@ def frozen_stages(model):
 
 
 __all__ = ["ENCODER_LAYER", "ENCODER_VARIABLES", "EncoderSizes", "EncoderWeights", "FORMATS", "WHISPER_FEATURES",
-           "backbone_layers",
-           "build_whisper", "configure_whisper", "encoder_layer", "encoder_parameters", "freeze_lower_layers", "frozen_stages",
+           "backbone_layers", "build_whisper", "configure_whisper", "encoder_layer", "encoder_parameters",
+           "freeze_lower_layers", "frozen_front", "frozen_layers", "frozen_stages",
            "load_whisper_backbone", "whisper_backbone",
            "read_checkpoint", "set_encoder_weights", "whisper_encoder", "whisper_feature_config"]
