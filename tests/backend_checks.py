@@ -257,8 +257,7 @@ def check_speaker_stages(feature_config, clips, directory):
 
 
 def check_distribute(feature_config, clips, labels, directory):
-    from types import SimpleNamespace
-
+    from serkeras.corpus import Clip
     from serkeras.errors import SerkerasError
     from serkeras.pipeline import make_dataset
     from serkeras.training import SplitData, TrainConfig, data_parallel, run_training
@@ -273,7 +272,8 @@ def check_distribute(feature_config, clips, labels, directory):
     rng = np.random.default_rng(3)
     features = list(clips) + [synthetic_clip(rng, n, feature_config) for n in (64, 150, 90)]  # 11: partial batches
     targets = list(labels) + list(rng.integers(0, len(LABELS), size=3))
-    described = [SimpleNamespace(path=f"clip{i}.wav", sex=("female", "male")[i % 2]) for i in range(len(features))]
+    described = [Clip(path=f"clip{i}.wav", label=LABELS[target], speaker=f"s{i % 4}", sex=("female", "male")[i % 2])
+                 for i, target in enumerate(targets)]
     parts = {"train": (described, features, targets), "val": (described[:5], features[:5], targets[:5]),
              "test": (described[5:], features[5:], targets[5:])}
     data = SplitData(tuple(LABELS), parts, compute_stats(features))

@@ -159,10 +159,29 @@ def three_class_manifest(crema_subset, tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory):
+    """One feature cache for the whole run, shared by the pytest-xdist workers too.
+
+    Entries are keyed per clip and settings and written atomically, so concurrent
+    writers are safe (tests/test_distribute.py checks it): every test module that
+    trains on the same clips computes their features once per run, not once per module.
+    """
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above each worker's own
+    folder = root / "shared-feature-cache"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """A working folder standing in for a user's project folder (saved_models/, logs/)."""
-    return tmp_path_factory.mktemp("work")
+def workdir(tmp_path_factory, shared_cache):
+    """A working folder standing in for a user's project folder (saved_models/, logs/); its cache/ is the
+    run's shared feature cache."""
+    work = tmp_path_factory.mktemp("work")
+    (work / "cache").symlink_to(shared_cache, target_is_directory=True)
+    return work
 
 
 def run_cli(args, cwd):

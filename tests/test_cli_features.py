@@ -386,8 +386,9 @@ def test_computing_only_the_kinds_a_model_takes_keeps_its_predictions(name, real
     if not (SHIPPED_DIR / f"{name}.keras").is_file():
         pytest.skip("no shipped model in this checkout")
     model, meta = load_model(SHIPPED_DIR / f"{name}.keras")
-    paths = sorted(str(p) for p in real_clips.paths)
-    clips = load_crema_d(real_clips.folder).clips
+    # Every other clip (four actors, five emotions): computing every feature kind is the costly part.
+    clips = sorted(load_crema_d(real_clips.folder).clips, key=lambda c: c.path)[::2]
+    paths = [c.path for c in clips]
 
     def both_paths():
         predictions, _ = predict_files(model, meta, paths, workers=1)
