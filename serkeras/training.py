@@ -963,7 +963,7 @@ def data_parallel(enabled):
                             f"{devices[0]}: leave --distribute out to train on it")
     if keras.backend.backend() == "jax":
         # Every process feeds its own share of each batch (`make_dataset`'s `process_share`): Keras' own
-        # sharding re-batches across batch boundaries, which bucketed batches of different lengths cannot take.
+        # sharding needs one batch size for the whole dataset, which bucketed batches cut for the replicas lack.
         with keras.distribution.DataParallel(devices=devices, auto_shard_dataset=group is None).scope():
             yield len(devices)
         return

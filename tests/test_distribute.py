@@ -107,6 +107,27 @@ def test_batches_give_every_replica_clips_and_padding_changes_no_prediction():
     keras.backend.clear_session()
 
 
+def test_processes_feed_consecutive_shares_of_the_same_batches():
+    from serkeras.pipeline import make_dataset
+
+    lengths = (40, 300, 73, 187, 120, 256, 95, 211, 64, 150, 91)
+    features, labels = synthetic_features(lengths), np.arange(len(lengths)) % 6
+    names = ("logmel", "spectral", "lengths")
+    for shuffle in (True, False):  # training batches, and padded evaluation batches with their weights
+        def batches(share=None):
+            return list(make_dataset(features, labels, 6, batch_size=4, shuffle=shuffle, seed=1, input_names=names,
+                                     replicas=2, process_share=share).as_numpy_iterator())
+
+        whole, first, second = batches(), batches((0, 2)), batches((1, 2))
+        assert len(whole) == len(first) == len(second)
+        for batch, mine, theirs in zip(whole, first, second):
+            for full, a, b in zip(batch, mine, theirs):
+                for key in (names if isinstance(full, dict) else [None]):
+                    part = (lambda x: x[key]) if key else (lambda x: x)
+                    assert len(part(a)) == len(part(b)) == len(part(full)) // 2
+                    np.testing.assert_array_equal(np.concatenate([part(a), part(b)]), part(full))
+
+
 def test_distribute_on_one_device_is_a_one_line_error(crema_subset, workdir):
     result = run_cli(["train", "--data-dir", str(crema_subset), "--cache-dir", str(workdir / "cache"),
                       "--run-name", "one-device", *TINY_TRAIN, "--distribute"], workdir)
@@ -202,6 +223,8 @@ def test_two_processes_train_one_model_as_one_process_over_two_devices(crema_sub
                             for i, folder in enumerate(two)], tmp_path, timeout=300)
     for status, output in results:
         assert status == 0, output[-3000:]
+    assert "best model:" in results[0][1] and "best model:" not in results[1][1]
+    assert "process 1 of 2 trained its share; process 0 writes the run" in results[1][1]
     assert (two[0] / "saved_models" / "run" / "metrics.json").is_file()
     assert not (two[1] / "saved_models").exists() and not (two[1] / "logs").exists()
     alone, _ = load_model(one / "saved_models" / "run" / "model.keras")
