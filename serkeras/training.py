@@ -906,7 +906,12 @@ def start_process_group(group):
     import jax
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    keras.distribution.initialize(group.coordinator, group.count, group.index)
+    try:
+        keras.distribution.initialize(group.coordinator, group.count, group.index)
+    except RuntimeError as exc:  # JAX's, when the coordinator cannot be reached or the others never come
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SerkerasError(f"process {group.index} of {group.count} could not join the others through "
+                            f"{group.coordinator}: {reason}") from None
 
 
 def process_share():
