@@ -191,6 +191,20 @@ def test_inconsistent_process_settings_are_one_line_errors(settings, message, cr
     assert not (workdir / "saved_models" / "processes").exists()
 
 
+@pytest.mark.parametrize("extra, message", [
+    ([], "add --distribute to train over them"),
+    (["--distribute", "--resume"], "--resume continues a run in one process"),
+])
+def test_processes_train_with_distribute_and_not_resumed(extra, message, crema_subset, workdir, monkeypatch):
+    monkeypatch.setenv("KERAS_DISTRIBUTION_JOB_ADDRESSES", "10.0.0.1:1234")
+    monkeypatch.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", "2")
+    monkeypatch.setenv("KERAS_DISTRIBUTION_PROCESS_ID", "0")
+    result = run_cli(["train", "--data-dir", str(crema_subset), "--cache-dir", str(workdir / "cache"),
+                      "--run-name", "processes", *TINY_TRAIN, *extra], workdir)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.splitlines()[-1].startswith("error: ") and message in result.output, result.output
+
+
 def free_port():
     import socket
 
