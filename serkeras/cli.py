@@ -1,5 +1,6 @@
 """The `serkeras` command line: features, train, evaluate, predict, tune, export."""
 
+import functools
 import os
 import re
 import sys
@@ -136,13 +137,15 @@ def main(ctx, debug):
 
 
 def data_options(f):
-    """--data-dir / --manifest / --cache-dir, shared by every command that reads a corpus."""
+    """--data-dir / --manifest (each repeatable, in any mix) / --cache-dir, shared by every command that reads
+    a corpus."""
     f = click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
                      help="Feature cache (default $SERKERAS_CACHE_DIR or data/cache).")(f)
-    f = click.option("--manifest", type=click.Path(dir_okay=False), default=None,
-                     help="CSV with path,label[,speaker] columns instead of a CREMA-D folder.")(f)
-    f = click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-                     help="CREMA-D folder (default $SERKERAS_DATA_DIR or data/Crema).")(f)
+    f = click.option("--manifest", type=click.Path(dir_okay=False), multiple=True,
+                     help="CSV with path,label[,speaker] columns instead of a CREMA-D folder. Repeat it (and "
+                          "--data-dir) to read several corpora at once; each is named after its folder.")(f)
+    f = click.option("--data-dir", type=click.Path(file_okay=False), multiple=True,
+                     help="CREMA-D folder (default $SERKERAS_DATA_DIR or data/Crema); repeatable.")(f)
     return f
 
 
@@ -201,10 +204,10 @@ def feature_config_from(kwargs):
 def features(data_dir, manifest, cache_dir, workers, **kwargs):
     """Precompute and cache features for a corpus; report counts, skips and time."""
     from serkeras.cache import cached_features, resolve_cache_dir
-    from serkeras.corpus import load_corpus
+    from serkeras.corpus import load_corpora
 
     config = feature_config_from(kwargs)
-    corpus = load_corpus(data_dir, manifest)
+    corpus = load_corpora(data_dir, manifest)
     result = cached_features(corpus.clips, config, cache_dir, workers=workers)
     rate = result.computed / result.seconds if result.computed and result.seconds else 0.0
     click.echo(f"{corpus.name}: {len(corpus)} clips, {len(result.features)} with features, "
@@ -259,24 +262,29 @@ def split_options(f):
     return f
 
 
-def _use_recipe(ctx, param, value):
-    """--recipe: the recipe's settings become the command's defaults, so the command line still wins."""
+def _use_recipe(ctx, param, value, ignored=()):
+    """--recipe: the recipe's settings become the command's defaults, so the command line still wins.
+
+    Keys in `ignored` are settings the command decides itself (`cross-corpus` its split).
+    """
     if value is not None:
         from serkeras.recipes import option_defaults, read_recipe
 
         try:
-            defaults = option_defaults(read_recipe(value), ctx.command.params)
+            recipe = {k: v for k, v in read_recipe(value).items() if k not in ignored}
+            defaults = option_defaults(recipe, ctx.command.params)
         except SerkerasError as exc:
             raise click.BadParameter(str(exc)) from None
         ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
 
 
+_RECIPE_HELP = ("A recipe (TOML file, or the name of one shipped with serkeras) whose settings replace the "
+                "defaults; options given on the command line still apply.")
+
 #: --recipe of train and tune; eager, so that its settings are in place before the other options are read.
-recipe_option = click.option(
-    "--recipe", default=None, is_eager=True, expose_value=False, callback=_use_recipe,
-    help="A recipe (TOML file, or the name of one shipped with serkeras) whose settings replace the defaults; "
-         "options given on the command line still apply.")
+recipe_option = click.option("--recipe", default=None, is_eager=True, expose_value=False, callback=_use_recipe,
+                             help=_RECIPE_HELP)
 
 
 def _apply(options, f):
@@ -466,48 +474,60 @@ def configured(feature_config, model_config):
 
 
 def load_split(data_dir, manifest, split_kind, fold, n_folds, val_fraction, test_fraction, seed, training=False):
-    """The corpus and its split; `training` refuses a corpus that cannot train a classifier (one label)."""
-    from serkeras.corpus import check_trainable, load_corpus
+    """The corpus (several when given several sources) and its split; `training` refuses a corpus that cannot
+    train a classifier (one label)."""
+    from serkeras.corpus import check_trainable, load_corpora
     from serkeras.splits import make_split
 
-    corpus = load_corpus(data_dir, manifest)
+    corpus = load_corpora(data_dir, manifest)
     if training:
         check_trainable(corpus)
     split = make_split(corpus.clips, split_kind, val_fraction, test_fraction, fold, n_folds, seed)
     return corpus, split
 
 
+def run_options(f):
+    """What one training run is made of (shared by `train` and `cross-corpus`): features, model, optimiser,
+    training data, devices, and where the run goes."""
+    options = [
+        feature_options,
+        model_options,
+        click.option("--lr", "learning_rate", type=click.FloatRange(min=0, min_open=True), default=1e-3,
+                     show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
+        click.option("--epochs", type=click.IntRange(min=1), default=40, show_default=True),
+        optimizer_options,
+        click.option("--patience", type=click.IntRange(min=1), default=10, show_default=True,
+                     help="Early-stopping patience (epochs)."),
+        click.option("--monitor", type=lazy_choice("training", "MONITORS"), default="val_accuracy",
+                     show_default=True, help="Validation objective for checkpoints and early stopping."),
+        training_data_options,
+        click.option("--train-seed", type=int, default=None,
+                     help="Seed of initialisation, shuffling and augmentation (default: --seed); vary it alone to "
+                          "repeat training on the same split."),
+        device_options,
+        click.option("--output-dir", type=click.Path(file_okay=False), default="saved_models", show_default=True),
+        click.option("--log-dir", type=click.Path(file_okay=False), default="logs", show_default=True),
+        click.option("--workers", type=click.IntRange(min=1), default=None, help="Feature extraction processes."),
+        click.option("--quantize", type=click.Choice(["none", "int8"]), default="none", show_default=True,
+                     help="After training, store the model's Dense weights (a Whisper encoder's feed-forward "
+                          "layers) as int8: a file about half the size; the reported scores are the quantized "
+                          "model's."),
+        click.option("--quiet", is_flag=True, help="No per-epoch progress bars."),
+    ]
+    return _apply(options, f)
+
+
 @main.command(cls=KerasCommand)
 @recipe_option
 @data_options
 @split_options
-@feature_options
-@model_options
-@click.option("--lr", "learning_rate", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=40, show_default=True)
-@optimizer_options
-@click.option("--patience", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Early-stopping patience (epochs).")
-@click.option("--monitor", type=lazy_choice("training", "MONITORS"), default="val_accuracy",
-              show_default=True, help="Validation objective for checkpoints and early stopping.")
-@training_data_options
-@click.option("--train-seed", type=int, default=None,
-              help="Seed of initialisation, shuffling and augmentation (default: --seed); vary it alone to "
-                   "repeat training on the same split.")
-@device_options
+@run_options
 @click.option("--folds", "all_folds", is_flag=True, help="With --split kfold: train every fold, report mean and std.")
 @click.option("--run-name", default=None, help="Folder name under saved_models/ and logs/ (default: from the settings).")
 @click.option("--resume", is_flag=True,
               help="Continue the run --run-name from its last finished epoch, with its stored settings "
                    "(an explicit --epochs still applies).")
-@click.option("--output-dir", type=click.Path(file_okay=False), default="saved_models", show_default=True)
-@click.option("--log-dir", type=click.Path(file_okay=False), default="logs", show_default=True)
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="Feature extraction processes.")
-@click.option("--quantize", type=click.Choice(["none", "int8"]), default="none", show_default=True,
-              help="After training, store the model's Dense weights (a Whisper encoder's feed-forward layers) as "
-                   "int8: a file about half the size; the reported scores are the quantized model's.")
-@click.option("--quiet", is_flag=True, help="No per-epoch progress bars.")
 def train(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction, test_fraction, seed, run_name,
           resume, output_dir, log_dir, workers, quiet, all_folds, train_seed, **kwargs):
     """Train a model; the best one is saved as saved_models/<run>/model.keras.
@@ -549,9 +569,10 @@ def train(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction
         split_kind, fold, n_folds = saved["split"], saved["fold"], saved["n_folds"]
         val_fraction, test_fraction, seed = saved["val_fraction"], saved["test_fraction"], saved["seed"]
         all_folds = all_folds or stored_folds
-        # The stored corpus, unless one is given again (runs stored before the data source was kept have none).
+        # The stored corpora, unless given again (runs stored before the data source was kept have none).
         if given("data_dir").name != "COMMANDLINE" and given("manifest").name != "COMMANDLINE":
-            data_dir, manifest = saved.get("data_dir", data_dir), saved.get("manifest", manifest)
+            data_dir = saved.get("data_dirs", saved.get("data_dir", data_dir))
+            manifest = saved.get("manifests", saved.get("manifest", manifest))
         if given("cache_dir").name != "COMMANDLINE":
             cache_dir = saved.get("cache_dir", cache_dir)
         run_dir = Path(output_dir) / run_name
@@ -619,14 +640,23 @@ def _stored_run_config(run_dir):
 
 
 def _data_source(data_dir, manifest, cache_dir):
-    """Where a run's clips and features come from, as absolute paths for its config.json (--resume reads them)."""
+    """Where a run's clips and features come from, as absolute paths for its config.json (--resume reads them).
+
+    `data_dir` and `manifest` are the values of the repeatable options (or single paths); one source is
+    stored as `data_dir` or `manifest`, several as the lists `data_dirs` and `manifests`.
+    """
     from serkeras.cache import resolve_cache_dir
     from serkeras.corpus import resolve_data_dir
 
-    if manifest:
-        corpus = {"manifest": os.path.abspath(manifest)}
+    data_dirs = [data_dir] if isinstance(data_dir, str) else list(data_dir or ())
+    manifests = [manifest] if isinstance(manifest, str) else list(manifest or ())
+    if len(data_dirs) + len(manifests) > 1:
+        corpus = {"data_dirs": [os.path.abspath(d) for d in data_dirs],
+                  "manifests": [os.path.abspath(m) for m in manifests]}
+    elif manifests:
+        corpus = {"manifest": os.path.abspath(manifests[0])}
     else:
-        corpus = {"data_dir": os.path.abspath(resolve_data_dir(data_dir))}
+        corpus = {"data_dir": os.path.abspath(resolve_data_dir(data_dirs[0] if data_dirs else None))}
     return {**corpus, "cache_dir": os.path.abspath(resolve_cache_dir(cache_dir))}
 
 
@@ -663,7 +693,7 @@ def _join_process_group(train_config, resume, output_dir, log_dir):
 
 def _train_one(corpus, split, feature_config, model_config, train_config, run_dir, log_dir, resume, cache_dir,
                workers, quiet, describe):
-    from serkeras.evaluation import format_report
+    from serkeras.evaluation import format_corpus_table, format_report
     from serkeras.training import process_group, run_training
 
     data = prepare_training_data(corpus, split, feature_config, train_config, cache_dir, workers)
@@ -674,8 +704,60 @@ def _train_one(corpus, split, feature_config, model_config, train_config, run_di
         click.echo(f"process {group.index} of {group.count} trained its share; process 0 writes the run")
         return metrics
     click.echo(format_report(metrics["test"]))
+    if "test_by_corpus" in metrics:  # several corpora: each on the classes it has
+        click.echo("\n" + format_corpus_table({**metrics["test_by_corpus"], "all": metrics["test"]}))
     click.echo(f"best model: {run_dir / 'model.keras'}  (TensorBoard: tensorboard --logdir {log_dir.parent})")
     return metrics
+
+
+@main.command("cross-corpus", cls=KerasCommand)
+@click.option("--recipe", default=None, is_eager=True, expose_value=False, help=_RECIPE_HELP + " Its split settings "
+              "are ignored: every corpus is held out in turn.",
+              callback=functools.partial(_use_recipe, ignored=("split", "fold", "n-folds", "test-fraction")))
+@data_options
+@click.option("--val-fraction", type=click.FloatRange(0.01, 0.5), default=0.1, show_default=True,
+              help="Share of each training corpus's speakers that validate.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the validation speakers and training.")
+@run_options
+@click.option("--run-name", default=None,
+              help="Folder under --output-dir holding a run per held-out corpus and the report (default: from the "
+                   "architecture and the corpora). Run again to continue: finished runs are kept.")
+def cross_corpus(data_dir, manifest, cache_dir, val_fraction, seed, run_name, output_dir, log_dir, workers, quiet,
+                 train_seed, **kwargs):
+    """Leave one corpus out: for each corpus, train on the others and test on every clip of it.
+
+    Give two or more corpora (--data-dir and --manifest, repeated, in any mix).
+    Each held-out corpus is scored on the classes it has, one recording per
+    prediction; the table (accuracy, UA, macro-F1, per-class recall, confusion
+    matrices) is printed and written as cross-corpus.md, .csv and .json.
+    """
+    from pathlib import Path
+
+    from serkeras.corpus import load_corpora
+    from serkeras.evaluation import cross_corpus_rows, format_cross_corpus_markdown, write_cross_corpus_report
+    from serkeras.training import TrainConfig, TrainingInterrupted, leave_one_corpus_out
+
+    corpus = load_corpora(data_dir, manifest)
+    if len(corpus.corpus_names) < 2:
+        raise SerkerasError("cross-corpus needs two or more corpora: repeat --data-dir and --manifest")
+    feature_config, model_config = configured(feature_config_from(kwargs), model_config_from(kwargs))
+    train_config = TrainConfig(seed=seed if train_seed is None else train_seed, **kwargs)
+    run_name = run_name or f"cross-corpus-{model_config.arch}-{'-'.join(corpus.corpus_names)}"
+    folder = Path(output_dir) / run_name
+
+    def prepare(held, split):
+        return prepare_training_data(held, split, feature_config, train_config, cache_dir, workers, progress=not quiet)
+
+    try:
+        reports = leave_one_corpus_out(corpus, prepare, feature_config, model_config, train_config, folder,
+                                       Path(log_dir) / run_name, val_fraction, seed,
+                                       _data_source(data_dir, manifest, cache_dir), fit_verbosity(quiet), click.echo)
+    except TrainingInterrupted as exc:
+        raise KeyboardInterrupt(f"{exc}; run the same command again to continue (finished runs are kept)") from None
+    rows = cross_corpus_rows(reports)
+    click.echo(format_cross_corpus_markdown(rows), nl=False)
+    paths = write_cross_corpus_report(rows, folder)
+    click.echo(f"report: {', '.join(map(str, paths))}")
 
 
 #: `--tta-copies` of evaluate and predict.
@@ -731,16 +813,19 @@ def evaluate(model_path, data_dir, manifest, cache_dir, split_kind, fold, n_fold
 
     MODEL is a .keras file or a shipped model's name (serkeras-crema-d-whisper,
     serkeras-crema-d-whisper-speaker-norm, serkeras-crema-d, serkeras-crema-d-speaker-norm).
+    Given several corpora, each is also reported apart, on the classes it has.
     """
     import json
 
-    from serkeras.evaluation import classification_report, format_report, predict_clips, save_confusion_matrix
+    import numpy as np
 
-    from serkeras.corpus import load_corpus
+    from serkeras.corpus import load_corpora
+    from serkeras.evaluation import (classification_report, corpus_reports, format_corpus_table, format_report,
+                                     predict_clips, save_confusion_matrix)
     from serkeras.splits import make_split
 
     model, meta = _open_model(model_path)
-    corpus = load_corpus(data_dir, manifest)
+    corpus = load_corpora(data_dir, manifest)
     unknown = sorted(set(corpus.labels) - set(meta.labels))
     if unknown:  # a corpus without some of the model's classes is fine: it is scored on those it has
         raise SerkerasError(f"the corpus has labels the model does not predict: {', '.join(unknown)} "
@@ -756,14 +841,30 @@ def evaluate(model_path, data_dir, manifest, cache_dir, split_kind, fold, n_fold
         raise SerkerasError("no usable clips to evaluate")
     model_index = {label: i for i, label in enumerate(meta.labels)}
     truth = [model_index[corpus.labels[i]] for i in corpus.label_indices(kept)]
-    report = classification_report(truth, probabilities.argmax(axis=1), meta.labels,
-                                   groups={"sex": [c.sex for c in kept]})
+    groups = {"sex": [c.sex for c in kept]}
+    by_corpus = {}
+    if len(corpus.corpus_names) > 1:
+        # Each corpus is scored on the classes it has, in the model's label order.
+        masks = np.array([np.isin(meta.labels, corpus.labels_of(c.corpus)) for c in kept], bool)
+        by_corpus = corpus_reports(truth, probabilities.argmax(axis=1), meta.labels, [c.corpus for c in kept], masks,
+                                   groups)
+        report = by_corpus.pop("all")
+    else:
+        report = classification_report(truth, probabilities.argmax(axis=1), meta.labels, groups=groups)
     report.update({"model": str(model_path), "split": described, "part": part, "tta_copies": tta_copies,
                    **({"speaker_stats": speaker_stats} if meta.normalises_by_speaker else {})})
     tta = f", test-time augmentation: each clip + {tta_copies} copies" if tta_copies else ""
     stats = ", speaker statistics from the whole corpus" if speaker_stats == "corpus" else ""
     click.echo(f"{model_path} on {corpus.name}, {described}, part {part}{tta}{stats}")
+    for name, own in by_corpus.items():
+        click.echo(f"\n{name}: {own['n']} clips, scored on its classes")
+        click.echo(format_report(own))
+    if by_corpus:
+        click.echo("\nall corpora together")
     click.echo(format_report(report))
+    if by_corpus:
+        click.echo("\n" + format_corpus_table({**by_corpus, "all": report}))
+        report["by_corpus"] = by_corpus
     if json_path:
         with open(json_path, "w") as f:
             json.dump(report, f, indent=2)
@@ -976,7 +1077,8 @@ def tune(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction,
     steps = math.ceil(len(data.parts["train"][0]) / batch_size)
     hypermodel = tuning.SERHyperModel(feature_config, model_config, data.labels, data.stats, train_config, steps,
                                       search_dropout=search_dropout, search_width=search_width,
-                                      search_fine_tune=search_fine_tune)
+                                      search_fine_tune=search_fine_tune,
+                                      partial_labels=data.partial_labels)
     if role != "worker":
         search_dir.mkdir(parents=True, exist_ok=True)
         (search_dir / "search.json").write_text(json.dumps({"settings": settings, "corpus": corpus.name}, indent=2))

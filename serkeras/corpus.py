@@ -7,6 +7,8 @@ import re
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 from serkeras.audio import BROKEN_LINK, is_broken_link
 from serkeras.errors import DataError
 
@@ -36,7 +38,9 @@ class SkippedFilesWarning(UserWarning):
 class Clip:
     """One labelled recording.
 
-    `speaker` groups clips for speaker-independent splits; `sex` is "" when unknown.
+    `speaker` groups clips for speaker-independent splits; `sex` is "" when unknown;
+    `corpus` names the corpus the clip came from when several are read together
+    ("" for a single corpus).
     """
 
     path: str
@@ -45,6 +49,7 @@ class Clip:
     sentence: str = ""
     level: str = ""
     sex: str = ""
+    corpus: str = ""
 
     @property
     def name(self):
@@ -53,11 +58,18 @@ class Clip:
 
 @dataclasses.dataclass(frozen=True)
 class Corpus:
-    """The clips of a corpus with its label set (the order fixes class indices)."""
+    """The clips of a corpus with its label set (the order fixes class indices).
+
+    A corpus made of several (`combine_corpora`) also lists its parts' label
+    sets in `corpus_labels`, `((name, labels), ...)`; each clip's `corpus` names
+    its part. A clip's part may lack some of `labels` (ASED has no disgust): the
+    clip says nothing about those classes (`label_masks`).
+    """
 
     name: str
     clips: tuple
     labels: tuple
+    corpus_labels: tuple = ()
 
     def __len__(self):
         return len(self.clips)
@@ -65,6 +77,31 @@ class Corpus:
     def label_indices(self, clips=None):
         index = {label: i for i, label in enumerate(self.labels)}
         return [index[c.label] for c in (self.clips if clips is None else clips)]
+
+    @property
+    def corpus_names(self):
+        """The names of the corpora this one is made of (its own name alone for a single corpus)."""
+        return tuple(name for name, _ in self.corpus_labels) or (self.name,)
+
+    def labels_of(self, corpus_name):
+        """The labels that the part `corpus_name` has (all of `labels` for a single corpus)."""
+        return dict(self.corpus_labels).get(corpus_name, self.labels)
+
+    def has_missing_labels(self):
+        """Whether some part lacks some of the labels (so that its clips need `label_masks`)."""
+        return any(set(labels) != set(self.labels) for _, labels in self.corpus_labels)
+
+    def label_masks(self, clips=None):
+        """Boolean array (clips, labels): True where the clip's corpus has the class.
+
+        A clip whose corpus has no "disgust" is neither a positive nor a
+        negative example of disgust; training renormalises its softmax over the
+        classes marked here (`serkeras.losses.PartialLabelCrossentropy`).
+        """
+        clips = self.clips if clips is None else clips
+        rows = {name: np.isin(self.labels, labels) for name, labels in self.corpus_labels}
+        every = np.ones(len(self.labels), bool)
+        return np.array([rows.get(c.corpus, every) for c in clips], bool).reshape(len(clips), len(self.labels))
 
 
 def describe_skipped(skipped, shown=20):
@@ -212,3 +249,126 @@ def check_trainable(corpus):
 def load_corpus(data_dir=None, manifest=None):
     """A manifest when given, else the CREMA-D folder."""
     return load_manifest(manifest) if manifest else load_crema_d(data_dir)
+
+
+def _as_list(value):
+    """A source option's value as a list: None or "" -> [], a path -> [path], a sequence as it is."""
+    if not value:
+        return []
+    return [value] if isinstance(value, (str, os.PathLike)) else list(value)
+
+
+def source_name(path):
+    """The name of the corpus at `path` (a manifest or a folder of clips): the name of the folder holding it.
+
+    `emodb/manifest.csv` is "emodb"; `crema-d/audio` is "crema-d".
+    """
+    return Path(os.path.abspath(path)).parent.name or Path(os.path.abspath(path)).name
+
+
+def combine_corpora(corpora, names):
+    """One corpus of several: labels matched by name, speakers and clips tagged by corpus.
+
+    Parameters
+    ----------
+    corpora : sequence of Corpus
+    names : sequence of str
+        One name per corpus, unique.
+
+    Returns
+    -------
+    Corpus
+        Every clip, its `corpus` set and its speaker prefixed with it (speaker
+        "03" of one corpus is not speaker "03" of another); the labels are the
+        union, sorted; `corpus_labels` keeps each part's own labels.
+
+    Raises
+    ------
+    DataError
+        When a corpus shares no label with the others: it could not be told
+        apart from a corpus with a different label set, and nothing it teaches
+        carries over.
+    """
+    if len(set(names)) != len(names):
+        raise ValueError(f"corpus names must be unique, got {list(names)}")
+    label_sets = [set(c.labels) for c in corpora]
+    for name, labels, others in ((n, s, set().union(*(o for o in label_sets if o is not s)))
+                                 for n, s in zip(names, label_sets)):
+        if len(corpora) > 1 and not labels & others:
+            raise DataError(f"the corpus {name} shares no label with the others ({', '.join(sorted(labels))} vs "
+                            f"{', '.join(sorted(others))}): labels are matched by name, so rename them to match")
+    clips = tuple(dataclasses.replace(clip, corpus=name, speaker=f"{name}/{clip.speaker}" if clip.speaker else "")
+                  for name, corpus in zip(names, corpora) for clip in corpus.clips)
+    return Corpus("+".join(names), clips, tuple(sorted(set().union(*label_sets))),
+                  tuple((name, tuple(sorted(c.labels))) for name, c in zip(names, corpora)))
+
+
+def load_corpora(data_dirs=(), manifests=()):
+    """Every corpus given, as one: `load_corpus` for a single source, else `combine_corpora`.
+
+    Parameters
+    ----------
+    data_dirs : sequence of path-like, or one path
+        CREMA-D-style folders (none given: with no manifest either, the default folder).
+    manifests : sequence of path-like, or one path
+        CSV manifests.
+
+    Returns
+    -------
+    Corpus
+        With several sources, each is named after the folder that holds it
+        (`source_name`), made unique with "-2", "-3"... in the order given
+        (folders first, then manifests).
+    """
+    data_dirs, manifests = _as_list(data_dirs), _as_list(manifests)
+    if len(data_dirs) + len(manifests) <= 1:
+        return load_corpus(data_dirs[0] if data_dirs else None, manifests[0] if manifests else None)
+    sources = [(path, load_crema_d) for path in data_dirs] + [(path, load_manifest) for path in manifests]
+    names, corpora = [], []
+    for path, load in sources:
+        base = source_name(path)
+        name, n = base, 1
+        while name in names:
+            n += 1
+            name = f"{base}-{n}"
+        names.append(name)
+        corpora.append(load(path))
+    return combine_corpora(corpora, names)
+
+
+def held_out_corpus(corpus, held_out):
+    """`corpus` (of several) for a model trained on all but `held_out` and tested on it.
+
+    Parameters
+    ----------
+    corpus : Corpus
+        Several corpora (`combine_corpora`).
+    held_out : str
+        The name of the corpus left out of training.
+
+    Returns
+    -------
+    Corpus
+        The same clips; its labels, the model's, are those of the training corpora.
+
+    Raises
+    ------
+    DataError
+        When `held_out` is not one of the corpora, has clips of one label only
+        (UA and macro-F1 would be recall and F1 of that one class), or has a
+        label that no training corpus has (a model trained on them cannot
+        predict it).
+    """
+    if held_out not in corpus.corpus_names or len(corpus.corpus_names) < 2:
+        raise DataError(f"leaving {held_out!r} out needs it among two or more corpora (corpora: "
+                        f"{', '.join(corpus.corpus_names)})")
+    own = corpus.labels_of(held_out)
+    if len(own) < 2:
+        raise DataError(f"the held-out corpus {held_out} has clips of one label only ({own[0]!r}): testing on it "
+                        "needs at least two labels")
+    trained = {label for name, labels in corpus.corpus_labels if name != held_out for label in labels}
+    unknown = sorted(set(own) - trained)
+    if unknown:
+        raise DataError(f"the held-out corpus {held_out} has labels no other corpus has ({', '.join(unknown)}): a "
+                        "model trained on the others cannot predict them; leave them out of it")
+    return dataclasses.replace(corpus, labels=tuple(sorted(trained)))

@@ -165,13 +165,13 @@ def predict_clips(model, meta, clips, copies=0, cache_dir=None, speaker_clips=No
     return kept, predict_versions(model, versions, config.length_mode, config.fixed_frames, batch_size, **by_speaker)
 
 
-def classification_report(y_true, y_pred, labels, groups=None):
+def classification_report(y_true, y_pred, labels, groups=None, scored=None):
     """Accuracy, UA, macro/weighted F1, precision, recall, per-class table, confusion matrix.
 
     The macro averages, and UA (unweighted average recall: the mean of the
     per-class recalls, the field's measure beside accuracy), are taken over the
-    classes the clips have, so a corpus without some class (ASED has no
-    disgust) is not scored on it; the per-class table lists every class.
+    classes the clips have (or `scored`), so a corpus without some class (ASED
+    has no disgust) is not scored on it; the per-class table lists every class.
 
     Parameters
     ----------
@@ -180,10 +180,13 @@ def classification_report(y_true, y_pred, labels, groups=None):
     labels : sequence of str
     groups : dict of str -> sequence of str, optional
         Per-clip group values (e.g. {"sex": [...]}) for per-group accuracy.
+    scored : sequence of int, optional
+        The classes the macro averages and UA are taken over (default: those in `y_true`),
+        such as the classes a corpus has.
     """
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     classes = list(range(len(labels)))
-    present = sorted(set(y_true.tolist()))
+    present = sorted(set(y_true.tolist())) if scored is None else sorted(int(c) for c in scored)
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
     macro = precision_recall_fscore_support(y_true, y_pred, labels=present, average="macro", zero_division=0)
     report = {
@@ -204,6 +207,53 @@ def classification_report(y_true, y_pred, labels, groups=None):
         report[f"accuracy_by_{name}"] = {str(v): float(accuracy_score(y_true[values == v], y_pred[values == v]))
                                          for v in sorted(set(values)) if v}
     return report
+
+
+def corpus_reports(y_true, y_pred, labels, corpora, label_masks=None, groups=None):
+    """`classification_report` of the clips of every corpus apart, and of all of them together.
+
+    Parameters
+    ----------
+    y_true, y_pred : sequence of int
+        Class indices.
+    labels : sequence of str
+    corpora : sequence of str
+        Each clip's corpus name.
+    label_masks : array of bool, shape (clips, classes), optional
+        Which classes each clip's corpus has (`serkeras.corpus.Corpus.label_masks`): a corpus's
+        UA and macro averages are taken over its classes, and the whole's over every class
+        some corpus has. Without it, over the classes its clips have.
+    groups : dict of str -> sequence of str, optional
+        Per-clip group values, as for `classification_report`.
+
+    Returns
+    -------
+    dict
+        ``{"all": report, name: report, ...}``, corpora in sorted order.
+    """
+    y_true, y_pred, corpora = np.asarray(y_true), np.asarray(y_pred), np.asarray(corpora)
+    masks = None if label_masks is None else np.asarray(label_masks, bool)
+    groups = {k: np.asarray(v) for k, v in (groups or {}).items()}
+
+    def report(rows):
+        scored = None if masks is None else np.flatnonzero(masks[rows].any(axis=0))
+        return classification_report(y_true[rows], y_pred[rows], labels, {k: v[rows] for k, v in groups.items()},
+                                     scored)
+
+    reports = {"all": report(np.arange(len(y_true)))}
+    for name in sorted(set(corpora.tolist())):
+        reports[name] = report(np.flatnonzero(corpora == name))
+    return reports
+
+
+def format_corpus_table(reports):
+    """One line per corpus (and one for all of them) of `corpus_reports`: clips, accuracy, UA, macro-F1."""
+    width = max(len(name) for name in reports) + 1
+    lines = [f"{'corpus':<{width}} {'clips':>6} {'accuracy':>9} {'UA':>7} {'macro-F1':>9}"]
+    for name, report in reports.items():
+        lines.append(f"{name:<{width}} {report['n']:>6d} {report['accuracy']:>9.4f} "
+                     f"{report['unweighted_average_recall']:>7.4f} {report['macro_f1']:>9.4f}")
+    return "\n".join(lines)
 
 
 def format_report(report):
@@ -256,3 +306,88 @@ def save_confusion_matrix(matrix, labels, path, title="confusion matrix"):
     fig = confusion_matrix_figure(matrix, labels, title)
     fig.savefig(path)
     plt.close(fig)
+
+
+def cross_corpus_rows(reports):
+    """One row per held-out corpus (and their mean) of a leave-one-corpus-out report.
+
+    Parameters
+    ----------
+    reports : dict of str -> dict
+        Held-out corpus name -> `classification_report` of every clip of it (scored on its classes).
+
+    Returns
+    -------
+    list of dict
+        ``corpus, clips, accuracy, UA, macro_f1``, ``recall_<label>`` for every label (None where the
+        corpus lacks the class) and ``confusion_matrix`` (rows: true, columns: predicted); the last
+        row, "mean", averages accuracy, UA and macro-F1 over the held-out corpora, each counted once.
+    """
+    labels = sorted({label for report in reports.values() for label in report["labels"]})
+    rows = []
+    for name, report in reports.items():
+        row = {"corpus": name, "clips": report["n"], "accuracy": report["accuracy"],
+               "UA": report["unweighted_average_recall"], "macro_f1": report["macro_f1"]}
+        for label in labels:
+            per_class = report["per_class"].get(label)
+            row[f"recall_{label}"] = per_class["recall"] if per_class and per_class["support"] else None
+        row["confusion_matrix"] = {"labels": report["labels"], "counts": report["confusion_matrix"]}
+        rows.append(row)
+    mean = {"corpus": "mean", "clips": sum(r["clips"] for r in rows)}
+    mean.update({m: float(np.mean([r[m] for r in rows])) for m in ("accuracy", "UA", "macro_f1")})
+    return rows + [mean]
+
+
+def format_cross_corpus_markdown(rows):
+    """`cross_corpus_rows` as markdown: the scores and per-class recalls, then each held-out corpus's confusion
+    matrix."""
+    labels = [k.removeprefix("recall_") for k in rows[0] if k.startswith("recall_")]
+    head = ["held-out corpus", "clips", "accuracy", "UA", "macro-F1"] + [f"recall {x}" for x in labels]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+
+    def cell(value):
+        return "–" if value is None else f"{100 * value:.1f}%"
+
+    for row in rows:
+        recalls = [cell(row.get(f"recall_{x}")) if row["corpus"] != "mean" else "" for x in labels]
+        lines.append("| " + " | ".join([row["corpus"], str(row["clips"]), cell(row["accuracy"]), cell(row["UA"]),
+                                        f"{row['macro_f1']:.3f}"] + recalls) + " |")
+    for row in rows:
+        if "confusion_matrix" not in row:
+            continue
+        matrix = row["confusion_matrix"]
+        lines += ["", f"{row['corpus']} (rows: true, columns: predicted)", "",
+                  "| true \\ predicted | " + " | ".join(matrix["labels"]) + " |",
+                  "|" + " --- |" * (len(matrix["labels"]) + 1)]
+        lines += [f"| {label} | " + " | ".join(map(str, counts)) + " |"
+                  for label, counts in zip(matrix["labels"], matrix["counts"]) if sum(counts)]
+    return "\n".join(lines) + "\n"
+
+
+def write_cross_corpus_report(rows, folder):
+    """Write `cross_corpus_rows` as cross-corpus.md, .csv (confusion matrices as JSON cells) and .json in `folder`.
+
+    Returns
+    -------
+    list of Path
+        The files written.
+    """
+    import csv
+    import io
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"cross-corpus.{suffix}" for suffix in ("md", "csv", "json")]
+    paths[0].write_text(format_cross_corpus_markdown(rows))
+    table = io.StringIO()
+    fields = list(rows[0])
+    writer = csv.DictWriter(table, fields, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: json.dumps(v) if k == "confusion_matrix" else ("" if v is None else v)
+                         for k, v in row.items()})
+    paths[1].write_text(table.getvalue())
+    paths[2].write_text(json.dumps(rows, indent=2))
+    return paths

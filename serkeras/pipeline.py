@@ -138,7 +138,12 @@ def mixup(dataset, alpha, seed=0):
                 weight = tf.reshape(tf.cast(lam, value.dtype), [-1, 1, 1])
                 mixed[key] = weight * value + (1 - weight) * other
         weight = tf.cast(lam, labels.dtype)[:, None]
-        return mixed, weight * labels + (1 - weight) * tf.gather(labels, partner)
+        partner_labels = tf.gather(labels, partner)
+        # Partial targets (`serkeras.losses.partial_targets`) mark a class that a clip's corpus lacks with -1:
+        # the mix knows a class that either clip knows. For ordinary targets this is the plain mix.
+        known = (labels >= 0) | (partner_labels >= 0)
+        mixed_labels = weight * tf.maximum(labels, 0) + (1 - weight) * tf.maximum(partner_labels, 0)
+        return mixed, tf.where(known, mixed_labels, tf.constant(-1, labels.dtype))
 
     return tf.data.Dataset.zip((dataset, seeds)).map(mix, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 

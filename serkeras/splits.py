@@ -145,20 +145,37 @@ def kfold_split(clips, fold, n_folds=5, val_fraction=0.1, seed=0):
     folds = list(StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(clips, labels, groups))
     rest_idx, test_idx = folds[fold]
     rest = [clips[i] for i in rest_idx]
-    inner = _speaker_parts(rest, val_fraction, val_fraction, seed + 1 + fold)
+    train, val = _train_and_val_speakers(rest, val_fraction, seed + 1 + fold,
+                                         f"fold {fold + 1}/{n_folds} leaves",
+                                         "lower --n-folds, add speakers, or use --split random")
+    return Split(train, val, tuple(clips[i] for i in test_idx), f"kfold {fold + 1}/{n_folds} by speaker seed={seed}")
+
+
+def _train_and_val_speakers(clips, val_fraction, seed, leaves, remedy):
+    """`clips` divided into training and validation clips by speaker (balanced by sex), nothing held out.
+
+    `leaves` and `remedy` word the error when there are too few speakers.
+    """
+    inner = _speaker_parts(clips, val_fraction, val_fraction, seed)
     # The inner split's "test" speakers go back to training: only val is held out here.
     val = set(inner["val"])
-    train = tuple(c for c in rest if c not in val)
+    train = tuple(c for c in clips if c not in val)
     if not val or not train:
-        raise DataError(f"fold {fold + 1}/{n_folds} leaves {_describe_speakers(rest)} for training and validation, "
-                        "too few to give each a speaker of its own (3 of one sex suffice): lower --n-folds, add "
-                        "speakers, or use --split random")
-    return Split(train, inner["val"], tuple(clips[i] for i in test_idx),
-                 f"kfold {fold + 1}/{n_folds} by speaker seed={seed}")
+        raise DataError(f"{leaves} {_describe_speakers(clips)} for training and validation, too few to give each a "
+                        f"speaker of its own (3 of one sex suffice): {remedy}")
+    return train, inner["val"]
 
 
 def make_split(clips, kind="random", val_fraction=0.1, test_fraction=0.1, fold=0, n_folds=5, seed=0):
-    """Dispatch to `random_split`, `actor_split` or `kfold_split` by name."""
+    """Dispatch to `random_split`, `actor_split` or `kfold_split` by name.
+
+    Clips of several corpora (`serkeras.corpus.combine_corpora`) are split
+    within each corpus and the parts joined, so every part keeps the corpus
+    mix and each corpus gives validation and test speakers in proportion.
+    """
+    corpora = sorted({c.corpus for c in clips})
+    if len(corpora) > 1:
+        return _split_each_corpus(clips, corpora, kind, val_fraction, test_fraction, fold, n_folds, seed)
     if kind == "random":
         return random_split(clips, val_fraction, test_fraction, seed)
     if kind == "actor":
@@ -166,3 +183,57 @@ def make_split(clips, kind="random", val_fraction=0.1, test_fraction=0.1, fold=0
     if kind == "kfold":
         return kfold_split(clips, fold, n_folds, val_fraction, seed)
     raise DataError(f"unknown split {kind!r}; choose one of {', '.join(SPLITS)}")
+
+
+def _split_each_corpus(clips, corpora, kind, val_fraction, test_fraction, fold, n_folds, seed):
+    """`make_split` of each corpus's clips alone, the parts joined (in the order of `corpora`)."""
+    splits = []
+    for name in corpora:
+        try:
+            splits.append(make_split([c for c in clips if c.corpus == name], kind, val_fraction, test_fraction, fold,
+                                     n_folds, seed))
+        except DataError as exc:
+            raise DataError(f"corpus {name}: {exc}") from None
+    joined = {part: tuple(c for s in splits for c in s.parts()[part]) for part in ("train", "val", "test")}
+    return Split(**joined, description=f"{splits[0].description}, within each of {len(corpora)} corpora")
+
+
+def held_out_corpus_split(clips, held_out, val_fraction=0.1, seed=0):
+    """Leave one corpus out: test on every clip of `held_out`, train and validate on the other corpora.
+
+    Validation speakers are drawn within each training corpus (balanced by
+    sex, as `actor_split` draws them), so validation keeps the corpus mix and
+    shares no speaker with training.
+
+    Parameters
+    ----------
+    clips : sequence of Clip
+        Clips of several corpora (`serkeras.corpus.combine_corpora`).
+    held_out : str
+        The corpus whose clips are the test part.
+    val_fraction : float
+    seed : int
+
+    Returns
+    -------
+    Split
+    """
+    _check_fractions(val_fraction, val_fraction)
+    corpora = sorted({c.corpus for c in clips} - {held_out})
+    test = tuple(c for c in clips if c.corpus == held_out)
+    if not test or not corpora:
+        raise DataError(f"leaving corpus {held_out!r} out needs its clips and at least one other corpus")
+    train, val = [], []
+    for name in corpora:
+        own = [c for c in clips if c.corpus == name]
+        try:
+            _speakers(own)
+            part_train, part_val = _train_and_val_speakers(own, val_fraction, seed, "it has",
+                                                             "add speakers to it, or leave it out")
+        except DataError as exc:
+            raise DataError(f"corpus {name}: {exc}") from None
+        train += part_train
+        val += part_val
+    return Split(tuple(train), tuple(val), test,
+                 f"{held_out} held out; speaker-disjoint validation {val_fraction:g} within {', '.join(corpora)} "
+                 f"seed={seed}")

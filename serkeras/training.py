@@ -8,6 +8,7 @@ confusion_matrix.png, history.csv, backup/ while in progress) and
 import contextlib
 import csv
 import dataclasses
+import gc
 import hashlib
 import io
 import json
@@ -29,8 +30,8 @@ from serkeras.cache import cached_features
 from serkeras.config import known_fields
 from serkeras.effects import WaveAugmentation
 from serkeras.errors import SerkerasError
-from serkeras.evaluation import (classification_report, confusion_matrix_figure, frame_outputs, model_input_names,
-                                 predict_features, save_confusion_matrix)
+from serkeras.evaluation import (classification_report, confusion_matrix_figure, corpus_reports, frame_outputs,
+                                 model_input_names, predict_features, save_confusion_matrix)
 from serkeras.features import compute_stats, speaker_normalized
 from serkeras.models import build_model, frozen_stages
 from serkeras.pipeline import make_dataset
@@ -117,6 +118,10 @@ class SplitData:
 
     `targets` optionally gives a part soft targets (clips x classes) that its
     dataset uses instead of one-hot labels (`distillation_targets`).
+    `label_masks` gives, for clips of several corpora of which some lack some
+    classes, each part's (clips x classes) booleans: True where the clip's
+    corpus has the class (`serkeras.corpus.Corpus.label_masks`); its datasets
+    then carry `serkeras.losses.partial_targets`. Empty otherwise.
     """
 
     labels: tuple
@@ -124,6 +129,12 @@ class SplitData:
     stats: object
     targets: dict = dataclasses.field(default_factory=dict)
     cache_dir: object = None  # the feature cache the features came from (and stage outputs go to)
+    label_masks: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def partial_labels(self):
+        """Whether some clips' corpora lack some classes (train with `serkeras.losses.PartialLabelCrossentropy`)."""
+        return bool(self.label_masks)
 
     def through(self, stage, parts=("train", "val"), batch_size=32, progress=True):
         """These `parts` of the split with each clip's features replaced by what `stage` makes of them.
@@ -143,12 +154,16 @@ class SplitData:
 
             staged = {part: (clips, outputs(features), labels)
                       for part, (clips, features, labels) in self.parts.items() if part in parts}
-        return SplitData(self.labels, staged, self.stats, dict(self.targets), self.cache_dir)
+        return SplitData(self.labels, staged, self.stats, dict(self.targets), self.cache_dir, dict(self.label_masks))
 
     def dataset(self, part, feature_config, batch_size, input_names, shuffle=False, seed=0, mixup_alpha=0.0,
                 replicas=1, process_share=None):
         clips, features, labels = self.parts[part]
         labels = self.targets.get(part, labels)
+        if part in self.label_masks:
+            from serkeras.losses import partial_targets
+
+            labels = partial_targets(labels, self.label_masks[part])
         return make_dataset(features, labels, len(self.labels), feature_config.length_mode,
                             feature_config.fixed_frames, batch_size, shuffle=shuffle, seed=seed,
                             input_names=input_names, mixup_alpha=mixup_alpha, replicas=replicas,
@@ -231,7 +246,9 @@ def prepare_split(corpus, split, feature_config, cache_dir=None, workers=None, p
                                                                   seed + copy)
             train_labels = list(train_labels) + corpus.label_indices(kept)
         parts["train"] = (train_clips, train_features, train_labels)
-    return SplitData(corpus.labels, parts, stats, cache_dir=cache_dir)
+    masks = {name: corpus.label_masks(clips) for name, (clips, _, _) in parts.items()} if (
+        corpus.has_missing_labels()) else {}
+    return SplitData(corpus.labels, parts, stats, cache_dir=cache_dir, label_masks=masks)
 
 
 def stage_outputs(stage, feature_list, cache_dir=None, batch_size=32, progress=None):
@@ -282,6 +299,8 @@ def distillation_targets(data, teacher, teacher_data, weight):
     from serkeras.models import model_metadata
 
     meta = model_metadata(teacher)
+    if data.partial_labels:
+        raise SerkerasError("distillation (--teacher) needs corpora that have every label; these lack some")
     if tuple(meta.labels) != tuple(data.labels):
         raise SerkerasError(f"the teacher's labels {list(meta.labels)} are not the corpus's {list(data.labels)}")
     clips, _, labels = data.parts["train"]
@@ -359,34 +378,62 @@ def encoder_trains(model):
     return any(re.fullmatch(ENCODER_VARIABLES, v.path) for v in model.trainable_variables)
 
 
-def compile_model(model, config, steps_per_epoch):
+def compile_model(model, config, steps_per_epoch, partial_labels=False):
     """Categorical cross-entropy (optionally smoothed); accuracy and macro-F1 as metrics.
 
-    Fine-tuned encoder layers train at `config.encoder_learning_rate` (see `make_optimizer`).
+    With `partial_labels` (targets from `serkeras.losses.partial_targets`), the
+    cross-entropy is renormalised over each clip's known classes
+    (`serkeras.losses.PartialLabelCrossentropy`) and macro-F1 reads the unknown
+    classes as negatives. Fine-tuned encoder layers train at
+    `config.encoder_learning_rate` (see `make_optimizer`).
     """
+    from serkeras.losses import PartialLabelCrossentropy, PartialLabelF1Score
+
+    loss, f1 = ((PartialLabelCrossentropy, PartialLabelF1Score) if partial_labels
+                else (keras.losses.CategoricalCrossentropy, keras.metrics.F1Score))
     model.compile(
         optimizer=make_optimizer(config, steps_per_epoch, encoder_trains(model)),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
-                 keras.metrics.F1Score(average="macro", name="macro_f1")],
+        loss=loss(label_smoothing=config.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"), f1(average="macro", name="macro_f1")],
     )
     return model
 
 
-def class_weights(label_indices, n_classes):
-    """Inverse-frequency weights ('balanced', as scikit-learn computes them)."""
+def class_weights(label_indices, n_classes, label_masks=None):
+    """Inverse-frequency weights ('balanced', as scikit-learn computes them).
+
+    Parameters
+    ----------
+    label_indices : sequence of int
+    n_classes : int
+    label_masks : array of bool, shape (clips, classes), optional
+        Which classes each clip's corpus has (`serkeras.corpus.Corpus.label_masks`).
+        A class's frequency is then counted among the clips whose corpus has
+        it, so its weight does not grow with the number of corpora that lack
+        it: weight = clips that could be the class / (classes x clips of the class).
+        With every class known to every clip, this is scikit-learn's "balanced".
+
+    Returns
+    -------
+    dict of int -> float
+        For the classes that occur in `label_indices`.
+    """
     from sklearn.utils.class_weight import compute_class_weight
 
     present = np.unique(label_indices)
-    weights = compute_class_weight("balanced", classes=present, y=np.asarray(label_indices))
-    return {int(c): float(w) for c, w in zip(present, weights)}
+    if label_masks is None:
+        weights = compute_class_weight("balanced", classes=present, y=np.asarray(label_indices))
+        return {int(c): float(w) for c, w in zip(present, weights)}
+    counts = np.bincount(np.asarray(label_indices), minlength=n_classes)
+    candidates = np.asarray(label_masks, bool).sum(axis=0)
+    return {int(c): float(candidates[c] / (len(present) * counts[c])) for c in present}
 
 
 def fit_class_weight(data, train_config):
     """`fit`'s class_weight for `train_config`: balanced weights of the training part, or None."""
     if not train_config.class_weight:
         return None
-    return class_weights(data.parts["train"][2], len(data.labels))
+    return class_weights(data.parts["train"][2], len(data.labels), data.label_masks.get("train"))
 
 
 class LearningRateLogger(keras.callbacks.Callback):
@@ -1054,7 +1101,7 @@ def run_training(data, feature_config, model_config, train_config, run_dir, log_
         val_ds = trained_data.dataset("val", feature_config, train_config.batch_size, names, replicas=replicas,
                                       process_share=share)
         steps = int(np.ceil(len(data.parts["train"][0]) / train_config.batch_size))
-        compile_model(trained, train_config, steps)
+        compile_model(trained, train_config, steps, partial_labels=data.partial_labels)
         initial_epoch = backup.restore(trained) if resume else 0
         if not resume:
             log_hparams(log_dir, hparams)
@@ -1067,6 +1114,9 @@ def run_training(data, feature_config, model_config, train_config, run_dir, log_
             trained.fit(train_ds, validation_data=val_ds, epochs=train_config.epochs, initial_epoch=initial_epoch,
                       verbose=verbose, shuffle=False, callbacks=[interrupt] + callbacks,
                       class_weight=fit_class_weight(data, train_config))
+    # The frozen layers' outputs and the training pipelines can take gigabytes; the scores below need neither.
+    del trained_data, train_ds, val_ds, callbacks, trained, model
+    gc.collect()
     if not (run_dir / "model.keras").is_file():
         raise SerkerasError(f"training produced no checkpoint in {run_dir} (did the loss become NaN?)")
     from serkeras.models import load_model
@@ -1088,8 +1138,14 @@ def run_training(data, feature_config, model_config, train_config, run_dir, log_
         speakers = [c.speaker for c in clips] if model_config.speaker_standardization else None
         probabilities = predict_features(best, features, feature_config.length_mode, feature_config.fixed_frames,
                                          speakers=speakers)
-        metrics[part] = classification_report(labels, probabilities.argmax(axis=1), data.labels,
-                                              groups={"sex": [c.sex for c in clips]})
+        groups = {"sex": [c.sex for c in clips]}
+        if len({c.corpus for c in clips}) > 1 or part in data.label_masks:
+            # Each corpus apart too, scored on the classes it has; the whole stays `metrics[part]`.
+            by_corpus = corpus_reports(labels, probabilities.argmax(axis=1), data.labels, [c.corpus for c in clips],
+                                       data.label_masks.get(part), groups)
+            metrics[part], metrics[f"{part}_by_corpus"] = by_corpus.pop("all"), by_corpus
+        else:
+            metrics[part] = classification_report(labels, probabilities.argmax(axis=1), data.labels, groups=groups)
     save_confusion_matrix(metrics["test"]["confusion_matrix"], data.labels, run_dir / "confusion_matrix.png",
                           f"test ({describe.get('split', '') if describe else ''})")
     log_hparams(log_dir, hparams, {f"{part}_{m}": metrics[part][m] for part in ("val", "test")
@@ -1103,3 +1159,99 @@ def run_training(data, feature_config, model_config, train_config, run_dir, log_
 def run_finished(run_dir):
     """Whether the run in `run_dir` finished: `run_training` writes metrics.json at its very end."""
     return (Path(run_dir) / "metrics.json").is_file()
+
+
+#: The settings a leave-one-corpus-out run must share with the report it belongs to (`leave_one_corpus_out`).
+_HELD_OUT_SETTINGS = ("feature_config", "model_config", "train_config", "held_out", "val_fraction", "seed", "corpora")
+
+
+def leave_one_corpus_out(corpus, prepare, feature_config, model_config, train_config, output_dir, log_dir,
+                         val_fraction=0.1, seed=0, describe=None, verbose=1, echo=print):
+    """Train one model per corpus on all the others and test it on every clip of that corpus.
+
+    Each held-out corpus gets an ordinary run folder, ``output_dir/held-out-<name>``
+    (`run_training`'s files): a finished run is read back, not trained again; an
+    interrupted one continues from its last finished epoch. Validation clips are
+    speaker-disjoint parts of the training corpora
+    (`serkeras.splits.held_out_corpus_split`).
+
+    Parameters
+    ----------
+    corpus : serkeras.corpus.Corpus
+        Several corpora (`serkeras.corpus.load_corpora`).
+    prepare : callable
+        ``prepare(corpus, split) -> SplitData``: the features of a split (augmented
+        copies and such as `train_config` asks), as `prepare_split` gives them.
+    feature_config, model_config, train_config
+        Every run's settings.
+    output_dir, log_dir : path-like
+        Folders of the report's runs and of their TensorBoard logs.
+    val_fraction : float
+        The share of each training corpus's speakers that validate.
+    seed : int
+        Seed of the validation speakers (`train_config.seed` seeds training).
+    describe : dict, optional
+        Extra run information for config.json (the data source).
+    verbose : int
+        Keras' `fit` verbosity.
+    echo : callable
+        Where progress lines go.
+
+    Returns
+    -------
+    dict of str -> dict
+        Held-out corpus name -> the test report of its run (every clip of it, scored on
+        the classes it has; `serkeras.evaluation.classification_report`).
+
+    Raises
+    ------
+    SerkerasError
+        Before anything trains, when a corpus cannot be held out
+        (`serkeras.corpus.held_out_corpus`), or when a run folder holds a run
+        with other settings.
+    """
+    from serkeras.corpus import held_out_corpus
+    from serkeras.splits import held_out_corpus_split
+
+    output_dir, log_dir = Path(output_dir), Path(log_dir)
+    names = corpus.corpus_names
+    plans = {}
+    for name in names:  # every corpus checked before hours of training
+        held = held_out_corpus(corpus, name)
+        split = held_out_corpus_split(corpus.clips, name, val_fraction, seed)
+        settings = {"feature_config": feature_config.to_dict(), "model_config": model_config.to_dict(),
+                    "train_config": train_config.to_dict(), "held_out": name, "val_fraction": val_fraction,
+                    "seed": seed, "corpora": list(names)}
+        run_dir = output_dir / f"held-out-{name}"
+        _check_same_run(run_dir, settings)
+        plans[name] = (held, split, settings, run_dir)
+    reports = {}
+    for name, (held, split, settings, run_dir) in plans.items():
+        if run_finished(run_dir):
+            echo(f"held out {name}: finished before, read from {run_dir}")
+            reports[name] = json.loads((run_dir / "metrics.json").read_text())["test"]
+            continue
+        resume = (run_dir / "config.json").is_file()
+        echo(f"held out {name}: {split.description}; train {len(split.train)}, val {len(split.val)}, test "
+             f"{len(split.test)} clips" + (" (continuing)" if resume else ""))
+        data = prepare(held, split)
+        info = {"split": "held-out corpus", "corpus": held.name, "held_out": name, "val_fraction": val_fraction,
+                "seed": seed, "corpora": list(names), **(describe or {})}
+        metrics = run_training(data, feature_config, model_config, train_config, run_dir, log_dir / run_dir.name,
+                               resume=resume, describe=info, verbose=verbose)
+        reports[name] = metrics["test"]
+        del data  # before the next corpus's features are read: each run's can take gigabytes
+        gc.collect()
+    return reports
+
+
+def _check_same_run(run_dir, settings):
+    """Refuse a run folder whose config.json holds other `settings` than those given (a report's runs must agree)."""
+    stored = Path(run_dir) / "config.json"
+    if not stored.is_file():
+        return
+    config = json.loads(stored.read_text())
+    changed = [key for key in _HELD_OUT_SETTINGS if json.loads(json.dumps(settings[key])) != config.get(key)]
+    if changed:
+        raise SerkerasError(f"{run_dir} holds a run with other settings ({', '.join(changed)}): give another "
+                            "--run-name, or the same settings to continue it")

@@ -115,10 +115,13 @@ class SERHyperModel(keras_tuner.HyperModel):
         (the study's space; an encoder model always searches dropout and has no width).
     search_fine_tune : bool
         An encoder model: also search `fine_tune_layers` in FINE_TUNE_GRID.
+    partial_labels : bool
+        The training clips' corpora lack some classes (`serkeras.training.compile_model`).
     """
 
     def __init__(self, feature_config, model_config, labels, stats, train_config=None, steps_per_epoch=1,
-                 search_dropout=False, search_width=False, search_fine_tune=False, name="serkeras", tunable=True):
+                 search_dropout=False, search_width=False, search_fine_tune=False, name="serkeras", tunable=True,
+                 partial_labels=False):
         super().__init__(name=name, tunable=tunable)
         self.feature_config, self.model_config = feature_config, model_config
         self.labels, self.stats = list(labels), stats
@@ -127,6 +130,7 @@ class SERHyperModel(keras_tuner.HyperModel):
         self.search_dropout, self.search_width = search_dropout, search_width
         self.search_fine_tune = search_fine_tune
         self.encoder_model = check_search_options(model_config.arch, search_width, search_fine_tune)
+        self.partial_labels = partial_labels
 
     def width_grid(self):
         return tuple(sorted({round(self.model_config.width * f, 6) for f in WIDTH_FACTORS}))
@@ -161,7 +165,7 @@ class SERHyperModel(keras_tuner.HyperModel):
     def build(self, hp):
         model_config, train_config = self.configs(hp)
         model = build_model(self.feature_config, model_config, self.labels, self.stats)
-        return compile_model(model, train_config, self.steps_per_epoch)
+        return compile_model(model, train_config, self.steps_per_epoch, self.partial_labels)
 
     def fit(self, hp, model, data, batch_size=32, seed=0, replicas=1, callbacks=(), **kwargs):
         """Train `model` on the train part of `data` (a `serkeras.training.SplitData`), validated on its val part.
@@ -175,7 +179,7 @@ class SERHyperModel(keras_tuner.HyperModel):
         if stages is not None:
             front, trained = stages
             data = data.through(front, batch_size=batch_size, progress=False)
-            compile_model(trained, self.configs(hp)[1], self.steps_per_epoch)
+            compile_model(trained, self.configs(hp)[1], self.steps_per_epoch, self.partial_labels)
             callbacks = [on_whole(c, model) if _saves_model(c) else c for c in callbacks]
         names = model_input_names(trained)
         train = data.dataset("train", self.feature_config, batch_size, names, shuffle=True, seed=seed,
