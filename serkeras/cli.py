@@ -415,7 +415,8 @@ def _device_option_list():
                      help="Compute in float16 on a GPU, bfloat16 on a CPU (weights and outputs stay float32)."),
         click.option("--distribute", is_flag=True,
                      help="Data-parallel over every local GPU (else every logical CPU device; at least two), "
-                          "jax or tensorflow backend. --batch-size is the global batch: a multiple of the devices."),
+                          "jax or tensorflow backend. --batch-size is the global batch: a multiple of the devices. "
+                          "train: several machines with the jax backend and the KERAS_DISTRIBUTION_ variables."),
     ]
 
 
@@ -554,6 +555,7 @@ def train(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction
     if model_config.speaker_prior_clips and not model_config.speaker_standardization:
         raise SerkerasError("--speaker-prior-clips needs --speaker-standardization")
     check_head_fit(model_config, train_config)
+    output_dir, log_dir = _join_process_group(train_config, resume, output_dir, log_dir)
     if not resume:  # a resumed run keeps the settings it stored, already configured
         feature_config, model_config = configured(feature_config, model_config)
         if model_config.speaker_standardization and model_config.arch != "whisper":
@@ -680,10 +682,34 @@ def fit_verbosity(quiet):
     return 1 if sys.stdout.isatty() else 2
 
 
+def _join_process_group(train_config, resume, output_dir, log_dir):
+    """Start training over several processes when the KERAS_DISTRIBUTION_ variables describe them.
+
+    Returns the `(output_dir, log_dir)` this process writes to: its own, for process 0; a
+    temporary folder, removed at the end, for the others, so that one run folder is written.
+    """
+    from serkeras.training import process_group, start_process_group
+
+    group = process_group()
+    if group is None:
+        return output_dir, log_dir
+    if not train_config.distribute:
+        raise SerkerasError("the KERAS_DISTRIBUTION_ variables describe several processes: add --distribute to "
+                            "train over them (or unset them)")
+    if resume:
+        raise SerkerasError("--resume continues a run in one process: unset the KERAS_DISTRIBUTION_ variables")
+    start_process_group(group)
+    if group.chief:
+        return output_dir, log_dir
+    scratch = tempfile.TemporaryDirectory(prefix="serkeras-process-")
+    click.get_current_context().call_on_close(scratch.cleanup)
+    return os.path.join(scratch.name, "saved_models"), os.path.join(scratch.name, "logs")
+
+
 def _train_one(corpus, split, feature_config, model_config, train_config, run_dir, log_dir, resume, cache_dir,
                workers, quiet, describe):
     from serkeras.evaluation import format_corpus_table, format_report
-    from serkeras.training import run_training
+    from serkeras.training import process_group, run_training
 
     data = prepare_training_data(corpus, split, feature_config, train_config, cache_dir, workers)
     if train_config.head_fit == "lbfgs":  # nothing to resume: the fit starts over
@@ -699,6 +725,10 @@ def _train_one(corpus, split, feature_config, model_config, train_config, run_di
         return metrics
     metrics = run_training(data, feature_config, model_config, train_config, run_dir, log_dir, resume=resume,
                            describe=describe, verbose=fit_verbosity(quiet))
+    group = process_group()
+    if group is not None and not group.chief:
+        click.echo(f"process {group.index} of {group.count} trained its share; process 0 writes the run")
+        return metrics
     click.echo(format_report(metrics["test"]))
     if "test_by_corpus" in metrics:  # several corpora: each on the classes it has
         click.echo("\n" + format_corpus_table({**metrics["test_by_corpus"], "all": metrics["test"]}))

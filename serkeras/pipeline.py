@@ -150,7 +150,7 @@ def mixup(dataset, alpha, seed=0):
 
 def make_dataset(feature_list, labels, n_classes, length_mode="variable", fixed_frames=None,
                  batch_size=32, shuffle=False, seed=0, input_names=FEATURE_KINDS + ("lengths",), bucket=True,
-                 mixup_alpha=0.0, replicas=1):
+                 mixup_alpha=0.0, replicas=1, process_share=None):
     """Build a batched `tf.data.Dataset` of `(inputs, one_hot_labels)`.
 
     Parameters
@@ -181,6 +181,10 @@ def make_dataset(feature_list, labels, n_classes, length_mode="variable", fixed_
         (training) batches are cut to a multiple of it (`whole_replica_batches`, `batch_size`
         should be one); unshuffled ones are padded to one and carry sample weights
         (`replica_padded_batches`).
+    process_share : (int, int), optional
+        ``(index, count)`` of this process among several that train one model: every process
+        builds the same batches and emits its ``index``-th of ``count`` equal, consecutive
+        slices of each (`replicas`, the devices of every process, must be a multiple of ``count``).
     """
     labels = np.asarray(labels)
     targets = labels.astype(np.float32) if labels.ndim == 2 else np.eye(n_classes, dtype=np.float32)[labels]
@@ -200,7 +204,7 @@ def make_dataset(feature_list, labels, n_classes, length_mode="variable", fixed_
             ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
         ds = ds.batch(batch_size)
         return _for_replicas(ds, shuffle, replicas, batch_count(len(labels), batch_size, replicas), mixup_alpha,
-                             seed).prefetch(tf.data.AUTOTUNE)
+                             seed, process_share).prefetch(tf.data.AUTOTUNE)
 
     lengths = clip_lengths(feature_list)
     order = np.arange(len(lengths)) if shuffle else eval_order(lengths)
@@ -225,12 +229,12 @@ def make_dataset(feature_list, labels, n_classes, length_mode="variable", fixed_
     ds = ds.map(_pad_to_multiple, num_parallel_calls=tf.data.AUTOTUNE)
     if "lengths" not in input_names:
         ds = ds.map(lambda x, y: ({k: v for k, v in x.items() if k != "lengths"}, y))
-    return _for_replicas(ds, shuffle, replicas, batches, mixup_alpha, seed).prefetch(tf.data.AUTOTUNE)
+    return _for_replicas(ds, shuffle, replicas, batches, mixup_alpha, seed, process_share).prefetch(tf.data.AUTOTUNE)
 
 
-def _for_replicas(ds, shuffle, replicas, batches, mixup_alpha, seed):
+def _for_replicas(ds, shuffle, replicas, batches, mixup_alpha, seed, process_share=None):
     """The last steps of `make_dataset`: batches fitted to `replicas`, `batches` of them per epoch
-    when shuffled; then mixup."""
+    when shuffled; then mixup; then this process's share of each batch."""
     if shuffle:
         if replicas > 1:
             ds = whole_replica_batches(ds, replicas)
@@ -239,7 +243,22 @@ def _for_replicas(ds, shuffle, replicas, batches, mixup_alpha, seed):
         ds = replica_padded_batches(ds, replicas)
     if mixup_alpha:
         ds = mixup(ds, mixup_alpha, seed)
+    if process_share is not None:
+        ds = ds.map(lambda *batch: process_slice(batch, *process_share))
     return ds
+
+
+def process_slice(batch, index, count):
+    """The `index`-th of `count` equal, consecutive slices of every array of `batch` (its rows).
+
+    Consecutive, as a data-parallel mesh of several processes' devices (process 0's first) splits a
+    global batch: each process feeds the rows its own devices hold.
+    """
+    def share(array):
+        rows = tf.shape(array)[0] // count
+        return array[index * rows:(index + 1) * rows]
+
+    return tf.nest.map_structure(share, batch)
 
 
 def padding_overhead(dataset):

@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -165,7 +166,7 @@ class SplitData:
         return SplitData(self.labels, staged, self.stats, dict(self.targets), self.cache_dir, dict(self.label_masks))
 
     def dataset(self, part, feature_config, batch_size, input_names, shuffle=False, seed=0, mixup_alpha=0.0,
-                replicas=1, bucket=True):
+                replicas=1, bucket=True, process_share=None):
         """`serkeras.pipeline.make_dataset` of one part; `bucket`: shuffled batches of clips of similar length."""
         clips, features, labels = self.parts[part]
         labels = self.targets.get(part, labels)
@@ -175,7 +176,8 @@ class SplitData:
             labels = partial_targets(labels, self.label_masks[part])
         return make_dataset(features, labels, len(self.labels), feature_config.length_mode,
                             feature_config.fixed_frames, batch_size, shuffle=shuffle, seed=seed,
-                            input_names=input_names, mixup_alpha=mixup_alpha, replicas=replicas, bucket=bucket)
+                            input_names=input_names, mixup_alpha=mixup_alpha, replicas=replicas, bucket=bucket,
+                            process_share=process_share)
 
 
 def speaker_head_data(model, data, batch_size=32, progress=True):
@@ -804,10 +806,13 @@ def on_whole(callback, whole):
     return callback if whole is None else OnWholeModel(callback, whole)
 
 
-def make_callbacks(run_dir, log_dir, data, feature_config, train_config, backup, resume=False, whole=None):
+def make_callbacks(run_dir, log_dir, data, feature_config, train_config, backup, resume=False, whole=None,
+                   confusion_images=True):
     """The callbacks of a run, in the order their work needs; `backup` is the run's `EpochBackup`.
 
     `whole`: the model to save at each improvement when the trained model is a part of it.
+    `confusion_images`: log each epoch's validation confusion matrix to TensorBoard (it predicts
+    on one process, so not when several processes train together).
     """
     mode = "min" if train_config.monitor == "val_loss" else "max"
     val_clips, val_features, val_labels = data.parts["val"]
@@ -825,7 +830,8 @@ def make_callbacks(run_dir, log_dir, data, feature_config, train_config, backup,
         plateau_callback(train_config),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume),
         LearningRateLogger(),
-        ConfusionMatrixLogger(log_dir, val_features, val_labels, data.labels, feature_config),
+        ConfusionMatrixLogger(log_dir, val_features, val_labels, data.labels, feature_config)
+        if confusion_images else None,
         keras.callbacks.TensorBoard(str(log_dir), histogram_freq=0, write_graph=False),
     ]
     # The optional ones (None when not asked for) sit where their order matters.
@@ -880,6 +886,100 @@ def multi_worker_task():
         raise SerkerasError(f"TF_CONFIG is not a cluster description with this process's task: {exc}") from None
 
 
+#: Keras' variables describing a multi-process run (`keras.distribution.initialize` reads them).
+PROCESS_VARIABLES = ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES",
+                     "KERAS_DISTRIBUTION_PROCESS_ID")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessGroup:
+    """This process's place among the processes that train one model together (JAX backend).
+
+    Attributes
+    ----------
+    coordinator : str
+        ``host:port`` of process 0, which every process connects to.
+    count : int
+        How many processes train together (one per machine, usually).
+    index : int
+        This process's number, 0 to ``count - 1``; process 0 writes the run.
+    """
+
+    coordinator: str
+    count: int
+    index: int
+
+    @property
+    def chief(self):
+        """Whether this process writes the run folder, logs and checkpoints."""
+        return self.index == 0
+
+
+def process_group():
+    """The `ProcessGroup` the Keras distribution variables describe, or None when none is set.
+
+    Inconsistent or partial settings are a `SerkerasError`.
+    """
+    given = {name: os.environ[name] for name in PROCESS_VARIABLES if os.environ.get(name)}
+    if not given:
+        return None
+    missing = [name for name in PROCESS_VARIABLES if name not in given]
+    if missing:
+        raise SerkerasError(f"training over several processes needs {', '.join(PROCESS_VARIABLES)}; "
+                            f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set")
+    try:
+        count = int(given["KERAS_DISTRIBUTION_NUM_PROCESSES"])
+        index = int(given["KERAS_DISTRIBUTION_PROCESS_ID"])
+    except ValueError:
+        raise SerkerasError("KERAS_DISTRIBUTION_NUM_PROCESSES and KERAS_DISTRIBUTION_PROCESS_ID must be "
+                            "whole numbers") from None
+    addresses = [a.strip() for a in given["KERAS_DISTRIBUTION_JOB_ADDRESSES"].split(",")]
+    if count < 2:
+        raise SerkerasError(f"KERAS_DISTRIBUTION_NUM_PROCESSES is {count}: several processes means two or more "
+                            "(unset the KERAS_DISTRIBUTION_ variables to train in one)")
+    if not 0 <= index < count:
+        raise SerkerasError(f"KERAS_DISTRIBUTION_PROCESS_ID is {index}, but the {count} processes are numbered "
+                            f"0 to {count - 1}")
+    if len(addresses) not in (1, count):
+        raise SerkerasError(f"KERAS_DISTRIBUTION_JOB_ADDRESSES lists {len(addresses)} addresses for {count} "
+                            "processes: give every process's, or process 0's alone")
+    if not re.fullmatch(r"[^\s:]+:\d+", addresses[0]):
+        raise SerkerasError(f"KERAS_DISTRIBUTION_JOB_ADDRESSES starts with {addresses[0]!r}, not the host:port "
+                            "of process 0")
+    return ProcessGroup(addresses[0], count, index)
+
+
+def start_process_group(group):
+    """Connect this process to the others of `group` (JAX's distributed runtime); before any JAX work.
+
+    On CPUs the processes exchange gradients through gloo, JAX's CPU collectives.
+    """
+    if keras.backend.backend() != "jax":
+        raise SerkerasError(f"training over several processes needs the jax backend, not "
+                            f"{keras.backend.backend()} (set KERAS_BACKEND=jax)")
+    if multi_worker_task() is not None:
+        raise SerkerasError("TF_CONFIG and KERAS_DISTRIBUTION_ variables are both set: describe the processes "
+                            "once, with the KERAS_DISTRIBUTION_ variables")
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        keras.distribution.initialize(group.coordinator, group.count, group.index)
+    except RuntimeError as exc:  # JAX's, when the coordinator cannot be reached or the others never come
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SerkerasError(f"process {group.index} of {group.count} could not join the others through "
+                            f"{group.coordinator}: {reason}") from None
+
+
+def process_share():
+    """`(index, count)` of this process among those training together, or None when it trains alone."""
+    if keras.backend.backend() != "jax":
+        return None
+    import jax
+
+    return (jax.process_index(), jax.process_count()) if jax.process_count() > 1 else None
+
+
 def distribution_devices():
     """The local devices `--distribute` trains over: every GPU, else every logical CPU device.
 
@@ -902,22 +1002,31 @@ def data_parallel(enabled):
 
     Over `distribution_devices()`: JAX, Keras' distribution API (`keras.distribution.DataParallel`);
     TensorFlow, `tf.distribute.MirroredStrategy`. Fewer than two devices is an error: data
-    parallelism on one device would only be slower. Several machines (TF_CONFIG set) are refused:
-    Keras 3's `fit` fails under `tf.distribute.MultiWorkerMirroredStrategy` (it reduces the first
-    batch of a dict of inputs across workers before training), so a run would only crash later.
+    parallelism on one device would only be slower. On JAX, after `start_process_group`, the
+    devices are every process's, so several machines train as one. TF_CONFIG (TensorFlow's
+    several machines) is refused: Keras 3's `fit` fails under
+    `tf.distribute.MultiWorkerMirroredStrategy` (it reduces the first batch of a dict of inputs
+    across workers before training), so a run would only crash later.
     """
     if not enabled:
         yield 1
         return
     if multi_worker_task() is not None:
-        raise SerkerasError("--distribute trains on one machine: TF_CONFIG is set, but Keras 3 cannot train with "
-                            "TensorFlow's MultiWorkerMirroredStrategy (unset TF_CONFIG to use this machine's devices)")
+        raise SerkerasError("--distribute cannot use TF_CONFIG: Keras 3 cannot train with TensorFlow's "
+                            "MultiWorkerMirroredStrategy (unset it; several machines train with the jax backend and "
+                            "the KERAS_DISTRIBUTION_ variables)")
+    group = process_group()
+    if group is not None and process_share() is None:
+        raise SerkerasError("the KERAS_DISTRIBUTION_ variables are set, but only `serkeras train` trains over "
+                            "several processes: unset them")
     devices = distribution_devices()
     if len(devices) < 2:
         raise SerkerasError(f"--distribute needs at least two devices, but {keras.backend.backend()} sees only "
                             f"{devices[0]}: leave --distribute out to train on it")
     if keras.backend.backend() == "jax":
-        with keras.distribution.DataParallel(devices=devices).scope():
+        # Every process feeds its own share of each batch (`make_dataset`'s `process_share`): Keras' own
+        # sharding needs one batch size for the whole dataset, which bucketed batches cut for the replicas lack.
+        with keras.distribution.DataParallel(devices=devices, auto_shard_dataset=group is None).scope():
             yield len(devices)
         return
     import tensorflow as tf
@@ -986,6 +1095,10 @@ def run_training(data, feature_config, model_config, train_config, run_dir, log_
         model = build_model(feature_config, model_config, data.labels, data.stats)
         # A model whose lower layers are frozen trains its upper part on their outputs, computed once.
         stages = frozen_stages(model)
+        share = process_share()
+        if share is not None and (stages is not None or model_config.speaker_standardization):
+            raise SerkerasError("training over several processes needs a model without frozen layers: the frozen "
+                                "layers' outputs are computed on one process (train it on one machine's devices)")
         if model_config.speaker_standardization:
             trained, trained_data = speaker_head_data(model, data, train_config.batch_size, progress=verbose > 0)
         else:
@@ -997,15 +1110,16 @@ def run_training(data, feature_config, model_config, train_config, run_dir, log_
         # instead of 66-67% on the actor split, experiments/README.md), and cached frames are cheap to pad.
         train_ds = trained_data.dataset("train", feature_config, train_config.batch_size, names, shuffle=True,
                                         seed=train_config.seed, mixup_alpha=train_config.mixup_alpha,
-                                        replicas=replicas, bucket=stages is None)
-        val_ds = trained_data.dataset("val", feature_config, train_config.batch_size, names, replicas=replicas)
+                                        replicas=replicas, bucket=stages is None, process_share=share)
+        val_ds = trained_data.dataset("val", feature_config, train_config.batch_size, names, replicas=replicas,
+                                      process_share=share)
         steps = int(np.ceil(len(data.parts["train"][0]) / train_config.batch_size))
         compile_model(trained, train_config, steps, partial_labels=data.partial_labels)
         initial_epoch = backup.restore(trained) if resume else 0
         if not resume:
             log_hparams(log_dir, hparams)
         callbacks = make_callbacks(run_dir, log_dir, trained_data, feature_config, train_config, backup, resume,
-                                   whole=None if trained is model else model)
+                                   whole=None if trained is model else model, confusion_images=share is None)
         if resume:  # after make_callbacks, which takes the best score so far from the whole history
             drop_epochs_from(run_dir / "history.csv", initial_epoch)
         interrupt = StopOnInterrupt(backup)

@@ -1,6 +1,7 @@
 """Multi-device paths on CPU stand-ins: batches shared by replicas, `--mixed-precision` on CPU,
-`--distribute` with one device or with TF_CONFIG (several machines), `tune --distribute`
-over two JAX host devices, and two hosts filling one feature cache at once.
+`--distribute` with one device or with TF_CONFIG, two JAX processes training one model
+(several machines), `tune --distribute` over two JAX host devices, and two hosts filling one
+feature cache at once.
 
 `--distribute` over two devices (MirroredStrategy, DataParallel) trains, saves and predicts in
 tests/backend_checks.py (its `distribute` check, run by tests/test_backends.py).
@@ -106,6 +107,27 @@ def test_batches_give_every_replica_clips_and_padding_changes_no_prediction():
     keras.backend.clear_session()
 
 
+def test_processes_feed_consecutive_shares_of_the_same_batches():
+    from serkeras.pipeline import make_dataset
+
+    lengths = (40, 300, 73, 187, 120, 256, 95, 211, 64, 150, 91)
+    features, labels = synthetic_features(lengths), np.arange(len(lengths)) % 6
+    names = ("logmel", "spectral", "lengths")
+    for shuffle in (True, False):  # training batches, and padded evaluation batches with their weights
+        def batches(share=None):
+            return list(make_dataset(features, labels, 6, batch_size=4, shuffle=shuffle, seed=1, input_names=names,
+                                     replicas=2, process_share=share).as_numpy_iterator())
+
+        whole, first, second = batches(), batches((0, 2)), batches((1, 2))
+        assert len(whole) == len(first) == len(second)
+        for batch, mine, theirs in zip(whole, first, second):
+            for full, a, b in zip(batch, mine, theirs):
+                for key in (names if isinstance(full, dict) else [None]):
+                    part = (lambda x: x[key]) if key else (lambda x: x)
+                    assert len(part(a)) == len(part(b)) == len(part(full)) // 2
+                    np.testing.assert_array_equal(np.concatenate([part(a), part(b)]), part(full))
+
+
 def test_distribute_on_one_device_is_a_one_line_error(crema_subset, workdir):
     result = run_cli(["train", "--data-dir", str(crema_subset), "--cache-dir", str(workdir / "cache"),
                       "--run-name", "one-device", *TINY_TRAIN, "--distribute"], workdir)
@@ -135,14 +157,97 @@ def test_mixed_precision_on_cpu_trains_in_bfloat16_and_predicts_in_float32(crema
     assert probabilities.dtype == np.float32 and np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
 
 
-def test_several_machines_are_refused_in_one_line(crema_subset, workdir, monkeypatch):
+def test_tf_config_is_refused_in_one_line(crema_subset, workdir, monkeypatch):
     """Keras 3 cannot fit under MultiWorkerMirroredStrategy: TF_CONFIG with --distribute is refused up front."""
     cluster = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 0}}
     monkeypatch.setenv("TF_CONFIG", json.dumps(cluster))
     result = run_cli(["train", "--data-dir", str(crema_subset), "--cache-dir", str(workdir / "cache"),
                       "--run-name", "several-machines", *TINY_TRAIN, "--distribute"], workdir)
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert result.output.splitlines()[-1].startswith("error: --distribute trains on one machine: TF_CONFIG is set")
+    assert result.output.splitlines()[-1].startswith("error: --distribute cannot use TF_CONFIG")
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"KERAS_DISTRIBUTION_NUM_PROCESSES": "2"}, "KERAS_DISTRIBUTION_JOB_ADDRESSES, KERAS_DISTRIBUTION_PROCESS_ID are "
+                                                "not set"),
+    ({"KERAS_DISTRIBUTION_JOB_ADDRESSES": "10.0.0.1:1234", "KERAS_DISTRIBUTION_NUM_PROCESSES": "2",
+      "KERAS_DISTRIBUTION_PROCESS_ID": "2"}, "KERAS_DISTRIBUTION_PROCESS_ID is 2, but the 2 processes are numbered"),
+    ({"KERAS_DISTRIBUTION_JOB_ADDRESSES": "10.0.0.1:1234,10.0.0.2:1234,10.0.0.3:1234",
+      "KERAS_DISTRIBUTION_NUM_PROCESSES": "2", "KERAS_DISTRIBUTION_PROCESS_ID": "0"}, "lists 3 addresses for 2"),
+    ({"KERAS_DISTRIBUTION_JOB_ADDRESSES": "10.0.0.1", "KERAS_DISTRIBUTION_NUM_PROCESSES": "2",
+      "KERAS_DISTRIBUTION_PROCESS_ID": "0"}, "not the host:port of process 0"),
+    ({"KERAS_DISTRIBUTION_JOB_ADDRESSES": "10.0.0.1:1234", "KERAS_DISTRIBUTION_NUM_PROCESSES": "two",
+      "KERAS_DISTRIBUTION_PROCESS_ID": "0"}, "must be whole numbers"),
+    ({"KERAS_DISTRIBUTION_JOB_ADDRESSES": "10.0.0.1:1234", "KERAS_DISTRIBUTION_NUM_PROCESSES": "2",
+      "KERAS_DISTRIBUTION_PROCESS_ID": "1"}, "needs the jax backend, not tensorflow"),
+])
+def test_inconsistent_process_settings_are_one_line_errors(settings, message, crema_subset, workdir, monkeypatch):
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    result = run_cli(["train", "--data-dir", str(crema_subset), "--cache-dir", str(workdir / "cache"),
+                      "--run-name", "processes", *TINY_TRAIN, "--distribute"], workdir)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.splitlines()[-1].startswith("error: ") and message in result.output, result.output
+    assert not (workdir / "saved_models" / "processes").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "add --distribute to train over them"),
+    (["--distribute", "--resume"], "--resume continues a run in one process"),
+])
+def test_processes_train_with_distribute_and_not_resumed(extra, message, crema_subset, workdir, monkeypatch):
+    monkeypatch.setenv("KERAS_DISTRIBUTION_JOB_ADDRESSES", "10.0.0.1:1234")
+    monkeypatch.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", "2")
+    monkeypatch.setenv("KERAS_DISTRIBUTION_PROCESS_ID", "0")
+    result = run_cli(["train", "--data-dir", str(crema_subset), "--cache-dir", str(workdir / "cache"),
+                      "--run-name", "processes", *TINY_TRAIN, *extra], workdir)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.splitlines()[-1].startswith("error: ") and message in result.output, result.output
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_train_one_model_as_one_process_over_two_devices(crema_subset, tmp_path):
+    """Two JAX processes (one CPU device each, as two machines with one GPU each) train the model one
+    process trains over two devices: the same batches, the same steps, so the same weights; process 1
+    writes nothing."""
+    pytest.importorskip("jax")
+    from serkeras.models import load_model
+
+    def train_args(folder):
+        return serkeras("train", "--data-dir", str(crema_subset), "--cache-dir", str(tmp_path / "cache"),
+                        "--output-dir", str(folder / "saved_models"), "--log-dir", str(folder / "logs"),
+                        "--run-name", "run", *TINY_TRAIN, "--distribute")
+
+    one = tmp_path / "one-process"
+    [(status, output)] = run_together([(train_args(one), subprocess_env(
+        KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2"))], tmp_path, timeout=300)
+    assert status == 0, output[-3000:]
+
+    two = [tmp_path / "process0", tmp_path / "process1"]
+    cluster = {"KERAS_BACKEND": "jax", "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"127.0.0.1:{free_port()}",
+               "KERAS_DISTRIBUTION_NUM_PROCESSES": "2"}
+    results = run_together([(train_args(folder), subprocess_env(**cluster, KERAS_DISTRIBUTION_PROCESS_ID=str(i)))
+                            for i, folder in enumerate(two)], tmp_path, timeout=300)
+    for status, output in results:
+        assert status == 0, output[-3000:]
+    assert "best model:" in results[0][1] and "best model:" not in results[1][1]
+    assert "process 1 of 2 trained its share; process 0 writes the run" in results[1][1]
+    assert (two[0] / "saved_models" / "run" / "metrics.json").is_file()
+    assert not (two[1] / "saved_models").exists() and not (two[1] / "logs").exists()
+    alone, _ = load_model(one / "saved_models" / "run" / "model.keras")
+    together, _ = load_model(two[0] / "saved_models" / "run" / "model.keras")
+    # Each step sums the same two devices' gradients, whichever process holds the devices: equal, not close.
+    for a, b in zip(alone.get_weights(), together.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    history = [(folder / "saved_models" / "run" / "history.csv").read_text() for folder in (one, two[0])]
+    assert history[0] == history[1] and len(history[0].splitlines()) == 2
 
 
 def test_tune_distribute_over_two_jax_host_devices(crema_subset, tmp_path):
