@@ -709,22 +709,18 @@ def _join_process_group(train_config, resume, output_dir, log_dir):
 def _train_one(corpus, split, feature_config, model_config, train_config, run_dir, log_dir, resume, cache_dir,
                workers, quiet, describe):
     from serkeras.evaluation import format_corpus_table, format_report
-    from serkeras.training import process_group, run_training
+    from serkeras.training import process_group, train_run
 
     data = prepare_training_data(corpus, split, feature_config, train_config, cache_dir, workers)
-    if train_config.head_fit == "lbfgs":  # nothing to resume: the fit starts over
-        from serkeras.head_fit import run_head_fit
-
-        metrics = run_head_fit(data, feature_config, model_config, train_config, run_dir, describe=describe,
-                               verbose=0 if quiet else 1)
+    metrics = train_run(data, feature_config, model_config, train_config, run_dir, log_dir, resume=resume,
+                        describe=describe, verbose=fit_verbosity(quiet))
+    if "head_fit" in metrics:  # fitted in closed form: no epochs, no TensorBoard logs
         fit = metrics["head_fit"]
         click.echo(f"classifier fitted by L-BFGS on {fit['training_clips']} training clips: C={fit['C']:g} "
                    f"(validation accuracy {fit['val_accuracy']:.4f}), {metrics['train_seconds']:.0f} s")
         click.echo(format_report(metrics["test"]))
         click.echo(f"model: {run_dir / 'model.keras'}")
         return metrics
-    metrics = run_training(data, feature_config, model_config, train_config, run_dir, log_dir, resume=resume,
-                           describe=describe, verbose=fit_verbosity(quiet))
     group = process_group()
     if group is not None and not group.chief:
         click.echo(f"process {group.index} of {group.count} trained its share; process 0 writes the run")

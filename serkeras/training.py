@@ -1072,6 +1072,22 @@ def predict_with_replicas(model, feature_list, feature_config, replicas, batch_s
     return out
 
 
+def train_run(data, feature_config, model_config, train_config, run_dir, log_dir, resume=False, describe=None,
+              verbose=1):
+    """One run as `train_config.head_fit` asks: `run_training` (epochs of gradient steps), or
+    `serkeras.head_fit.run_head_fit` (a closed-form classifier: nothing to resume, the fit starts over).
+
+    Returns the metrics written to the run's metrics.json.
+    """
+    if train_config.head_fit == "lbfgs":
+        from serkeras.head_fit import run_head_fit
+
+        return run_head_fit(data, feature_config, model_config, train_config, run_dir, describe=describe,
+                            verbose=verbose)
+    return run_training(data, feature_config, model_config, train_config, run_dir, log_dir, resume=resume,
+                        describe=describe, verbose=verbose)
+
+
 def run_training(data, feature_config, model_config, train_config, run_dir, log_dir, resume=False,
                  describe=None, verbose=1):
     """Train, keep the best model, evaluate it on validation and test; returns the metrics dict.
@@ -1250,14 +1266,8 @@ def leave_one_corpus_out(corpus, prepare, feature_config, model_config, train_co
         data = prepare(held, split)
         info = {"split": "held-out corpus", "corpus": held.name, "held_out": name, "val_fraction": val_fraction,
                 "seed": seed, "corpora": list(names), **(describe or {})}
-        if train_config.head_fit == "lbfgs":  # a closed-form fit: nothing to resume
-            from serkeras.head_fit import run_head_fit
-
-            metrics = run_head_fit(data, feature_config, model_config, train_config, run_dir, describe=info,
-                                   verbose=verbose)
-        else:
-            metrics = run_training(data, feature_config, model_config, train_config, run_dir,
-                                   log_dir / run_dir.name, resume=resume, describe=info, verbose=verbose)
+        metrics = train_run(data, feature_config, model_config, train_config, run_dir, log_dir / run_dir.name,
+                            resume=resume, describe=info, verbose=verbose)
         reports[name] = metrics["test"]
         del data  # before the next corpus's features are read: each run's can take gigabytes
         gc.collect()
