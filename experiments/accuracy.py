@@ -21,16 +21,15 @@ import dataclasses
 import functools
 import json
 import shlex
-import sys
 from pathlib import Path
 
 import click
 
 from serkeras.cli import SerkerasGroup, speaker_reference_clips, speaker_stats_option, tta_option
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pretrained_probe import cost_rows  # noqa: E402
-from study import (RESULTS_DIR, ROOT, STUDY, accuracy_interval, format_minutes, load_results,  # noqa: E402
+# Sibling scripts: run as `python experiments/NAME.py`, a script's own folder comes first on sys.path.
+from pretrained_probe import cost_rows
+from study import (RESULTS_DIR, ROOT, STUDY, accuracy_interval, format_minutes, load_results,
                    mean_std, previous_tables, run_logged, training_time)
 
 RUNS_DIR = Path("saved_models") / "accuracy"

@@ -29,7 +29,6 @@ came from the script that built them before).
 
 import functools
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -39,8 +38,8 @@ import numpy as np
 from serkeras.cli import SerkerasGroup
 from serkeras.head_fit import HEAD_C_GRID, fit_logistic_head
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study import RESULTS_DIR, accuracy_interval, mean_std  # noqa: E402
+# Sibling scripts: run as `python experiments/NAME.py`, a script's own folder comes first on sys.path.
+from study import RESULTS_DIR, accuracy_interval, mean_std
 
 EMBEDDINGS_DIR = Path("data") / "cache" / "pretrained"
 #: Inverse regularisation strengths tried; the validation part picks one per split (as `--head-fit lbfgs`).
