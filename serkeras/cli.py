@@ -12,6 +12,7 @@ import click
 from serkeras import __version__
 from serkeras.effects import WaveAugmentation  # numpy only: its defaults are the CLI's
 from serkeras.errors import SerkerasError
+from serkeras.shipped import find_model, model_names  # the manifest is a small TOML file: no Keras
 
 # Quiet TensorFlow's C++ start-up chatter before anything imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -790,9 +791,18 @@ tta_option = click.option(
          "Costs that many more feature extractions and forward passes; for models trained on such copies.")
 
 
+def names_shipped_models(command):
+    """End a command's help with the names of the shipped models its MODEL may be (read from their manifest)."""
+    import inspect
+
+    command.help = f"{inspect.cleandoc(command.help)}\n\nMODEL is a .keras file or a shipped model's name: {', '.join(model_names())}."
+    return command
+
+
 def _open_model(path):
-    """Load a .keras file, or a shipped model by name (see `resolve_model`)."""
+    """Load a .keras file, or a shipped model by name (see `serkeras.shipped.resolve_model`)."""
     from serkeras.models import load_model
+    from serkeras.shipped import resolve_model
 
     return load_model(resolve_model(path))
 
@@ -828,6 +838,7 @@ def speaker_reference_clips(speaker_stats, meta, corpus):
     return corpus.clips
 
 
+@names_shipped_models
 @main.command(cls=KerasCommand)
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
 @data_options
@@ -848,8 +859,6 @@ def evaluate(model_path, data_dir, manifest, cache_dir, split_kind, fold, n_fold
     """Accuracy, F1, precision, recall, per-class table and confusion matrix of a saved model
     (with --perturb: accuracy and UA under each recording condition).
 
-    MODEL is a .keras file or a shipped model's name (serkeras-crema-d-whisper,
-    serkeras-crema-d-whisper-speaker-norm, serkeras-crema-d, serkeras-crema-d-speaker-norm).
     Given several corpora, each is also reported apart, on the classes it has.
     """
     import json
@@ -919,53 +928,10 @@ def evaluate(model_path, data_dir, manifest, cache_dir, split_kind, fold, n_fold
         save_confusion_matrix(report["confusion_matrix"], meta.labels, plot, f"{part}: {described}")
 
 
-#: The project's pretrained models (saved_models/<name>.keras); `predict` uses the first when --model is not
-#: given: the first layers of Whisper's pre-trained encoder with a linear classifier (made by
-#: experiments/pretrained_probe.py ship). The second is the same encoder with its embedding standardised by
-#: speaker (`ship --speaker-norm`), best with many recordings of each speaker. The third averages three CNNs
-#: trained here from scratch; the fourth, four such CNNs trained with --speaker-norm.
-SHIPPED_MODELS = ("serkeras-crema-d-whisper", "serkeras-crema-d-whisper-speaker-norm", "serkeras-crema-d",
-                  "serkeras-crema-d-speaker-norm")
-SHIPPED_MODEL = f"{SHIPPED_MODELS[0]}.keras"
-
-
-def shipped_model_folders():
-    """Where shipped models are looked for: the project folder, the install prefix, the source checkout."""
-    from pathlib import Path
-
-    return [Path.cwd() / "saved_models", Path(sys.prefix) / "share" / "serkeras",
-            Path(__file__).resolve().parent.parent / "saved_models"]
-
-
-def shipped_model_path(name):
-    """The file of the shipped model `name` (with or without .keras) in the first folder that has it."""
-    file_name = f"{name.removesuffix('.keras')}.keras"
-    for folder in shipped_model_folders():
-        if (folder / file_name).is_file():
-            return folder / file_name
-    raise SerkerasError(f"no shipped model saved_models/{file_name} found: train one with `serkeras train` "
-                        "and pass --model saved_models/<run>/model.keras")
-
-
-def default_model_path():
-    return shipped_model_path(SHIPPED_MODEL)
-
-
-def resolve_model(value):
-    """`value` if it names a file, else the shipped model of that name (`serkeras-crema-d-speaker-norm`)."""
-    from pathlib import Path
-
-    if value is None:
-        return default_model_path()
-    if Path(value).is_file() or value.removesuffix(".keras") not in SHIPPED_MODELS:
-        return Path(value)
-    return shipped_model_path(value)
-
-
 @main.command(cls=KerasCommand)
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
-              help=f"A .keras file, or a shipped model by name: {', '.join(SHIPPED_MODELS)} (default: the first).")
+              help=f"A .keras file, or a shipped model by name: {', '.join(model_names())} (default: the first).")
 @click.option("--format", "output_format", type=click.Choice(["table", "json", "csv"]), default="table",
               show_default=True)
 @click.option("--window", type=click.FloatRange(min=0.5), default=None,
@@ -1024,7 +990,7 @@ def _refuse_model_paths(paths):
     """A model given where audio belongs (`serkeras predict model.keras clip.wav`) is a usage error, not a
     skipped file: otherwise the default model would quietly predict in its place."""
     for path in paths:
-        if path.lower().endswith(".keras") or (path in SHIPPED_MODELS and not os.path.exists(path)):
+        if path.lower().endswith(".keras") or (find_model(path) and not os.path.exists(path)):
             raise click.UsageError(f"{path} is a model, not audio: pass it as --model {path}")
 
 
@@ -1160,6 +1126,7 @@ def tune(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction,
 
 
 
+@names_shipped_models
 @main.command("export", cls=KerasCommand)
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
 @click.option("--format", "export_format", type=lazy_choice("export", "FORMATS"), default="tf_saved_model",
@@ -1168,9 +1135,6 @@ def tune(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction,
               help="Where to write (default: next to the model, named after the format).")
 def export_command(model_path, export_format, output):
     """Export a model for serving (Keras' Model.export) and check it predicts like the .keras file.
-
-    MODEL is a .keras file or a shipped model's name (serkeras-crema-d-whisper,
-    serkeras-crema-d-whisper-speaker-norm, serkeras-crema-d, serkeras-crema-d-speaker-norm).
     """
     from pathlib import Path
 
