@@ -25,7 +25,8 @@ from pathlib import Path
 
 import click
 
-from serkeras.cli import SerkerasGroup, speaker_reference_clips, speaker_stats_option, tta_option
+from serkeras.api import speaker_reference_clips
+from serkeras.options import SerkerasGroup, speaker_stats_option, tta_option
 from serkeras.shipped import shipped_model
 
 # Sibling scripts: run as `python experiments/NAME.py`, a script's own folder comes first on sys.path.

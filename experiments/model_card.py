@@ -544,7 +544,7 @@ def write_whisper_card(run_dir, card_path, data_dir, recipe, kfold_dir=None, mod
 if __name__ == "__main__":
     import click
 
-    from serkeras.cli import SerkerasGroup
+    from serkeras.options import SerkerasGroup
 
     @click.group(cls=SerkerasGroup)  # user errors as one line, as in the serkeras CLI
     def cli():
