@@ -789,9 +789,7 @@ def tune(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction,
     KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT set it
     runs as KerasTuner's chief ("chief" in the id) or as a worker.
     """
-    import json
     import math
-    import shutil
     from pathlib import Path
 
     from serkeras import api, tuning
@@ -810,17 +808,7 @@ def tune(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction,
                 "test_fraction": test_fraction, "seed": seed}
     settings = tuning.search_settings(feature_config, model_config, train_config, describe, tuner_kind, objective,
                                       search_dropout, search_width, search_fine_tune)
-    if role == "worker":
-        if overwrite:
-            click.echo("warning: --overwrite is ignored by workers (only the chief starts a search again)", err=True)
-        overwrite = False
-    elif overwrite:
-        for name in ("search.json", "trials.csv", "trials.md", "best.keras", "best.json"):
-            (search_dir / name).unlink(missing_ok=True)
-        shutil.rmtree(search_logs, ignore_errors=True)  # KerasTuner removes its own project (tuner/)
-    else:
-        tuning.check_resumable(search_dir, settings)
-
+    overwrite = tuning.prepare_search(search_dir, search_logs, settings, role, overwrite)
     corpus, split = api.load_split(data_dir, manifest, api.SplitSettings(split_kind, fold, n_folds, val_fraction,
                                                                          test_fraction, seed), training=True)
     who = "" if role == "local" else f" ({role} {os.environ['KERASTUNER_TUNER_ID']})"
@@ -834,8 +822,7 @@ def tune(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction,
                                       search_fine_tune=search_fine_tune,
                                       partial_labels=data.partial_labels)
     if role != "worker":
-        search_dir.mkdir(parents=True, exist_ok=True)
-        (search_dir / "search.json").write_text(json.dumps({"settings": settings, "corpus": corpus.name}, indent=2))
+        tuning.record_search(search_dir, settings, corpus.name)
     tuner = tuning.make_tuner(tuner_kind, hypermodel, objective, max_trials, search_dir, "tuner", seed,
                               overwrite=overwrite, max_epochs=epochs)
     if role != "worker" and tuner.oracle.trials:
@@ -853,12 +840,7 @@ def tune(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction,
     click.echo(f"{len(rows)} completed trial{'' if len(rows) == 1 else 's'}, best first "
                f"(score: {objective} at the best epoch):")
     click.echo(tuning.format_table(rows, objective))
-    best, model = tuning.best_model(tuner)
-    model.save(search_dir / "best.keras")
-    report = tuning.evaluate(model, data, feature_config, "test")
-    (search_dir / "best.json").write_text(json.dumps(
-        {"trial_id": best.trial_id, "hyperparameters": best.hyperparameters.values, "objective": objective,
-         "score": best.score, "best_epoch": int(best.best_step) + 1, "test": report}, indent=2))
+    best, report = tuning.save_best(tuner, data, feature_config, objective, search_dir)
     click.echo(f"best trial {best.trial_id}: " + ", ".join(f"{k}={v}" for k, v in best.hyperparameters.values.items())
                + f"; {objective} {best.score:.4f}. On the test part:")
     click.echo(format_report(report))
