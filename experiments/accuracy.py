@@ -13,8 +13,8 @@ Every run is one ``serkeras train`` process writing ``saved_models/accuracy/<run
 ``logs/accuracy/<run>/``; a finished run is skipped and an interrupted one resumed.
 ``saved_models/accuracy/runs.jsonl`` records each run's exact command, machine and
 wall time. ``ship`` trains a shipped model's recipes (SHIPPED_MODELS) on the ``actor``
-split where those runs are missing, saves their average as ``saved_models/<name>.keras``
-and writes its card from that model's predictions on the split's test actors.
+split where those runs are missing, saves their average as the model file that serkeras'
+manifest of shipped models names, and writes its card from that model's predictions on the split's test actors.
 """
 
 import dataclasses
@@ -25,7 +25,9 @@ from pathlib import Path
 
 import click
 
-from serkeras.cli import SerkerasGroup, speaker_reference_clips, speaker_stats_option, tta_option
+from serkeras.api import speaker_reference_clips
+from serkeras.options import SerkerasGroup, speaker_stats_option, tta_option
+from serkeras.shipped import shipped_model
 
 # Sibling scripts: run as `python experiments/NAME.py`, a script's own folder comes first on sys.path.
 from pretrained_probe import cost_rows
@@ -175,14 +177,14 @@ RECIPES.update({
 
 @dataclasses.dataclass(frozen=True)
 class ShippedModel:
-    """A model the repository ships: the average of these recipes' actor-split runs, and its card.
+    """How `ship` builds a shipped model (one that serkeras/shipped_models.toml lists, with its file and card):
+    the average of these recipes' actor-split runs.
 
     `recipes`: RECIPE or RECIPE:SEED (a training seed other than 0, as in `run --seed`), so that seeds
-    of one recipe can be members together.
+    of one recipe can be members together. `chosen`: how they were chosen, for the card.
     """
 
     recipes: tuple
-    card: str
     chosen: str
     tta_copies: int = 0
 
@@ -191,7 +193,7 @@ class ShippedModel:
         return recipe_and_seed(None, None, self.recipes)
 
 
-#: The shipped models, by name (saved_models/<name>.keras; serkeras.cli.SHIPPED_MODELS finds them).
+#: The shipped models that average this script's recipes, by their name in serkeras' manifest of shipped models.
 SHIPPED_MODELS = {
     # Chosen on the actor split's validation actors: 67.4% for the three together, 58.2-62.4% for each
     # alone (resnet-augmented-mixup replaced resnet-augmented, 65.9% with it, at the same cost;
@@ -200,7 +202,7 @@ SHIPPED_MODELS = {
     # copies, 63.6% with 4); for this one it does not raise validation accuracy (67.4% without, 66.7% with
     # 2), so the card shows it as an option, not as the model's result.
     "serkeras-crema-d": ShippedModel(
-        ("resnet", "crnn-augmented", "resnet-augmented-mixup"), "MODEL_CARD.md", tta_copies=2,
+        ("resnet", "crnn-augmented", "resnet-augmented-mixup"), tta_copies=2,
         chosen="The members were chosen on the validation actors"),
     # For speakers with several recordings. Recipes chosen by 5-fold cross-validation over all 73 development
     # actors, which include this split's test actors: 69.5 ± 1.0% for the two at seed 0 (finding 21), 69.2-69.3%
@@ -217,7 +219,7 @@ SHIPPED_MODELS = {
     "serkeras-crema-d-speaker-norm": ShippedModel(
         ("crnn-augmented-speaker-znorm-long", "resnet-augmented-mixup-speaker-znorm-long",
          "crnn-augmented-speaker-znorm-long:1", "resnet-augmented-mixup-speaker-znorm-long:1"),
-        "MODEL_CARD-speaker-norm.md", tta_copies=2,
+        tta_copies=2,
         chosen="The recipes were chosen by 5-fold cross-validation over the 73 development actors, whose test "
                "folds include this split's test actors, so the test figure here is not quite blind. The second "
                "training seed of each (members 3 and 4) was added for the four's accuracy on the validation "
@@ -320,7 +322,7 @@ def ship(data_dir, epochs, name):
         members.append(run_name(recipe, "actor", seed=seed))
     model = ensemble_model([load_model(ROOT / RUNS_DIR / m / "model.keras")[0] for m in members],
                            name=name.replace("-", "_"))
-    path = SHIPPED_DIR / f"{name}.keras"
+    path = SHIPPED_DIR / shipped_model(name).file
     model.save(ROOT / path)
     click.echo(f"saved the average of {', '.join(members)} to {path} ({(ROOT / path).stat().st_size / 2**20:.1f} MiB)")
     write_card(data_dir, name, epochs)
@@ -338,22 +340,22 @@ def card(data_dir, epochs, name):
 def write_card(data_dir, name, epochs):
     from model_card import write_model_card
 
-    shipped = SHIPPED_MODELS[name]
-    path = SHIPPED_DIR / f"{name}.keras"
+    shipped, listed = SHIPPED_MODELS[name], shipped_model(name)
+    path = SHIPPED_DIR / listed.file
     if not (ROOT / path).is_file():
         raise click.ClickException(f"{path} does not exist: run `ship --model {name}` first")
     options = ([f"--model {name}"] if name != DEFAULT_SHIPPED else []) + ([f"--epochs {epochs}"] if epochs else [])
     command = " ".join(["python experiments/accuracy.py ship", *options])
     results = load_results(RUNS_DIR)
     scores = finished_test_scores(results)
-    write_model_card(ROOT / path, ROOT / SHIPPED_DIR / shipped.card, data_dir,
+    write_model_card(ROOT / path, ROOT / SHIPPED_DIR / listed.card, data_dir,
                      members=[run_name(recipe, "actor", seed=seed) for recipe, seed in shipped.members()],
                      command=command, results=results, runs_dir=ROOT / RUNS_DIR,
                      kfold_scores={label: [scores.get(run_name(recipe, "kfold", k, seed)) for k in range(N_FOLDS)]
                                    for label, (recipe, seed) in zip(shipped.recipes, shipped.members())},
                      n_folds=N_FOLDS, tta_copies=shipped.tta_copies,
                      kfold_ensembles=shipped_kfold_ensembles(shipped), chosen=shipped.chosen, listed=listed_runs())
-    click.echo(f"wrote {SHIPPED_DIR / shipped.card}")
+    click.echo(f"wrote {SHIPPED_DIR / listed.card}")
 
 
 def runs_log():

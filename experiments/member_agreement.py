@@ -29,19 +29,18 @@ def agreement_row(members, features, labels, length_mode, fixed_frames=None):
               help="CREMA-D audio folder (default $SERKERAS_DATA_DIR or data/Crema).")
 def main(models, data_dir):
     """Member accuracies and pairwise agreement of MODELS (at least two members in all)."""
+    from serkeras.api import SplitSettings, load_split, open_model
     from serkeras.cache import model_features
-    from serkeras.cli import load_split, resolve_model
-    from serkeras.models import load_model
     from serkeras.models.ensemble import ensemble_members
 
-    loaded = [load_model(resolve_model(m)) for m in models]
+    loaded = [open_model(m) for m in models]
     members = [member for model, _ in loaded for member in ensemble_members(model)]
     config = loaded[0][1].feature_config
     if len(members) < 2:
         raise click.UsageError("give at least two members (models, or an ensemble)")
     if any(meta.feature_config != config for _, meta in loaded):
         raise click.UsageError("the models need the same feature settings")
-    corpus, split = load_split(data_dir, None, "actor", 0, 5, 0.1, 0.1, 0)
+    corpus, split = load_split(data_dir, None, SplitSettings("actor"))
     click.echo(f"{' + '.join(models)}: {len(members)} members, actor split (seed 0)\n")
     click.echo("| part | pairwise agreement % | member accuracies % |\n| --- | --- | --- |")
     for part in ("val", "test"):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serkeras.cli import SHIPPED_MODELS
+from serkeras.shipped import default_model
 # experiments/ is on the path of every script here.
 from study import format_minutes, mean_std, previous_tables, training_time
 
@@ -303,7 +303,7 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
     size = Path(model_path).stat().st_size / 2**20
     fc = meta.feature_config
     name = Path(model_path).stem
-    model_option = "" if name == SHIPPED_MODELS[0] else f" --model {name}"
+    model_option = "" if name == default_model().name else f" --model {name}"
     inputs = "recordings_of_one_speaker/" if fc.speaker_norm else "my_recording.wav"
     lines = [
         f"# Model card: `{name}.keras`", "",
@@ -456,7 +456,7 @@ def write_whisper_card(run_dir, card_path, data_dir, recipe, kfold_dir=None, mod
     folds = run_folds(kfold_dir) if kfold_dir else {}
     by_speaker = mc.speaker_standardization
     lbfgs = train_config.get("head_fit") == "lbfgs"
-    if name == SHIPPED_MODELS[0]:
+    if name == default_model().name:
         use = "serkeras predict my_recording.wav        # uses this model when --model is not given"
     elif by_speaker:
         use = (f"serkeras predict --model {name} recordings_of_one_speaker/   # several recordings per speaker "
@@ -544,7 +544,7 @@ def write_whisper_card(run_dir, card_path, data_dir, recipe, kfold_dir=None, mod
 if __name__ == "__main__":
     import click
 
-    from serkeras.cli import SerkerasGroup
+    from serkeras.options import SerkerasGroup
 
     @click.group(cls=SerkerasGroup)  # user errors as one line, as in the serkeras CLI
     def cli():

@@ -35,7 +35,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from serkeras.cli import SerkerasGroup
+from serkeras.options import SerkerasGroup
 from serkeras.head_fit import HEAD_C_GRID, fit_logistic_head
 
 # Sibling scripts: run as `python experiments/NAME.py`, a script's own folder comes first on sys.path.

@@ -10,8 +10,11 @@ import warnings
 import click
 
 from serkeras import __version__
+from serkeras.api import PREDICTION_FORMATS  # the Python API imports Keras only in the functions that need it
 from serkeras.effects import WaveAugmentation  # numpy only: its defaults are the CLI's
 from serkeras.errors import SerkerasError
+from serkeras.options import SerkerasGroup, speaker_stats_option, tta_option
+from serkeras.shipped import find_model, model_names  # the manifest is a small TOML file: no Keras
 
 # Quiet TensorFlow's C++ start-up chatter before anything imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -110,22 +113,6 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     click.echo(f"warning: {message}", err=True)
 
 
-class SerkerasGroup(click.Group):
-    """Prints user errors as one line (traceback only with --debug)."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except SerkerasError as exc:
-            if ctx.obj and ctx.obj.get("debug"):
-                raise
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
-        except KeyboardInterrupt as exc:  # a command may say what was kept and how to go on
-            click.echo(f"interrupted: {str(exc) or 'work finished so far is kept (cache entries, checkpoints)'}", err=True)
-            sys.exit(130)
-
-
 @click.group(cls=SerkerasGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="serkeras")
 @click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
@@ -190,8 +177,9 @@ def feature_config_from(kwargs):
     """Pop the feature options out of a command's kwargs into a FeatureConfig."""
     from serkeras.features import FeatureConfig
 
-    if kwargs.get("speaker_scale") and not kwargs.get("speaker_norm"):
-        raise click.UsageError("--speaker-scale needs --speaker-norm")
+    for option in ("speaker_scale", "speaker_subsets"):  # the latter a training option, of train, tune, cross-corpus
+        if kwargs.get(option) and not kwargs.get("speaker_norm"):
+            raise click.UsageError(f"--{option.replace('_', '-')} needs --speaker-norm")
     names = ("length_mode", "fixed_seconds", "sample_rate", "n_mels", "n_fft", "win_length", "hop_length",
              "fmin", "fmax", "n_mfcc", "pitch", "audio_normalization", "speaker_norm",
              "speaker_scale", "level_dbfs")
@@ -424,33 +412,6 @@ def device_options(f):
     return _apply(_device_option_list(), f)
 
 
-def prepare_training_data(corpus, split, feature_config, train_config, cache_dir, workers, progress=True):
-    """Features of every part of `split`, with the training part's augmented copies (and, with a teacher,
-    its soft targets); says how many."""
-    from serkeras.training import distillation_targets, prepare_split
-
-    if train_config.speaker_subsets and not feature_config.speaker_norm:
-        raise click.UsageError("--speaker-subsets needs --speaker-norm")
-    teacher, teacher_meta = _open_model(train_config.teacher) if train_config.teacher else (None, None)
-    data = prepare_split(corpus, split, feature_config, cache_dir, workers, progress=progress,
-                         augmentation=train_config.wave_augmentation(), copies=train_config.augment_copies,
-                         speaker_subsets=train_config.speaker_subsets, seed=train_config.seed)
-    if train_config.augment_copies:
-        total = len(data.parts["train"][0])
-        click.echo(f"training part: {total} clips, of which {total - len(split.train)} augmented copies")
-    if teacher is not None:
-        # The same clips and copies, as the teacher was trained to see them.
-        teacher_data = prepare_split(corpus, split, teacher_meta.feature_config, cache_dir, workers,
-                                     progress=progress, augmentation=train_config.wave_augmentation(),
-                                     copies=train_config.augment_copies, seed=train_config.seed)
-        targets = distillation_targets(data, teacher, teacher_data, train_config.distill_weight)
-        data.targets["train"] = targets
-        on_label = targets[range(len(targets)), data.parts["train"][2]].mean()
-        click.echo(f"distilling {train_config.teacher} (weight {train_config.distill_weight:g}): "
-                   f"mean training target on the acted emotion {on_label:.3f}")
-    return data
-
-
 def model_config_from(kwargs):
     from serkeras.models import ModelConfig
 
@@ -463,31 +424,6 @@ def model_config_from(kwargs):
         return ModelConfig(**values)
     except ValueError as exc:
         raise SerkerasError(f"bad model settings: {exc}") from None
-
-
-def configured(feature_config, model_config):
-    """The settings an architecture is built and trained with (`serkeras.models.configure`): a pre-trained
-    encoder fixes its features and sizes, and says so."""
-    from serkeras.models import configure
-
-    resolved = configure(feature_config, model_config)
-    if resolved[0] != feature_config:
-        changed = {k: v for k, v in resolved[0].to_dict().items() if feature_config.to_dict()[k] != v}
-        click.echo(f"--arch {model_config.arch} sets the features: " + ", ".join(f"{k}={v}" for k, v in changed.items()))
-    return resolved
-
-
-def load_split(data_dir, manifest, split_kind, fold, n_folds, val_fraction, test_fraction, seed, training=False):
-    """The corpus (several when given several sources) and its split; `training` refuses a corpus that cannot
-    train a classifier (one label)."""
-    from serkeras.corpus import check_trainable, load_corpora
-    from serkeras.splits import make_split
-
-    corpus = load_corpora(data_dir, manifest)
-    if training:
-        check_trainable(corpus)
-    split = make_split(corpus.clips, split_kind, val_fraction, test_fraction, fold, n_folds, seed)
-    return corpus, split
 
 
 def run_options(f):
@@ -543,136 +479,42 @@ def train(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction
     Ctrl-C stops at the next batch and keeps the last finished epoch; --resume
     continues from there.
     """
-    import json
-    import time
     from pathlib import Path
 
-    from serkeras.head_fit import check_head_fit
-    from serkeras.training import TrainConfig, TrainingInterrupted, run_finished, with_encoder_learning_rate
+    from serkeras import api
+    from serkeras.training import TrainConfig
 
     feature_config, model_config = feature_config_from(kwargs), model_config_from(kwargs)
     train_config = TrainConfig(seed=seed if train_seed is None else train_seed, **kwargs)
-    if model_config.speaker_prior_clips and not model_config.speaker_standardization:
-        raise SerkerasError("--speaker-prior-clips needs --speaker-standardization")
-    check_head_fit(model_config, train_config)
     output_dir, log_dir = _join_process_group(train_config, resume, output_dir, log_dir)
-    if not resume:  # a resumed run keeps the settings it stored, already configured
-        feature_config, model_config = configured(feature_config, model_config)
-        if model_config.speaker_standardization and model_config.arch != "whisper":
-            raise click.UsageError("--speaker-standardization standardises a pre-trained encoder's embedding: "
-                                   "use it with --arch whisper (or --speaker-norm, which standardises features)")
-        if train_config.encoder_learning_rate is not None and not model_config.fine_tune_layers:
-            raise click.UsageError("--encoder-lr is the learning rate of fine-tuned encoder layers: give "
-                                   "--fine-tune-layers too")
-        train_config = with_encoder_learning_rate(train_config, model_config)
-    else:
+    if resume:  # the stored settings; what the command line gives again replaces them
         if not run_name:
             raise SerkerasError("--resume needs the --run-name of the run to continue")
-        saved, stored_folds = _stored_run_config(Path(output_dir) / run_name)
-        from serkeras.features import FeatureConfig
-        from serkeras.models import ModelConfig
-
-        feature_config = FeatureConfig.from_dict(saved["feature_config"])
-        model_config = ModelConfig.from_dict(saved["model_config"])
-        train_config = TrainConfig.from_dict(saved["train_config"])
         given = click.get_current_context().get_parameter_source
-        if given("epochs").name == "COMMANDLINE":
-            train_config = TrainConfig.from_dict({**train_config.to_dict(), "epochs": kwargs["epochs"]})
-        split_kind, fold, n_folds = saved["split"], saved["fold"], saved["n_folds"]
-        val_fraction, test_fraction, seed = saved["val_fraction"], saved["test_fraction"], saved["seed"]
-        all_folds = all_folds or stored_folds
-        # The stored corpora, unless given again (runs stored before the data source was kept have none).
-        if given("data_dir").name != "COMMANDLINE" and given("manifest").name != "COMMANDLINE":
-            data_dir = saved.get("data_dirs", saved.get("data_dir", data_dir))
-            manifest = saved.get("manifests", saved.get("manifest", manifest))
-        if given("cache_dir").name != "COMMANDLINE":
-            cache_dir = saved.get("cache_dir", cache_dir)
-        run_dir = Path(output_dir) / run_name
-        finished = [k for k in range(n_folds) if run_finished(run_dir / f"fold{k}")]
-        if all_folds:  # finished when every fold is and their summary is written
-            done = len(finished) == n_folds and (run_dir / "kfold.json").is_file()
-        else:
-            done = run_finished(run_dir)
-        if done:
+
+        def on_command_line(*names):
+            return any(given(name).name == "COMMANDLINE" for name in names)
+
+        corpora = on_command_line("data_dir", "manifest")
+        resumed = api.resumed_run(Path(output_dir) / run_name,
+                                  epochs=kwargs["epochs"] if on_command_line("epochs") else None,
+                                  data_dir=data_dir if corpora else None, manifest=manifest if corpora else None,
+                                  cache_dir=cache_dir if on_command_line("cache_dir") else None,
+                                  all_folds=all_folds)
+        if resumed.finished:
             click.echo(f"run {run_name} already finished; nothing to resume")
             return
+        run, finished = resumed.run, resumed.finished_folds
         click.echo(f"resuming {run_name} with its stored settings"
-                   + (f" (finished folds kept: {', '.join(map(str, finished))})" if all_folds and finished else ""))
-    run_name = run_name or (f"{model_config.arch}-{split_kind}-{model_config.activation}-lr{train_config.learning_rate:g}"
-                            f"-{time.strftime('%Y%m%d-%H%M%S')}")
-    if all_folds and split_kind != "kfold":
-        raise SerkerasError("--folds needs --split kfold")
-    folds = list(range(n_folds)) if all_folds else [fold]
-    data_source = _data_source(data_dir, manifest, cache_dir)
-    results = []
-    for k in folds:
-        name = f"{run_name}/fold{k}" if all_folds else run_name
-        run_dir = Path(output_dir) / name
-        if run_dir.exists() and not resume and (run_dir / "config.json").exists():
-            raise SerkerasError(f"run {name} exists in {output_dir}/: use --resume to continue it or a new --run-name")
-        if resume and all_folds and run_finished(run_dir):
-            results.append(json.loads((run_dir / "metrics.json").read_text()))
-            continue
-        corpus, split = load_split(data_dir, manifest, split_kind, k, n_folds, val_fraction, test_fraction, seed,
-                                   training=True)
-        click.echo(f"run {name}: {split.description}; train {len(split.train)}, val {len(split.val)}, "
-                   f"test {len(split.test)} clips")
-        try:
-            results.append(_train_one(corpus, split, feature_config, model_config, train_config, run_dir,
-                                      Path(log_dir) / name, resume and (run_dir / "config.json").is_file(),
-                                      cache_dir, workers, quiet,
-                                      {"split": split_kind, "fold": k, "n_folds": n_folds,
-                                       "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed,
-                                       "corpus": corpus.name, **data_source}))
-        except TrainingInterrupted as exc:
-            raise KeyboardInterrupt(f"run {name}: {exc} (kept in {run_dir / 'backup'}); continue it with "
-                                    f"`serkeras train --resume --run-name {run_name}`") from None
-    if all_folds:
-        import numpy as np
-
-        summary = {m: {"mean": float(np.mean([r["test"][m] for r in results])),
-                       "std": float(np.std([r["test"][m] for r in results])),
-                       "folds": [r["test"][m] for r in results]}
-                   for m in ("accuracy", "unweighted_average_recall", "macro_f1")}
-        (Path(output_dir) / run_name / "kfold.json").write_text(json.dumps(summary, indent=2))
-        ua = summary["unweighted_average_recall"]
-        click.echo(f"{n_folds}-fold test accuracy {summary['accuracy']['mean']:.4f} ± {summary['accuracy']['std']:.4f}, "
-                   f"UA {ua['mean']:.4f} ± {ua['std']:.4f}, "
-                   f"macro-F1 {summary['macro_f1']['mean']:.4f} ± {summary['macro_f1']['std']:.4f}")
-
-
-def _stored_run_config(run_dir):
-    """The stored config.json of the run in `run_dir` and whether it trains every fold (--folds).
-
-    A --folds run keeps one config.json per fold (`fold0/`, ...); they differ in the fold only.
-    """
-    import json
-
-    stored = sorted(run_dir.glob("fold*/config.json")) or [run_dir / "config.json"]
-    if not stored[0].is_file():
-        raise SerkerasError(f"nothing to resume: {run_dir / 'config.json'} does not exist")
-    return json.loads(stored[0].read_text()), stored[0].parent != run_dir
-
-
-def _data_source(data_dir, manifest, cache_dir):
-    """Where a run's clips and features come from, as absolute paths for its config.json (--resume reads them).
-
-    `data_dir` and `manifest` are the values of the repeatable options (or single paths); one source is
-    stored as `data_dir` or `manifest`, several as the lists `data_dirs` and `manifests`.
-    """
-    from serkeras.cache import resolve_cache_dir
-    from serkeras.corpus import resolve_data_dir
-
-    data_dirs = [data_dir] if isinstance(data_dir, str) else list(data_dir or ())
-    manifests = [manifest] if isinstance(manifest, str) else list(manifest or ())
-    if len(data_dirs) + len(manifests) > 1:
-        corpus = {"data_dirs": [os.path.abspath(d) for d in data_dirs],
-                  "manifests": [os.path.abspath(m) for m in manifests]}
-    elif manifests:
-        corpus = {"manifest": os.path.abspath(manifests[0])}
+                   + (f" (finished folds kept: {', '.join(map(str, finished))})" if run.all_folds and finished else ""))
     else:
-        corpus = {"data_dir": os.path.abspath(resolve_data_dir(data_dirs[0] if data_dirs else None))}
-    return {**corpus, "cache_dir": os.path.abspath(resolve_cache_dir(cache_dir))}
+        run = api.new_run(feature_config, model_config, train_config,
+                          api.SplitSettings(split_kind, fold, n_folds, val_fraction, test_fraction, seed),
+                          data_dir, manifest, cache_dir, all_folds, echo=click.echo)
+    run_name = run_name or run.default_name()
+    results = api.train_runs(run, run_name, output_dir, log_dir, resume, workers, fit_verbosity(quiet), click.echo)
+    if run.all_folds:
+        click.echo(api.format_fold_summary(api.summarise_folds(results, Path(output_dir) / run_name)))
 
 
 def fit_verbosity(quiet):
@@ -706,32 +548,6 @@ def _join_process_group(train_config, resume, output_dir, log_dir):
     return os.path.join(scratch.name, "saved_models"), os.path.join(scratch.name, "logs")
 
 
-def _train_one(corpus, split, feature_config, model_config, train_config, run_dir, log_dir, resume, cache_dir,
-               workers, quiet, describe):
-    from serkeras.evaluation import format_corpus_table, format_report
-    from serkeras.training import process_group, train_run
-
-    data = prepare_training_data(corpus, split, feature_config, train_config, cache_dir, workers)
-    metrics = train_run(data, feature_config, model_config, train_config, run_dir, log_dir, resume=resume,
-                        describe=describe, verbose=fit_verbosity(quiet))
-    if "head_fit" in metrics:  # fitted in closed form: no epochs, no TensorBoard logs
-        fit = metrics["head_fit"]
-        click.echo(f"classifier fitted by L-BFGS on {fit['training_clips']} training clips: C={fit['C']:g} "
-                   f"(validation accuracy {fit['val_accuracy']:.4f}), {metrics['train_seconds']:.0f} s")
-        click.echo(format_report(metrics["test"]))
-        click.echo(f"model: {run_dir / 'model.keras'}")
-        return metrics
-    group = process_group()
-    if group is not None and not group.chief:
-        click.echo(f"process {group.index} of {group.count} trained its share; process 0 writes the run")
-        return metrics
-    click.echo(format_report(metrics["test"]))
-    if "test_by_corpus" in metrics:  # several corpora: each on the classes it has
-        click.echo("\n" + format_corpus_table({**metrics["test_by_corpus"], "all": metrics["test"]}))
-    click.echo(f"best model: {run_dir / 'model.keras'}  (TensorBoard: tensorboard --logdir {log_dir.parent})")
-    return metrics
-
-
 @main.command("cross-corpus", cls=KerasCommand)
 @click.option("--recipe", default=None, is_eager=True, expose_value=False, help=_RECIPE_HELP + " Its split settings "
               "are ignored: every corpus is held out in turn.",
@@ -755,6 +571,7 @@ def cross_corpus(data_dir, manifest, cache_dir, val_fraction, seed, run_name, ou
     """
     from pathlib import Path
 
+    from serkeras import api
     from serkeras.corpus import load_corpora
     from serkeras.evaluation import cross_corpus_rows, format_cross_corpus_markdown, write_cross_corpus_report
     from serkeras.training import TrainConfig, TrainingInterrupted, leave_one_corpus_out
@@ -762,18 +579,19 @@ def cross_corpus(data_dir, manifest, cache_dir, val_fraction, seed, run_name, ou
     corpus = load_corpora(data_dir, manifest)
     if len(corpus.corpus_names) < 2:
         raise SerkerasError("cross-corpus needs two or more corpora: repeat --data-dir and --manifest")
-    feature_config, model_config = configured(feature_config_from(kwargs), model_config_from(kwargs))
+    feature_config, model_config = api.configure(feature_config_from(kwargs), model_config_from(kwargs), click.echo)
     train_config = TrainConfig(seed=seed if train_seed is None else train_seed, **kwargs)
     run_name = run_name or f"cross-corpus-{model_config.arch}-{'-'.join(corpus.corpus_names)}"
     folder = Path(output_dir) / run_name
 
     def prepare(held, split):
-        return prepare_training_data(held, split, feature_config, train_config, cache_dir, workers, progress=not quiet)
+        return api.prepare_training_data(held, split, feature_config, train_config, cache_dir, workers,
+                                         progress=not quiet, echo=click.echo)
 
     try:
         reports = leave_one_corpus_out(corpus, prepare, feature_config, model_config, train_config, folder,
                                        Path(log_dir) / run_name, val_fraction, seed,
-                                       _data_source(data_dir, manifest, cache_dir), fit_verbosity(quiet), click.echo)
+                                       api.data_source(data_dir, manifest, cache_dir), fit_verbosity(quiet), click.echo)
     except TrainingInterrupted as exc:
         raise KeyboardInterrupt(f"{exc}; run the same command again to continue (finished runs are kept)") from None
     rows = cross_corpus_rows(reports)
@@ -782,27 +600,12 @@ def cross_corpus(data_dir, manifest, cache_dir, val_fraction, seed, run_name, ou
     click.echo(f"report: {', '.join(map(str, paths))}")
 
 
-#: `--tta-copies` of evaluate and predict.
-tta_option = click.option(
-    "--tta-copies", type=click.IntRange(min=0), default=0, show_default=True,
-    help="Test-time augmentation: average each clip's probabilities with those of this many augmented copies "
-         "(speed 0.9-1.1, shift, gain, noise at 10-30 dB SNR: like the augmented recipes' training copies). "
-         "Costs that many more feature extractions and forward passes; for models trained on such copies.")
+def names_shipped_models(command):
+    """End a command's help with the names of the shipped models its MODEL may be (read from their manifest)."""
+    import inspect
 
-
-def _open_model(path):
-    """Load a .keras file, or a shipped model by name (see `resolve_model`)."""
-    from serkeras.models import load_model
-
-    return load_model(resolve_model(path))
-
-
-#: `--speaker-stats` of evaluate (and of experiments/accuracy.py's ensemble).
-speaker_stats_option = click.option(
-    "--speaker-stats", type=click.Choice(["part", "corpus"]), default="part", show_default=True,
-    help="For a model that normalises by speaker: take each speaker's statistics from their clips in the "
-         "evaluated part, or from all their clips in the corpus (unlabelled; for a random split, whose parts "
-         "share speakers).")
+    command.help = f"{inspect.cleandoc(command.help)}\n\nMODEL is a .keras file or a shipped model's name: {', '.join(model_names())}."
+    return command
 
 
 def _perturbations(ctx, param, values):
@@ -815,19 +618,7 @@ def _perturbations(ctx, param, values):
         raise click.BadParameter(str(exc)) from None
 
 
-def speaker_reference_clips(speaker_stats, meta, corpus):
-    """The clips whose speaker statistics `--speaker-stats` asks for: `model_features`' `speaker_clips`.
-
-    Raises `click.UsageError` for "corpus" with a model (`meta`) that does not normalise by speaker.
-    """
-    if speaker_stats != "corpus":
-        return None
-    if not meta.normalises_by_speaker:
-        raise click.UsageError("--speaker-stats corpus is for models that normalise by speaker "
-                               "(trained with --speaker-norm)")
-    return corpus.clips
-
-
+@names_shipped_models
 @main.command(cls=KerasCommand)
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
 @data_options
@@ -848,70 +639,51 @@ def evaluate(model_path, data_dir, manifest, cache_dir, split_kind, fold, n_fold
     """Accuracy, F1, precision, recall, per-class table and confusion matrix of a saved model
     (with --perturb: accuracy and UA under each recording condition).
 
-    MODEL is a .keras file or a shipped model's name (serkeras-crema-d-whisper,
-    serkeras-crema-d-whisper-speaker-norm, serkeras-crema-d, serkeras-crema-d-speaker-norm).
     Given several corpora, each is also reported apart, on the classes it has.
     """
     import json
 
-    import numpy as np
-
+    from serkeras import api
     from serkeras.corpus import load_corpora
-    from serkeras.evaluation import (check_model_labels, classification_report, corpus_reports, format_corpus_table,
-                                     format_report, format_robustness, model_label_indices, predict_clips,
+    from serkeras.evaluation import (check_model_labels, format_corpus_table, format_report, format_robustness,
                                      robustness_report, save_confusion_matrix)
-    from serkeras.splits import make_split
 
     if perturbations and plot:
         raise click.UsageError("--plot draws one condition's confusion matrix; give it without --perturb")
-    model, meta = _open_model(model_path)
+    model, meta = api.open_model(model_path)
     corpus = load_corpora(data_dir, manifest)
     check_model_labels(meta, corpus.labels)
-    if part == "all":  # no split to make (a corpus too small to split can still be scored whole)
-        clips, described = corpus.clips, "every clip"
-    else:
-        split = make_split(corpus.clips, split_kind, val_fraction, test_fraction, fold, n_folds, seed)
-        clips, described = split.parts()[part], split.description
+    try:
+        reference_clips = api.speaker_reference_clips(speaker_stats, meta, corpus)
+    except SerkerasError as exc:  # an option that does not fit the model
+        raise click.UsageError(str(exc)) from None
+    split = api.SplitSettings(split_kind, fold, n_folds, val_fraction, test_fraction, seed)
+    clips, described = api.evaluation_part(corpus, split, part)
     tta = f", test-time augmentation: each clip + {tta_copies} copies" if tta_copies else ""
     stats = ", speaker statistics from the whole corpus" if speaker_stats == "corpus" else ""
     settings = {"model": str(model_path), "split": described, "part": part, "tta_copies": tta_copies,
                 **({"speaker_stats": speaker_stats} if meta.normalises_by_speaker else {})}
     if perturbations:
         rows = robustness_report(model, meta, corpus, clips, perturbations, tta_copies, cache_dir,
-                                 speaker_reference_clips(speaker_stats, meta, corpus), batch_size)
+                                 reference_clips, batch_size)
         click.echo(f"{model_path} on {corpus.name}, {described}, part {part}{tta}{stats}; one prediction per "
                    "recording")
         click.echo(format_robustness(rows))
-        if json_path:
-            with open(json_path, "w") as f:
-                json.dump({**settings, "conditions": rows}, f, indent=2)
-        return
-    kept, probabilities = predict_clips(model, meta, clips, tta_copies, cache_dir,
-                                        speaker_reference_clips(speaker_stats, meta, corpus), batch_size)
-    if not kept:
-        raise SerkerasError("no usable clips to evaluate")
-    truth = model_label_indices(meta, corpus, kept)
-    groups = {"sex": [c.sex for c in kept]}
-    by_corpus = {}
-    if len(corpus.corpus_names) > 1:
-        # Each corpus is scored on the classes it has, in the model's label order.
-        masks = np.array([np.isin(meta.labels, corpus.labels_of(c.corpus)) for c in kept], bool)
-        by_corpus = corpus_reports(truth, probabilities.argmax(axis=1), meta.labels, [c.corpus for c in kept], masks,
-                                   groups)
-        report = by_corpus.pop("all")
+        report = {**settings, "conditions": rows}
     else:
-        report = classification_report(truth, probabilities.argmax(axis=1), meta.labels, groups=groups)
-    report.update(settings)
-    click.echo(f"{model_path} on {corpus.name}, {described}, part {part}{tta}{stats}")
-    for name, own in by_corpus.items():
-        click.echo(f"\n{name}: {own['n']} clips, scored on its classes")
-        click.echo(format_report(own))
-    if by_corpus:
-        click.echo("\nall corpora together")
-    click.echo(format_report(report))
-    if by_corpus:
-        click.echo("\n" + format_corpus_table({**by_corpus, "all": report}))
-        report["by_corpus"] = by_corpus
+        report = api.evaluate_clips(model, meta, corpus, clips, tta_copies, cache_dir, reference_clips, batch_size)
+        by_corpus = report.pop("by_corpus", {})
+        report.update(settings)
+        click.echo(f"{model_path} on {corpus.name}, {described}, part {part}{tta}{stats}")
+        for name, own in by_corpus.items():
+            click.echo(f"\n{name}: {own['n']} clips, scored on its classes")
+            click.echo(format_report(own))
+        if by_corpus:
+            click.echo("\nall corpora together")
+        click.echo(format_report(report))
+        if by_corpus:
+            click.echo("\n" + format_corpus_table({**by_corpus, "all": report}))
+            report["by_corpus"] = by_corpus
     if json_path:
         with open(json_path, "w") as f:
             json.dump(report, f, indent=2)
@@ -919,54 +691,11 @@ def evaluate(model_path, data_dir, manifest, cache_dir, split_kind, fold, n_fold
         save_confusion_matrix(report["confusion_matrix"], meta.labels, plot, f"{part}: {described}")
 
 
-#: The project's pretrained models (saved_models/<name>.keras); `predict` uses the first when --model is not
-#: given: the first layers of Whisper's pre-trained encoder with a linear classifier (made by
-#: experiments/pretrained_probe.py ship). The second is the same encoder with its embedding standardised by
-#: speaker (`ship --speaker-norm`), best with many recordings of each speaker. The third averages three CNNs
-#: trained here from scratch; the fourth, four such CNNs trained with --speaker-norm.
-SHIPPED_MODELS = ("serkeras-crema-d-whisper", "serkeras-crema-d-whisper-speaker-norm", "serkeras-crema-d",
-                  "serkeras-crema-d-speaker-norm")
-SHIPPED_MODEL = f"{SHIPPED_MODELS[0]}.keras"
-
-
-def shipped_model_folders():
-    """Where shipped models are looked for: the project folder, the install prefix, the source checkout."""
-    from pathlib import Path
-
-    return [Path.cwd() / "saved_models", Path(sys.prefix) / "share" / "serkeras",
-            Path(__file__).resolve().parent.parent / "saved_models"]
-
-
-def shipped_model_path(name):
-    """The file of the shipped model `name` (with or without .keras) in the first folder that has it."""
-    file_name = f"{name.removesuffix('.keras')}.keras"
-    for folder in shipped_model_folders():
-        if (folder / file_name).is_file():
-            return folder / file_name
-    raise SerkerasError(f"no shipped model saved_models/{file_name} found: train one with `serkeras train` "
-                        "and pass --model saved_models/<run>/model.keras")
-
-
-def default_model_path():
-    return shipped_model_path(SHIPPED_MODEL)
-
-
-def resolve_model(value):
-    """`value` if it names a file, else the shipped model of that name (`serkeras-crema-d-speaker-norm`)."""
-    from pathlib import Path
-
-    if value is None:
-        return default_model_path()
-    if Path(value).is_file() or value.removesuffix(".keras") not in SHIPPED_MODELS:
-        return Path(value)
-    return shipped_model_path(value)
-
-
 @main.command(cls=KerasCommand)
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
-              help=f"A .keras file, or a shipped model by name: {', '.join(SHIPPED_MODELS)} (default: the first).")
-@click.option("--format", "output_format", type=click.Choice(["table", "json", "csv"]), default="table",
+              help=f"A .keras file, or a shipped model by name: {', '.join(model_names())} (default: the first).")
+@click.option("--format", "output_format", type=click.Choice(PREDICTION_FORMATS), default="table",
               show_default=True)
 @click.option("--window", type=click.FloatRange(min=0.5), default=None,
               help="Window length in seconds for long recordings (default: the model's clip length, or 4 s).")
@@ -986,45 +715,22 @@ def resolve_model(value):
 def predict(paths, model_path, output_format, window, hop, batch_size, workers, max_seconds, tta_copies,
             speaker_grouping):
     """Predict the emotion of audio files, folders or globs (any format, rate and channels)."""
-    import csv
-    import io
-    import json
-
+    from serkeras import api
     from serkeras.inference import expand_paths, predict_files
 
     _refuse_model_paths(paths)
     files = expand_paths(paths)  # before the model: a mistyped path should not wait for it to load
-    model, meta = _open_model(model_path)
+    model, meta = api.open_model(model_path)
     predictions, skipped = predict_files(model, meta, files, window, hop, batch_size, workers, tta_copies,
                                          speaker_grouping, max_seconds)
-    labels = list(meta.labels)
-    if output_format == "json":
-        click.echo(json.dumps([{"path": p.path, "label": p.label, "seconds": round(p.seconds, 3),
-                                "probabilities": p.probabilities,
-                                "timeline": [{"start": s, "end": e, "label": l, "probabilities": pr}
-                                             for s, e, l, pr in p.timeline]} for p in predictions], indent=2))
-    elif output_format == "csv":
-        # The csv module quotes paths with commas, quotes or line breaks (RFC 4180), so columns never shift.
-        table = io.StringIO()
-        writer = csv.writer(table, lineterminator="\n")
-        writer.writerow(["path", "label"] + labels)
-        for p in predictions:
-            writer.writerow([p.path, p.label] + [f"{p.probabilities[label]:.4f}" for label in labels])
-        click.echo(table.getvalue(), nl=False)
-    else:
-        width = max([len(p.path) for p in predictions] + [4])
-        click.echo(f"{'file':<{width}}  {'emotion':<8} " + " ".join(f"{label[:7]:>7}" for label in labels))
-        for p in predictions:
-            click.echo(f"{p.path:<{width}}  {p.label:<8} " + " ".join(f"{p.probabilities[label]:>7.3f}" for label in labels))
-            for start, end, label, probabilities in p.timeline:
-                click.echo(f"{'':<{width}}    {start:6.1f}-{end:6.1f} s {label}")
+    click.echo(api.format_predictions(predictions, meta.labels, output_format), nl=False)
 
 
 def _refuse_model_paths(paths):
     """A model given where audio belongs (`serkeras predict model.keras clip.wav`) is a usage error, not a
     skipped file: otherwise the default model would quietly predict in its place."""
     for path in paths:
-        if path.lower().endswith(".keras") or (path in SHIPPED_MODELS and not os.path.exists(path)):
+        if path.lower().endswith(".keras") or (find_model(path) and not os.path.exists(path)):
             raise click.UsageError(f"{path} is a model, not audio: pass it as --model {path}")
 
 
@@ -1083,16 +789,14 @@ def tune(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction,
     KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT set it
     runs as KerasTuner's chief ("chief" in the id) or as a worker.
     """
-    import json
     import math
-    import shutil
     from pathlib import Path
 
-    from serkeras import tuning
+    from serkeras import api, tuning
     from serkeras.evaluation import format_report
     from serkeras.training import TrainConfig
 
-    feature_config, model_config = configured(feature_config_from(kwargs), model_config_from(kwargs))
+    feature_config, model_config = api.configure(feature_config_from(kwargs), model_config_from(kwargs), click.echo)
     tuning.check_search_options(model_config.arch, search_width, search_fine_tune)
     # Every trial trains like `serkeras train` would with these settings; the search sets the learning rate.
     train_config = TrainConfig(epochs=epochs, batch_size=batch_size, patience=patience, monitor=objective, seed=seed,
@@ -1104,31 +808,21 @@ def tune(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction,
                 "test_fraction": test_fraction, "seed": seed}
     settings = tuning.search_settings(feature_config, model_config, train_config, describe, tuner_kind, objective,
                                       search_dropout, search_width, search_fine_tune)
-    if role == "worker":
-        if overwrite:
-            click.echo("warning: --overwrite is ignored by workers (only the chief starts a search again)", err=True)
-        overwrite = False
-    elif overwrite:
-        for name in ("search.json", "trials.csv", "trials.md", "best.keras", "best.json"):
-            (search_dir / name).unlink(missing_ok=True)
-        shutil.rmtree(search_logs, ignore_errors=True)  # KerasTuner removes its own project (tuner/)
-    else:
-        tuning.check_resumable(search_dir, settings)
-
-    corpus, split = load_split(data_dir, manifest, split_kind, fold, n_folds, val_fraction, test_fraction, seed,
-                               training=True)
+    overwrite = tuning.prepare_search(search_dir, search_logs, settings, role, overwrite)
+    corpus, split = api.load_split(data_dir, manifest, api.SplitSettings(split_kind, fold, n_folds, val_fraction,
+                                                                         test_fraction, seed), training=True)
     who = "" if role == "local" else f" ({role} {os.environ['KERASTUNER_TUNER_ID']})"
     click.echo(f"search {search_name}{who}: {split.description}; train {len(split.train)}, val {len(split.val)}, "
                f"test {len(split.test)} clips")
-    data = prepare_training_data(corpus, split, feature_config, train_config, cache_dir, workers, progress=not quiet)
+    data = api.prepare_training_data(corpus, split, feature_config, train_config, cache_dir, workers,
+                                     progress=not quiet, echo=click.echo)
     steps = math.ceil(len(data.parts["train"][0]) / batch_size)
     hypermodel = tuning.SERHyperModel(feature_config, model_config, data.labels, data.stats, train_config, steps,
                                       search_dropout=search_dropout, search_width=search_width,
                                       search_fine_tune=search_fine_tune,
                                       partial_labels=data.partial_labels)
     if role != "worker":
-        search_dir.mkdir(parents=True, exist_ok=True)
-        (search_dir / "search.json").write_text(json.dumps({"settings": settings, "corpus": corpus.name}, indent=2))
+        tuning.record_search(search_dir, settings, corpus.name)
     tuner = tuning.make_tuner(tuner_kind, hypermodel, objective, max_trials, search_dir, "tuner", seed,
                               overwrite=overwrite, max_epochs=epochs)
     if role != "worker" and tuner.oracle.trials:
@@ -1146,12 +840,7 @@ def tune(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction,
     click.echo(f"{len(rows)} completed trial{'' if len(rows) == 1 else 's'}, best first "
                f"(score: {objective} at the best epoch):")
     click.echo(tuning.format_table(rows, objective))
-    best, model = tuning.best_model(tuner)
-    model.save(search_dir / "best.keras")
-    report = tuning.evaluate(model, data, feature_config, "test")
-    (search_dir / "best.json").write_text(json.dumps(
-        {"trial_id": best.trial_id, "hyperparameters": best.hyperparameters.values, "objective": objective,
-         "score": best.score, "best_epoch": int(best.best_step) + 1, "test": report}, indent=2))
+    best, report = tuning.save_best(tuner, data, feature_config, objective, search_dir)
     click.echo(f"best trial {best.trial_id}: " + ", ".join(f"{k}={v}" for k, v in best.hyperparameters.values.items())
                + f"; {objective} {best.score:.4f}. On the test part:")
     click.echo(format_report(report))
@@ -1160,6 +849,7 @@ def tune(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction,
 
 
 
+@names_shipped_models
 @main.command("export", cls=KerasCommand)
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
 @click.option("--format", "export_format", type=lazy_choice("export", "FORMATS"), default="tf_saved_model",
@@ -1168,15 +858,13 @@ def tune(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction,
               help="Where to write (default: next to the model, named after the format).")
 def export_command(model_path, export_format, output):
     """Export a model for serving (Keras' Model.export) and check it predicts like the .keras file.
-
-    MODEL is a .keras file or a shipped model's name (serkeras-crema-d-whisper,
-    serkeras-crema-d-whisper-speaker-norm, serkeras-crema-d, serkeras-crema-d-speaker-norm).
     """
     from pathlib import Path
 
+    from serkeras import api
     from serkeras.export import SUFFIXES, UncheckedExport, check_export, export_model, export_tolerance
 
-    model, _ = _open_model(model_path)
+    model, _ = api.open_model(model_path)
     suffix = SUFFIXES[export_format]
     output = Path(output) if output else Path(model_path).with_name(f"{Path(model_path).stem}-{export_format}{suffix}")
     if suffix and output.suffix != suffix:

@@ -30,6 +30,7 @@ contains "chief" serves the oracle and the others run trials.
 import csv
 import json
 import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -71,6 +72,9 @@ HP_NAMES = ("activation", "learning_rate", "dropout", "width", "encoder_layers",
 NOT_STORED = ("learning_rate", "distribute")
 #: Metrics reported per trial (values at the trial's best epoch).
 TRIAL_METRICS = ("val_accuracy", "val_macro_f1", "val_loss")
+#: What a search writes in its folder beside KerasTuner's project (tuner/): its settings, the trials' tables,
+#: the best model and its scores.
+SEARCH_FILES = ("search.json", "trials.csv", "trials.md", "best.keras", "best.json")
 
 
 def distributed_role():
@@ -408,3 +412,65 @@ def check_resumable(search_dir, settings):
         raise SerkerasError(f"search {Path(search_dir).name} exists with other settings ({', '.join(different)}): "
                             "use --overwrite to start it again or a new --search-name")
     return True
+
+
+def prepare_search(search_dir, log_dir, settings, role="local", overwrite=False):
+    """Make a search's folders ready to start again or to resume, before any data is read.
+
+    Parameters
+    ----------
+    search_dir, log_dir : str or Path
+        The search's folder and its TensorBoard logs.
+    settings : dict
+        `search_settings`; a stored search resumes only with the same.
+    role : {"local", "chief", "worker"}, optional
+        `distributed_role`: workers leave the folders to the chief.
+    overwrite : bool, optional
+        Start the search again: its files (`SEARCH_FILES`) and logs are removed (KerasTuner removes
+        its own project when told to overwrite it).
+
+    Returns
+    -------
+    bool
+        Whether KerasTuner is to overwrite its project (never for a worker).
+
+    Raises
+    ------
+    SerkerasError
+        If a search stored in `search_dir` has other settings and `overwrite` is not given.
+    """
+    if role == "worker":
+        if overwrite:
+            warnings.warn("--overwrite is ignored by workers (only the chief starts a search again)")
+        return False
+    if overwrite:
+        for name in SEARCH_FILES:
+            (Path(search_dir) / name).unlink(missing_ok=True)
+        shutil.rmtree(log_dir, ignore_errors=True)
+    else:
+        check_resumable(search_dir, settings)
+    return overwrite
+
+
+def record_search(search_dir, settings, corpus_name):
+    """Write search.json, the settings a resumed search must share (`check_resumable`), and the corpus's name."""
+    Path(search_dir).mkdir(parents=True, exist_ok=True)
+    (Path(search_dir) / "search.json").write_text(json.dumps({"settings": settings, "corpus": corpus_name}, indent=2))
+
+
+def save_best(tuner, data, feature_config, objective, search_dir):
+    """Save the best trial's model at its best epoch as best.keras, and its scores on the test part as best.json.
+
+    Returns
+    -------
+    best : keras_tuner.engine.trial.Trial
+    report : dict
+        `serkeras.evaluation.classification_report` of the best model on the test part.
+    """
+    best, model = best_model(tuner)
+    model.save(Path(search_dir) / "best.keras")
+    report = evaluate(model, data, feature_config, "test")
+    (Path(search_dir) / "best.json").write_text(json.dumps(
+        {"trial_id": best.trial_id, "hyperparameters": best.hyperparameters.values, "objective": objective,
+         "score": best.score, "best_epoch": int(best.best_step) + 1, "test": report}, indent=2))
+    return best, report

@@ -9,9 +9,13 @@ import pytest
 from click.testing import CliRunner
 
 from serkeras import __version__
-from serkeras.cli import SHIPPED_MODEL, SHIPPED_MODELS, main
+from serkeras.cli import main
 from serkeras.corpus import DATA_DIR_ENV
 from serkeras.features import FeatureConfig
+from serkeras.shipped import default_model, model_names
+
+SHIPPED_MODELS = model_names()
+SHIPPED_MODEL = default_model().file
 
 
 @pytest.fixture
@@ -245,26 +249,6 @@ def test_predict_without_model_uses_the_shipped_model(runner, real_clips, tmp_pa
         assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
 
 
-def test_every_shipped_model_is_in_the_checkout_the_install_and_git():
-    """Each name in SHIPPED_MODELS has its file and card here, in setup.cfg's data files and not git-ignored."""
-    import configparser
-    import subprocess
-
-    root = SHIPPED_DIR.parent
-    setup = configparser.ConfigParser()
-    setup.read(root / "setup.cfg")
-    installed = setup["options.data_files"]["share/serkeras"].split()
-    for name in SHIPPED_MODELS:
-        model = SHIPPED_DIR / f"{name}.keras"
-        assert model.is_file() and model.stat().st_size <= 20 * 2**20
-        assert f"saved_models/{model.name}" in installed
-    cards = sorted(p.name for p in SHIPPED_DIR.glob("MODEL_CARD*.md"))
-    assert len(cards) == len(SHIPPED_MODELS) and all(f"saved_models/{c}" in installed for c in cards)
-    paths = [f"saved_models/{name}.keras" for name in SHIPPED_MODELS] + [f"saved_models/{c}" for c in cards]
-    ignored = subprocess.run(["git", "check-ignore", *paths], cwd=root, capture_output=True, text=True).stdout
-    assert ignored == ""
-
-
 @pytest.mark.parametrize("name", SPEAKER_NORMS)
 def test_predict_finds_a_shipped_model_by_name_and_normalises_by_speaker(name, runner, real_clips, tmp_path,
                                                                           monkeypatch):
@@ -296,8 +280,8 @@ def test_predict_finds_a_shipped_model_by_name_and_normalises_by_speaker(name, r
 
 
 def test_a_model_name_that_is_not_shipped_stays_a_path(tmp_path, monkeypatch):
-    from serkeras.cli import resolve_model, shipped_model_path
     from serkeras.errors import SerkerasError
+    from serkeras.shipped import model_path, resolve_model
 
     monkeypatch.chdir(tmp_path)
     assert resolve_model("my-model.keras") == Path("my-model.keras")
@@ -305,8 +289,8 @@ def test_a_model_name_that_is_not_shipped_stays_a_path(tmp_path, monkeypatch):
     copy = tmp_path / "saved_models" / f"{SPEAKER_NORM}.keras"
     copy.write_bytes(b"not a model")  # the project's own folder is looked at first
     assert resolve_model(SPEAKER_NORM) == copy == resolve_model(f"{SPEAKER_NORM}.keras")
-    with pytest.raises(SerkerasError, match="no shipped model saved_models/no-such.keras"):
-        shipped_model_path("no-such")
+    with pytest.raises(SerkerasError, match="no-such is not a shipped model"):
+        model_path("no-such")
 
 
 @pytest.mark.slow
@@ -350,7 +334,7 @@ def test_a_wheel_installs_the_shipped_model_for_predict(real_clips, tmp_path):
     assert "absl::InitializeLog" not in result.stderr and "] oneDNN custom operations" not in result.stderr
     rows = json.loads(result.stdout[result.stdout.index("["):])
     assert [row["path"] for row in rows] == [str(real_clips.paths[0])]
-    located = subprocess.run([str(python), "-c", "import serkeras.cli as c; print(c.default_model_path(), c.__file__)"],
+    located = subprocess.run([str(python), "-c", "import serkeras.shipped as s; print(s.resolve_model(None), s.__file__)"],
                              cwd=outside, env=clean, capture_output=True, text=True, check=True).stdout.split()
     assert Path(located[0]) == env_dir / "share" / "serkeras" / SHIPPED.name
     assert Path(located[1]).is_relative_to(env_dir)  # the installed wheel's code, not this checkout's

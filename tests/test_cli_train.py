@@ -256,7 +256,7 @@ def test_distillation_targets_mix_the_teachers_probabilities_into_the_labels(tra
     the teacher computes from its own features; the training pipeline then yields these targets."""
     import dataclasses
 
-    from serkeras.cli import load_split
+    from serkeras.api import SplitSettings, load_split
     from serkeras.errors import SerkerasError
     from serkeras.evaluation import predict_features
     from serkeras.features import FeatureConfig
@@ -264,7 +264,7 @@ def test_distillation_targets_mix_the_teachers_probabilities_into_the_labels(tra
     from serkeras.training import distillation_targets, prepare_split
 
     teacher, meta = load_model(trained[0] / "model.keras")
-    corpus, split = load_split(str(crema_subset), None, "actor", 0, 5, 0.1, 0.1, 0)
+    corpus, split = load_split(str(crema_subset), None, SplitSettings("actor"))
     student = FeatureConfig(hop_length=320, n_mels=40)  # not the teacher's features
     assert student.extraction_key() != meta.feature_config.extraction_key()
     data = prepare_split(corpus, split, student, workdir / "cache", workers=1, progress=False)

@@ -71,10 +71,10 @@ def load_script(name):
 
 def test_every_accuracy_recipe_is_a_valid_train_invocation():
     accuracy = load_script("accuracy")
-    from serkeras.cli import SHIPPED_MODELS
+    from serkeras.shipped import shipped_models
 
-    # What `ship` makes is what `predict` finds (the Whisper models come from `serkeras train --recipe`).
-    assert list(accuracy.SHIPPED_MODELS) == [name for name in SHIPPED_MODELS if "-whisper" not in name]
+    # `ship` makes the shipped models that no recipe rebuilds (the Whisper models: `serkeras train --recipe`).
+    assert list(accuracy.SHIPPED_MODELS) == [model.name for model in shipped_models() if not model.recipe]
     for shipped in accuracy.SHIPPED_MODELS.values():
         members = shipped.members()  # RECIPE[:SEED], each recipe a known one
         # The members of one average share their features, speaker normalisation included.
@@ -205,6 +205,7 @@ def test_ship_saves_the_average_and_its_card(crema_subset, tmp_path, monkeypatch
     from click.testing import CliRunner
 
     from serkeras.models import load_model
+    from serkeras.shipped import shipped_model
 
     accuracy = load_script("accuracy")
     for module in (accuracy, sys.modules["study"]):
@@ -217,15 +218,14 @@ def test_ship_saves_the_average_and_its_card(crema_subset, tmp_path, monkeypatch
     monkeypatch.setattr(model_card, "BOOTSTRAP", 200)  # the intervals themselves are tested apart
     monkeypatch.setitem(accuracy.RECIPES, "tiny-speaker-norm", recipe)
     # Two training seeds of one recipe (RECIPE:SEED) make the average.
-    shipped = accuracy.ShippedModel(("tiny-speaker-norm", "tiny-speaker-norm:1"), "MODEL_CARD-tiny.md",
-                                    chosen="Chosen for the test")
+    shipped = accuracy.ShippedModel(("tiny-speaker-norm", "tiny-speaker-norm:1"), chosen="Chosen for the test")
     name = "serkeras-crema-d-speaker-norm"  # the name of a shipped model, made of a tiny recipe here
     monkeypatch.setitem(accuracy.SHIPPED_MODELS, name, shipped)
     result = CliRunner().invoke(accuracy.cli, ["ship", "--model", name, "--data-dir", str(crema_subset)])
     assert result.exit_code == 0, result.output
     model, meta = load_model(tmp_path / "saved_models" / f"{name}.keras")
     assert meta.feature_config.speaker_norm and model.name == name.replace("-", "_")
-    card = (tmp_path / "saved_models" / "MODEL_CARD-tiny.md").read_text()
+    card = (tmp_path / "saved_models" / shipped_model(name).card).read_text()
     assert card.startswith(f"# Model card: `{name}.keras`")
     assert f"Written by `python experiments/accuracy.py ship --model {name}`" in card and "Chosen for the test." in card
     assert f"serkeras predict --model {name} recordings_of_one_speaker/" in card
@@ -263,12 +263,12 @@ def test_ship_saves_the_average_and_its_card(crema_subset, tmp_path, monkeypatch
     shutil.rmtree(tmp_path / "saved_models" / "accuracy")
     result = CliRunner().invoke(accuracy.cli, ["card", "--model", name, "--data-dir", str(crema_subset)])
     assert result.exit_code == 0, result.output
-    again = (tmp_path / "saved_models" / "MODEL_CARD-tiny.md").read_text()
+    again = (tmp_path / "saved_models" / shipped_model(name).card).read_text()
     assert [line for line in again.splitlines() if line.startswith("| `tiny-speaker-norm-actor")] == rows
     assert training in again and "--train-seed 1 --run-name" in again
     # A model file that averages another number of models than the shipped recipe names is refused.
     monkeypatch.setitem(accuracy.SHIPPED_MODELS, name, accuracy.ShippedModel(
-        ("tiny-speaker-norm", "tiny-speaker-norm:1", "tiny-speaker-norm:2"), "MODEL_CARD-tiny.md", chosen="x"))
+        ("tiny-speaker-norm", "tiny-speaker-norm:1", "tiny-speaker-norm:2"), chosen="x"))
     result = CliRunner().invoke(accuracy.cli, ["card", "--model", name, "--data-dir", str(crema_subset)])
     assert result.exit_code == 1 and "averages 2 models, not the 3 members" in result.output
 

@@ -1,0 +1,80 @@
+"""The manifest of shipped models (serkeras/shipped_models.toml): what it lists is what the repository holds,
+the install copies and the command line finds."""
+
+import configparser
+import fnmatch
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from serkeras import shipped
+from serkeras.errors import SerkerasError
+
+ROOT = Path(__file__).resolve().parents[1]
+SAVED_MODELS = ROOT / "saved_models"
+
+
+def test_saved_models_holds_exactly_the_manifests_files_and_cards():
+    """Every listed model has its file (at most 20 MiB) and its card, and nothing else ships beside them: a run
+    saved at the top of saved_models/ would be installed by setup.cfg's patterns."""
+    listed = {name for model in shipped.shipped_models() for name in (model.file, model.card)}
+    present = {path.name for path in SAVED_MODELS.iterdir() if path.is_file()}
+    assert present == listed | {"README.md"}
+    for model in shipped.shipped_models():
+        assert model.file.endswith(".keras") and (SAVED_MODELS / model.file).stat().st_size <= 20 * 2**20
+        assert model.summary.startswith(("One recording", "Several recordings per speaker"))
+        if model.recipe:  # a recipe that rebuilds it ships too
+            from serkeras.recipes import shipped_recipes
+
+            assert model.recipe in shipped_recipes()
+    readme = (SAVED_MODELS / "README.md").read_text()
+    assert all(f"`{model.file}`" in readme for model in shipped.shipped_models())
+
+
+def test_setup_cfg_installs_the_manifests_files_and_git_keeps_them():
+    """setup.cfg's data-file patterns match each listed file and card and nothing else in saved_models/, and
+    none of them is git-ignored."""
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    patterns = setup["options.data_files"]["share/serkeras"].split()
+    assert "shipped_models.toml" in setup["options.package_data"]["serkeras"]
+    listed = [f"saved_models/{name}" for model in shipped.shipped_models() for name in (model.file, model.card)]
+    present = [f"saved_models/{path.name}" for path in SAVED_MODELS.iterdir() if path.is_file()]
+    installed = {path for path in present if any(fnmatch.fnmatch(path, pattern) for pattern in patterns)}
+    assert installed == set(listed)
+    ignored = subprocess.run(["git", "check-ignore", *listed], cwd=ROOT, capture_output=True, text=True)
+    assert ignored.stdout == ""
+
+
+def test_names_resolve_to_files_in_the_first_folder_that_has_them(tmp_path, monkeypatch):
+    names = shipped.model_names()
+    default = shipped.default_model()
+    assert names[0] == default.name and shipped.shipped_model(f"{default.name}.keras") == default
+    assert shipped.find_model("serkeras-no-such") is None
+    monkeypatch.chdir(tmp_path)
+    assert shipped.resolve_model(None) == shipped.model_path(default.name)
+    assert shipped.resolve_model("elsewhere/model.keras") == Path("elsewhere/model.keras")
+    own = tmp_path / "saved_models" / default.file
+    own.parent.mkdir()
+    own.write_bytes(b"a project's own copy")  # the working folder's saved_models/ comes first
+    assert shipped.resolve_model(default.name) == own == shipped.resolve_model(default.file)
+    (tmp_path / default.name).write_bytes(b"a file of that name")  # an existing file wins over the name
+    assert shipped.resolve_model(default.name) == Path(default.name)
+    monkeypatch.setattr(shipped, "model_folders", lambda: [tmp_path / "nowhere"])
+    with pytest.raises(SerkerasError, match=f"no shipped model saved_models/{default.file} found"):
+        shipped.model_path(default.name)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[[model]]\nname = 'a'\nfile = 'a.keras'\ncard = 'A.md'\n", "model 1 of the manifest .*: no summary"),
+    ("[[model]]\nname = 'a'\nfile = 'a.keras'\ncard = 'A.md'\nsummary = 's'\nsize = 3\n", ": unknown size"),
+    ("[[model]]\nname = 'a'\nfile = 'a.keras'\ncard = 'A.md'\nsummary = 's'\n" * 2, "each name once"),
+    ("", "one or more models"),
+    ("[[model]\n", "cannot read the manifest"),
+])
+def test_a_broken_manifest_is_one_clear_error(text, message, tmp_path):
+    path = tmp_path / "shipped_models.toml"
+    path.write_text(text)
+    with pytest.raises(SerkerasError, match=message):
+        shipped.read_manifest(path)
