@@ -26,6 +26,7 @@ from pathlib import Path
 import click
 
 from serkeras.api import speaker_reference_clips
+from serkeras.errors import SerkerasError
 from serkeras.options import SerkerasGroup, speaker_stats_option, tta_option
 from serkeras.shipped import shipped_model
 
@@ -500,7 +501,10 @@ def score_average(runs, data_dir, tta_copies, speaker_stats="part"):
     models = [load_model(ROOT / RUNS_DIR / r / "model.keras")[0] for r in runs]
     model = ensemble_model(models) if len(models) > 1 else models[0]
     meta = model_metadata(model)
-    speaker_clips = speaker_reference_clips(speaker_stats, meta, corpus)
+    try:
+        speaker_clips = speaker_reference_clips(speaker_stats, meta, corpus)
+    except SerkerasError as exc:  # an option that does not fit the model, as `serkeras evaluate` says it
+        raise click.UsageError(str(exc)) from None
     started = time.time()
     reports = {part: classification_report(corpus.label_indices(clips),
                                             part_probabilities(model, meta, clips, tta_copies,
@@ -620,18 +624,16 @@ def baseline_rows():
     """The study's architectures at their paper sizes (cost only: they were not trained here) and the
     best reduced-size study runs that were (experiments/study.py)."""
     from serkeras.features import FeatureConfig
-    from serkeras.models import ModelConfig, build_model
-    from serkeras.models.cost import flops_per_clip
+    from serkeras.models import ModelConfig
 
     rows = []
-    labels = ["a", "b", "c", "d", "e", "f"]
     for arch, activation, key in (("2d", "silu", ("2d", "silu")), ("1d", "elu", ("1d", "elu")),
                                   ("combined", "silu", ("combined", "variable"))):
-        config = FeatureConfig()
-        model = build_model(config, ModelConfig(arch=arch, activation=activation), labels)
+        params, mflops = model_cost({"feature_config": FeatureConfig().to_dict(),
+                                     "model_config": ModelConfig(arch=arch, activation=activation).to_dict()})
         rows.append([f"study {arch} {activation}, paper size", "random (study's own)", f"{100 * STUDY[key]:.1f} "
-                     "(reported)", "0.639 (reported)" if arch == "2d" else "", f"{model.count_params() / 1e3:.0f} k",
-                     f"{flops_per_clip(model, config) / 1e6:.0f}", "not run here", "", ""])
+                     "(reported)", "0.639 (reported)" if arch == "2d" else "", f"{params / 1e3:.0f} k",
+                     f"{mflops:.0f}", "not run here", "", ""])
     study = load_results(STUDY_RUNS_DIR)
     for name in ("2d-silu-lr0.001-variable-actor", "1d-elu-lr0.001-variable-actor",
                  "combined-silu-lr0.001-fixed-actor", "combined-silu-lr0.001-fixed-random"):

@@ -82,7 +82,9 @@ EXTRA = {"resnet": {"pooling": "attention", "utterance_norm": "mean"},
          "crnn": {"pooling": "attention", "utterance_norm": "meanvar", "rnn_units": 8},
          "conformer": {"encoder_layers": 1, "attention_units": 16},
          "whisper": {"encoder_layers": 1, "encoder_dim": 32, "attention_heads": 2}}
-TRAIN_LENGTHS = (40, 300, 73, 187, 120, 256, 95, 211)  # 8 clips, batch 4 -> 2 steps
+#: 8 clips, batch 4 -> 2 steps. A 40-frame clip among 289-300-frame ones: the masks matter, yet every
+#: batch pads to the same 304 frames (a multiple of 16), so training compiles one step per model.
+TRAIN_LENGTHS = (40, 300, 291, 297, 289, 300, 294, 290)
 EXPORT_LENGTHS = (48, 131, 203)
 PAD_ATOL = 1e-5
 SAVE_ATOL = 1e-6
@@ -270,14 +272,14 @@ def check_distribute(feature_config, clips, labels, directory):
             return "jax and tensorflow" in str(exc), f"refused: {exc}"
         return False, "--distribute was not refused under torch"
     rng = np.random.default_rng(3)
-    features = list(clips) + [synthetic_clip(rng, n, feature_config) for n in (64, 150, 90)]  # 11: partial batches
+    features = list(clips) + [synthetic_clip(rng, n, feature_config) for n in (296, 292, 299)]  # 11: partial batches
     targets = list(labels) + list(rng.integers(0, len(LABELS), size=3))
     described = [Clip(path=f"clip{i}.wav", label=LABELS[target], speaker=f"s{i % 4}", sex=("female", "male")[i % 2])
                  for i, target in enumerate(targets)]
     parts = {"train": (described, features, targets), "val": (described[:5], features[:5], targets[:5]),
              "test": (described[5:], features[5:], targets[5:])}
     data = SplitData(tuple(LABELS), parts, compute_stats(features))
-    model_config = ModelConfig(arch="combined", width=0.125, head_units=32)
+    model_config = ModelConfig(arch="1d", width=0.125, head_units=32)  # the cheapest to compile: the path is the point
     run_dir = Path(directory) / "distributed"
     metrics = run_training(data, feature_config, model_config, TrainConfig(epochs=1, batch_size=4, distribute=True),
                            run_dir, Path(directory) / "distributed-logs", verbose=0)

@@ -5,6 +5,10 @@ import os
 
 # Quiet TensorFlow's C++ start-up chatter before any test module imports it.
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+# JAX (in the processes tests start under KERAS_BACKEND=jax) compiles every new shape and step; on test-sized
+# models its CPU compiler's optimisations cost more than they save: about half of a one-epoch run's CPU time.
+XLA_TEST_FLAGS = "--xla_backend_optimization_level=0"
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_TEST_FLAGS}".strip()
 
 import csv  # noqa: E402
 import gc  # noqa: E402

@@ -10,7 +10,7 @@ from serkeras import api
 from serkeras.errors import SerkerasError
 from serkeras.inference import Prediction
 
-TINY = ["--arch", "combined", "--width", "0.0625", "--head-units", "16", "--batch-size", "16", "--epochs", "1",
+TINY = ["--arch", "1d", "--width", "0.0625", "--head-units", "16", "--batch-size", "16", "--epochs", "1",
         "--quiet", "--workers", "1"]
 
 

@@ -24,6 +24,10 @@ from conftest import run_cli
 REPO = Path(__file__).resolve().parents[1]
 TINY_TRAIN = ["--split", "actor", "--arch", "1d", "--width", "0.0625", "--head-units", "16", "--batch-size", "16",
               "--epochs", "1", "--quiet", "--workers", "1"]
+#: Two CPU devices for JAX, with the suite's flags (tests/conftest.py).
+TWO_HOST_DEVICES = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2".strip()
+#: Under JAX every batch shape is a compilation: 1-s clips (one shape) keep the JAX runs' tests short.
+ONE_SHAPE = ["--length", "fixed", "--seconds", "1"]
 
 
 def synthetic_features(lengths, seed=0):
@@ -213,7 +217,7 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def test_two_processes_train_one_model_as_one_process_over_two_devices(crema_subset, tmp_path):
+def test_two_processes_train_one_model_as_one_process_over_two_devices(crema_subset, shared_cache, tmp_path):
     """Two JAX processes (one CPU device each, as two machines with one GPU each) train the model one
     process trains over two devices: the same batches, the same steps, so the same weights; process 1
     writes nothing."""
@@ -221,13 +225,13 @@ def test_two_processes_train_one_model_as_one_process_over_two_devices(crema_sub
     from serkeras.models import load_model
 
     def train_args(folder):
-        return serkeras("train", "--data-dir", str(crema_subset), "--cache-dir", str(tmp_path / "cache"),
+        return serkeras("train", "--data-dir", str(crema_subset), "--cache-dir", str(shared_cache),
                         "--output-dir", str(folder / "saved_models"), "--log-dir", str(folder / "logs"),
-                        "--run-name", "run", *TINY_TRAIN, "--distribute")
+                        "--run-name", "run", *TINY_TRAIN, *ONE_SHAPE, "--distribute")
 
     one = tmp_path / "one-process"
     [(status, output)] = run_together([(train_args(one), subprocess_env(
-        KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2"))], tmp_path, timeout=300)
+        KERAS_BACKEND="jax", XLA_FLAGS=TWO_HOST_DEVICES))], tmp_path, timeout=300)
     assert status == 0, output[-3000:]
 
     two = [tmp_path / "process0", tmp_path / "process1"]
@@ -250,13 +254,13 @@ def test_two_processes_train_one_model_as_one_process_over_two_devices(crema_sub
     assert history[0] == history[1] and len(history[0].splitlines()) == 2
 
 
-def test_tune_distribute_over_two_jax_host_devices(crema_subset, tmp_path):
+def test_tune_distribute_over_two_jax_host_devices(crema_subset, shared_cache, tmp_path):
     pytest.importorskip("jax")
-    args = serkeras("tune", "--data-dir", str(crema_subset), "--cache-dir", str(tmp_path / "cache"),
+    args = serkeras("tune", "--data-dir", str(crema_subset), "--cache-dir", str(shared_cache), *ONE_SHAPE,
                     "--search-name", "two-devices", "--split", "actor", "--arch", "1d", "--width", "0.0625",
                     "--head-units", "16", "--batch-size", "16", "--tuner", "random", "--max-trials", "2",
                     "--epochs", "1", "--quiet", "--workers", "1", "--distribute")
-    env = subprocess_env(KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = subprocess_env(KERAS_BACKEND="jax", XLA_FLAGS=TWO_HOST_DEVICES)
     [(status, output)] = run_together([(args, env)], tmp_path, timeout=300)
     assert status == 0, output[-3000:]
     assert "2 completed trials, best first" in output
