@@ -602,10 +602,10 @@ def evaluate_clips(model, meta, corpus, clips, tta_copies=0, cache_dir=None, spe
     truth, predicted = model_label_indices(meta, corpus, kept), probabilities.argmax(axis=1)
     groups = {"sex": [c.sex for c in kept]}
     if len(corpus.corpus_names) == 1:
-        return classification_report(truth, predicted, meta.labels, groups=groups)
+        return classification_report(truth, predicted, meta.labels, groups=groups, probabilities=probabilities)
     # Each corpus is scored on the classes it has, in the model's label order.
     masks = np.array([np.isin(meta.labels, corpus.labels_of(c.corpus)) for c in kept], bool)
-    by_corpus = corpus_reports(truth, predicted, meta.labels, [c.corpus for c in kept], masks, groups)
+    by_corpus = corpus_reports(truth, predicted, meta.labels, [c.corpus for c in kept], masks, groups, probabilities)
     return {**by_corpus.pop("all"), "by_corpus": by_corpus}
 
 

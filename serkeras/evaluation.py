@@ -231,7 +231,7 @@ def robustness_report(model, meta, corpus, clips, perturbations, copies=0, cache
         if not kept:
             raise DataError(f"no usable clips {condition}")
         report = classification_report(model_label_indices(meta, corpus, kept), probabilities.argmax(axis=1),
-                                       meta.labels)
+                                       meta.labels, probabilities=probabilities)
         rows.append({"condition": condition, "perturbation": perturbation.to_dict() if perturbation else None,
                      "skipped": len(clips) - len(kept), **report})
     return rows
@@ -252,7 +252,42 @@ def format_robustness(rows):
     return "\n".join(lines)
 
 
-def classification_report(y_true, y_pred, labels, groups=None, scored=None):
+#: Equal-width confidence bins of `expected_calibration_error` (the customary 15).
+CALIBRATION_BINS = 15
+
+
+def expected_calibration_error(y_true, probabilities, bins=CALIBRATION_BINS):
+    """Top-label expected calibration error: how far a model's confidence is from how often it is right.
+
+    Clips are grouped by the probability of their predicted class into `bins` equal-width bins;
+    the error is the clip-weighted mean, over the bins, of |accuracy - mean confidence|. 0 is a
+    model whose 80%-confident predictions are right 80% of the time; a model that always says
+    100% and is right half the time scores 0.5.
+
+    Parameters
+    ----------
+    y_true : sequence of int
+        Class indices.
+    probabilities : array, shape (clips, classes)
+        The model's class probabilities; the prediction is their argmax.
+    bins : int
+
+    Returns
+    -------
+    float
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == np.asarray(y_true)
+    which = np.minimum((confidence * bins).astype(int), bins - 1)  # bin b holds [b/bins, (b+1)/bins)
+    error = 0.0
+    for b in np.unique(which):
+        inside = which == b
+        error += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
+    return float(error)
+
+
+def classification_report(y_true, y_pred, labels, groups=None, scored=None, probabilities=None):
     """Accuracy, UA, macro/weighted F1, precision, recall, per-class table, confusion matrix.
 
     The macro averages, and UA (unweighted average recall: the mean of the
@@ -270,6 +305,10 @@ def classification_report(y_true, y_pred, labels, groups=None, scored=None):
     scored : sequence of int, optional
         The classes the macro averages and UA are taken over (default: those in `y_true`),
         such as the classes a corpus has.
+    probabilities : array, shape (clips, classes), optional
+        The class probabilities `y_pred` was taken from: adds the calibration of the
+        model's confidence (`expected_calibration_error`, and ``mean_confidence``, the mean
+        probability of the predicted class), over every class the model has.
     """
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     classes = list(range(len(labels)))
@@ -289,6 +328,9 @@ def classification_report(y_true, y_pred, labels, groups=None, scored=None):
         "labels": list(labels),
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=classes).tolist(),
     }
+    if probabilities is not None:
+        report["expected_calibration_error"] = expected_calibration_error(y_true, probabilities)
+        report["mean_confidence"] = float(np.max(probabilities, axis=1).mean())
     for name, values in (groups or {}).items():
         values = np.asarray(values)
         report[f"accuracy_by_{name}"] = {str(v): float(accuracy_score(y_true[values == v], y_pred[values == v]))
@@ -296,7 +338,7 @@ def classification_report(y_true, y_pred, labels, groups=None, scored=None):
     return report
 
 
-def corpus_reports(y_true, y_pred, labels, corpora, label_masks=None, groups=None):
+def corpus_reports(y_true, y_pred, labels, corpora, label_masks=None, groups=None, probabilities=None):
     """`classification_report` of the clips of every corpus apart, and of all of them together.
 
     Parameters
@@ -312,6 +354,8 @@ def corpus_reports(y_true, y_pred, labels, corpora, label_masks=None, groups=Non
         some corpus has. Without it, over the classes its clips have.
     groups : dict of str -> sequence of str, optional
         Per-clip group values, as for `classification_report`.
+    probabilities : array, shape (clips, classes), optional
+        As for `classification_report`.
 
     Returns
     -------
@@ -319,13 +363,14 @@ def corpus_reports(y_true, y_pred, labels, corpora, label_masks=None, groups=Non
         ``{"all": report, name: report, ...}``, corpora in sorted order.
     """
     y_true, y_pred, corpora = np.asarray(y_true), np.asarray(y_pred), np.asarray(corpora)
+    probabilities = None if probabilities is None else np.asarray(probabilities)
     masks = None if label_masks is None else np.asarray(label_masks, bool)
     groups = {k: np.asarray(v) for k, v in (groups or {}).items()}
 
     def report(rows):
         scored = None if masks is None else np.flatnonzero(masks[rows].any(axis=0))
         return classification_report(y_true[rows], y_pred[rows], labels, {k: v[rows] for k, v in groups.items()},
-                                     scored)
+                                     scored, None if probabilities is None else probabilities[rows])
 
     reports = {"all": report(np.arange(len(y_true)))}
     for name in sorted(set(corpora.tolist())):
@@ -348,7 +393,9 @@ def format_report(report):
     lines = [f"clips {report['n']}  accuracy {report['accuracy']:.4f}  UA {report['unweighted_average_recall']:.4f}  "
              f"macro-F1 {report['macro_f1']:.4f}  "
              f"weighted-F1 {report['weighted_f1']:.4f}  macro-precision {report['macro_precision']:.4f}  "
-             f"macro-recall {report['macro_recall']:.4f}", "",
+             f"macro-recall {report['macro_recall']:.4f}"
+             + (f"  ECE {report['expected_calibration_error']:.4f}" if "expected_calibration_error" in report else ""),
+             "",
              f"{'class':<10} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}"]
     for label, row in report["per_class"].items():
         lines.append(f"{label:<10} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['f1']:>7.3f} {row['support']:>8d}")

@@ -368,7 +368,7 @@ def run_head_fit(data, feature_config, model_config, train_config, run_dir, desc
         probabilities = embedding_probabilities(model, embeddings[part], [c.speaker for c in clips],
                                                 train_config.batch_size)
         metrics[part] = classification_report(labels, probabilities.argmax(axis=1), data.labels,
-                                              groups={"sex": [c.sex for c in clips]})
+                                              groups={"sex": [c.sex for c in clips]}, probabilities=probabilities)
     save_confusion_matrix(metrics["test"]["confusion_matrix"], data.labels, run_dir / "confusion_matrix.png",
                           f"test ({describe.get('split', '') if describe else ''})")
     write_text_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=2))

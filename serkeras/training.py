@@ -1171,10 +1171,11 @@ def run_training(data, feature_config, model_config, train_config, run_dir, log_
         if len({c.corpus for c in clips}) > 1 or part in data.label_masks:
             # Each corpus apart too, scored on the classes it has; the whole stays `metrics[part]`.
             by_corpus = corpus_reports(labels, probabilities.argmax(axis=1), data.labels, [c.corpus for c in clips],
-                                       data.label_masks.get(part), groups)
+                                       data.label_masks.get(part), groups, probabilities)
             metrics[part], metrics[f"{part}_by_corpus"] = by_corpus.pop("all"), by_corpus
         else:
-            metrics[part] = classification_report(labels, probabilities.argmax(axis=1), data.labels, groups=groups)
+            metrics[part] = classification_report(labels, probabilities.argmax(axis=1), data.labels, groups=groups,
+                                                  probabilities=probabilities)
     save_confusion_matrix(metrics["test"]["confusion_matrix"], data.labels, run_dir / "confusion_matrix.png",
                           f"test ({describe.get('split', '') if describe else ''})")
     log_hparams(log_dir, hparams, {f"{part}_{m}": metrics[part][m] for part in ("val", "test")

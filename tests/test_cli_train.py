@@ -91,6 +91,8 @@ def test_evaluate(trained, crema_subset, workdir):
     metrics = json.loads((run / "metrics.json").read_text())
     # Same model, same split: evaluate reproduces the run's own test metrics.
     assert report["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+    assert report["expected_calibration_error"] == pytest.approx(metrics["test"]["expected_calibration_error"],
+                                                                 abs=1e-4)
     assert np.array(report["confusion_matrix"]).sum() == report["n"]
     assert (workdir / "cm.png").stat().st_size > 0
 

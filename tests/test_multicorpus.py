@@ -190,6 +190,7 @@ def test_train_evaluate_and_cross_corpus_on_three_corpora(manifests, tmp_path):
     beta = by_corpus["beta"]
     recalls = [beta["per_class"][label]["recall"] for label in LABEL_SETS["beta"]]
     assert beta["n"] == 24 and beta["unweighted_average_recall"] == pytest.approx(np.mean(recalls))
+    assert 0.0 <= beta["expected_calibration_error"] <= 1.0 and "expected_calibration_error" in metrics["test"]
 
     args = ["cross-corpus", *sources, "--val-fraction", "0.25", "--run-name", "loco", *cache, *TINY]
     result = run_cli(args, tmp_path)
