@@ -13,7 +13,7 @@ from serkeras.corpus import CREMA_D_LABELS, load_crema_d
 from serkeras.effects import Perturbation, apply_gain
 from serkeras.features import FeatureConfig, extract_features
 
-SHIPPED_DEFAULT = Path(__file__).resolve().parents[1] / "saved_models" / "serkeras-crema-d-whisper.keras"
+SHIPPED_CREMA_D_WHISPER = Path(__file__).resolve().parents[1] / "saved_models" / "serkeras-crema-d-whisper.keras"
 
 
 def _tone_with_pauses(seconds_on=0.5, pauses=3, amplitude=0.1, sample_rate=16000, noise=1e-4, pause_factor=1):
@@ -144,15 +144,15 @@ def test_a_levelled_model_keeps_its_setting_and_predictions_through_a_gain(level
 
 
 def test_an_old_model_file_loads_and_predicts_as_before(real_clips, tmp_path):
-    """The shipped default was saved before the setting existed: it keeps the level as recorded, its features keep
+    """The shipped serkeras-crema-d-whisper was saved before the setting existed: it keeps the level as recorded, its features keep
     their cache key, and it predicts from features computed exactly as before (decode, then log-mel; stored as
     float16 in the cache)."""
     from serkeras.evaluation import predict_clips, predict_features
     from serkeras.models import load_model
 
-    if not SHIPPED_DEFAULT.is_file():
+    if not SHIPPED_CREMA_D_WHISPER.is_file():
         pytest.skip("no shipped model in this checkout")
-    model, meta = load_model(SHIPPED_DEFAULT)
+    model, meta = load_model(SHIPPED_CREMA_D_WHISPER)
     config = meta.feature_config
     assert config.level_dbfs is None and config.extraction_key() == "226ee6cdd8083258"
     clips = load_crema_d(real_clips.folder).clips[:4]
