@@ -11,9 +11,7 @@ import dataclasses
 import hashlib
 import json
 
-import librosa
 import numpy as np
-import scipy.signal
 
 from serkeras.config import known_fields
 
@@ -83,6 +81,8 @@ def change_speed(wave, factor):
     """Play `wave` `factor` times as fast (resampling: tempo and pitch scale together)."""
     if factor == 1.0:
         return wave
+    import librosa  # here, not at the top: the CLI reads this module's defaults before its help
+
     return librosa.resample(wave, orig_sr=factor, target_sr=1.0).astype(wave.dtype)
 
 
@@ -213,6 +213,8 @@ class Perturbation:
 def band_limit(wave, sample_rate, low_hz, high_hz):
     """`wave` through a 4th-order Butterworth band-pass from `low_hz` to `high_hz` (zero phase)."""
     high_hz = min(high_hz, 0.45 * sample_rate)
+    import scipy.signal
+
     sos = scipy.signal.butter(4, [low_hz, high_hz], btype="bandpass", fs=sample_rate, output="sos")
     return scipy.signal.sosfiltfilt(sos, wave).astype(wave.dtype)
 
@@ -233,4 +235,6 @@ def room_response(sample_rate, rt60, rng):
 def reverberate(wave, sample_rate, rt60, rng):
     """`wave` convolved with a `room_response` of reverberation time `rt60` (the tail beyond its end cut)."""
     response = room_response(sample_rate, rt60, rng)
+    import scipy.signal
+
     return scipy.signal.fftconvolve(wave.astype(np.float64), response)[: len(wave)].astype(wave.dtype)

@@ -54,7 +54,8 @@ def test_features_help(runner):
 
 
 def test_no_commands_help_imports_tensorflow():
-    """`serkeras <command> --help` answers at once: TensorFlow (seconds to import) is not loaded for it."""
+    """`serkeras <command> --help` answers at once: TensorFlow (seconds to import) and SciPy's signal module (a
+    second) are not loaded for it."""
     import subprocess
     import sys
 
@@ -65,7 +66,8 @@ def test_no_commands_help_imports_tensorflow():
               "        main([name, '--help'], standalone_mode=False)\n"
               "    except SystemExit:\n"
               "        pass\n"
-              "    print('loaded', name, [m for m in ('tensorflow', 'keras') if m in sys.modules])\n")
+              "    print('loaded', name, [m for m in ('tensorflow', 'keras', 'scipy.signal') "
+              "if m in sys.modules])\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                             cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0, result.stderr
