@@ -584,3 +584,33 @@ def test_whisper_model_with_int8_feed_forward_exports_to_onnx_and_says_why_liter
     # LiteRT's converter has no fully-connected op for Keras' int8 activations: said before trying, in one line.
     with pytest.raises(SerkerasError, match=r"^LiteRT's converter cannot convert Keras' int8-quantized layers"):
         export_model(model, tmp_path / "w.tflite", "litert")
+
+
+def test_int8_layers_multiply_their_integers_in_float_and_predict_as_keras_int8_does(tmp_path):
+    """`load_model` (and `quantize_dense`) run an int8 Dense layer's product on float32 copies of the same integers,
+    the fast product on CPUs: the file is unchanged and the probabilities are Keras' int8 ones."""
+    from serkeras.models import build_whisper, load_model
+    from serkeras.models.saving import graph_layers, quantize_dense
+
+    model = build_whisper(WHISPER_FEATURES, ModelConfig(arch="whisper", encoder_layers=1, encoder_dim=16,
+                                                        attention_heads=2), LABELS)
+    quantize_dense(model)
+    model.save(tmp_path / "int8.keras")
+    as_keras = keras.saving.load_model(tmp_path / "int8.keras", compile=False, safe_mode=True)
+    ours, _ = load_model(tmp_path / "int8.keras")
+
+    def quantizer_dtypes(m):
+        return [layer.inputs_quantizer.output_dtype for layer in graph_layers(m)
+                if getattr(layer, "quantization_mode", None) == "int8"]
+
+    assert quantizer_dtypes(as_keras) == ["int8", "int8"] and quantizer_dtypes(ours) == quantizer_dtypes(model) == [
+        "float32", "float32"]
+    rng = np.random.default_rng(0)
+    inputs = {"logmel": rng.normal(-0.5, 0.4, (3, 96, WHISPER_FEATURES.n_mels)).astype("float32"),
+              "lengths": np.array([96, 60, 17], np.int32)}
+    expected = np.asarray(as_keras.predict_on_batch(inputs))
+    np.testing.assert_allclose(np.asarray(ours.predict_on_batch(inputs)), expected, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(model.predict_on_batch(inputs)), expected, atol=1e-6)
+    model.save(tmp_path / "again.keras")  # what is saved is Keras' int8 layer, as before
+    again = keras.saving.load_model(tmp_path / "again.keras", compile=False, safe_mode=True)
+    assert quantizer_dtypes(again) == ["int8", "int8"]
