@@ -25,25 +25,35 @@ if TYPE_CHECKING:  # the settings classes' modules import Keras; this one does s
     from serkeras.training import TrainConfig
 
 
-def open_model(value):
-    """Load a `.keras` file, or a shipped model by name.
+def open_model(value, allow_onnx=False):
+    """Load a `.keras` file, an ONNX export (`.onnx`, run by ONNX Runtime), or a shipped model by name.
 
     Parameters
     ----------
     value : str, Path or None
         A model file, a shipped model's name (``serkeras-crema-d-whisper``), or None for the
         default shipped model (`serkeras.shipped.resolve_model`).
+    allow_onnx : bool
+        Whether an ONNX export may be opened (prediction only: `serkeras.inference.predict_files`).
 
     Returns
     -------
-    model : keras.Model
-    metadata : serkeras.models.ModelMetadata
+    model : keras.Model, or serkeras.onnx_runtime.OnnxModel for an ``.onnx`` file
+    metadata : serkeras.models.ModelMetadata, or serkeras.onnx_runtime.OnnxMetadata
         Its labels, feature settings and standardisation statistics.
     """
-    from serkeras.models import load_model
     from serkeras.shipped import resolve_model
 
-    return load_model(resolve_model(value))
+    path = resolve_model(value)
+    if str(path).lower().endswith(".onnx"):
+        if not allow_onnx:
+            raise SerkerasError(f"{path} is an ONNX export, which only `serkeras predict` runs: give the .keras file")
+        from serkeras.onnx_runtime import load_onnx_model  # no TensorFlow
+
+        return load_onnx_model(path)
+    from serkeras.models import load_model
+
+    return load_model(path)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -85,13 +85,14 @@ class LazyChoice(click.Choice):
         return super().get_metavar(param, ctx) if self._loaded is not None else "NAME"
 
 
-def lazy_choice(module, name):
+def lazy_choice(module, name, imports_keras=True):
     """A LazyChoice over the sequence `name` of serkeras module `module`, imported on first use."""
 
     def load():
         import importlib
 
-        import_tensorflow_quietly()  # the registries' modules import Keras
+        if imports_keras:
+            import_tensorflow_quietly()  # the registries' modules import Keras
         values = getattr(importlib.import_module(f"serkeras.{module}"), name)
         return sorted(values) if isinstance(values, dict) else values  # a registry's names, or a tuple in order
 
@@ -691,10 +692,21 @@ def evaluate(model_path, data_dir, manifest, cache_dir, split_kind, fold, n_fold
         save_confusion_matrix(report["confusion_matrix"], meta.labels, plot, f"{part}: {described}")
 
 
-@main.command(cls=KerasCommand)
+class PredictCommand(KerasCommand):
+    """`predict`: an ONNX model (`--model FILE.onnx`) runs in ONNX Runtime, so TensorFlow is not imported."""
+
+    def invoke(self, ctx):
+        if str(ctx.params.get("model_path") or "").lower().endswith(".onnx"):
+            return click.Command.invoke(self, ctx)
+        return super().invoke(ctx)
+
+
+@main.command(cls=PredictCommand)
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
-              help=f"A .keras file, or a shipped model by name: {', '.join(model_names())} (default: the first).")
+              help=f"A .keras file, an ONNX export of one (`serkeras export --format onnx`; runs in ONNX Runtime, "
+                   f"without TensorFlow), or a shipped model by name: {', '.join(model_names())} (default: the "
+                   "first).")
 @click.option("--format", "output_format", type=click.Choice(PREDICTION_FORMATS), default="table",
               show_default=True)
 @click.option("--window", type=click.FloatRange(min=0.5), default=None,
@@ -706,7 +718,7 @@ def evaluate(model_path, data_dir, manifest, cache_dir, split_kind, fold, n_fold
               help="Longest recording to read; longer ones are skipped with a warning (a long recording is "
                    "predicted window by window, but read whole).")
 @tta_option
-@click.option("--speaker", "speaker_grouping", type=lazy_choice("inference", "SPEAKER_GROUPINGS"), default="auto",
+@click.option("--speaker", "speaker_grouping", type=lazy_choice("inference", "SPEAKER_GROUPINGS", imports_keras=False), default="auto",
               show_default=True,
               help="For models that normalise by speaker (serkeras-crema-d-whisper-speaker-norm, or trained with "
                    "--speaker-norm): which files share a speaker, whose statistics are used ('auto': a CREMA-D file "
@@ -720,7 +732,7 @@ def predict(paths, model_path, output_format, window, hop, batch_size, workers, 
 
     _refuse_model_paths(paths)
     files = expand_paths(paths)  # before the model: a mistyped path should not wait for it to load
-    model, meta = api.open_model(model_path)
+    model, meta = api.open_model(model_path, allow_onnx=True)
     predictions, skipped = predict_files(model, meta, files, window, hop, batch_size, workers, tta_copies,
                                          speaker_grouping, max_seconds)
     click.echo(api.format_predictions(predictions, meta.labels, output_format), nl=False)
@@ -730,7 +742,7 @@ def _refuse_model_paths(paths):
     """A model given where audio belongs (`serkeras predict model.keras clip.wav`) is a usage error, not a
     skipped file: otherwise the default model would quietly predict in its place."""
     for path in paths:
-        if path.lower().endswith(".keras") or (find_model(path) and not os.path.exists(path)):
+        if path.lower().endswith((".keras", ".onnx")) or (find_model(path) and not os.path.exists(path)):
             raise click.UsageError(f"{path} is a model, not audio: pass it as --model {path}")
 
 

@@ -81,7 +81,24 @@ def export_model(model, path, export_format="tf_saved_model"):
         raise SerkerasError(f"exporting to {export_format} needs a package that is not installed: {exc}") from None
     except Exception as exc:  # the exporter or its converter refused the model (many types), or the path
         raise SerkerasError(f"exporting to {export_format} failed: {first_error_line(exc)}") from None
+    if export_format == "onnx":
+        write_onnx_metadata(model, path)
     return path
+
+
+def write_onnx_metadata(model, path):
+    """Store `model`'s labels, feature settings and model settings in the ONNX file at `path`, as
+    `serkeras.onnx_runtime.load_onnx_model` reads them (so `serkeras predict --model FILE.onnx` needs
+    nothing else)."""
+    import onnx
+
+    from serkeras.models import model_metadata
+    from serkeras.onnx_runtime import metadata_entries
+
+    proto = onnx.load(str(path))
+    onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
+                                        **metadata_entries(model_metadata(model))})
+    onnx.save(proto, str(path))
 
 
 def first_error_line(exc, limit=300):

@@ -14,7 +14,6 @@ from serkeras.cache import compute_clips
 from serkeras.corpus import describe_skipped, parse_crema_d_name, warn_skipped
 from serkeras.effects import TEST_TIME_AUGMENTATION
 from serkeras.errors import DataError
-from serkeras.evaluation import model_input_names, predict_features
 from serkeras.features import feature_kinds, normalize_by_speaker
 
 
@@ -97,6 +96,9 @@ def predict_files(model, metadata, paths, window_seconds=None, hop_seconds=None,
                   workers=None, tta_copies=0, speakers="auto", max_seconds=None):
     """Predict the emotion of every readable file; unreadable ones are skipped with a warning.
 
+    `model` and `metadata` are a Keras model and its metadata (`serkeras.models.load_model`),
+    or an ONNX export's (`serkeras.onnx_runtime.load_onnx_model`, no TensorFlow needed).
+
     Recordings longer than `window_seconds` (default: the model's fixed length,
     or 4 s for variable-length models) are cut into windows `hop_seconds` apart;
     the overall probabilities are the mean over windows. Features are computed in
@@ -130,7 +132,14 @@ def predict_files(model, metadata, paths, window_seconds=None, hop_seconds=None,
     window_seconds = window_seconds or (config.fixed_seconds if config.length_mode == "fixed" else 4.0)
     hop_seconds = hop_seconds or window_seconds / 2
     window, hop = int(window_seconds * frames_per_second), max(1, int(hop_seconds * frames_per_second))
-    kinds = feature_kinds(model_input_names(model))
+    from serkeras.onnx_runtime import OnnxModel  # NumPy only
+
+    # An ONNX model (`serkeras.onnx_runtime`) runs without TensorFlow: evaluation (and its tf.data pipeline)
+    # is imported for Keras models only.
+    onnx = isinstance(model, OnnxModel)
+    if not onnx:
+        from serkeras.evaluation import model_input_names, predict_features
+    kinds = feature_kinds(model.input_names if onnx else model_input_names(model))
     pieces, owners, skipped, durations = [], [], [], {}
     for copy in range(tta_copies + 1):
         augmentation = TEST_TIME_AUGMENTATION if copy else None
@@ -158,10 +167,13 @@ def predict_files(model, metadata, paths, window_seconds=None, hop_seconds=None,
         raise DataError(f"none of the {len(skipped)} files could be used: {describe_skipped(skipped)}")
     warn_skipped(skipped, "audio files")
     # A model that standardises its embedding by speaker takes each copy's statistics from the same copy.
-    piece_speakers = ([(speaker_of(path, speakers), copy) for path, copy, _ in owners]
-                      if metadata.model_config.speaker_standardization else None)
-    probabilities = predict_features(model, pieces, config.length_mode, config.fixed_frames, batch_size,
-                                     piece_speakers)
+    if onnx:
+        probabilities = model.predict(pieces, batch_size)
+    else:
+        piece_speakers = ([(speaker_of(path, speakers), copy) for path, copy, _ in owners]
+                          if metadata.model_config.speaker_standardization else None)
+        probabilities = predict_features(model, pieces, config.length_mode, config.fixed_frames, batch_size,
+                                         piece_speakers)
     labels = list(metadata.labels)
     results = {}  # path -> copy -> [(start, probabilities)]
     for (path, copy, start), p in zip(owners, probabilities):

@@ -502,17 +502,71 @@ def test_export_onnx_without_its_packages_is_one_line(trained, workdir, tmp_path
     assert result.output.strip().startswith("error: exporting to onnx needs a package that is not installed")
 
 
-def test_export_onnx_is_self_contained_and_checked(trained, workdir):
-    onnxruntime = pytest.importorskip("onnxruntime")  # installed by the test extra, so CI runs this
+@pytest.fixture(scope="module")
+def tiny_onnx(trained, workdir):
+    """The trained run's model exported to ONNX through the CLI: (path, Keras model, a batch of other lengths)."""
+    pytest.importorskip("onnxruntime")  # installed by the test extra, so CI runs these
     run, _ = trained
     out = workdir / "tiny.onnx"
     model, inputs = export_checked(run, workdir, "onnx", out)
+    return out, model, inputs
+
+
+def test_export_onnx_is_self_contained_and_checked(tiny_onnx):
+    import onnxruntime
+
+    out, model, inputs = tiny_onnx
     # Independently of the command's own check: the file asks only for the model's inputs (the
     # standardisation statistics are inside it), and other lengths than the check's give the same.
     session = onnxruntime.InferenceSession(str(out))
     assert [i.name for i in session.get_inputs()] == [t.name for t in model.inputs]
     got = session.run(None, {t.name: inputs[t.name] for t in model.inputs})[0]
     np.testing.assert_allclose(got, model.predict(inputs, verbose=0), atol=1e-5)
+
+
+def test_predict_runs_an_onnx_export_without_tensorflow_and_predicts_like_the_keras_file(tiny_onnx, trained,
+                                                                                         crema_subset, workdir,
+                                                                                         tmp_path):
+    """`serkeras predict --model FILE.onnx`: the export carries labels and feature settings, ONNX Runtime runs it
+    in a process that never imports TensorFlow or Keras, and the probabilities are the .keras file's."""
+    import onnx
+
+    from serkeras.inference import predict_files
+    from serkeras.models import load_model
+
+    out, model, _ = tiny_onnx
+    run, _ = trained
+    clips = [str(c) for c in sorted(crema_subset.iterdir())[:5]]
+    script = ("import json, sys\n"
+              "from serkeras.cli import main\n"
+              "try:\n"
+              f"    main(['predict', *{clips!r}, '--model', {str(out)!r}, '--format', 'json', '--workers', '1'],\n"
+              "         standalone_mode=False)\n"
+              "except SystemExit:\n"
+              "    pass\n"
+              "print('loaded', [m for m in ('tensorflow', 'keras') if m in sys.modules])\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=workdir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.rstrip().endswith("loaded []"), result.stdout[-500:]
+    rows = json.loads(result.stdout[result.stdout.index("["):result.stdout.rindex("loaded")])
+    _, meta = load_model(run / "model.keras")
+    expected, _ = predict_files(model, meta, clips, workers=1)
+    assert [r["path"] for r in rows] == [p.path for p in expected]
+    for row, prediction in zip(rows, expected):
+        assert row["label"] == prediction.label
+        assert row["probabilities"] == pytest.approx(prediction.probabilities, abs=1e-5)
+
+    # An ONNX file that does not say what it predicts (another exporter's, or ours stripped) is refused in one line.
+    proto = onnx.load(str(out))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(tmp_path / "bare.onnx"))
+    refused = run_cli(["predict", clips[0], "--model", str(tmp_path / "bare.onnx")], workdir)
+    assert refused.exit_code == 1 and "has no serkeras metadata" in refused.output
+    assert "Traceback" not in refused.output
+    misplaced = run_cli(["predict", str(out), clips[0]], workdir)
+    assert misplaced.exit_code == 2 and "is a model, not audio" in misplaced.output
+    evaluated = run_cli(["evaluate", str(out), "--data-dir", str(crema_subset)], workdir)
+    assert evaluated.exit_code == 1 and "only `serkeras predict` runs: give the .keras file" in evaluated.output
 
 
 def test_export_litert_is_checked_against_the_keras_model(trained, workdir):
