@@ -213,6 +213,11 @@ def _odd_at_most(n):
     return max(3, n if n % 2 else n - 1)
 
 
+#: Batches of variable-length clips are padded to a multiple of this many frames (`serkeras.pipeline`,
+#: `serkeras.onnx_runtime`), bounding the number of distinct batch shapes (each a recompilation under JAX).
+PAD_MULTIPLE = 16
+
+
 def fit_to_length(features, frames):
     """Crop or zero-pad every feature array to exactly `frames` frames (fixed mode)."""
     out = {}

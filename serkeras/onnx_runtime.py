@@ -16,13 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from serkeras.errors import ModelFileError
-from serkeras.features import FeatureConfig, fit_to_length
+from serkeras.features import PAD_MULTIPLE, FeatureConfig, fit_to_length
 
 #: The ONNX metadata keys `serkeras.export` writes: what `load_onnx_model` needs besides the graph.
 METADATA_KEYS = {"labels": "serkeras.labels", "feature_config": "serkeras.feature_config",
                  "model_config": "serkeras.model_config", "version": "serkeras.version"}
-#: Padded lengths are rounded up to a multiple of this, as `serkeras.pipeline` pads evaluation batches.
-PAD_MULTIPLE = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,24 +64,18 @@ class OnnxModel:
         config = self.metadata.feature_config
         kinds = [name for name in self.input_names if name != "lengths"]
         lengths = np.array([len(f[kinds[0]]) for f in feature_list], dtype=np.int32)
-        order = np.argsort(lengths, kind="stable")
-        out = None
+        order = np.argsort(lengths, kind="stable")  # `serkeras.pipeline.eval_order`
+        out = np.empty((len(feature_list), len(self.metadata.labels)), np.float32)
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
-            if config.length_mode == "fixed":
-                frames = config.fixed_frames
-                clips = [fit_to_length({k: feature_list[i][k] for k in kinds}, frames) for i in rows]
-            else:
-                frames = -(-int(lengths[rows].max()) // PAD_MULTIPLE) * PAD_MULTIPLE
-                clips = [fit_to_length({k: feature_list[i][k] for k in kinds}, frames) for i in rows]
+            frames = (config.fixed_frames if config.length_mode == "fixed"
+                      else -(-int(lengths[rows].max()) // PAD_MULTIPLE) * PAD_MULTIPLE)
+            clips = [fit_to_length({k: feature_list[i][k] for k in kinds}, frames) for i in rows]
             inputs = {k: np.stack([c[k] for c in clips]).astype(np.float32) for k in kinds}
             if "lengths" in self.input_names:
                 inputs["lengths"] = np.minimum(lengths[rows], frames).astype(np.int32)
-            probabilities = self.session.run(None, inputs)[0]
-            if out is None:
-                out = np.empty((len(feature_list), probabilities.shape[-1]), np.float32)
-            out[rows] = probabilities
-        return out if out is not None else np.empty((0, len(self.metadata.labels)), np.float32)
+            out[rows] = self.session.run(None, inputs)[0]
+        return out
 
 
 def load_onnx_model(path):

@@ -10,11 +10,7 @@ per batch; bucketing by length keeps that padding small.
 import numpy as np
 import tensorflow as tf
 
-from serkeras.features import FEATURE_KINDS, fit_to_length
-
-#: Padded lengths are rounded up to a multiple of this, bounding the number of
-#: distinct batch shapes (each one is a recompilation under JAX).
-PAD_MULTIPLE = 16
+from serkeras.features import FEATURE_KINDS, PAD_MULTIPLE, fit_to_length
 
 
 def clip_lengths(feature_list):
