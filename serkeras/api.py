@@ -148,7 +148,7 @@ def prepare_training_data(corpus, split, feature_config, train_config, cache_dir
     cache_dir : str or Path, optional
         Feature cache (default ``$SERKERAS_CACHE_DIR`` or ``data/cache``).
     workers : int, optional
-        Feature extraction processes (default: every core).
+        Feature extraction processes (default: as many as pay off, up to every core; `serkeras.cache.cached_features`).
     progress : bool, optional
         Show progress bars while features are computed.
     echo : callable, optional

@@ -42,6 +42,7 @@ from serkeras.corpus import warn_skipped
 from serkeras.effects import TEST_TIME_AUGMENTATION, Perturbation, WaveAugmentation, augment_wave
 from serkeras.errors import DataError, SerkerasError
 from serkeras.features import FEATURE_KINDS, FeatureConfig, extract_features, speaker_normalized
+from serkeras.system import usable_cpus
 
 CACHE_DIR_ENV = "SERKERAS_CACHE_DIR"
 DEFAULT_CACHE_DIR = "data/cache"
@@ -308,7 +309,9 @@ def cached_features(clips, config, cache_dir=None, workers=None, progress=True, 
     cache_dir : path-like, optional
         Root of the cache (default $SERKERAS_CACHE_DIR or `data/cache`).
     workers : int, optional
-        Processes for extraction (default: every core).
+        Processes for extraction. By default this process extracts alone while the work left would
+        take less time than starting worker processes (about 4 s: each imports librosa), then
+        shares the rest with a pool over every core; a number starts that many at once.
     progress : bool
         Show a progress bar while extracting.
     augmentation : serkeras.effects.WaveAugmentation, optional
@@ -344,7 +347,6 @@ def cached_features(clips, config, cache_dir=None, workers=None, progress=True, 
             todo.append((clip.path, base))
     reused = len(features)
     if todo:
-        workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
         desc = f"augmented copy {copy}" if augmentation is not None else "features"
         bar = tqdm(total=len(todo), desc=desc, unit="clip", disable=not progress, leave=False)
         settings = _worker_settings(config, augmentation, copy, kinds, perturbation)
@@ -419,14 +421,13 @@ def model_features(clips, config, copies=0, cache_dir=None, require_all=False, s
 def compute_clips(paths, config, workers=None, progress=False, augmentation=None, copy=0, kinds=FEATURE_KINDS):
     """Features of many files, computed in parallel and not cached (for one-off audio such as `predict` inputs).
 
-    `augmentation`, `copy` and `kinds` as in `cached_features`.
+    `workers`, `augmentation`, `copy` and `kinds` as in `cached_features`.
 
     Returns
     -------
     list of (path, features or reason)
         In the order of `paths`; a reason string for a file that cannot be used.
     """
-    workers = max(1, min(workers or os.cpu_count() or 1, len(paths) or 1))
     bar = tqdm(total=len(paths), desc="features", unit="file", disable=not progress, leave=False)
     settings = _worker_settings(config, augmentation, copy, kinds, None)
     results = dict(_parallel(_compute_only, list(paths), settings, workers, bar))
@@ -506,16 +507,41 @@ def prune_cache(unused_days, cache_dir=None):
     return removed, freed
 
 
+#: Wall time for a pool's workers to start and import what featurising needs (librosa, SciPy: about 4 s and
+#: 4 CPU-seconds each on 2 cores of an AMD EPYC), against 20-30 ms to featurise a 2.5-s clip in a warm process:
+#: unless told how many workers to use, work this process finishes sooner alone is not handed to a pool.
+POOL_START_SECONDS = 4.0
+#: Fewer items than this are never worth a pool, whatever `workers` says.
+POOL_MIN_ITEMS = 8
+
+
 def _parallel(one, items, settings, workers, bar):
-    """`one(item, *settings)` for every item, in `workers` processes (in chunks) or in this one."""
-    if workers == 1 or len(items) < 8:
-        out = []
+    """`one(item, *settings)` for every item, in this process or (in chunks) in worker processes.
+
+    `workers` None: this process computes the items one by one while what is left would take it less time
+    than a pool needs to start (`POOL_START_SECONDS`, judged from the items done, the first apart: it pays
+    for one-off compilation), and a pool over every core takes the rest as soon as it would not.
+    A number: a pool of that many from the start (this process alone if it is 1).
+    """
+    limit = max(1, min((usable_cpus() or 1) if workers is None else workers, len(items)))
+    out = []
+    if workers is None or limit == 1 or len(items) < POOL_MIN_ITEMS:
         # One BLAS thread, as in the workers: a clip's small matrix products run slower split between threads.
         with threadpoolctl.threadpool_limits(1):
+            timed = []
             for item in items:
+                if limit > 1 and len(items) >= POOL_MIN_ITEMS and len(timed) >= 2:
+                    typical = float(np.mean(timed[1:]))
+                    if (len(items) - len(out)) * typical * (1 - 1 / limit) > POOL_START_SECONDS:
+                        break
+                started = time.perf_counter()
                 out.append(one(item, *settings))
+                timed.append(time.perf_counter() - started)
                 bar.update()
-        return out
+        items = items[len(out):]
+        if not items:
+            return out
+    workers = max(1, min(limit, len(items)))
     warm_up(*settings)  # every `one` takes compute_clip's settings
     # spawn: safe even after TensorFlow / JAX / torch have started their threads.
     context = multiprocessing.get_context("spawn")
@@ -526,7 +552,6 @@ def _parallel(one, items, settings, workers, bar):
     # Chunks amortise inter-process overhead; small enough to keep the bar moving.
     size = max(1, min(32, len(items) // (workers * 4)))
     chunks = [items[i:i + size] for i in range(0, len(items), size)]
-    out = []
     try:
         futures = [pool.submit(_apply_chunk, one, chunk, *settings) for chunk in chunks]
         for future in concurrent.futures.as_completed(futures):
@@ -535,7 +560,7 @@ def _parallel(one, items, settings, workers, bar):
             bar.update(len(done))
     except concurrent.futures.process.BrokenProcessPool:
         raise SerkerasError(f"a feature process died abruptly (a crash in native code, or out of memory) after "
-                            f"{len(out)} of {len(items)} clips; what was finished is kept in the cache. "
+                            f"{len(out)} of {len(out) + len(items)} clips; what was finished is kept in the cache. "
                             "Run again with --workers 1 to see which clip") from None
     finally:
         # On an interrupt, drop the queued chunks: waiting for them (the `with` default) kept a stopped run

@@ -102,8 +102,8 @@ def predict_files(model, metadata, paths, window_seconds=None, hop_seconds=None,
     Recordings longer than `window_seconds` (default: the model's fixed length,
     or 4 s for variable-length models) are cut into windows `hop_seconds` apart;
     the overall probabilities are the mean over windows. Features are computed in
-    `workers` processes (default: every core). With `tta_copies` > 0 (test-time
-    augmentation) a file's probabilities are also averaged over that many copies
+    `workers` processes (default: as `serkeras.cache.cached_features` decides).
+    With `tta_copies` > 0 (test-time augmentation) a file's probabilities are also averaged over that many copies
     made with `TEST_TIME_AUGMENTATION`; a windowed recording's timeline is the file's own.
     A model trained with speaker normalisation gets each file's features less the
     mean over the readable files of its speaker, as `speaker_of(path, speakers)`

@@ -521,6 +521,36 @@ def test_a_worker_that_dies_is_a_one_line_error_not_a_traceback():
         _parallel(_die, list(range(8)), (FeatureConfig().to_dict(), None, 0), 2, Bar())
 
 
+class _Bar:
+    def update(self, n=1):
+        pass
+
+
+def test_by_default_a_pool_starts_only_for_work_that_outlasts_starting_it(monkeypatch):
+    """Unless told how many workers to use, this process computes the items while what is left would take it less
+    time than starting workers does; past that point a pool over every core takes the rest."""
+    import serkeras.cache
+
+    pools = []
+    # `warm_up` runs just before a pool starts (it compiles librosa's kernels here first).
+    monkeypatch.setattr(serkeras.cache, "warm_up", lambda *settings: pools.append(settings))
+    monkeypatch.setattr(serkeras.cache, "usable_cpus", lambda: 2)
+    items = list(range(20))
+    # Twenty items of microseconds each: far below a pool's start-up, computed here, in order.
+    assert serkeras.cache._parallel(max, items, (5,), None, _Bar()) == [max(i, 5) for i in items]
+    assert pools == []
+    # Work that would outlast starting a pool: after two items (the first one's time is not taken as typical),
+    # the other eighteen go to the workers.
+    monkeypatch.setattr(serkeras.cache, "POOL_START_SECONDS", 0.0)
+    out = serkeras.cache._parallel(max, items, (5,), None, _Bar())
+    assert pools == [(5,)] and out[:2] == [5, 5] and sorted(out) == [max(i, 5) for i in items]
+    # Told the number of workers, it starts them at once; told 1, it never does.
+    assert sorted(serkeras.cache._parallel(max, items, (5,), 2, _Bar())) == [max(i, 5) for i in items]
+    assert len(pools) == 2
+    serkeras.cache._parallel(max, items, (5,), 1, _Bar())
+    assert len(pools) == 2
+
+
 def test_inventory_and_pruning_keep_what_runs_use(corpus, cache_dir):
     config, other = FeatureConfig(), FeatureConfig(n_mels=40)
     _run(corpus.clips, config, cache_dir)
