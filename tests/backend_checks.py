@@ -2,7 +2,7 @@
 
 Run as::
 
-    KERAS_BACKEND=jax python tests/backend_checks.py [EXPORT_DIR]
+    KERAS_BACKEND=jax python tests/backend_checks.py [EXPORT_DIR] [--reload-from OTHER_EXPORT_DIR]
     KERAS_BACKEND=tensorflow python tests/backend_checks.py --reload EXPORT_DIR
 
 For every registered architecture at a tiny width in variable-length mode (and
@@ -38,7 +38,11 @@ The trained 1d/variable model, a fixed synthetic batch and its predictions are
 written to EXPORT_DIR (argv[1], else $SERKERAS_EXPORT_DIR, else not written) as
 ``model.keras``, ``inputs.npz``, ``predictions.npy`` and ``manifest.json``.
 ``--reload EXPORT_DIR`` loads that model under the current backend, predicts the
-same batch and compares (atol 1e-5): the cross-backend round trip.
+same batch and compares (atol 1e-5): the cross-backend round trip. ``--reload-from
+OTHER_EXPORT_DIR`` does the same at the end of a full run, for the export that a run
+under another backend writes there at the same time (waiting until that run has written
+it, or has ended without it): every backend's run saves once and reloads once without a
+process of its own for the reload (about 10 CPU seconds each, mostly imports).
 """
 
 import json
@@ -337,6 +341,29 @@ def reload(directory):
     return ok, f"model saved under {manifest['backend']}: max|diff|={diff:.2e} over {expected.shape}"
 
 
+#: Written into EXPORT_DIR when a run ends, exported or not: a run reloading from it stops waiting.
+ENDED = "ended"
+
+
+def wait_for_export(directory, timeout):
+    """Wait until the run exporting to `directory` has written its model (True) or ended without it (False)."""
+    directory = Path(directory)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (directory / "manifest.json").is_file():
+            return True
+        if (directory / ENDED).exists():
+            return (directory / "manifest.json").is_file()
+        time.sleep(0.5)
+    return False
+
+
+def reload_when_exported(directory, timeout=900):
+    if not wait_for_export(directory, timeout):
+        return False, f"no model to reload: the run exporting to {directory} ended without one (or took over {timeout} s)"
+    return reload(directory)
+
+
 def main(argv):
     keras.utils.set_random_seed(0)
     if argv[:1] == ["--reload"]:
@@ -345,7 +372,24 @@ def main(argv):
             return 2
         check("reload")(reload, argv[1])
         return 1 if FAILURES else 0
+    reload_from = None
+    if "--reload-from" in argv:
+        at = argv.index("--reload-from")
+        reload_from, argv = argv[at + 1], argv[:at] + argv[at + 2:]
     export_dir = argv[0] if argv else os.environ.get("SERKERAS_EXPORT_DIR")
+    try:
+        run_checks(export_dir)
+    finally:
+        if export_dir:
+            Path(export_dir).mkdir(parents=True, exist_ok=True)
+            (Path(export_dir) / ENDED).touch()
+    if reload_from:
+        check("reload")(reload_when_exported, reload_from)
+    print(f"{len(FAILURES)} failed" + (f": {', '.join(FAILURES)}" if FAILURES else ""), flush=True)
+    return 1 if FAILURES else 0
+
+
+def run_checks(export_dir):
     print(f"keras {keras.__version__}, backend {keras.backend.backend()}", flush=True)
     labels_rng = np.random.default_rng(7)
     with tempfile.TemporaryDirectory() as tmp:
@@ -379,8 +423,6 @@ def main(argv):
                 start = time.perf_counter()
                 check("distribute")(check_distribute, feature_config, clips, labels, tmp)
                 print(f"     distribute took {time.perf_counter() - start:.1f} s", flush=True)
-    print(f"{len(FAILURES)} failed" + (f": {', '.join(FAILURES)}" if FAILURES else ""), flush=True)
-    return 1 if FAILURES else 0
 
 
 if __name__ == "__main__":
