@@ -123,72 +123,106 @@ def test_model_card_scores_human_votes_with_ties_and_bootstraps_by_actor(crema_r
     assert low == high == 0.7
 
 
-def test_accuracy_script_runs_resumes_ensembles_and_reports(crema_subset, tmp_path, monkeypatch):
+#: The recipe the accuracy script's tests train, by a name `run` accepts: the mechanics, not the model, are under
+#: test, so it stands for the cheapest model that normalises by speaker (as one shipped model does), not for the
+#: real recipe (minutes of training).
+TINY_RECIPE = "resnet-speaker-norm"
+
+
+def use_accuracy_script(monkeypatch, root):
+    """experiments/accuracy.py as a module working in the project folder `root`, with TINY_RECIPE."""
+    accuracy = load_script("accuracy")
+    for module in (accuracy, sys.modules["study"]):  # run_logged and load_results live in study.py
+        monkeypatch.setattr(module, "ROOT", root)
+    monkeypatch.setattr(accuracy, "RESULTS_DIR", root / "results")
+    monkeypatch.chdir(root)  # in-process scoring shares the training runs' feature cache (data/cache)
+    monkeypatch.setitem(accuracy.RECIPES, TINY_RECIPE, accuracy.Recipe(
+        "1d", 0.25, utterance_norm="none", pitch=False, speaker_norm=True, epochs=1))
+    import model_card  # the module accuracy.py imports (experiments/ is on sys.path once a script is loaded)
+
+    monkeypatch.setattr(model_card, "BOOTSTRAP", 200)  # the intervals themselves are tested apart
+    return accuracy
+
+
+@pytest.fixture(scope="module")
+def accuracy_project(crema_subset, tmp_path_factory):
+    """A project folder in which `accuracy.py run` trained TINY_RECIPE with training seeds 0 and 1 (each a
+    `serkeras train` process), and the output of each `run`. Tests work on copies of it."""
+    from click.testing import CliRunner
+
+    root = tmp_path_factory.mktemp("accuracy-project")
+    outputs = []
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        accuracy = use_accuracy_script(monkeypatch, root)
+        for seed in (0, 1):
+            result = CliRunner().invoke(accuracy.cli, ["run", TINY_RECIPE, "--epochs", "1", "--seed", str(seed),
+                                                       "--data-dir", str(crema_subset)])
+            outputs.append(result.output)
+            assert result.exit_code == 0, result.output
+    return root, outputs
+
+
+def copy_project(accuracy_project, tmp_path):
+    root = tmp_path / "project"
+    shutil.copytree(accuracy_project[0], root, symlinks=True)
+    return root
+
+
+def test_accuracy_script_runs_resumes_ensembles_and_reports(accuracy_project, crema_subset, tmp_path, monkeypatch):
     """`run` trains a recipe once per seed (a second call skips it), `ensemble` scores their average on the
     same split, `report` lists the recipe, its seeds and the ensemble."""
     import json
-    import sys
 
     from click.testing import CliRunner
 
-    accuracy = load_script("accuracy")
-    for module in (accuracy, sys.modules["study"]):  # run_logged and load_results live in study.py
-        monkeypatch.setattr(module, "ROOT", tmp_path)
-    monkeypatch.setattr(accuracy, "RESULTS_DIR", tmp_path / "results")
-    monkeypatch.chdir(tmp_path)  # in-process scoring shares the training runs' feature cache (data/cache)
-    # The mechanics, not the model, are under test: recipe `crnn` (a name `run` accepts) stands for the
-    # cheapest model to train here (the real recipe takes minutes).
-    monkeypatch.setitem(accuracy.RECIPES, "crnn", accuracy.Recipe("1d", 0.25, pitch=False, epochs=1))
+    tmp_path = copy_project(accuracy_project, tmp_path)
+    accuracy = use_accuracy_script(monkeypatch, tmp_path)
     runner = CliRunner()
     runs = tmp_path / "saved_models" / "accuracy"
-    for seed in (0, 1):
-        args = ["run", "crnn", "--epochs", "1", "--seed", str(seed), "--data-dir", str(crema_subset)]
-        result = runner.invoke(accuracy.cli, args)
-        assert result.exit_code == 0, result.output
+    first, second = f"{TINY_RECIPE}-actor", f"{TINY_RECIPE}-actor-seed1"
     records = [json.loads(line) for line in (runs / "runs.jsonl").read_text().splitlines()]
-    assert [r["run"] for r in records] == ["crnn-actor", "crnn-actor-seed1"]
+    assert [r["run"] for r in records] == [first, second]
     assert "--arch 1d" in records[1]["command"] and "--train-seed 1" in records[1]["command"] and records[1]["machine"]
+    assert all(f"--run-name accuracy/{r['run']}" in output for r, output in zip(records, accuracy_project[1]))
+    args = ["run", TINY_RECIPE, "--epochs", "1", "--seed", "1", "--data-dir", str(crema_subset)]
     again = runner.invoke(accuracy.cli, args)
-    assert again.exit_code == 0 and "crnn-actor-seed1: done" in again.output
+    assert again.exit_code == 0 and f"{second}: done" in again.output
 
-    result = runner.invoke(accuracy.cli, ["ensemble", "crnn-actor", "crnn-actor-seed1", "--data-dir", str(crema_subset)])
+    result = runner.invoke(accuracy.cli, ["ensemble", first, second, "--data-dir", str(crema_subset)])
     assert result.exit_code == 0, result.output
     scored = json.loads((tmp_path / "results" / "accuracy_ensembles.jsonl").read_text().splitlines()[-1])
-    member = json.loads((runs / "crnn-actor-seed1" / "metrics.json").read_text())
-    assert scored["runs"] == ["crnn-actor", "crnn-actor-seed1"] and scored["n"] == member["test"]["n"]
+    member = json.loads((runs / second / "metrics.json").read_text())
+    assert scored["runs"] == [first, second] and scored["n"] == member["test"]["n"]
     assert 0.0 <= scored["accuracy"] <= 1.0 and 0.0 <= scored["val_accuracy"] <= 1.0
-    unfinished = runner.invoke(accuracy.cli, ["ensemble", "crnn-actor", "resnet-actor", "--data-dir", str(crema_subset)])
+    unfinished = runner.invoke(accuracy.cli, ["ensemble", first, "resnet-actor", "--data-dir", str(crema_subset)])
     assert unfinished.exit_code == 2 and "not finished: resnet-actor" in unfinished.output
-    pooled = runner.invoke(accuracy.cli, ["ensemble", "crnn-actor", "--speaker-stats", "corpus", "--data-dir",
-                                          str(crema_subset)])
-    assert pooled.exit_code == 2 and "is for models that normalise by speaker" in pooled.output
     # One run with test-time augmentation: each val/test clip's first augmented copy is featurised too.
     copies = len(list((tmp_path / "data" / "cache").rglob("*.npz")))
-    result = runner.invoke(accuracy.cli, ["ensemble", "crnn-actor", "--tta-copies", "1", "--data-dir", str(crema_subset)])
+    result = runner.invoke(accuracy.cli, ["ensemble", first, "--tta-copies", "1", "--data-dir", str(crema_subset)])
     assert result.exit_code == 0, result.output
     tta = json.loads((tmp_path / "results" / "accuracy_ensembles.jsonl").read_text().splitlines()[-1])
-    assert (tta["runs"], tta["tta_copies"], tta["n"]) == (["crnn-actor"], 1, scored["n"])
+    assert (tta["runs"], tta["tta_copies"], tta["n"]) == ([first], 1, scored["n"])
     assert len(list((tmp_path / "data" / "cache").rglob("*.npz"))) - copies == scored["n"] + member["val"]["n"]
 
     result = runner.invoke(accuracy.cli, ["report"])
     assert result.exit_code == 0, result.output
     report = (tmp_path / "results" / "accuracy.md").read_text()
-    assert "| crnn | actor |" in report and "| crnn | 0, 1 |" in report
-    assert f"| crnn-actor + crnn-actor-seed1 | actor | {100 * scored['accuracy']:.1f}" in report
-    assert f"| crnn-actor, TTA: clip + 1 augmented copies | actor | {100 * tta['accuracy']:.1f}" in report
+    assert f"| {TINY_RECIPE} | actor |" in report and f"| {TINY_RECIPE} | 0, 1 |" in report
+    assert f"| {first} + {second} | actor | {100 * scored['accuracy']:.1f}" in report
+    assert f"| {first}, TTA: clip + 1 augmented copies | actor | {100 * tta['accuracy']:.1f}" in report
     # A checkout without one of the runs the report listed (a fresh clone) carries its rows over.
     listed = (tmp_path / "results" / "accuracy_runs.jsonl").read_text()
-    (runs / "crnn-actor-seed1").rename(tmp_path / "elsewhere")
+    (runs / second).rename(tmp_path / "elsewhere")
     carried = runner.invoke(accuracy.cli, ["report"])
     assert carried.exit_code == 0 and "1 runs not here carried over" in carried.output
     assert (tmp_path / "results" / "accuracy.md").read_text() == report
     assert (tmp_path / "results" / "accuracy_runs.jsonl").read_text() == listed
     assert runner.invoke(accuracy.cli, ["report", "--drop-missing"]).exit_code == 0
-    assert "| crnn | 0, 1 |" not in (tmp_path / "results" / "accuracy.md").read_text()
-    assert "crnn-actor-seed1" not in (tmp_path / "results" / "accuracy_runs.jsonl").read_text()
-    (tmp_path / "elsewhere").rename(runs / "crnn-actor-seed1")
+    assert f"| {TINY_RECIPE} | 0, 1 |" not in (tmp_path / "results" / "accuracy.md").read_text()
+    assert second not in (tmp_path / "results" / "accuracy_runs.jsonl").read_text()
+    (tmp_path / "elsewhere").rename(runs / second)
     # No k-fold run has finished: every fold is skipped, nothing is scored.
-    result = runner.invoke(accuracy.cli, ["kfold-ensemble", "crnn", "--data-dir", str(crema_subset)])
+    result = runner.invoke(accuracy.cli, ["kfold-ensemble", TINY_RECIPE, "--data-dir", str(crema_subset)])
     assert result.exit_code == 0 and result.output.count("skipped") == accuracy.N_FOLDS
     assert len((tmp_path / "results" / "accuracy_ensembles.jsonl").read_text().splitlines()) == 2
     # Records that checkouts kept beside the runs, before the log moved into git, still count.
@@ -197,51 +231,43 @@ def test_accuracy_script_runs_resumes_ensembles_and_reports(crema_subset, tmp_pa
     assert accuracy.latest_ensembles()[("old-actor",), 0, "part"] == legacy
 
 
-def test_ship_saves_the_average_and_its_card(crema_subset, tmp_path, monkeypatch):
-    """`ship --model NAME` trains the missing members, saves their average as saved_models/NAME.keras and
-    writes its card, here for a speaker-normalised model (the card then has its speaker-mean table)."""
-    import sys
-
+def test_ship_saves_the_average_and_its_card(accuracy_project, crema_subset, tmp_path, monkeypatch):
+    """`ship --model NAME` trains the missing members (here none: `run` trained them), saves their average as
+    saved_models/NAME.keras and writes its card, here for a speaker-normalised model (the card then has its
+    speaker-mean table)."""
     from click.testing import CliRunner
 
     from serkeras.models import load_model
     from serkeras.shipped import shipped_model
 
-    accuracy = load_script("accuracy")
-    for module in (accuracy, sys.modules["study"]):
-        monkeypatch.setattr(module, "ROOT", tmp_path)
-    monkeypatch.setattr(accuracy, "RESULTS_DIR", tmp_path / "results")
-    monkeypatch.chdir(tmp_path)
-    recipe = accuracy.Recipe("1d", 0.25, utterance_norm="none", pitch=False, speaker_norm=True, epochs=1)
-    import model_card  # the module accuracy.py imports (experiments/ is on sys.path once a script is loaded)
-
-    monkeypatch.setattr(model_card, "BOOTSTRAP", 200)  # the intervals themselves are tested apart
-    monkeypatch.setitem(accuracy.RECIPES, "tiny-speaker-norm", recipe)
+    tmp_path = copy_project(accuracy_project, tmp_path)
+    accuracy = use_accuracy_script(monkeypatch, tmp_path)
     # Two training seeds of one recipe (RECIPE:SEED) make the average.
-    shipped = accuracy.ShippedModel(("tiny-speaker-norm", "tiny-speaker-norm:1"), chosen="Chosen for the test")
+    shipped = accuracy.ShippedModel((TINY_RECIPE, f"{TINY_RECIPE}:1"), chosen="Chosen for the test")
     name = "serkeras-crema-d-speaker-norm"  # the name of a shipped model, made of a tiny recipe here
     monkeypatch.setitem(accuracy.SHIPPED_MODELS, name, shipped)
     result = CliRunner().invoke(accuracy.cli, ["ship", "--model", name, "--data-dir", str(crema_subset)])
     assert result.exit_code == 0, result.output
+    assert f"{TINY_RECIPE}-actor: done" in result.output and f"{TINY_RECIPE}-actor-seed1: done" in result.output
     model, meta = load_model(tmp_path / "saved_models" / f"{name}.keras")
     assert meta.feature_config.speaker_norm and model.name == name.replace("-", "_")
     card = (tmp_path / "saved_models" / shipped_model(name).card).read_text()
     assert card.startswith(f"# Model card: `{name}.keras`")
     assert f"Written by `python experiments/accuracy.py ship --model {name}`" in card and "Chosen for the test." in card
     assert f"serkeras predict --model {name} recordings_of_one_speaker/" in card
-    assert "| `tiny-speaker-norm-actor` | 1d |" in card and "--speaker-norm --split actor" in card
-    assert "| `tiny-speaker-norm-actor-seed1` | 1d |" in card and "--train-seed 1 --run-name" in card
+    assert f"| `{TINY_RECIPE}-actor` | 1d |" in card and "--speaker-norm --split actor" in card
+    assert f"| `{TINY_RECIPE}-actor-seed1` | 1d |" in card and "--train-seed 1 --run-name" in card
     assert "--data-dir" not in card and str(crema_subset) not in card  # the commands without this machine's folders
     # No k-fold fold has been trained or scored: the card says so instead of leaving the section out.
-    assert "kfold-ensemble tiny-speaker-norm tiny-speaker-norm:1` scores it" in card
-    assert "- `tiny-speaker-norm:1`: no fold finished" in card
+    assert f"kfold-ensemble {TINY_RECIPE} {TINY_RECIPE}:1` scores it" in card
+    assert f"- `{TINY_RECIPE}:1`: no fold finished" in card
     assert "| the clip alone (`serkeras predict --speaker file`) |" in card
     assert "| 12 of the speaker's clips, at random" in card  # each subset actor has 22 clips: 24 is left out
     assert "| 24 of the speaker's clips" not in card
     assert "## Other unseen actors" in card and "Listeners' majority vote" in card
     # Statistics over each speaker's clips in the whole corpus: on the actor split every test actor's clips
     # are in the test part, so they score as each part's statistics do; the record and the report say which.
-    run = "tiny-speaker-norm-actor"
+    run = f"{TINY_RECIPE}-actor"
     for stats in ("part", "corpus"):
         result = CliRunner().invoke(accuracy.cli, ["ensemble", run, "--speaker-stats", stats, "--data-dir",
                                                    str(crema_subset)])
@@ -258,17 +284,17 @@ def test_ship_saves_the_average_and_its_card(crema_subset, tmp_path, monkeypatch
     assert f"| {run} | actor | {100 * part['accuracy']:.1f}" in report
     # A fresh checkout has the shipped file and the runs log but no run folders: `card` scores the members
     # inside the file, takes their commands from the log and their training time from the card before.
-    rows = [line for line in card.splitlines() if line.startswith("| `tiny-speaker-norm-actor")]
+    rows = [line for line in card.splitlines() if line.startswith(f"| `{TINY_RECIPE}-actor")]
     training = next(line for line in card.splitlines() if "min of training in all" in line)
     shutil.rmtree(tmp_path / "saved_models" / "accuracy")
     result = CliRunner().invoke(accuracy.cli, ["card", "--model", name, "--data-dir", str(crema_subset)])
     assert result.exit_code == 0, result.output
     again = (tmp_path / "saved_models" / shipped_model(name).card).read_text()
-    assert [line for line in again.splitlines() if line.startswith("| `tiny-speaker-norm-actor")] == rows
+    assert [line for line in again.splitlines() if line.startswith(f"| `{TINY_RECIPE}-actor")] == rows
     assert training in again and "--train-seed 1 --run-name" in again
     # A model file that averages another number of models than the shipped recipe names is refused.
     monkeypatch.setitem(accuracy.SHIPPED_MODELS, name, accuracy.ShippedModel(
-        ("tiny-speaker-norm", "tiny-speaker-norm:1", "tiny-speaker-norm:2"), chosen="x"))
+        (TINY_RECIPE, f"{TINY_RECIPE}:1", f"{TINY_RECIPE}:2"), chosen="x"))
     result = CliRunner().invoke(accuracy.cli, ["card", "--model", name, "--data-dir", str(crema_subset)])
     assert result.exit_code == 1 and "averages 2 models, not the 3 members" in result.output
 
