@@ -409,12 +409,12 @@ def test_model_benchmark_reports_cost_and_throughput(tmp_path):
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
     output = tmp_path / "models.txt"
-    benchmark.main(["--width", "0.0625", "--arch", "crnn", "conformer", "--hop-length", "320", "--n-mels", "40",
+    benchmark.main(["--width", "0.0625", "--arch", "crnn", "1d", "--hop-length", "320", "--n-mels", "40",
                     "--pitch", "--pooling", "attention", "--warmup", "1", "--steps", "1", "--min-seconds", "0",
                     "--output", str(output)])
     table = [line.split() for line in output.read_text().splitlines()]
     rows = {row[0]: row for row in table if len(row) == 6 and row[0] in ARCHITECTURES}
-    assert set(rows) == {"crnn", "conformer"}
+    assert set(rows) == {"crnn", "1d"}
     assert "151 frames, 40 mels, 67 spectral features" in output.read_text()
     config = FeatureConfig(length_mode="fixed", fixed_seconds=3.0, hop_length=320, n_mels=40, pitch=True)
     model = build_model(config, ModelConfig(arch="crnn", width=0.0625, pooling="attention"), LABELS)
