@@ -193,7 +193,8 @@ def feature_config_from(kwargs):
 @main.command()
 @data_options
 @feature_options
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="Extraction processes (default: every core for large jobs; small ones run in this process).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Extraction processes (default: every core for large jobs; small ones run in this process).")
 def features(data_dir, manifest, cache_dir, workers, **kwargs):
     """Precompute and cache features for a corpus; report counts, skips and time."""
     from serkeras.cache import cached_features, resolve_cache_dir
@@ -713,7 +714,8 @@ class PredictCommand(KerasCommand):
               help="Window length in seconds for long recordings (default: the model's clip length, or 4 s).")
 @click.option("--hop", type=click.FloatRange(min=0.1), default=None, help="Window hop in seconds (default: window/2).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="Feature processes (default: every core for many files; a few run in this process).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Feature processes (default: every core for many files; a few run in this process).")
 @click.option("--max-seconds", type=click.FloatRange(min=1), default=600.0, show_default=True,
               help="Longest recording to read; longer ones are skipped with a warning (a long recording is "
                    "predicted window by window, but read whole).")

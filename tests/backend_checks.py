@@ -360,7 +360,8 @@ def wait_for_export(directory, timeout):
 
 def reload_when_exported(directory, timeout=900):
     if not wait_for_export(directory, timeout):
-        return False, f"no model to reload: the run exporting to {directory} ended without one (or took over {timeout} s)"
+        return False, (f"no model to reload: the run exporting to {directory} ended without one "
+                       f"(or took over {timeout} s)")
     return reload(directory)
 
 
