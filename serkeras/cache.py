@@ -527,10 +527,11 @@ def _parallel(one, items, settings, workers, bar):
     out = []
     if workers is None or limit == 1 or len(items) < POOL_MIN_ITEMS:
         # One BLAS thread, as in the workers: a clip's small matrix products run slower split between threads.
+        may_pool = limit > 1 and len(items) >= POOL_MIN_ITEMS
         with threadpoolctl.threadpool_limits(1):
             timed = []
             for item in items:
-                if limit > 1 and len(items) >= POOL_MIN_ITEMS and len(timed) >= 2:
+                if may_pool and len(timed) >= 2:
                     typical = float(np.mean(timed[1:]))
                     if (len(items) - len(out)) * typical * (1 - 1 / limit) > POOL_START_SECONDS:
                         break

@@ -720,8 +720,8 @@ class PredictCommand(KerasCommand):
               help="Longest recording to read; longer ones are skipped with a warning (a long recording is "
                    "predicted window by window, but read whole).")
 @tta_option
-@click.option("--speaker", "speaker_grouping", type=lazy_choice("inference", "SPEAKER_GROUPINGS", imports_keras=False), default="auto",
-              show_default=True,
+@click.option("--speaker", "speaker_grouping", type=lazy_choice("inference", "SPEAKER_GROUPINGS", imports_keras=False),
+              default="auto", show_default=True,
               help="For models that normalise by speaker (serkeras-crema-d-whisper-speaker-norm, or trained with "
                    "--speaker-norm): which files share a speaker, whose statistics are used ('auto': a CREMA-D file "
                    "name's actor, else the folder; 'folder': files in one folder; 'prefix': the file name up to its "

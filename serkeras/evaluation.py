@@ -4,8 +4,8 @@ import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from serkeras.errors import DataError
-from serkeras.features import compute_stats, feature_kinds
-from serkeras.pipeline import clip_lengths, eval_order, make_dataset
+from serkeras.features import compute_stats, eval_order, feature_kinds
+from serkeras.pipeline import clip_lengths, make_dataset
 
 
 def model_input_names(model):

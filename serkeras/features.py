@@ -218,6 +218,16 @@ def _odd_at_most(n):
 PAD_MULTIPLE = 16
 
 
+def padded_length(frames):
+    """`frames` rounded up to a multiple of `PAD_MULTIPLE` (an int, or a tensor: plain arithmetic)."""
+    return (frames + PAD_MULTIPLE - 1) // PAD_MULTIPLE * PAD_MULTIPLE
+
+
+def eval_order(lengths):
+    """The order in which clips are batched for evaluation and prediction: by length, stable."""
+    return np.argsort(np.asarray(lengths), kind="stable")
+
+
 def fit_to_length(features, frames):
     """Crop or zero-pad every feature array to exactly `frames` frames (fixed mode)."""
     out = {}

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from serkeras.errors import ModelFileError
-from serkeras.features import PAD_MULTIPLE, FeatureConfig, fit_to_length
+from serkeras.features import FeatureConfig, eval_order, fit_to_length, padded_length
 
 #: The ONNX metadata keys `serkeras.export` writes: what `load_onnx_model` needs besides the graph.
 METADATA_KEYS = {"labels": "serkeras.labels", "feature_config": "serkeras.feature_config",
@@ -64,12 +64,11 @@ class OnnxModel:
         config = self.metadata.feature_config
         kinds = [name for name in self.input_names if name != "lengths"]
         lengths = np.array([len(f[kinds[0]]) for f in feature_list], dtype=np.int32)
-        order = np.argsort(lengths, kind="stable")  # `serkeras.pipeline.eval_order`
+        order = eval_order(lengths)
         out = np.empty((len(feature_list), len(self.metadata.labels)), np.float32)
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
-            frames = (config.fixed_frames if config.length_mode == "fixed"
-                      else -(-int(lengths[rows].max()) // PAD_MULTIPLE) * PAD_MULTIPLE)
+            frames = config.fixed_frames if config.length_mode == "fixed" else padded_length(int(lengths[rows].max()))
             clips = [fit_to_length({k: feature_list[i][k] for k in kinds}, frames) for i in rows]
             inputs = {k: np.stack([c[k] for c in clips]).astype(np.float32) for k in kinds}
             if "lengths" in self.input_names:

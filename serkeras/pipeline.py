@@ -10,18 +10,13 @@ per batch; bucketing by length keeps that padding small.
 import numpy as np
 import tensorflow as tf
 
-from serkeras.features import FEATURE_KINDS, PAD_MULTIPLE, fit_to_length
+from serkeras.features import FEATURE_KINDS, eval_order, fit_to_length, padded_length
 
 
 def clip_lengths(feature_list):
     """Each clip's frames: the length of its frame-aligned arrays (`logmel`, or the first it has)."""
     return np.array([len(f["logmel"] if "logmel" in f else next(iter(f.values()))) for f in feature_list],
                     dtype=np.int32)
-
-
-def eval_order(lengths):
-    """The order in which unshuffled pipelines emit clips: by length, stable."""
-    return np.argsort(np.asarray(lengths), kind="stable")
 
 
 def bucket_boundaries(lengths, batch_size, max_buckets=24):
@@ -88,7 +83,7 @@ def _ragged(feature_list, key, order):
 
 def _pad_to_multiple(inputs, labels):
     frames = tf.reduce_max([tf.shape(v)[1] for k, v in inputs.items() if k != "lengths"])
-    target = (frames + PAD_MULTIPLE - 1) // PAD_MULTIPLE * PAD_MULTIPLE
+    target = padded_length(frames)
     padded = {k: v if k == "lengths" else tf.pad(v, [[0, 0], [0, target - frames], [0, 0]]) for k, v in inputs.items()}
     return padded, labels
 

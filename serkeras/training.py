@@ -32,10 +32,10 @@ from serkeras.effects import WaveAugmentation
 from serkeras.errors import SerkerasError
 from serkeras.evaluation import (classification_report, confusion_matrix_figure, corpus_reports, frame_outputs,
                                  model_input_names, predict_features, save_confusion_matrix)
-from serkeras.features import compute_stats, speaker_normalized
+from serkeras.features import compute_stats, eval_order, speaker_normalized
 from serkeras.head_fit import HEAD_C_GRID, HEAD_FITS
 from serkeras.models import build_model, frozen_stages
-from serkeras.pipeline import make_dataset
+from serkeras.pipeline import clip_lengths, make_dataset
 
 SCHEDULES = ("plateau", "cosine", "constant")
 OPTIMIZERS = ("adam", "adamw")
@@ -1057,8 +1057,6 @@ def predict_with_replicas(model, feature_list, feature_config, replicas, batch_s
     rows dropped: `predict_on_batch` would give every replica the whole batch under tf.distribute, and
     JAX refuses a batch the devices cannot share.
     """
-    from serkeras.pipeline import clip_lengths, eval_order
-
     n_classes = model.outputs[0].shape[-1]
     dataset = make_dataset(feature_list, np.zeros(len(feature_list), np.int32), n_classes,
                            feature_config.length_mode, feature_config.fixed_frames, batch_size * replicas,

@@ -10,12 +10,10 @@ tf = pytest.importorskip("tensorflow")
 
 from serkeras.cache import cached_features  # noqa: E402
 from serkeras.corpus import load_crema_d  # noqa: E402
-from serkeras.features import FeatureConfig, fit_to_length  # noqa: E402
+from serkeras.features import PAD_MULTIPLE, FeatureConfig, eval_order, fit_to_length  # noqa: E402
 from serkeras.pipeline import (  # noqa: E402
-    PAD_MULTIPLE,
     bucket_boundaries,
     clip_lengths,
-    eval_order,
     make_dataset,
     mixup,
     padding_overhead,
