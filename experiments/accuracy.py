@@ -1,20 +1,21 @@
-"""Recipes aimed past the study on unseen speakers: train them, cross-validate, report, ship one.
+"""Recipes aimed past the study on unseen speakers: train them, cross-validate, report, and write the cards of
+the shipped averages.
 
     python experiments/accuracy.py run resnet --split actor            # one recipe, the fixed actor split
     python experiments/accuracy.py run resnet --split kfold            # its 5 speaker-grouped folds
     python experiments/accuracy.py ensemble resnet-actor crnn-actor    # average finished runs: val and test
     python experiments/accuracy.py kfold-ensemble resnet crnn          # the same average on every finished fold
     python experiments/accuracy.py report                              # experiments/results/accuracy.md
-    python experiments/accuracy.py ship                                # the shipped model and its card
-    python experiments/accuracy.py ship --model serkeras-crema-d-speaker-norm   # the speaker-normalised one
-    python experiments/accuracy.py card                                # the card only, for the model as it is
+    python experiments/accuracy.py card                                # a shipped average's card
 
-Every run is one ``serkeras train`` process writing ``saved_models/accuracy/<run>/`` and
-``logs/accuracy/<run>/``; a finished run is skipped and an interrupted one resumed.
-``saved_models/accuracy/runs.jsonl`` records each run's exact command, machine and
-wall time. ``ship`` trains a shipped model's recipes (SHIPPED_MODELS) on the ``actor``
-split where those runs are missing, saves their average as the model file that serkeras'
-manifest of shipped models names, and writes its card from that model's predictions on the split's test actors.
+A recipe is a TOML file of `serkeras train` options: ``experiments/recipes/NAME.toml``, or
+one of serkeras' shipped recipes that the shipped averages are made of (``crema-d-NAME``,
+called NAME here). Every run is one ``serkeras train --recipe`` process writing
+``saved_models/accuracy/<run>/`` and ``logs/accuracy/<run>/``; a finished run is skipped and
+an interrupted one resumed. ``saved_models/accuracy/runs.jsonl`` records each run's exact
+command, machine and wall time. A shipped average is made by ``serkeras ensemble`` from
+its members' actor-split runs (serkeras' manifest of shipped models lists them); ``card``
+writes its card from that model's predictions on the split's test actors.
 """
 
 import dataclasses
@@ -28,7 +29,8 @@ import click
 from serkeras.api import speaker_reference_clips
 from serkeras.errors import SerkerasError
 from serkeras.options import SerkerasGroup, speaker_stats_option, tta_option
-from serkeras.shipped import shipped_model
+from serkeras.recipes import read_recipe, recipe_description
+from serkeras.shipped import shipped_model, shipped_models
 
 # Sibling scripts: run as `python experiments/NAME.py`, a script's own folder comes first on sys.path.
 from pretrained_probe import cost_rows
@@ -41,170 +43,59 @@ STUDY_RUNS_DIR = Path("saved_models") / "study"
 SHIPPED_DIR = Path("saved_models")
 SPLITS = ("actor", "kfold", "random")
 N_FOLDS = 5
-#: Features of every recipe: a 20 ms hop and 40 mel bands (half the frames of serkeras' defaults).
-FEATURES = ("--hop-length", "320", "--n-mels", "40")
-#: Training of every recipe: AdamW, one warm-up epoch then cosine decay, label smoothing, SpecAugment masks.
-TRAINING = ("--optimizer", "adamw", "--schedule", "cosine", "--warmup-epochs", "1", "--label-smoothing", "0.1",
-            "--augment")
+#: This script's own recipes, one TOML file each.
+RECIPES_DIR = ROOT / "experiments" / "recipes"
+#: The shipped recipes (serkeras/recipes/) are called here without this prefix: every run here is on CREMA-D.
+SHIPPED_PREFIX = "crema-d-"
 
 
-@dataclasses.dataclass(frozen=True)
-class Recipe:
-    """An architecture and the settings that the ablations vary; FEATURES and TRAINING are shared."""
+def recipe_sources():
+    """{recipe name here: what `serkeras train --recipe` takes}, sorted by name.
 
-    arch: str
-    width: float
-    pooling: str = "attention"
-    utterance_norm: str = "mean"
-    pitch: bool = True
-    augment_copies: int = 0
-    speed: float = 0.0
-    ema_momentum: float = 0.0
-    class_weight: bool = False
-    mixup_alpha: float = 0.0
-    speaker_norm: bool = False
-    speaker_scale: bool = False
-    speaker_subsets: float = 0.0
-    teacher: str = ""
-    distill_weight: float = 0.5
-    epochs: int = 15
-    about: str = ""
-
-    def options(self):
-        options = [*FEATURES, "--pitch" if self.pitch else "--no-pitch", *TRAINING, "--arch", self.arch,
-                   "--width", f"{self.width:g}", "--pooling", self.pooling, "--utterance-norm", self.utterance_norm]
-        if self.augment_copies:
-            options += ["--augment-copies", str(self.augment_copies), "--speed", f"{self.speed:g}"]
-        if self.ema_momentum:
-            options += ["--ema-momentum", f"{self.ema_momentum:g}"]
-        if self.class_weight:
-            options.append("--class-weight")
-        if self.mixup_alpha:
-            options += ["--mixup", f"{self.mixup_alpha:g}"]
-        if self.speaker_norm:
-            options.append("--speaker-norm")
-        if self.speaker_scale:
-            options.append("--speaker-scale")
-        if self.speaker_subsets:
-            options += ["--speaker-subsets", f"{self.speaker_subsets:g}"]
-        if self.teacher:
-            options += ["--teacher", self.teacher, "--distill-weight", f"{self.distill_weight:g}"]
-        return options
-
-
-RECIPES = {
-    "resnet": Recipe("resnet", 0.5, about="residual 1D CNN on log-mel + spectral + pitch frames, attentive "
-                                          "statistics pooling, per-utterance mean normalisation"),
-    "resnet-no-utterance-norm": Recipe("resnet", 0.5, utterance_norm="none", about="ablation: no per-utterance norm"),
-    "resnet-meanvar-norm": Recipe("resnet", 0.5, utterance_norm="meanvar", about="ablation: mean and variance norm"),
-    "resnet-average-pooling": Recipe("resnet", 0.5, pooling="average", about="ablation: masked average pooling"),
-    "resnet-no-pitch": Recipe("resnet", 0.5, pitch=False, about="ablation: no F0 features"),
-    "resnet-augmented": Recipe("resnet", 0.5, augment_copies=2, speed=0.1, epochs=10,
-                               about="`resnet` + 2 waveform-augmented copies of each training clip (speed 0.9-1.1, "
-                               "time shift, gain, noise at 10-30 dB SNR); 10 epochs over the 3x larger training part"),
-    "resnet-augmented-mixup": Recipe("resnet", 0.5, augment_copies=2, speed=0.1, epochs=10, mixup_alpha=0.2,
-                                     about="`resnet-augmented` + mixup within each batch (Beta(0.2, 0.2) weights; "
-                                           "`resnet-augmented` overfits: 77% training vs 59% validation accuracy)"),
-    "resnet-speaker-norm": Recipe("resnet", 0.5, utterance_norm="none", speaker_norm=True,
-                                  about="`resnet` with each speaker's mean features removed (over all of the "
-                                        "speaker's clips in that part of the split) instead of each clip's own"),
-    "resnet-speaker-subsets": Recipe("resnet", 0.5, utterance_norm="none", speaker_norm=True, speaker_subsets=0.5,
-                                     about="`resnet-speaker-norm` where half the training clips lose the mean of a "
-                                           "random subset of their speaker's clips (1 to all, log-uniform, the "
-                                           "clip included), for speakers with few recordings"),
-    "resnet-speaker-subsets-all": Recipe("resnet", 0.5, utterance_norm="none", speaker_norm=True,
-                                         speaker_subsets=1.0,
-                                         about="`resnet-speaker-subsets` with a subset mean for every training clip"),
-    "resnet-long": Recipe("resnet", 0.5, epochs=30, about="`resnet` trained for 30 epochs instead of 15"),
-    "resnet-ema": Recipe("resnet", 0.5, ema_momentum=0.995,
-                         about="`resnet`, validated and saved with an exponential moving average of its weights "
-                               "(momentum 0.995: about 1.3 epochs)"),
-    "resnet-wide": Recipe("resnet", 1.0, about="`resnet` at width 1 (3.6 times the FLOPs)"),
-    "crnn": Recipe("crnn", 0.5, about="Conv2D front end on log-mel + spectral at 1/8 rate, BiGRU, attentive pooling"),
-    "crnn-augmented": Recipe("crnn", 0.5, augment_copies=2, speed=0.1, epochs=10,
-                             about="`crnn` + the 2 waveform-augmented copies of `resnet-augmented`; 10 epochs"),
-    "crnn-augmented-speaker-norm": Recipe("crnn", 0.5, augment_copies=2, speed=0.1, epochs=10, utterance_norm="none",
-                                          speaker_norm=True, about="`crnn-augmented` normalised per speaker like "
-                                                                   "`resnet-speaker-norm`"),
-    "crnn-augmented-class-weight": Recipe("crnn", 0.5, augment_copies=2, speed=0.1, epochs=10, class_weight=True,
-                                          about="`crnn-augmented` with balanced class weights (neutral has 873 "
-                                                "clips of 5,968, each other class 1,019)"),
-    "crnn-augmented-mixup": Recipe("crnn", 0.5, augment_copies=2, speed=0.1, epochs=10, mixup_alpha=0.2,
-                                   about="`crnn-augmented` + mixup within each batch (Beta(0.2, 0.2) weights)"),
-    "crnn-augmented-long": Recipe("crnn", 0.5, augment_copies=2, speed=0.1, epochs=20,
-                                  about="`crnn-augmented` trained for 20 epochs instead of 10 (at 10 its "
-                                        "validation accuracy was still rising, 66% training accuracy)"),
-    "resnet-augmented-mixup-speaker-norm": Recipe("resnet", 0.5, augment_copies=2, speed=0.1, epochs=10,
-                                                  mixup_alpha=0.2, utterance_norm="none", speaker_norm=True,
-                                                  about="`resnet-augmented-mixup` normalised per speaker like "
-                                                        "`resnet-speaker-norm`"),
-    "crnn-augmented-speaker-znorm": Recipe("crnn", 0.5, augment_copies=2, speed=0.1, epochs=10,
-                                           utterance_norm="none", speaker_norm=True, speaker_scale=True,
-                                           about="`crnn-augmented-speaker-norm`, also divided by each speaker's "
-                                                 "standard deviation (speaker z-normalisation)"),
-    "crnn-augmented-speaker-znorm-long": Recipe("crnn", 0.5, augment_copies=2, speed=0.1, epochs=20,
-                                                utterance_norm="none", speaker_norm=True, speaker_scale=True,
-                                                about="`crnn-augmented-speaker-znorm` trained for 20 epochs "
-                                                      "instead of 10"),
-    "resnet-augmented-mixup-speaker-znorm": Recipe("resnet", 0.5, augment_copies=2, speed=0.1, epochs=10,
-                                                   mixup_alpha=0.2, utterance_norm="none", speaker_norm=True,
-                                                   speaker_scale=True,
-                                                   about="`resnet-augmented-mixup-speaker-norm`, also divided by "
-                                                         "each speaker's standard deviation"),
-    "resnet-augmented-mixup-speaker-znorm-long": Recipe("resnet", 0.5, augment_copies=2, speed=0.1, epochs=20,
-                                                        mixup_alpha=0.2, utterance_norm="none", speaker_norm=True,
-                                                        speaker_scale=True,
-                                                        about="`resnet-augmented-mixup-speaker-znorm` trained for 20 "
-                                                              "epochs instead of 10"),
-    "resnet-augmented-mixup-long": Recipe("resnet", 0.5, augment_copies=2, speed=0.1, epochs=20, mixup_alpha=0.2,
-                                          about="`resnet-augmented-mixup` trained for 20 epochs instead of 10"),
-    "conformer": Recipe("conformer", 1.0, about="Conv1D subsampling x8, 2 Conformer-style layers, attentive pooling"),
-    "conformer-long": Recipe("conformer", 1.0, epochs=60,
-                             about="`conformer` trained for 60 epochs instead of 15 (at 15 its training accuracy "
-                                   "was 47%)"),
-}
-
-#: The teacher of the distilled recipes. It was trained on the actor split's training actors (seed 0), so those
-#: recipes run on that split only: on any other split it would have heard the test actors.
-TEACHER = "serkeras-crema-d-speaker-norm"
-RECIPES.update({
-    f"{name}-distilled": dataclasses.replace(
-        RECIPES[name], teacher=TEACHER, distill_weight=0.5,
-        about=f"`{name}` whose training targets are half its labels, half the probabilities of the shipped "
-              f"speaker-normalised model `{TEACHER}` (which sees each training speaker's statistics); it still "
-              "predicts from one recording")
-    for name in ("resnet", "crnn-augmented", "resnet-augmented-mixup")})
-
-
-@dataclasses.dataclass(frozen=True)
-class ShippedModel:
-    """How `ship` builds a shipped model (one that serkeras/shipped_models.toml lists, with its file and card):
-    the average of these recipes' actor-split runs.
-
-    `recipes`: RECIPE or RECIPE:SEED (a training seed other than 0, as in `run --seed`), so that seeds
-    of one recipe can be members together. `chosen`: how they were chosen, for the card.
+    This folder's recipes are paths; the recipes of the shipped averages' members
+    (in serkeras' manifest of shipped models) are shipped recipes' names, e.g.
+    ``resnet`` for ``crema-d-resnet``.
     """
+    sources = {path.stem: path for path in RECIPES_DIR.glob("*.toml")}
+    for model in shipped_models():
+        sources.update({recipe.removeprefix(SHIPPED_PREFIX): recipe for recipe, _ in model.members})
+    return dict(sorted(sources.items()))
 
-    recipes: tuple
+
+RECIPES = recipe_sources()
+
+
+def recipe_settings(recipe):
+    """The options a recipe sets ({key as in the file: value})."""
+    return read_recipe(RECIPES[recipe])
+
+
+def recipe_argument(recipe):
+    """The recipe as `serkeras train --recipe` is given it here: a shipped name, or a path from the repository."""
+    source = RECIPES[recipe]
+    if isinstance(source, str):
+        return source
+    return str(source.relative_to(ROOT)) if source.is_relative_to(ROOT) else str(source)
+
+
+@dataclasses.dataclass(frozen=True)
+class CardNotes:
+    """What a shipped average's card says besides its scores: how its members were chosen (a sentence), and
+    the test-time augmentation it shows beside the plain results. Its members are in serkeras' manifest."""
+
     chosen: str
     tta_copies: int = 0
 
-    def members(self):
-        """(recipe, training seed) of each member."""
-        return recipe_and_seed(None, None, self.recipes)
 
-
-#: The shipped models that average this script's recipes, by their name in serkeras' manifest of shipped models.
-SHIPPED_MODELS = {
+#: The cards of the shipped averages, by the model's name in serkeras' manifest of shipped models.
+CARD_NOTES = {
     # Chosen on the actor split's validation actors: 67.4% for the three together, 58.2-62.4% for each
     # alone (resnet-augmented-mixup replaced resnet-augmented, 65.9% with it, at the same cost;
     # cross-validated by actor the two averages reach 59.6 and 58.9%). The card's test-time augmentation,
     # 2 copies, was chosen on the validation actors for the previous average (65.9% without, 66.7% with 2
     # copies, 63.6% with 4); for this one it does not raise validation accuracy (67.4% without, 66.7% with
     # 2), so the card shows it as an option, not as the model's result.
-    "serkeras-crema-d": ShippedModel(
-        ("resnet", "crnn-augmented", "resnet-augmented-mixup"), tta_copies=2,
-        chosen="The members were chosen on the validation actors"),
+    "serkeras-crema-d": CardNotes("The members were chosen on the validation actors", tta_copies=2),
     # For speakers with several recordings. Recipes chosen by 5-fold cross-validation over all 73 development
     # actors, which include this split's test actors: 69.5 ± 1.0% for the two at seed 0 (finding 21), 69.2-69.3%
     # with the 10-epoch z-normalised models as third and fourth members, 66.1 and 65.2% for each alone;
@@ -217,9 +108,7 @@ SHIPPED_MODELS = {
     # folds 0-2 the four with the first seed-0 training scored 71.5, 70.2, 70.7% without TTA (the seed-0
     # pair 70.1, 68.0, 69.8%, and 72.2, 68.7, 69.8% with 2 TTA copies); folds 3-4 (finding 26, seed 0
     # retrained) 73.2 and 70.6%, so 71.2 ± 1.2% over the five folds.
-    "serkeras-crema-d-speaker-norm": ShippedModel(
-        ("crnn-augmented-speaker-znorm-long", "resnet-augmented-mixup-speaker-znorm-long",
-         "crnn-augmented-speaker-znorm-long:1", "resnet-augmented-mixup-speaker-znorm-long:1"),
+    "serkeras-crema-d-speaker-norm": CardNotes(
         tta_copies=2,
         chosen="The recipes were chosen by 5-fold cross-validation over the 73 development actors, whose test "
                "folds include this split's test actors, so the test figure here is not quite blind. The second "
@@ -228,7 +117,19 @@ SHIPPED_MODELS = {
                "before ensemble scores were recorded, so the list below starts at fold 3; the lab notebook, "
                "experiments/README.md, has all five)"),
 }
-DEFAULT_SHIPPED = next(iter(SHIPPED_MODELS))  # what `ship` and `card` make without --model
+DEFAULT_CARD = next(iter(CARD_NOTES))  # what `card` writes without --model
+
+
+def shipped_members(name):
+    """(recipe name here, training seed) of each member of the shipped average `name`, in its order."""
+    return [(recipe.removeprefix(SHIPPED_PREFIX), seed) for recipe, seed in shipped_model(name).members]
+
+
+def member_label(recipe, seed):
+    """RECIPE, or RECIPE:SEED for a training seed other than 0 (as `kfold-ensemble` takes them)."""
+    return f"{recipe}:{seed}" if seed else recipe
+
+
 #: Test-time augmentation (`ensemble --tta-copies`): serkeras.effects.TEST_TIME_AUGMENTATION, as in
 #: `serkeras evaluate --tta-copies`.
 TTA_DESCRIPTION = ("serkeras' TEST_TIME_AUGMENTATION, made like the augmented recipes' training copies: speed "
@@ -241,11 +142,12 @@ def run_name(recipe, split, fold=None, seed=0):
 
 
 def train_command(recipe, split, fold, seed, epochs, data_dir, resume):
-    """The exact `serkeras train` command line of one run (`epochs` None: the recipe's own)."""
-    epochs = epochs or RECIPES[recipe].epochs
-    command = ["serkeras", "train", *RECIPES[recipe].options(), "--split", split, "--epochs", str(epochs),
-               "--patience", str(epochs), "--seed", "0", *(["--train-seed", str(seed)] if seed else []),
+    """The exact `serkeras train` command line of one run (`epochs` None: the recipe's own, patience alike)."""
+    command = ["serkeras", "train", "--recipe", recipe_argument(recipe), "--split", split, "--seed", "0",
+               *(["--train-seed", str(seed)] if seed else []),
                "--run-name", f"{RUNS_DIR.name}/{run_name(recipe, split, fold, seed)}", "--quiet"]
+    if epochs:
+        command += ["--epochs", str(epochs), "--patience", str(epochs)]
     if fold is not None:
         command += ["--fold", str(fold), "--n-folds", str(N_FOLDS)]
     if data_dir:
@@ -257,7 +159,7 @@ def train_command(recipe, split, fold, seed, epochs, data_dir, resume):
 
 def train_missing(recipe, split, seed, epochs, data_dir, dry_run=False, folds=None):
     """Train the runs of `recipe` on `split` (kfold: `folds`, default all) that have not finished yet."""
-    if RECIPES[recipe].teacher and split != "actor":
+    if recipe_settings(recipe).get("teacher") and split != "actor":
         raise click.UsageError(f"{recipe} learns from a model trained on the actor split: it runs on that split only")
     folds = (folds or range(N_FOLDS)) if split == "kfold" else [None]
     for fold in folds:
@@ -270,12 +172,12 @@ def train_missing(recipe, split, seed, epochs, data_dir, dry_run=False, folds=No
         click.echo(shlex.join(command))
         if not dry_run:
             run_logged(command, RUNS_DIR, {"run": name, "recipe": recipe, "split": split, "fold": fold,
-                                           "seed": seed, "epochs": epochs or RECIPES[recipe].epochs})
+                                           "seed": seed, "epochs": epochs or recipe_settings(recipe).get("epochs")})
 
 
 @click.group(cls=SerkerasGroup)  # user errors as one line, as in the serkeras CLI
 def cli():
-    """Train, cross-validate, report and ship the recipes."""
+    """Train, cross-validate and report the recipes; write the cards of the shipped averages."""
 
 
 data_dir_option = click.option("--data-dir", type=click.Path(file_okay=False), default=None,
@@ -304,58 +206,39 @@ def run(recipes, data_dir, splits, folds, seed, epochs, dry_run):
             train_missing(recipe, split, seed, epochs, data_dir, dry_run, folds)
 
 
-model_option = click.option("--model", "name", type=click.Choice(list(SHIPPED_MODELS)), default=DEFAULT_SHIPPED,
-                            show_default=True, help="Which shipped model.")
+model_option = click.option("--model", "name", type=click.Choice(list(CARD_NOTES)), default=DEFAULT_CARD,
+                            show_default=True, help="Which shipped average.")
 
 
 @cli.command()
 @data_dir_option
-@epochs_option
 @model_option
-def ship(data_dir, epochs, name):
-    """Train a shipped model's recipes on the actor split if needed, average them into one model, write its card."""
-    from serkeras.models import load_model
-    from serkeras.models.ensemble import ensemble_model
+def card(data_dir, name):
+    """Write a shipped average's card for the model file as it is.
 
-    members = []
-    for recipe, seed in SHIPPED_MODELS[name].members():
-        train_missing(recipe, "actor", seed, epochs, data_dir)
-        members.append(run_name(recipe, "actor", seed=seed))
-    model = ensemble_model([load_model(ROOT / RUNS_DIR / m / "model.keras")[0] for m in members],
-                           name=name.replace("-", "_"))
-    path = SHIPPED_DIR / shipped_model(name).file
-    model.save(ROOT / path)
-    click.echo(f"saved the average of {', '.join(members)} to {path} ({(ROOT / path).stat().st_size / 2**20:.1f} MiB)")
-    write_card(data_dir, name, epochs)
-
-
-@cli.command()
-@data_dir_option
-@epochs_option
-@model_option
-def card(data_dir, epochs, name):
-    """Rewrite a shipped model's card for the model as it is (after more runs, e.g. k-fold, have finished)."""
-    write_card(data_dir, name, epochs)
-
-
-def write_card(data_dir, name, epochs):
+    The file is made by `serkeras ensemble` from the members' actor-split runs (`run`
+    trains them): the card shows that command. Runs not in this checkout are scored from
+    the members inside the file.
+    """
+    notes, listed = CARD_NOTES[name], shipped_model(name)
+    path = SHIPPED_DIR / listed.file
+    members = [run_name(recipe, "actor", seed=seed) for recipe, seed in shipped_members(name)]
+    command = shlex.join(["serkeras", "ensemble", *(str(RUNS_DIR / m / "model.keras") for m in members),
+                          "--output", str(path)])
+    if not (ROOT / path).is_file():
+        raise click.ClickException(f"{path} does not exist: train its members with `run` and average them with "
+                                   f"`{command}`")
     from model_card import write_model_card
 
-    shipped, listed = SHIPPED_MODELS[name], shipped_model(name)
-    path = SHIPPED_DIR / listed.file
-    if not (ROOT / path).is_file():
-        raise click.ClickException(f"{path} does not exist: run `ship --model {name}` first")
-    options = ([f"--model {name}"] if name != DEFAULT_SHIPPED else []) + ([f"--epochs {epochs}"] if epochs else [])
-    command = " ".join(["python experiments/accuracy.py ship", *options])
     results = load_results(RUNS_DIR)
     scores = finished_test_scores(results)
-    write_model_card(ROOT / path, ROOT / SHIPPED_DIR / listed.card, data_dir,
-                     members=[run_name(recipe, "actor", seed=seed) for recipe, seed in shipped.members()],
+    write_model_card(ROOT / path, ROOT / SHIPPED_DIR / listed.card, data_dir, members=members,
                      command=command, results=results, runs_dir=ROOT / RUNS_DIR,
-                     kfold_scores={label: [scores.get(run_name(recipe, "kfold", k, seed)) for k in range(N_FOLDS)]
-                                   for label, (recipe, seed) in zip(shipped.recipes, shipped.members())},
-                     n_folds=N_FOLDS, tta_copies=shipped.tta_copies,
-                     kfold_ensembles=shipped_kfold_ensembles(shipped), chosen=shipped.chosen, listed=listed_runs())
+                     kfold_scores={member_label(recipe, seed): [scores.get(run_name(recipe, "kfold", k, seed))
+                                                                for k in range(N_FOLDS)]
+                                   for recipe, seed in shipped_members(name)},
+                     n_folds=N_FOLDS, tta_copies=notes.tta_copies,
+                     kfold_ensembles=shipped_kfold_ensembles(name), chosen=notes.chosen, listed=listed_runs())
     click.echo(f"wrote {SHIPPED_DIR / listed.card}")
 
 
@@ -380,13 +263,13 @@ def finished_test_scores(results, listed=None):
     return scores
 
 
-def shipped_kfold_ensembles(shipped):
-    """(TTA copies, per-fold records) of a shipped model's recipes averaged on k-fold folds (`kfold-ensemble`)."""
+def shipped_kfold_ensembles(name):
+    """(TTA copies, per-fold records) of a shipped average's recipes averaged on k-fold folds (`kfold-ensemble`)."""
     scored = latest_ensembles()
     found = []
-    for copies in sorted({0, shipped.tta_copies}):
+    for copies in sorted({0, CARD_NOTES[name].tta_copies}):
         records = [scored[key] for fold in range(N_FOLDS)
-                   if (key := (tuple(run_name(r, "kfold", fold, seed) for r, seed in shipped.members()), copies,
+                   if (key := (tuple(run_name(r, "kfold", fold, seed) for r, seed in shipped_members(name)), copies,
                                "part"))
                    in scored]
         if records:
@@ -402,7 +285,7 @@ def shipped_kfold_ensembles(shipped):
 def ensemble(runs, data_dir, tta_copies, speaker_stats):
     """Average finished RUNS (one split, one feature setting) and score the average on that split's val and test.
 
-    Builds the same one-file average that `ship` saves
+    Builds the same one-file average that `serkeras ensemble` saves
     (serkeras.models.ensemble) and appends its scores to
     experiments/results/accuracy_ensembles.jsonl, which `report` shows; its cost is the
     sum of the members' (times 1 + TTA copies). One run alone is scored too
@@ -814,8 +697,8 @@ def report(drop_missing):
     lines += ["", "The study's paper-size rows give its reported numbers (random split, not re-measured) and the "
               "cost of our implementation of its architectures at 10 ms hop / 64 mels.", "",
               "## Recipes", ""]
-    lines += [f"- `{name}`: {recipe.about}. `serkeras train {shlex.join(recipe.options())} --epochs {recipe.epochs}`"
-              for name, recipe in RECIPES.items()]
+    lines += [f"- `{name}`: {recipe_description(RECIPES[name]).rstrip('.')}. "
+              f"`serkeras train --recipe {recipe_argument(name)}`" for name in RECIPES]
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     for name, result in results.items():

@@ -1,6 +1,6 @@
 """Write the card of a shipped model (saved_models/MODEL_CARD*.md) from its predictions on unseen actors.
 
-Used by ``python experiments/accuracy.py ship`` and ``card``; everything in the card is computed
+Used by ``python experiments/accuracy.py card``; everything in the card is computed
 here from the model file, the corpus and the finished runs, nothing is typed in. A checkout
 without the members' run folders takes their commands from the runs log and their training
 time from the card it rewrites.
@@ -245,7 +245,7 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
     itself and scored here; its command comes from `listed` ({run name: record} of the runs log) and its
     training time from the card being replaced.
 
-    `command`: the command that made the model; `chosen`: how its members were chosen (a sentence);
+    `command`: the `serkeras ensemble` command that made the model; `chosen`: how its members were chosen (a sentence);
     `kfold_scores`: {member recipe (RECIPE or RECIPE:SEED): its test scores on each of the `n_folds` k-fold
     folds, None where that fold has not finished};
     `tta_copies`: the test-time augmentation to report beside the plain results;
@@ -308,7 +308,7 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
     lines = [
         f"# Model card: `{name}.keras`", "",
         "Speech emotion recognition for six acted emotions (anger, disgust, fear, happy, neutral, sad) "
-        f"from 16 kHz speech. Written by `{command}`; every number below is computed "
+        f"from 16 kHz speech. Made by `{command}`; every number below is computed "
         "from the model files and the corpus by `experiments/model_card.py`.", "",
         "## Use", "",
         "```", (f"serkeras predict{model_option} {inputs}   # several recordings per speaker (below)"
@@ -332,8 +332,8 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
         f"{1000 * fc.hop_length / fc.sample_rate:.0f} ms at {fc.sample_rate} Hz, whole clips (variable length); "
         "the standardisation statistics of the training actors are inside each member.", "",
         "## Training", "",
-        f"- Command: `{command}`. It trains each member that is missing, with the commands below, then averages "
-        "them.",
+        f"- Command: `{command}`, after training each member with the commands below (the recipes are in "
+        "`serkeras/recipes/`).",
         *[f"- `{public_command(c)}`" for c in commands if c],
         f"- Data: CREMA-D, its 73 development actors (the 18 held-back actors were "
         f"never used). Split `actor`, seed 0 ({split.description}): train {len(split.train)} clips of "

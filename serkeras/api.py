@@ -1,5 +1,5 @@
-"""What the `serkeras` commands do, as Python functions: open a model, split a corpus, prepare a run's data,
-train a run or every fold of one, resume it, summarise k folds, format predictions.
+"""What the `serkeras` commands do, as Python functions: open a model, average models, split a corpus, prepare
+a run's data, train a run or every fold of one, resume it, summarise k folds, format predictions.
 
 The command line parses its options into the settings dataclasses (`FeatureConfig`,
 `ModelConfig`, `TrainConfig`, `SplitSettings`) and calls these; anything they have to say
@@ -54,6 +54,48 @@ def open_model(value, allow_onnx=False):
     from serkeras.models import load_model
 
     return load_model(path)
+
+
+def average_models(models, output, name=None):
+    """Save one model that averages the class probabilities of `models` (`serkeras ensemble`).
+
+    The members must share their labels and feature settings; an average among them
+    contributes its own members, so each model weighs the same. The file is written
+    whole or not at all, and reloads and predicts like any serkeras model.
+
+    Parameters
+    ----------
+    models : sequence of str or Path
+        Two or more `.keras` files or shipped models' names (`open_model`).
+    output : str or Path
+        The `.keras` file to write.
+    name : str, optional
+        The Keras model's name (default: from the file name).
+
+    Returns
+    -------
+    keras.Model
+        The average, as saved.
+
+    Raises
+    ------
+    SerkerasError
+        If fewer than two models are given, one cannot be loaded, or they disagree on labels or features.
+    """
+    from serkeras.models.ensemble import ensemble_model
+    from serkeras.training import replacing
+
+    output = Path(output)
+    if output.suffix != ".keras":
+        raise SerkerasError(f"{output}: an average of models is saved as a .keras file")
+    if len(models) < 2:
+        raise SerkerasError("an average needs two or more models")
+    loaded = [open_model(model)[0] for model in models]
+    averaged = ensemble_model(loaded, name=name or output.stem.replace("-", "_"))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with replacing(output) as tmp:
+        averaged.save(tmp)
+    return averaged
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The `serkeras` command line: features, train, evaluate, predict, tune, export."""
+"""The `serkeras` command line: features, train, evaluate, predict, tune, export, ensemble."""
 
 import functools
 import os
@@ -894,6 +894,28 @@ def export_command(model_path, export_format, output):
                             f"(max difference {difference:.2g})")
     else:
         click.echo(f"wrote {output}; reloaded, it gives the same probabilities (max difference {difference:.1g})")
+
+
+@names_shipped_models
+@main.command("ensemble", cls=KerasCommand)
+@click.argument("models", metavar="MODEL...", nargs=-1, required=True)
+@click.option("--output", type=click.Path(dir_okay=False), required=True, help="The .keras file to write.")
+def ensemble_command(models, output):
+    """Average the class probabilities of two or more models in one .keras file.
+
+    The models must share their labels and feature settings (e.g. runs of recipes
+    that differ in architecture, augmentation or training seed). The file predicts,
+    evaluates and exports like any model; its cost is the sum of the members'.
+    """
+    from pathlib import Path
+
+    from serkeras import api
+
+    from serkeras.models.ensemble import ensemble_members
+
+    averaged = api.average_models(models, output)
+    click.echo(f"wrote {output}: the average of {len(ensemble_members(averaged))} models "
+               f"({Path(output).stat().st_size / 2**20:.1f} MiB, {averaged.count_params():,} parameters)")
 
 
 if __name__ == "__main__":

@@ -43,8 +43,11 @@ class ShippedModel:
         One line: what the model is, and whether it predicts from one recording or from
         several recordings of each speaker.
     recipe : str, optional
-        The shipped recipe that rebuilds it (``serkeras train --recipe RECIPE``); empty when
-        none does.
+        The shipped recipe that rebuilds it (``serkeras train --recipe RECIPE``); empty for an
+        average of models.
+    members : tuple of (str, int), optional
+        For an average of models (``serkeras ensemble``): the shipped recipe and the training
+        seed (``--train-seed``) of each model it averages, in order. Empty otherwise.
     """
 
     name: str
@@ -52,6 +55,22 @@ class ShippedModel:
     card: str
     summary: str
     recipe: str = ""
+    members: tuple = ()
+
+
+def _members(table, where):
+    """A manifest table's ``members`` (a list of ``{recipe = NAME, train-seed = N}``) as (recipe, seed) pairs."""
+    members = []
+    for member in table.get("members", []):
+        if (not isinstance(member, dict) or not isinstance(member.get("recipe"), str)
+                or not isinstance(member.get("train-seed", 0), int) or set(member) - {"recipe", "train-seed"}):
+            raise SerkerasError(f"{where}: each of its members must be {{recipe = NAME, train-seed = N}}")
+        members.append((member["recipe"], member.get("train-seed", 0)))
+    if table.get("recipe") and members:
+        raise SerkerasError(f"{where}: a recipe rebuilds the model or its members do, not both")
+    if len(set(members)) != len(members):
+        raise SerkerasError(f"{where}: a member is listed twice")
+    return tuple(members)
 
 
 def read_manifest(path=MANIFEST):
@@ -70,7 +89,7 @@ def read_manifest(path=MANIFEST):
     ------
     SerkerasError
         If the file is not valid TOML, lists no model, a table lacks a field or has an unknown
-        one, or two tables share a name.
+        one, a member is malformed, or two tables share a name.
     """
     try:
         with open(path, "rb") as f:
@@ -85,7 +104,8 @@ def read_manifest(path=MANIFEST):
         if unknown or missing:
             problem = f"unknown {', '.join(unknown)}" if unknown else f"no {', '.join(missing)}"
             raise SerkerasError(f"model {number} of the manifest {path}: {problem}")
-        models.append(ShippedModel(**table))
+        members = _members(table, f"model {number} of the manifest {path}")
+        models.append(ShippedModel(**{**table, "members": members}))
     names = [model.name for model in models]
     if not models or len(set(names)) != len(names):
         raise SerkerasError(f"the manifest {path} must list one or more models, each name once")

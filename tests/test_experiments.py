@@ -69,41 +69,41 @@ def load_script(name):
     return module
 
 
-def test_every_accuracy_recipe_is_a_valid_train_invocation():
+def test_every_accuracy_recipe_is_a_valid_train_invocation(monkeypatch):
     accuracy = load_script("accuracy")
+    from serkeras.recipes import recipe_description
     from serkeras.shipped import shipped_models
 
-    # `ship` makes the shipped models that no recipe rebuilds (the Whisper models: `serkeras train --recipe`).
-    assert list(accuracy.SHIPPED_MODELS) == [model.name for model in shipped_models() if not model.recipe]
-    for shipped in accuracy.SHIPPED_MODELS.values():
-        members = shipped.members()  # RECIPE[:SEED], each recipe a known one
-        # The members of one average share their features, speaker normalisation included.
-        assert len({(accuracy.RECIPES[r].pitch, accuracy.RECIPES[r].speaker_norm) for r, _ in members}) == 1
-        assert len(set(members)) == len(members)
-    for name, recipe in accuracy.RECIPES.items():
+    # A card for each shipped average; its members are the manifest's, by their names here.
+    assert list(accuracy.CARD_NOTES) == [model.name for model in shipped_models() if model.members]
+    assert accuracy.shipped_members("serkeras-crema-d") == [("resnet", 0), ("crnn-augmented", 0),
+                                                            ("resnet-augmented-mixup", 0)]
+    assert accuracy.recipe_argument("resnet") == "crema-d-resnet"
+    assert accuracy.recipe_argument("resnet-no-pitch") == "experiments/recipes/resnet-no-pitch.toml"
+    monkeypatch.chdir(accuracy.ROOT)  # where runs start: recipe paths are relative to it
+    for name in accuracy.RECIPES:
+        settings = accuracy.recipe_settings(name)
+        assert recipe_description(accuracy.RECIPES[name]), name
         for split, fold in (("actor", None), ("kfold", 3)):
             command = accuracy.train_command(name, split, fold, 0, None, "/data", resume=False)
-            context = main.commands["train"].make_context("train", command[2:])
-            params = context.params
-            assert params["arch"] == recipe.arch and params["pooling"] == recipe.pooling
-            assert params["utterance_norm"] == recipe.utterance_norm and params["pitch"] is recipe.pitch
-            assert params["epochs"] == recipe.epochs and params["split_kind"] == split
-            assert params["augment_copies"] == recipe.augment_copies and params["hop_length"] == 320
+            params = main.commands["train"].make_context("train", command[2:]).params
+            assert params["arch"] == settings["arch"] and params["hop_length"] == 320 and params["n_mels"] == 40
+            assert params["epochs"] == params["patience"] == settings["epochs"] and params["split_kind"] == split
             assert params["run_name"] == f"accuracy/{accuracy.run_name(name, split, fold)}"
-            assert params["ema_momentum"] == recipe.ema_momentum
-            assert (params["teacher"], params["distill_weight"]) == (recipe.teacher, recipe.distill_weight)
+            assert params["teacher"] == settings.get("teacher", "") and params["seed"] == 0
             if fold is not None:
                 assert params["fold"] == 3 and params["n_folds"] == accuracy.N_FOLDS
     assert accuracy.run_name("resnet", "kfold", 2, seed=1) == "resnet-kfold-fold2-seed1"
     # A distilled recipe's teacher heard the actor split's training actors: other splits would leak test actors.
-    assert accuracy.RECIPES["crnn-augmented-distilled"].teacher == "serkeras-crema-d-speaker-norm"
+    assert accuracy.recipe_settings("crnn-augmented-distilled")["teacher"] == "serkeras-crema-d-speaker-norm"
     for split in ("kfold", "random"):
         with pytest.raises(click.UsageError, match="actor split"):
             accuracy.train_missing("crnn-augmented-distilled", split, 0, None, "/data", dry_run=True)
-    # Another training seed repeats training on the same split (that of seed 0).
-    params = main.commands["train"].make_context("train", accuracy.train_command("resnet", "actor", None, 2, None,
+    # Another training seed repeats training on the same split (that of seed 0); --epochs sets the patience too.
+    params = main.commands["train"].make_context("train", accuracy.train_command("resnet", "actor", None, 2, 3,
                                                                                  None, False)[2:]).params
     assert (params["seed"], params["train_seed"], params["run_name"]) == (0, 2, "accuracy/resnet-actor-seed2")
+    assert params["epochs"] == params["patience"] == 3
 
 
 def test_model_card_scores_human_votes_with_ties_and_bootstraps_by_actor(crema_root):
@@ -136,8 +136,11 @@ def use_accuracy_script(monkeypatch, root):
         monkeypatch.setattr(module, "ROOT", root)
     monkeypatch.setattr(accuracy, "RESULTS_DIR", root / "results")
     monkeypatch.chdir(root)  # in-process scoring shares the training runs' feature cache (data/cache)
-    monkeypatch.setitem(accuracy.RECIPES, TINY_RECIPE, accuracy.Recipe(
-        "1d", 0.25, utterance_norm="none", pitch=False, speaker_norm=True, epochs=1))
+    recipe = root / "tiny.toml"
+    recipe.write_text('description = "the cheapest speaker-normalised model"\narch = "1d"\nwidth = 0.25\n'
+                      'utterance-norm = "none"\nspeaker-norm = true\nhop-length = 320\nn-mels = 40\n'
+                      'pitch = false\nepochs = 1\npatience = 1\n')
+    monkeypatch.setitem(accuracy.RECIPES, TINY_RECIPE, recipe)
     import model_card  # the module accuracy.py imports (experiments/ is on sys.path once a script is loaded)
 
     monkeypatch.setattr(model_card, "BOOTSTRAP", 200)  # the intervals themselves are tested apart
@@ -182,7 +185,8 @@ def test_accuracy_script_runs_resumes_ensembles_and_reports(accuracy_project, cr
     first, second = f"{TINY_RECIPE}-actor", f"{TINY_RECIPE}-actor-seed1"
     records = [json.loads(line) for line in (runs / "runs.jsonl").read_text().splitlines()]
     assert [r["run"] for r in records] == [first, second]
-    assert "--arch 1d" in records[1]["command"] and "--train-seed 1" in records[1]["command"] and records[1]["machine"]
+    assert "--recipe tiny.toml" in records[1]["command"] and "--train-seed 1" in records[1]["command"]
+    assert records[1]["machine"]
     assert all(f"--run-name accuracy/{r['run']}" in output for r, output in zip(records, accuracy_project[1]))
     args = ["run", TINY_RECIPE, "--epochs", "1", "--seed", "1", "--data-dir", str(crema_subset)]
     again = runner.invoke(accuracy.cli, args)
@@ -231,31 +235,37 @@ def test_accuracy_script_runs_resumes_ensembles_and_reports(accuracy_project, cr
     assert accuracy.latest_ensembles()[("old-actor",), 0, "part"] == legacy
 
 
-def test_ship_saves_the_average_and_its_card(accuracy_project, crema_subset, tmp_path, monkeypatch):
-    """`ship --model NAME` trains the missing members (here none: `run` trained them), saves their average as
-    saved_models/NAME.keras and writes its card, here for a speaker-normalised model (the card then has its
-    speaker-mean table)."""
+def test_a_shipped_average_is_made_by_serkeras_ensemble_and_carded(accuracy_project, crema_subset, tmp_path,
+                                                                  monkeypatch):
+    """`serkeras ensemble` averages the members' runs into saved_models/NAME.keras, and `card --model NAME` writes
+    its card, here for a speaker-normalised model (the card then has its speaker-mean table)."""
     from click.testing import CliRunner
 
+    from conftest import run_cli
     from serkeras.models import load_model
     from serkeras.shipped import shipped_model
 
     tmp_path = copy_project(accuracy_project, tmp_path)
     accuracy = use_accuracy_script(monkeypatch, tmp_path)
-    # Two training seeds of one recipe (RECIPE:SEED) make the average.
-    shipped = accuracy.ShippedModel((TINY_RECIPE, f"{TINY_RECIPE}:1"), chosen="Chosen for the test")
     name = "serkeras-crema-d-speaker-norm"  # the name of a shipped model, made of a tiny recipe here
-    monkeypatch.setitem(accuracy.SHIPPED_MODELS, name, shipped)
-    result = CliRunner().invoke(accuracy.cli, ["ship", "--model", name, "--data-dir", str(crema_subset)])
-    assert result.exit_code == 0, result.output
-    assert f"{TINY_RECIPE}-actor: done" in result.output and f"{TINY_RECIPE}-actor-seed1: done" in result.output
+    # Two training seeds of one recipe make the average.
+    monkeypatch.setattr(accuracy, "shipped_members", lambda _: [(TINY_RECIPE, 0), (TINY_RECIPE, 1)])
+    monkeypatch.setitem(accuracy.CARD_NOTES, name, accuracy.CardNotes("Chosen for the test"))
+    missing = CliRunner().invoke(accuracy.cli, ["card", "--model", name, "--data-dir", str(crema_subset)])
+    command = (f"serkeras ensemble saved_models/accuracy/{TINY_RECIPE}-actor/model.keras "
+               f"saved_models/accuracy/{TINY_RECIPE}-actor-seed1/model.keras --output saved_models/{name}.keras")
+    assert missing.exit_code == 1 and f"average them with `{command}`" in missing.output
+    result = run_cli(command.split()[1:], tmp_path)
+    assert result.exit_code == 0 and f"wrote saved_models/{name}.keras: the average of 2 models" in result.output
     model, meta = load_model(tmp_path / "saved_models" / f"{name}.keras")
     assert meta.feature_config.speaker_norm and model.name == name.replace("-", "_")
+    result = CliRunner().invoke(accuracy.cli, ["card", "--model", name, "--data-dir", str(crema_subset)])
+    assert result.exit_code == 0, result.output
     card = (tmp_path / "saved_models" / shipped_model(name).card).read_text()
     assert card.startswith(f"# Model card: `{name}.keras`")
-    assert f"Written by `python experiments/accuracy.py ship --model {name}`" in card and "Chosen for the test." in card
+    assert f"Made by `{command}`" in card and "Chosen for the test." in card
     assert f"serkeras predict --model {name} recordings_of_one_speaker/" in card
-    assert f"| `{TINY_RECIPE}-actor` | 1d |" in card and "--speaker-norm --split actor" in card
+    assert f"| `{TINY_RECIPE}-actor` | 1d |" in card and "--recipe tiny.toml --split actor" in card
     assert f"| `{TINY_RECIPE}-actor-seed1` | 1d |" in card and "--train-seed 1 --run-name" in card
     assert "--data-dir" not in card and str(crema_subset) not in card  # the commands without this machine's folders
     # No k-fold fold has been trained or scored: the card says so instead of leaving the section out.
@@ -292,9 +302,8 @@ def test_ship_saves_the_average_and_its_card(accuracy_project, crema_subset, tmp
     again = (tmp_path / "saved_models" / shipped_model(name).card).read_text()
     assert [line for line in again.splitlines() if line.startswith(f"| `{TINY_RECIPE}-actor")] == rows
     assert training in again and "--train-seed 1 --run-name" in again
-    # A model file that averages another number of models than the shipped recipe names is refused.
-    monkeypatch.setitem(accuracy.SHIPPED_MODELS, name, accuracy.ShippedModel(
-        (TINY_RECIPE, f"{TINY_RECIPE}:1", f"{TINY_RECIPE}:2"), chosen="x"))
+    # A model file that averages another number of models than the manifest names is refused.
+    monkeypatch.setattr(accuracy, "shipped_members", lambda _: [(TINY_RECIPE, 0), (TINY_RECIPE, 1), (TINY_RECIPE, 2)])
     result = CliRunner().invoke(accuracy.cli, ["card", "--model", name, "--data-dir", str(crema_subset)])
     assert result.exit_code == 1 and "averages 2 models, not the 3 members" in result.output
 
@@ -340,7 +349,8 @@ def test_report_carries_over_rows_it_cannot_rebuild(tmp_path):
     partial = lambda row: "folds)" in row[2]  # noqa: E731
     some_folds = [["crnn", "kfold", "60.0 ± 1.0 (3/5 folds)"], ["crnn", "actor", "56.7"]]
     rows = accuracy.merge_rows(some_folds, before[""], 2, partial=partial, order=accuracy.recipe_order)
-    assert rows == [["resnet", "actor", ""], ["crnn", "actor", "56.7"], ["crnn", "kfold", "57.2 ± 2.4"]]
+    # Recipes by name, each recipe's splits in SPLITS' order.
+    assert rows == [["crnn", "actor", "56.7"], ["crnn", "kfold", "57.2 ± 2.4"], ["resnet", "actor", ""]]
     every_fold = [["crnn", "kfold", "58.0 ± 1.0"]]
     assert accuracy.merge_rows(every_fold, before[""], 2, partial=partial)[0] == ["crnn", "kfold", "58.0 ± 1.0"]
     lines = ["| what | acc |", "| --- | --- |", "| study | 64.1 |"]

@@ -373,6 +373,18 @@ def test_ensemble_averages_its_members_and_reloads(tmp_path):
     loaded, meta = load_model(path)
     assert meta.labels == tuple(LABELS) and meta.feature_config == config and meta.model_config.arch == "ensemble"
     np.testing.assert_allclose(np.asarray(loaded.predict_on_batch(inputs)), want, atol=1e-6)
+    # `serkeras ensemble`: the same average from the members' files.
+    from serkeras.api import average_models
+
+    for i, member in enumerate(members):
+        member.save(tmp_path / f"m{i}.keras")
+    average_models([tmp_path / f"m{i}.keras" for i in range(3)], tmp_path / "average.keras")
+    np.testing.assert_allclose(np.asarray(load_model(tmp_path / "average.keras")[0].predict_on_batch(inputs)), want,
+                               atol=1e-6)
+    with pytest.raises(SerkerasError, match="two or more models"):
+        average_models([tmp_path / "m0.keras"], tmp_path / "one.keras")
+    with pytest.raises(SerkerasError, match="saved as a .keras file"):
+        average_models([tmp_path / "m0.keras", tmp_path / "m1.keras"], tmp_path / "average.h5")
     with pytest.raises(SerkerasError, match="labels"):
         ensemble_model([members[0], build_model(config, ModelConfig(arch="resnet", width=0.125), LABELS[::-1])])
     with pytest.raises(SerkerasError, match="feature settings"):

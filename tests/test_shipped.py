@@ -10,6 +10,7 @@ import pytest
 
 from serkeras import shipped
 from serkeras.errors import SerkerasError
+from serkeras.recipes import read_recipe, shipped_recipes
 
 ROOT = Path(__file__).resolve().parents[1]
 SAVED_MODELS = ROOT / "saved_models"
@@ -24,10 +25,9 @@ def test_saved_models_holds_exactly_the_manifests_files_and_cards():
     for model in shipped.shipped_models():
         assert model.file.endswith(".keras") and (SAVED_MODELS / model.file).stat().st_size <= 20 * 2**20
         assert model.summary.startswith(("One recording", "Several recordings per speaker"))
-        if model.recipe:  # a recipe that rebuilds it ships too
-            from serkeras.recipes import shipped_recipes
-
-            assert model.recipe in shipped_recipes()
+        # What rebuilds it ships too: its recipe, or the recipe of each model it averages.
+        assert bool(model.recipe) != bool(model.members)
+        assert {model.recipe} - {""} | {recipe for recipe, _ in model.members} <= set(shipped_recipes())
     readme = (SAVED_MODELS / "README.md").read_text()
     assert all(f"`{model.file}`" in readme for model in shipped.shipped_models())
 
@@ -66,8 +66,32 @@ def test_names_resolve_to_files_in_the_first_folder_that_has_them(tmp_path, monk
         shipped.model_path(default.name)
 
 
+def test_the_members_of_a_shipped_average_are_trained_on_the_same_features_and_split():
+    """`serkeras ensemble` needs members with one feature setting: their recipes must agree on every feature
+    option (speaker normalisation included) and on the split, or the shipped average cannot be rebuilt."""
+    from serkeras.cli import train
+    from serkeras.recipes import option_defaults
+
+    feature_options = {param.name for param in train.params if param.name in (
+        "hop_length", "n_mels", "pitch", "utterance_norm", "speaker_norm", "speaker_scale", "level_dbfs")}
+    averages = [model for model in shipped.shipped_models() if model.members]
+    assert averages
+    for model in averages:
+        settings = [option_defaults(read_recipe(recipe), train.params) for recipe, _ in model.members]
+        features = {tuple(sorted((k, v) for k, v in s.items() if k in feature_options)) for s in settings}
+        assert len(features) == 1 and {s["split_kind"] for s in settings} == {"actor"}, model.name
+        assert len(model.members) >= 2
+
+
+MODEL = "[[model]]\nname = 'a'\nfile = 'a.keras'\ncard = 'A.md'\nsummary = 's'\n"
+
+
 @pytest.mark.parametrize("text, message", [
     ("[[model]]\nname = 'a'\nfile = 'a.keras'\ncard = 'A.md'\n", "model 1 of the manifest .*: no summary"),
+    (MODEL + "members = ['r']\n", r"each of its members must be \{recipe = NAME, train-seed = N\}"),
+    (MODEL + "members = [{recipe = 'r', train-seed = 'one'}]\n", "each of its members must be"),
+    (MODEL + "recipe = 'r'\nmembers = [{recipe = 'r'}, {recipe = 'q'}]\n", "its members do, not both"),
+    (MODEL + "members = [{recipe = 'r'}, {recipe = 'r', train-seed = 0}]\n", "a member is listed twice"),
     ("[[model]]\nname = 'a'\nfile = 'a.keras'\ncard = 'A.md'\nsummary = 's'\nsize = 3\n", ": unknown size"),
     ("[[model]]\nname = 'a'\nfile = 'a.keras'\ncard = 'A.md'\nsummary = 's'\n" * 2, "each name once"),
     ("", "one or more models"),

@@ -2,8 +2,9 @@
 
 A recipe names options of the command as keys, spelled as on the command line
 without the dashes (``batch-size = 64``, ``lr = 3e-4``, ``augment = true``);
-anything also given on the command line wins. The recipes shipped with serkeras
-live beside this module and are found by name (``--recipe crema-d-whisper-base``).
+anything also given on the command line wins. One key is not an option:
+``description``, a sentence saying what the recipe is. The recipes shipped with
+serkeras live beside this module and are found by name (``--recipe crema-d-whisper-base``).
 """
 
 import sys
@@ -36,14 +37,35 @@ def recipe_path(name_or_path):
                         f"({', '.join(shipped_recipes()) or 'none'})")
 
 
-def read_recipe(name_or_path):
-    """The settings of a recipe as {key: value}, keys as written (option names without dashes)."""
+#: The key of a recipe that is not an option: what the recipe is, in a sentence.
+DESCRIPTION = "description"
+
+
+def _load(name_or_path):
     path = recipe_path(name_or_path)
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
         raise SerkerasError(f"recipe {path} is not valid TOML: {exc}") from None
+
+
+def read_recipe(name_or_path):
+    """The settings of a recipe as {key: value}, keys as written (option names without dashes).
+
+    Its ``description`` is left out (`recipe_description`).
+    """
+    recipe = _load(name_or_path)
+    recipe.pop(DESCRIPTION, None)
+    return recipe
+
+
+def recipe_description(name_or_path):
+    """The ``description`` of a recipe ("" when it has none)."""
+    description = _load(name_or_path).get(DESCRIPTION, "")
+    if not isinstance(description, str):
+        raise SerkerasError(f"recipe {recipe_path(name_or_path)}: {DESCRIPTION} must be a string")
+    return description
 
 
 def option_defaults(recipe, params):
