@@ -67,6 +67,10 @@ def per_fold_summary(scores, n_folds, bold=False):
             + f"; mean {mark}{100 * acc:.1f}%{mark} ± {100 * acc_std:.1f} (std); macro-F1 {f1:.3f} ± {f1_std:.3f}")
 
 
+#: How a card's line of a k-fold-scored average starts.
+KFOLD_ENSEMBLE_LINE = "- **This model's recipe** (the average of the members' recipes, each trained on the fold)"
+
+
 def previous_training_cells(card_path):
     """({member run: its 'train min' cell}, the 'min of training in all' line) of the card at `card_path`.
 
@@ -270,6 +274,7 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
     val_accuracy = part_accuracy(model, meta, corpus, list(split.val))
     listed = listed or {}
     previous_cells, previous_training = previous_training_cells(card_path)
+    previous_lines = Path(card_path).read_text().splitlines() if Path(card_path).is_file() else []
     shipped_members = ensemble_members(model)
     if len(shipped_members) != len(members):
         raise SerkerasError(f"{model_path} averages {len(shipped_members)} models, not the {len(members)} "
@@ -379,12 +384,17 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
     recipes = " ".join(kfold_scores)
     for copies, records in kfold_ensembles:
         tta = f", with {copies} TTA copies" if copies else ""
-        lines += [f"- **This model's recipe** (the average of the members' recipes, each trained on the fold){tta}: "
+        lines += [f"{KFOLD_ENSEMBLE_LINE}{tta}: "
                   f"folds scored {len(records)} of {n_folds}. "
                   f"{per_fold_summary({r['fold']: r for r in records}, n_folds, bold=True)} "
                   f"(`python experiments/accuracy.py kfold-ensemble {recipes}"
                   f"{f' --tta-copies {copies}' if copies else ''}`)."]
-    if not kfold_ensembles:
+    # Without the records here (a fresh checkout), the previous card's scores of the same recipes stay.
+    kept = [] if kfold_ensembles else [
+        line for line in previous_lines
+        if line.startswith(KFOLD_ENSEMBLE_LINE) and re.search(rf"kfold-ensemble {re.escape(recipes)}(`| --)", line)]
+    lines += kept
+    if not kfold_ensembles and not kept:
         lines += [f"- **This model's recipe** (the average of the members' recipes) has no k-fold scores in this "
                   f"checkout's records: `python experiments/accuracy.py kfold-ensemble {recipes}` scores it on the "
                   "folds where every member has finished; `experiments/results/accuracy.md` keeps what earlier "

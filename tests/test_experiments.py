@@ -293,15 +293,23 @@ def test_a_shipped_average_is_made_by_serkeras_ensemble_and_carded(accuracy_proj
     assert f"| {run}, speaker statistics from all of a speaker's clips | actor |" in report
     assert f"| {run} | actor | {100 * part['accuracy']:.1f}" in report
     # A fresh checkout has the shipped file and the runs log but no run folders: `card` scores the members
-    # inside the file, takes their commands from the log and their training time from the card before.
+    # inside the file, takes their commands from the log, and their training time and the k-fold scores of
+    # their average (recorded where the folds ran) from the card before.
     rows = [line for line in card.splitlines() if line.startswith(f"| `{TINY_RECIPE}-actor")]
     training = next(line for line in card.splitlines() if "min of training in all" in line)
+    import model_card
+
+    scored_elsewhere = (f"{model_card.KFOLD_ENSEMBLE_LINE}: folds scored 5 of 5. Accuracy per fold: 60.0% "
+                        f"(`python experiments/accuracy.py kfold-ensemble {TINY_RECIPE} {TINY_RECIPE}:1`).")
+    card_path = tmp_path / "saved_models" / shipped_model(name).card
+    card_path.write_text(card + scored_elsewhere + "\n")
     shutil.rmtree(tmp_path / "saved_models" / "accuracy")
     result = CliRunner().invoke(accuracy.cli, ["card", "--model", name, "--data-dir", str(crema_subset)])
     assert result.exit_code == 0, result.output
     again = (tmp_path / "saved_models" / shipped_model(name).card).read_text()
     assert [line for line in again.splitlines() if line.startswith(f"| `{TINY_RECIPE}-actor")] == rows
     assert training in again and "--train-seed 1 --run-name" in again
+    assert scored_elsewhere in again.splitlines() and "has no k-fold scores" not in again
     # A model file that averages another number of models than the manifest names is refused.
     monkeypatch.setattr(accuracy, "shipped_members", lambda _: [(TINY_RECIPE, 0), (TINY_RECIPE, 1), (TINY_RECIPE, 2)])
     result = CliRunner().invoke(accuracy.cli, ["card", "--model", name, "--data-dir", str(crema_subset)])
