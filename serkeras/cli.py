@@ -1,5 +1,6 @@
 """The `serkeras` command line: features, train, evaluate, predict, tune, export, ensemble."""
 
+import dataclasses
 import functools
 import os
 import re
@@ -10,8 +11,11 @@ import warnings
 import click
 
 from serkeras import __version__
-from serkeras.api import PREDICTION_FORMATS  # the Python API imports Keras only in the functions that need it
-from serkeras.effects import WaveAugmentation  # numpy only: its defaults are the CLI's
+from serkeras.api import PREDICTION_FORMATS, SplitSettings  # the Python API imports Keras only where it must
+# The settings dataclasses import no Keras: every option's default is read from them, written there once.
+from serkeras.config import (ACTIVATIONS, LAYER_POOLINGS, MONITORS, OPTIMIZERS, POOLINGS, SCHEDULES, UTTERANCE_NORMS,
+                             ModelConfig, TrainConfig)
+from serkeras.head_fit import HEAD_FITS
 from serkeras.errors import SerkerasError
 from serkeras.options import SerkerasGroup, speaker_stats_option, tta_option
 from serkeras.shipped import find_model, model_names  # the manifest is a small TOML file: no Keras
@@ -174,6 +178,11 @@ def feature_options(f):
     return f
 
 
+def _fields(cls):
+    """The field names of settings dataclass `cls`: the options that build it are named alike."""
+    return [field.name for field in dataclasses.fields(cls)]
+
+
 def feature_config_from(kwargs):
     """Pop the feature options out of a command's kwargs into a FeatureConfig."""
     from serkeras.features import FeatureConfig
@@ -181,11 +190,8 @@ def feature_config_from(kwargs):
     for option in ("speaker_scale", "speaker_subsets"):  # the latter a training option, of train, tune, cross-corpus
         if kwargs.get(option) and not kwargs.get("speaker_norm"):
             raise click.UsageError(f"--{option.replace('_', '-')} needs --speaker-norm")
-    names = ("length_mode", "fixed_seconds", "sample_rate", "n_mels", "n_fft", "win_length", "hop_length",
-             "fmin", "fmax", "n_mfcc", "pitch", "audio_normalization", "speaker_norm",
-             "speaker_scale", "level_dbfs")
     try:
-        return FeatureConfig(**{n: kwargs.pop(n) for n in names})
+        return FeatureConfig(**{n: kwargs.pop(n) for n in _fields(FeatureConfig) if n in kwargs})
     except ValueError as exc:
         raise SerkerasError(f"bad feature settings: {exc}") from None
 
@@ -241,15 +247,19 @@ def cache_command(cache_dir, prune_unused_days):
 
 
 def split_options(f):
-    """--split / --fold / --folds / fractions / --seed, shared by train, evaluate and tune."""
+    """--split / --fold / --folds / fractions / --seed, shared by train, evaluate and tune; defaults are
+    `SplitSettings`'."""
+    d = SplitSettings()
     options = [
-        click.option("--split", "split_kind", type=click.Choice(["random", "actor", "kfold"]), default="random",
+        click.option("--split", "split_kind", type=click.Choice(["random", "actor", "kfold"]), default=d.kind,
                      show_default=True, help="random: the study's protocol; actor/kfold: speaker-independent."),
-        click.option("--fold", type=click.IntRange(min=0), default=0, show_default=True, help="Fold index (kfold)."),
-        click.option("--n-folds", type=click.IntRange(min=2), default=5, show_default=True),
-        click.option("--val-fraction", type=click.FloatRange(0.01, 0.5), default=0.1, show_default=True),
-        click.option("--test-fraction", type=click.FloatRange(0.01, 0.5), default=0.1, show_default=True),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed for the split and training."),
+        click.option("--fold", type=click.IntRange(min=0), default=d.fold, show_default=True,
+                     help="Fold index (kfold)."),
+        click.option("--n-folds", type=click.IntRange(min=2), default=d.n_folds, show_default=True),
+        click.option("--val-fraction", type=click.FloatRange(0.01, 0.5), default=d.val_fraction, show_default=True),
+        click.option("--test-fraction", type=click.FloatRange(0.01, 0.5), default=d.test_fraction,
+                     show_default=True),
+        click.option("--seed", type=int, default=d.seed, show_default=True, help="Seed for the split and training."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -288,46 +298,53 @@ def _apply(options, f):
 
 
 def _model_option_list(left_out=()):
-    """Architecture and model size; `left_out` names the ones a command does not take as options."""
+    """Architecture and model size; `left_out` names the ones a command does not take as options.
+
+    Defaults are `ModelConfig`'s: the study's paper sizes with SiLU.
+    """
+    d = ModelConfig()
     options = {
-        "arch": click.option("--arch", type=lazy_choice("models", "ARCHITECTURES"), default="2d", show_default=True),
-        "activation": click.option("--activation", type=lazy_choice("models", "ACTIVATIONS"), default="silu",
+        "arch": click.option("--arch", type=lazy_choice("models", "ARCHITECTURES"), default=d.arch, show_default=True),
+        "activation": click.option("--activation", type=click.Choice(ACTIVATIONS), default=d.activation,
                                    show_default=True),
-        "width": click.option("--width", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
+        "width": click.option("--width", type=click.FloatRange(min=0.01), default=d.width, show_default=True,
                               help="Scale every filter count (e.g. 0.25 for a small CPU model)."),
-        "dropout": click.option("--dropout", type=click.FloatRange(0, 0.9), default=0.3, show_default=True),
-        "head_units": click.option("--head-units", type=click.IntRange(min=8), default=256, show_default=True),
-        "spec_augment": click.option("--augment/--no-augment", "spec_augment", default=False, show_default=True,
-                                     help="SpecAugment-style time/frequency masking during training."),
-        "utterance_norm": click.option("--utterance-norm", type=lazy_choice("models", "UTTERANCE_NORMS"),
-                                       default="none", show_default=True,
+        "dropout": click.option("--dropout", type=click.FloatRange(0, 0.9), default=d.dropout, show_default=True),
+        "head_units": click.option("--head-units", type=click.IntRange(min=8), default=d.head_units,
+                                   show_default=True),
+        "spec_augment": click.option("--augment/--no-augment", "spec_augment", default=d.spec_augment,
+                                     show_default=True, help="SpecAugment-style time/frequency masking during training."),
+        "utterance_norm": click.option("--utterance-norm", type=click.Choice(UTTERANCE_NORMS),
+                                       default=d.utterance_norm, show_default=True,
                                        help="Remove each clip's own feature mean (and variance) after standardising."),
-        "pooling": click.option("--pooling", type=lazy_choice("models", "POOLINGS"), default="average",
+        "pooling": click.option("--pooling", type=click.Choice(POOLINGS), default=d.pooling,
                                 show_default=True,
                                 help="Frames to one vector: masked average, mean and std (stats), or attentive "
                                      "statistics (attention)."),
-        "encoder": click.option("--encoder", type=click.Path(exists=True), default=None,
+        "encoder": click.option("--encoder", type=click.Path(exists=True), default=d.encoder or None,
                                 help="--arch whisper: the pre-trained Whisper checkpoint to start from (a "
                                      "faster-whisper folder, a Hugging Face openai/whisper-* folder or an OpenAI .pt "
                                      "file); its weights are copied into the model file."),
-        "encoder_layers": click.option("--encoder-layers", type=click.IntRange(min=1), default=2, show_default=True,
+        "encoder_layers": click.option("--encoder-layers", type=click.IntRange(min=1), default=d.encoder_layers,
+                                       show_default=True,
                                        help="Transformer layers: the first N of a Whisper encoder (the rest are "
                                             "dropped), or conformer's layers."),
-        "fine_tune_layers": click.option("--fine-tune-layers", type=click.IntRange(min=0), default=0,
-                                         show_default=True,
+        "fine_tune_layers": click.option("--fine-tune-layers", type=click.IntRange(min=0),
+                                         default=d.fine_tune_layers, show_default=True,
                                          help="--arch whisper: train the top K of the kept encoder layers "
                                               "(0: the encoder stays frozen; only the classifier trains)."),
-        "layer_pooling": click.option("--layer-pooling", type=lazy_choice("models", "LAYER_POOLINGS"),
-                                      default="last", show_default=True,
+        "layer_pooling": click.option("--layer-pooling", type=click.Choice(LAYER_POOLINGS),
+                                      default=d.layer_pooling, show_default=True,
                                       help="--arch whisper: pool the last kept layer, or a learnt weighted sum of "
                                            "every kept layer."),
         "speaker_standardization": click.option(
-            "--speaker-standardization/--no-speaker-standardization", default=False, show_default=True,
+            "--speaker-standardization/--no-speaker-standardization", default=d.speaker_standardization,
+            show_default=True,
             help="--arch whisper with a frozen encoder: standardise each clip's pooled embedding by the mean and "
                  "variance of its speaker's (needs speakers; predict and evaluate take them from several "
                  "recordings of each speaker, see --speaker)."),
         "speaker_prior_clips": click.option(
-            "--speaker-prior-clips", type=click.FloatRange(min=0), default=0.0, show_default=True,
+            "--speaker-prior-clips", type=click.FloatRange(min=0), default=d.speaker_prior_clips, show_default=True,
             help="With --speaker-standardization: shrink a speaker's statistics towards the training speakers' as "
                  "if these had this many recordings (0: the speaker's own only)."),
     }
@@ -335,24 +352,30 @@ def _model_option_list(left_out=()):
 
 
 def model_options(f):
-    """Architecture and model size; defaults are the study's paper sizes with SiLU."""
+    """Architecture and model size (`_model_option_list`)."""
     return _apply(_model_option_list(), f)
+
+
+#: The defaults of every training option.
+_TRAINING = TrainConfig()
 
 
 def _optimizer_option_list():
     """How the weights are fitted (shared by `train` and every trial of `tune`)."""
+    d = _TRAINING
     return [
-        click.option("--optimizer", type=lazy_choice("training", "OPTIMIZERS"), default="adam", show_default=True),
-        click.option("--schedule", type=lazy_choice("training", "SCHEDULES"), default="plateau",
-                     show_default=True,
+        click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=d.optimizer, show_default=True),
+        click.option("--schedule", type=click.Choice(SCHEDULES), default=d.schedule, show_default=True,
                      help="Learning rate: halved when validation stalls, cosine decay, or constant."),
-        click.option("--warmup-epochs", type=click.IntRange(min=0), default=0, show_default=True,
+        click.option("--warmup-epochs", type=click.IntRange(min=0), default=d.warmup_epochs, show_default=True,
                      help="Linear warm-up before the cosine decay."),
-        click.option("--label-smoothing", type=click.FloatRange(0, 0.5), default=0.0, show_default=True),
-        click.option("--ema-momentum", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+        click.option("--label-smoothing", type=click.FloatRange(0, 0.5), default=d.label_smoothing,
+                     show_default=True),
+        click.option("--ema-momentum", type=click.FloatRange(0, 1, max_open=True), default=d.ema_momentum,
+                     show_default=True,
                      help="Evaluate and save an exponential moving average of the weights (e.g. 0.99; 0: off)."),
         click.option("--encoder-lr", "encoder_learning_rate", type=click.FloatRange(min=0, min_open=True),
-                     default=None,
+                     default=d.encoder_learning_rate,
                      help="--arch whisper with --fine-tune-layers: the learning rate of the fine-tuned encoder "
                           "layers (default: a tenth of the classifier's learning rate)."),
     ]
@@ -364,32 +387,33 @@ def optimizer_options(f):
 
 def _training_data_option_list():
     """What the training part is made of (shared by `train` and every trial of `tune`)."""
+    d = _TRAINING
     return [
-        click.option("--class-weight/--no-class-weight", default=False, show_default=True,
+        click.option("--class-weight/--no-class-weight", default=d.class_weight, show_default=True,
                      help="Weight the loss by inverse class frequency."),
-        click.option("--mixup", "mixup_alpha", type=click.FloatRange(min=0), default=0.0, show_default=True,
+        click.option("--mixup", "mixup_alpha", type=click.FloatRange(min=0), default=d.mixup_alpha, show_default=True,
                      help="Mix each training batch with a shuffled copy of itself, weights from "
                           "Beta(ALPHA, ALPHA) (e.g. 0.2; 0: off)."),
-        click.option("--augment-copies", type=click.IntRange(min=0), default=0, show_default=True,
+        click.option("--augment-copies", type=click.IntRange(min=0), default=d.augment_copies, show_default=True,
                      help="Waveform-augmented copies of each training clip (shift, gain, noise, speed), computed "
                           "once and cached."),
-        click.option("--noise-snr", "noise_snr_db", type=(float, float), default=WaveAugmentation.snr_db,
+        click.option("--noise-snr", "noise_snr_db", type=(float, float), default=d.noise_snr_db,
                      show_default=True, help="SNR range (dB) of the white noise added to augmented copies."),
-        click.option("--gain-db", type=click.FloatRange(min=0), default=WaveAugmentation.gain_db, show_default=True,
+        click.option("--gain-db", type=click.FloatRange(min=0), default=d.gain_db, show_default=True,
                      help="Augmented copies get a random gain in [-gain, +gain] dB."),
-        click.option("--shift-seconds", type=click.FloatRange(min=0), default=WaveAugmentation.shift_seconds,
+        click.option("--shift-seconds", type=click.FloatRange(min=0), default=d.shift_seconds,
                      show_default=True, help="Augmented copies start up to this much earlier or later."),
-        click.option("--speed", type=click.FloatRange(0, 0.5), default=WaveAugmentation.speed, show_default=True,
+        click.option("--speed", type=click.FloatRange(0, 0.5), default=d.speed, show_default=True,
                      help="Augmented copies play at a random speed in [1 - speed, 1 + speed] (tempo and pitch)."),
-        click.option("--speaker-subsets", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+        click.option("--speaker-subsets", type=click.FloatRange(0, 1), default=d.speaker_subsets, show_default=True,
                      help="With --speaker-norm: this share of training clips lose the mean of a random subset of "
                           "their speaker's clips (1 to all, the clip included), so the model copes with few "
                           "recordings per speaker (e.g. 0.5; 0: off)."),
-        click.option("--teacher", default="",
+        click.option("--teacher", default=d.teacher,
                      help="Distil: mix this trained model's probabilities (a .keras file or a shipped model's name) "
                           "into the training targets. It sees the same clips through its own feature settings, "
                           "and must not have heard the validation or test speakers."),
-        click.option("--distill-weight", type=click.FloatRange(0, 1, min_open=True), default=0.5,
+        click.option("--distill-weight", type=click.FloatRange(0, 1, min_open=True), default=d.distill_weight,
                      show_default=True, help="With --teacher: the teacher's share of each training target."),
     ]
 
@@ -415,12 +439,8 @@ def device_options(f):
 
 
 def model_config_from(kwargs):
-    from serkeras.models import ModelConfig
-
-    names = ("arch", "activation", "width", "dropout", "head_units", "spec_augment", "utterance_norm", "pooling",
-             "encoder", "encoder_layers", "fine_tune_layers", "layer_pooling", "speaker_standardization",
-             "speaker_prior_clips")
-    values = {n: kwargs.pop(n) for n in names if n in kwargs}
+    """Pop the model options out of a command's kwargs into a ModelConfig (the rest keep their defaults)."""
+    values = {n: kwargs.pop(n) for n in _fields(ModelConfig) if n in kwargs}
     values["encoder"] = values.get("encoder") or ""
     try:
         return ModelConfig(**values)
@@ -434,14 +454,14 @@ def run_options(f):
     options = [
         feature_options,
         model_options,
-        click.option("--lr", "learning_rate", type=click.FloatRange(min=0, min_open=True), default=1e-3,
-                     show_default=True),
-        click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
-        click.option("--epochs", type=click.IntRange(min=1), default=40, show_default=True),
+        click.option("--lr", "learning_rate", type=click.FloatRange(min=0, min_open=True),
+                     default=_TRAINING.learning_rate, show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=1), default=_TRAINING.batch_size, show_default=True),
+        click.option("--epochs", type=click.IntRange(min=1), default=_TRAINING.epochs, show_default=True),
         optimizer_options,
-        click.option("--patience", type=click.IntRange(min=1), default=10, show_default=True,
+        click.option("--patience", type=click.IntRange(min=1), default=_TRAINING.patience, show_default=True,
                      help="Early-stopping patience (epochs)."),
-        click.option("--monitor", type=lazy_choice("training", "MONITORS"), default="val_accuracy",
+        click.option("--monitor", type=click.Choice(MONITORS), default=_TRAINING.monitor,
                      show_default=True, help="Validation objective for checkpoints and early stopping."),
         training_data_options,
         click.option("--train-seed", type=int, default=None,
@@ -451,11 +471,11 @@ def run_options(f):
         click.option("--output-dir", type=click.Path(file_okay=False), default="saved_models", show_default=True),
         click.option("--log-dir", type=click.Path(file_okay=False), default="logs", show_default=True),
         click.option("--workers", type=click.IntRange(min=1), default=None, help="Feature extraction processes."),
-        click.option("--quantize", type=click.Choice(["none", "int8"]), default="none", show_default=True,
+        click.option("--quantize", type=click.Choice(["none", "int8"]), default=_TRAINING.quantize, show_default=True,
                      help="After training, store the model's Dense weights (a Whisper encoder's feed-forward "
                           "layers) as int8: a file about half the size; the reported scores are the quantized "
                           "model's."),
-        click.option("--head-fit", type=lazy_choice("head_fit", "HEAD_FITS"), default="gradient", show_default=True,
+        click.option("--head-fit", type=click.Choice(HEAD_FITS), default=_TRAINING.head_fit, show_default=True,
                      help="gradient: train with the optimiser over epochs; lbfgs (a frozen encoder, --arch "
                           "whisper): fit the classifier as a logistic regression by L-BFGS, its L2 strength chosen "
                           "on the validation speakers (no epochs or learning rate)."),
@@ -555,9 +575,9 @@ def _join_process_group(train_config, resume, output_dir, log_dir):
               "are ignored: every corpus is held out in turn.",
               callback=functools.partial(_use_recipe, ignored=("split", "fold", "n-folds", "test-fraction")))
 @data_options
-@click.option("--val-fraction", type=click.FloatRange(0.01, 0.5), default=0.1, show_default=True,
+@click.option("--val-fraction", type=click.FloatRange(0.01, 0.5), default=SplitSettings.val_fraction, show_default=True,
               help="Share of each training corpus's speakers that validate.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the validation speakers and training.")
+@click.option("--seed", type=int, default=SplitSettings.seed, show_default=True, help="Seed of the validation speakers and training.")
 @run_options
 @click.option("--run-name", default=None,
               help="Folder under --output-dir holding a run per held-out corpus and the report (default: from the "
@@ -759,7 +779,7 @@ def _tune_options(f):
                      help="Trials in all (random, bayesian, grid; hyperband sets its own from --epochs)."),
         click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True,
                      help="Epochs per trial (hyperband: the largest budget)."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=1), default=_TRAINING.batch_size, show_default=True),
         click.option("--patience", type=click.IntRange(min=1), default=5, show_default=True,
                      help="Early-stopping patience within a trial (epochs)."),
         click.option("--objective", type=lazy_choice("tuning", "OBJECTIVES"), default="val_accuracy", show_default=True),

@@ -27,98 +27,16 @@ import keras
 import numpy as np
 
 from serkeras.cache import cached_features
-from serkeras.config import known_fields
-from serkeras.effects import WaveAugmentation
+from serkeras.config import TrainConfig  # noqa: F401  (this stage's settings; defined without Keras)
 from serkeras.errors import SerkerasError
 from serkeras.evaluation import (classification_report, confusion_matrix_figure, corpus_reports, frame_outputs,
                                  model_input_names, predict_features, save_confusion_matrix)
 from serkeras.features import compute_stats, eval_order, speaker_normalized
-from serkeras.head_fit import HEAD_C_GRID, HEAD_FITS
 from serkeras.models import build_model, frozen_stages
 from serkeras.pipeline import clip_lengths, make_dataset
 
-SCHEDULES = ("plateau", "cosine", "constant")
-OPTIMIZERS = ("adam", "adamw")
-MONITORS = ("val_accuracy", "val_macro_f1", "val_loss")
 #: Per-epoch wall-clock seconds in a run folder, kept across resumed sessions (EpochTimer).
 EPOCH_SECONDS = "epoch_seconds.csv"
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation settings of a run (serialisable). Defaults: the study's best (lr 1e-3)."""
-
-    epochs: int = 40
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    optimizer: str = "adam"
-    weight_decay: float = 1e-4
-    schedule: str = "plateau"
-    warmup_epochs: int = 0
-    patience: int = 10
-    monitor: str = "val_accuracy"
-    label_smoothing: float = 0.0
-    ema_momentum: float = 0.0
-    class_weight: bool = False
-    mixup_alpha: float = 0.0
-    mixed_precision: bool = False
-    distribute: bool = False
-    seed: int = 0
-    augment_copies: int = 0
-    noise_snr_db: tuple = WaveAugmentation.snr_db
-    gain_db: float = WaveAugmentation.gain_db
-    shift_seconds: float = WaveAugmentation.shift_seconds
-    speed: float = WaveAugmentation.speed
-    speaker_subsets: float = 0.0
-    teacher: str = ""  # a .keras file (or shipped model name) whose probabilities the training targets mix in
-    distill_weight: float = 0.5
-    quantize: str = "none"  # store the trained model's Dense weights as int8 ("int8") after training
-    # The learning rate of a pre-trained encoder's fine-tuned layers; None: `learning_rate`, as every layer
-    # trained before the encoder had a rate of its own (`with_encoder_learning_rate` sets the default).
-    encoder_learning_rate: float = None
-    head_fit: str = "gradient"  # "lbfgs": fit a frozen encoder's classifier in closed form (serkeras.head_fit)
-    head_c_grid: tuple = HEAD_C_GRID  # the inverse L2 strengths that "lbfgs" chooses from on validation
-
-    def __post_init__(self):
-        for value, allowed, what in ((self.schedule, SCHEDULES, "schedule"), (self.optimizer, OPTIMIZERS, "optimizer"),
-                                     (self.monitor, MONITORS, "monitor")):
-            if value not in allowed:
-                raise SerkerasError(f"{what} must be one of {', '.join(allowed)}, got {value!r}")
-        if not 0.0 <= self.ema_momentum < 1.0:
-            raise SerkerasError(f"ema_momentum must be in [0, 1), got {self.ema_momentum}")
-        if self.mixup_alpha < 0:
-            raise SerkerasError(f"mixup_alpha must be >= 0 (0: off), got {self.mixup_alpha}")
-        if not 0.0 <= self.speaker_subsets <= 1.0:
-            raise SerkerasError(f"speaker_subsets must be in [0, 1] (0: off), got {self.speaker_subsets}")
-        if self.quantize not in ("none", "int8"):
-            raise SerkerasError(f"quantize must be none or int8, got {self.quantize!r}")
-        if not 0.0 < self.distill_weight <= 1.0:
-            raise SerkerasError(f"distill_weight must be in (0, 1], got {self.distill_weight}")
-        if self.encoder_learning_rate is not None and self.encoder_learning_rate <= 0:
-            raise SerkerasError(f"encoder_learning_rate must be > 0, got {self.encoder_learning_rate}")
-        if self.head_fit not in HEAD_FITS:
-            raise SerkerasError(f"head_fit must be one of {', '.join(HEAD_FITS)}, got {self.head_fit!r}")
-        object.__setattr__(self, "head_c_grid", tuple(float(c) for c in self.head_c_grid))
-        if not self.head_c_grid or min(self.head_c_grid) <= 0:
-            raise SerkerasError(f"head_c_grid must be positive inverse strengths, got {list(self.head_c_grid)}")
-
-    def to_dict(self):
-        return {**dataclasses.asdict(self), "noise_snr_db": list(self.noise_snr_db),
-                "head_c_grid": list(self.head_c_grid)}
-
-    @classmethod
-    def from_dict(cls, config):
-        return known_fields(cls, config)
-
-    def separate_encoder_rate(self):
-        """Whether fine-tuned encoder layers train at a learning rate of their own (not `learning_rate`)."""
-        return self.encoder_learning_rate is not None and self.encoder_learning_rate != self.learning_rate
-
-    def wave_augmentation(self):
-        """The waveform augmentation of the training part, or None when `augment_copies` is 0."""
-        if not self.augment_copies:
-            return None
-        return WaveAugmentation(tuple(self.noise_snr_db), self.gain_db, self.shift_seconds, self.speed, self.seed)
 
 
 @dataclasses.dataclass

@@ -57,3 +57,27 @@ def test_the_three_corpus_recipe_is_the_base_recipe_levelled_with_noisy_copies_a
     assert (three.pop("augment_copies"), three.pop("speed")) == (1, 0.1)
     assert three.pop("quantize") == "int8" and "quantize" not in base
     assert three == base and three["split_kind"] == "actor"
+
+
+@pytest.mark.parametrize("command", ["train", "tune", "cross-corpus", "evaluate", "features"])
+def test_every_option_defaults_to_its_settings_default(command):
+    """An option named like a field of the settings it builds defaults to that field's default: each default is
+    written once, in the dataclass (tune's epochs, patience and objective are its own)."""
+    import dataclasses
+
+    from serkeras.api import SplitSettings
+    from serkeras.cli import main
+    from serkeras.config import ModelConfig, TrainConfig
+    from serkeras.features import FeatureConfig
+
+    own = {"tune": {"epochs", "patience"}}.get(command, set())
+    defaults = {}
+    for cls in (SplitSettings, TrainConfig, ModelConfig, FeatureConfig):
+        defaults.update({field.name: field.default for field in dataclasses.fields(cls)})
+    defaults.update(split_kind=SplitSettings.kind, encoder=None)  # no encoder: None on the command line
+    checked = 0
+    for param in main.commands[command].params:
+        if param.name in defaults and param.name not in own:
+            assert param.default == defaults[param.name], (command, param.name)
+            checked += 1
+    assert checked >= {"train": 55, "tune": 45, "cross-corpus": 50, "evaluate": 5, "features": 15}[command]

@@ -2,7 +2,7 @@
 
 from serkeras.models import cnn1d, cnn2d, combined, conformer, crnn, resnet, whisper  # noqa: F401  (register them)
 from serkeras.models.blocks import SPEAKER_INPUTS, speaker_stages
-from serkeras.models.config import ACTIVATIONS, LAYER_POOLINGS, POOLINGS, UTTERANCE_NORMS, ModelConfig
+from serkeras.config import ACTIVATIONS, LAYER_POOLINGS, POOLINGS, UTTERANCE_NORMS, ModelConfig
 from serkeras.models.layers import SerkerasMetadata
 from serkeras.models.registry import ARCHITECTURES, configure, get_builder, register
 from serkeras.models.saving import load_model, model_metadata

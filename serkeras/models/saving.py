@@ -8,7 +8,7 @@ import keras
 
 from serkeras.errors import ModelFileError
 from serkeras.features import FeatureConfig
-from serkeras.models.config import ModelConfig
+from serkeras.config import ModelConfig
 
 METADATA_LAYER = "serkeras_metadata"
 
