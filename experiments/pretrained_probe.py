@@ -126,7 +126,7 @@ def fitted_probe_split(embeddings, split, labels, speaker_scale, c_grid=C_GRID, 
     """
     from sklearn.metrics import accuracy_score, f1_score
 
-    from serkeras.evaluation import embedding_speaker_stats, population_stats, speaker_input_arrays
+    from serkeras.speakers import embedding_speaker_stats, population_stats, speaker_input_arrays
     from serkeras.models.layers import SpeakerStandardization
 
     index = {name: i for i, name in enumerate(labels)}
@@ -180,7 +180,7 @@ def few_recordings_scores(probe, standardization, x, clips, y, seed=0):
     statistics: one recording per speaker) and ``test_accuracy_3_clips``
     (statistics from `FEW_CLIPS` of the speaker's clips in `clips`, drawn at random).
     """
-    from serkeras.evaluation import embedding_speaker_stats, embedding_stats, speaker_input_arrays
+    from serkeras.speakers import embedding_speaker_stats, embedding_stats, speaker_input_arrays
 
     def accuracy(keys, stats):
         standardized = np.asarray(standardization(x, *speaker_input_arrays(keys, stats)))

@@ -25,8 +25,9 @@ def speaker_mean_rows(model, meta, clips, labels, features, rng):
     A model trained with --speaker-norm takes statistics of features; one that
     standardises its embedding by speaker, statistics of its embeddings.
     """
-    from serkeras.evaluation import embedding_stats, predict_features, standardized_head_probabilities
-    from serkeras.features import compute_stats, normalize_by_speaker
+    from serkeras.evaluation import predict_features, standardized_head_probabilities
+    from serkeras.features import compute_stats
+    from serkeras.speakers import embedding_stats, normalize_by_speaker
     from serkeras.models import speaker_stages
 
     config = meta.feature_config

@@ -41,7 +41,8 @@ from serkeras.audio import AudioError, load_audio, normalize_amplitude, scale_to
 from serkeras.corpus import warn_skipped
 from serkeras.effects import TEST_TIME_AUGMENTATION, Perturbation, WaveAugmentation, augment_wave
 from serkeras.errors import DataError, SerkerasError
-from serkeras.features import FEATURE_KINDS, FeatureConfig, extract_features, speaker_normalized
+from serkeras.features import FEATURE_KINDS, FeatureConfig, extract_features
+from serkeras.speakers import speaker_normalized
 from serkeras.system import usable_cpus
 
 CACHE_DIR_ENV = "SERKERAS_CACHE_DIR"

@@ -4,8 +4,9 @@ import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from serkeras.errors import DataError
-from serkeras.features import compute_stats, eval_order, feature_kinds
+from serkeras.features import eval_order, feature_kinds
 from serkeras.pipeline import clip_lengths, make_dataset
+from serkeras.speakers import embedding_speaker_stats, speaker_input_arrays
 
 
 def model_input_names(model):
@@ -41,45 +42,11 @@ def predict_features(model, feature_list, length_mode, fixed_frames=None, batch_
     return standardized_head_probabilities(head, embeddings, speakers, stats, batch_size)
 
 
-def embedding_speaker_stats(embeddings, speakers):
-    """{speaker: (mean, variance, count)} of pooled `embeddings` (clips, dim): what the head of
-    `serkeras.models.speaker_stages` takes. Variances are floored as `compute_stats` does."""
-    rows = {}
-    for i, speaker in enumerate(speakers):
-        rows.setdefault(speaker, []).append(i)
-    return {speaker: embedding_stats(embeddings[indices]) for speaker, indices in rows.items()}
-
-
-def embedding_stats(embeddings):
-    """(mean, variance, count) of the rows of `embeddings`, as `embedding_speaker_stats` gives for one speaker."""
-    stats = compute_stats([{"embedding": np.asarray(embeddings)}])
-    return stats.mean["embedding"], stats.variance["embedding"], len(embeddings)
-
-
 def standardized_head_probabilities(head, embeddings, speakers, stats, batch_size=32):
     """The `head` of `serkeras.models.speaker_stages` on `embeddings`, each clip's with `stats[its speaker]`
     (as `embedding_speaker_stats` gives them)."""
     statistics = speaker_input_arrays(speakers, stats)
     return np.asarray(head.predict([embeddings, *statistics], batch_size=batch_size, verbose=0))
-
-
-def speaker_input_arrays(speakers, stats):
-    """[mean, variance, count] arrays for clips of `speakers`, from `stats` (see `embedding_speaker_stats`): the
-    speaker-statistics inputs of a model that standardises by speaker, one row per clip.
-
-    Raises `DataError` for a speaker without statistics.
-    """
-    missing = sorted(map(str, set(speakers) - set(stats)))
-    if missing:
-        raise DataError(f"no reference recordings of {len(missing)} speakers, e.g. {missing[0]}")
-    mean, variance, count = (np.stack([np.asarray(stats[s][i], np.float32) for s in speakers]) for i in range(3))
-    return [mean, variance, count[:, None]]
-
-
-def population_stats(stats):
-    """[mean, variance] of a population of speakers (`embedding_speaker_stats`): the mean of the speakers' means
-    and of their variances, each speaker counted once; the population weights of `SpeakerStandardization`."""
-    return [np.mean([m for m, _, _ in stats.values()], axis=0), np.mean([v for _, v, _ in stats.values()], axis=0)]
 
 
 def _predict(model, feature_list, length_mode, fixed_frames, batch_size):

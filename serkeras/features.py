@@ -14,7 +14,6 @@ import numpy as np
 
 from serkeras.audio import NORMALIZATIONS
 from serkeras.config import known_fields
-from serkeras.errors import DataError
 
 LENGTH_MODES = ("variable", "fixed")
 #: The active speech levels (dBFS) that `FeatureConfig.level_dbfs` may ask for.
@@ -31,7 +30,7 @@ class FeatureConfig:
     fundamental frequency (YIN, 60-500 Hz) and its delta to the spectral
     features: prosody that MFCCs and 40-64 mel bands barely resolve.
     `speaker_norm` removes each speaker's mean features, taken over all of
-    that speaker's recordings (`normalize_by_speaker`), before the model sees
+    that speaker's recordings (`serkeras.speakers.normalize_by_speaker`), before the model sees
     them: the voice's own level goes, how each clip departs from it stays.
     `speaker_scale` also divides by the speaker's standard deviation (speaker
     z-normalisation), so a speaker who acts in a narrow range and one who acts
@@ -258,168 +257,6 @@ class FeatureStats:
     def from_dict(cls, d):
         return cls({k: np.asarray(v, np.float32) for k, v in d["mean"].items()},
                    {k: np.asarray(v, np.float32) for k, v in d["variance"].items()})
-
-
-def normalize_by_speaker(feature_list, speakers, stats=None, scale=False):
-    """Remove each speaker's mean from the features of that speaker's clips (and, with `scale`, divide
-    them by that speaker's standard deviation).
-
-    The statistics are taken over every frame of every clip with the same entry in
-    `speakers`, so `feature_list` should hold several recordings of each speaker,
-    ideally across emotions: with one clip they are that clip's own.
-
-    Parameters
-    ----------
-    feature_list : sequence of dict
-        Outputs of `extract_features`.
-    speakers : sequence of hashable
-        One entry per clip. Clips that differ in conditions (such as the
-        augmented copies of a training set) should get separate entries.
-    stats : dict, optional
-        {speaker: FeatureStats} (see `speaker_stats`) to use instead of the statistics over
-        `feature_list`; it must hold every speaker in `speakers`.
-    scale : bool
-        Also divide by each speaker's standard deviation (per feature).
-
-    Returns
-    -------
-    list of dict
-        New arrays with the same shapes and dtypes, in the order of `feature_list`.
-    """
-    _check_speakers(feature_list, speakers)
-    if stats is None:
-        stats = speaker_stats(feature_list, speakers)
-    missing = sorted(map(str, set(speakers) - set(stats)))
-    if missing:
-        raise DataError(f"no statistics for {len(missing)} speakers, e.g. {missing[0]}")
-    return _standardize(feature_list, [stats[speaker] for speaker in speakers], scale)
-
-
-def speaker_stats(feature_list, speakers):
-    """Mean and variance of each speaker's features, over every frame of that speaker's clips.
-
-    Parameters
-    ----------
-    feature_list : sequence of dict
-        Outputs of `extract_features`.
-    speakers : sequence of hashable
-        One entry per clip.
-
-    Returns
-    -------
-    dict
-        {speaker: FeatureStats}, for `normalize_by_speaker`'s `stats`.
-    """
-    _check_speakers(feature_list, speakers)
-    clips_of = {}
-    for features, speaker in zip(feature_list, speakers):
-        clips_of.setdefault(speaker, []).append(features)
-    return {speaker: compute_stats(found) for speaker, found in clips_of.items()}
-
-
-def normalize_by_speaker_subsets(feature_list, speakers, share, seed=0, scale=False):
-    """`normalize_by_speaker` where a random `share` of the clips each lose the mean of a random
-    subset of their speaker's clips instead: a training-time augmentation.
-
-    A subset holds the clip itself and `n - 1` other clips of its speaker, with
-    `n` drawn log-uniformly from 1 to all of them, so a model trained on the
-    result has seen means from one recording (the clip's own), a few, and many,
-    as users will give it.
-
-    Parameters
-    ----------
-    feature_list, speakers, scale
-        As in `normalize_by_speaker` (with `scale`, the subset's standard deviation is used too).
-    share : float in [0, 1]
-        Fraction of clips that get a subset mean (0: exactly `normalize_by_speaker`).
-    seed : int
-        Seed of the draws.
-    """
-    _check_speakers(feature_list, speakers)
-    if not 0.0 <= share <= 1.0:
-        raise ValueError(f"share must be in [0, 1], got {share}")
-    rng = np.random.default_rng(seed)
-    kinds = list(feature_list[0]) if feature_list else []
-    # Per-clip frame sums, squares and counts: any subset's statistics are then sums of rows.
-    sums = {k: np.stack([f[k].sum(axis=0, dtype=np.float64) for f in feature_list]) for k in kinds}
-    squares = {k: np.stack([(f[k].astype(np.float64) ** 2).sum(axis=0) for f in feature_list]) for k in kinds}
-    frames = {k: np.array([len(f[k]) for f in feature_list], np.float64) for k in kinds}
-    indices_of = {}
-    for i, speaker in enumerate(speakers):
-        indices_of.setdefault(speaker, []).append(i)
-
-    def stats_of(picked):
-        n = {k: frames[k][picked].sum() for k in kinds}
-        mean = {k: sums[k][picked].sum(axis=0) / n[k] for k in kinds}
-        variance = {k: squares[k][picked].sum(axis=0) / n[k] - mean[k] ** 2 for k in kinds}
-        return FeatureStats({k: mean[k].astype(np.float32) for k in kinds},
-                            {k: np.maximum(variance[k], VARIANCE_FLOOR).astype(np.float32) for k in kinds})
-
-    clip_stats = [None] * len(feature_list)
-    for speaker in indices_of:  # insertion order: the draws follow the order of `feature_list`
-        indices = np.asarray(indices_of[speaker])
-        whole = stats_of(indices)
-        for i in indices:
-            clip_stats[i] = whole
-            if rng.random() < share:
-                n = int(round(np.exp(rng.uniform(0.0, np.log(len(indices))))))
-                others = indices[indices != i]
-                clip_stats[i] = stats_of(np.concatenate([[i], rng.choice(others, n - 1, replace=False)]))
-    return _standardize(feature_list, clip_stats, scale)
-
-
-def _check_speakers(feature_list, speakers):
-    if len(feature_list) != len(speakers):
-        raise ValueError(f"{len(feature_list)} clips but {len(speakers)} speakers")
-
-
-def _standardize(feature_list, clip_stats, scale):
-    """Each clip minus its entry of `clip_stats`' means, divided by its standard deviations with `scale`."""
-    out = []
-    for features, stats in zip(feature_list, clip_stats):
-        out.append({key: ((array - stats.mean[key]) / (np.sqrt(stats.variance[key]) if scale else 1.0))
-                    .astype(array.dtype) for key, array in features.items()})
-    return out
-
-
-def speaker_normalized(feature_list, clips, config, subset_share=0.0, seed=0, reference=None):
-    """The features of `clips` as a model made with `config` takes them.
-
-    With `config.speaker_norm`, each clip loses the mean of its speaker's clips
-    among `clips` (`normalize_by_speaker`), or, for a `subset_share` of them,
-    of a random subset of those clips (`normalize_by_speaker_subsets`, for
-    training), and is divided by their standard deviation with
-    `config.speaker_scale`; otherwise they are returned as they are.
-
-    `reference`, a pair (features, clips), takes each speaker's statistics from
-    those clips instead, such as all of a speaker's recordings when only some
-    of them are to be scored (`subset_share` must then be 0).
-
-    Raises
-    ------
-    DataError
-        With `config.speaker_norm`, when some clip has no speaker, or when
-        `reference` has no clip of some clip's speaker.
-    """
-    if not config.speaker_norm:
-        return list(feature_list)
-    speakers = _speakers_of(clips)
-    if reference is None:
-        if subset_share:
-            return normalize_by_speaker_subsets(feature_list, speakers, subset_share, seed, config.speaker_scale)
-        return normalize_by_speaker(feature_list, speakers, scale=config.speaker_scale)
-    if subset_share:
-        raise ValueError("subset means are drawn from `clips` themselves; give no `reference` with them")
-    reference_features, reference_clips = reference
-    stats = speaker_stats(reference_features, _speakers_of(reference_clips))
-    return normalize_by_speaker(feature_list, speakers, stats, config.speaker_scale)
-
-
-def _speakers_of(clips):
-    unknown = sum(not clip.speaker for clip in clips)
-    if unknown:
-        raise DataError(f"speaker normalisation needs each clip's speaker; {unknown} clips have none")
-    return [clip.speaker for clip in clips]
 
 
 def compute_stats(feature_list):

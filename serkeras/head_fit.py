@@ -238,7 +238,7 @@ def speaker_standardized(embeddings, speakers, numbers, standardization):
     """`embeddings` standardised by `standardization` (a `SpeakerStandardization` layer) with each speaker's
     statistics over the clips of the same copy number (`numbers`): originals by originals, each set of augmented
     copies by the same copies of the speaker's clips, as `prepare_split` normalises features."""
-    from serkeras.evaluation import embedding_speaker_stats, speaker_input_arrays
+    from serkeras.speakers import embedding_speaker_stats, speaker_input_arrays
 
     out = np.empty_like(embeddings)
     for number in np.unique(numbers):
@@ -264,7 +264,7 @@ def fit_head(model, data, train_config, progress=True):
     """
     from tqdm.auto import tqdm
 
-    from serkeras.evaluation import embedding_speaker_stats, population_stats
+    from serkeras.speakers import embedding_speaker_stats, population_stats
     from serkeras.models import speaker_stages
     from serkeras.training import fit_class_weight
 
@@ -305,7 +305,8 @@ def embedding_probabilities(model, embeddings, speakers=None, batch_size=32):
     """
     import keras
 
-    from serkeras.evaluation import embedding_speaker_stats, standardized_head_probabilities
+    from serkeras.evaluation import standardized_head_probabilities
+    from serkeras.speakers import embedding_speaker_stats
     from serkeras.models import speaker_stages
 
     stages = speaker_stages(model)

@@ -14,7 +14,8 @@ from serkeras.cache import compute_clips
 from serkeras.corpus import describe_skipped, parse_crema_d_name, warn_skipped
 from serkeras.effects import TEST_TIME_AUGMENTATION
 from serkeras.errors import DataError
-from serkeras.features import feature_kinds, normalize_by_speaker
+from serkeras.features import feature_kinds
+from serkeras.speakers import normalize_by_speaker
 
 
 @dataclasses.dataclass

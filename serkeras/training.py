@@ -31,9 +31,10 @@ from serkeras.config import TrainConfig  # noqa: F401  (this stage's settings; d
 from serkeras.errors import SerkerasError
 from serkeras.evaluation import (classification_report, confusion_matrix_figure, corpus_reports, frame_outputs,
                                  model_input_names, predict_features, save_confusion_matrix)
-from serkeras.features import compute_stats, eval_order, speaker_normalized
+from serkeras.features import compute_stats, eval_order
 from serkeras.models import build_model, frozen_stages
 from serkeras.pipeline import clip_lengths, make_dataset
+from serkeras.speakers import speaker_normalized
 
 #: Per-epoch wall-clock seconds in a run folder, kept across resumed sessions (EpochTimer).
 EPOCH_SECONDS = "epoch_seconds.csv"
@@ -116,7 +117,7 @@ def speaker_head_data(model, data, batch_size=32, progress=True):
         ``speaker_count`` to class probabilities (training it trains `model`);
         the data's clips carry those four arrays.
     """
-    from serkeras.evaluation import embedding_speaker_stats, population_stats, speaker_input_arrays
+    from serkeras.speakers import embedding_speaker_stats, population_stats, speaker_input_arrays
     from serkeras.models import SPEAKER_INPUTS, frozen_stages, speaker_stages
 
     front, pooling = frozen_stages(model)

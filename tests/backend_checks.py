@@ -242,7 +242,8 @@ def check_speaker_stages(feature_config, clips, directory):
     """A tiny `whisper` that standardises its embedding by speaker: `predict_features` (embed every clip, then the
     nested head with each speaker's statistics) equals the whole model given those statistics, and again after
     a save and reload."""
-    from serkeras.evaluation import embedding_speaker_stats, predict_features, speaker_input_arrays  # imports TensorFlow
+    from serkeras.evaluation import predict_features  # imports TensorFlow
+    from serkeras.speakers import embedding_speaker_stats, speaker_input_arrays
     from serkeras.models import speaker_stages
 
     model_config = ModelConfig(arch="whisper", speaker_standardization=True, speaker_prior_clips=2.0,

@@ -535,7 +535,8 @@ def test_speaker_standardization_shrinks_a_speakers_statistics_towards_the_popul
 def test_a_speaker_standardised_whisper_model_predicts_in_two_stages_and_reloads(tmp_path):
     """`predict_features` embeds every clip, takes each speaker's statistics over their clips (or over reference
     clips) and runs the head: the same as the whole model given those statistics, before and after reloading."""
-    from serkeras.evaluation import embedding_speaker_stats, predict_features, speaker_input_arrays
+    from serkeras.evaluation import predict_features
+    from serkeras.speakers import embedding_speaker_stats, speaker_input_arrays
     from serkeras.models import SPEAKER_INPUTS, build_whisper, speaker_stages
 
     config = ModelConfig(arch="whisper", encoder_layers=1, encoder_dim=16, attention_heads=2, pooling="stats",
