@@ -405,6 +405,10 @@ def _training_data_option_list():
                      show_default=True, help="Augmented copies start up to this much earlier or later."),
         click.option("--speed", type=click.FloatRange(0, 0.5), default=d.speed, show_default=True,
                      help="Augmented copies play at a random speed in [1 - speed, 1 + speed] (tempo and pitch)."),
+        click.option("--reverb", type=click.FloatRange(0, 1), default=d.reverb, show_default=True,
+                     help="Share of augmented copies played in a synthetic room (reverberation time 0.2-1 s)."),
+        click.option("--telephone", type=click.FloatRange(0, 1), default=d.telephone, show_default=True,
+                     help="Share of augmented copies band-limited to the telephone band (300-3400 Hz)."),
         click.option("--speaker-subsets", type=click.FloatRange(0, 1), default=d.speaker_subsets, show_default=True,
                      help="With --speaker-norm: this share of training clips lose the mean of a random subset of "
                           "their speaker's clips (1 to all, the clip included), so the model copes with few "

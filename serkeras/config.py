@@ -147,6 +147,8 @@ class TrainConfig:
     gain_db: float = WaveAugmentation.gain_db
     shift_seconds: float = WaveAugmentation.shift_seconds
     speed: float = WaveAugmentation.speed
+    reverb: float = WaveAugmentation.reverb
+    telephone: float = WaveAugmentation.telephone
     speaker_subsets: float = 0.0
     teacher: str = ""  # a .keras file (or shipped model name) whose probabilities the training targets mix in
     distill_weight: float = 0.5
@@ -196,4 +198,5 @@ class TrainConfig:
         """The waveform augmentation of the training part, or None when `augment_copies` is 0."""
         if not self.augment_copies:
             return None
-        return WaveAugmentation(tuple(self.noise_snr_db), self.gain_db, self.shift_seconds, self.speed, self.seed)
+        return WaveAugmentation(tuple(self.noise_snr_db), self.gain_db, self.shift_seconds, self.speed, self.seed,
+                                self.reverb, self.telephone)

@@ -31,6 +31,11 @@ class WaveAugmentation:
         Speed factor drawn uniformly from [1 - speed, 1 + speed]; tempo and pitch change
         together, as if another, faster or slower, voice said it (0 turns it off).
     seed : int
+    reverb : float
+        Share of copies played in a synthetic room (`reverberate`), its reverberation time
+        drawn uniformly from `REVERB_RT60` (0 turns it off).
+    telephone : float
+        Share of copies band-limited to the telephone band (`TELEPHONE_BAND`; 0 turns it off).
     """
 
     snr_db: tuple = (10.0, 30.0)
@@ -38,6 +43,8 @@ class WaveAugmentation:
     shift_seconds: float = 0.25
     speed: float = 0.0
     seed: int = 0
+    reverb: float = 0.0
+    telephone: float = 0.0
 
     def __post_init__(self):
         low, high = self.snr_db
@@ -48,6 +55,9 @@ class WaveAugmentation:
             raise ValueError("gain_db and shift_seconds must be >= 0")
         if not 0 <= self.speed < 1:
             raise ValueError(f"speed must be in [0, 1), got {self.speed}")
+        for name in ("reverb", "telephone"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} is a share of copies, in [0, 1]; got {getattr(self, name)}")
 
     def to_dict(self):
         return {**dataclasses.asdict(self), "snr_db": list(self.snr_db)}
@@ -61,8 +71,9 @@ class WaveAugmentation:
     def key(self, copy):
         """A short hash naming copy number `copy` under these settings (part of the cache key)."""
         settings = self.to_dict()
-        if not self.speed:  # copies made before speed existed keep their keys
-            del settings["speed"]
+        for name in ("speed", "reverb", "telephone"):  # copies made before these existed keep their keys
+            if not settings[name]:
+                del settings[name]
         text = json.dumps({**settings, "copy": copy}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -111,8 +122,13 @@ def add_noise(wave, snr_db, rng):
     return (wave + noise).astype(wave.dtype)
 
 
+#: The reverberation times (s) of the rooms that augmented copies are played in (`WaveAugmentation.reverb`):
+#: from a small, damped room to a large, live one.
+REVERB_RT60 = (0.2, 1.0)
+
+
 def augment_wave(wave, sample_rate, augmentation, rng):
-    """One random augmented copy of `wave`: speed, then shift, then gain, then noise.
+    """One random augmented copy of `wave`: speed, shift, room, telephone band, gain, then noise.
 
     Parameters
     ----------
@@ -126,6 +142,11 @@ def augment_wave(wave, sample_rate, augmentation, rng):
         wave = change_speed(wave, rng.uniform(1 - augmentation.speed, 1 + augmentation.speed))
     max_shift = int(augmentation.shift_seconds * sample_rate)
     wave = time_shift(wave, int(rng.integers(-max_shift, max_shift + 1)) if max_shift else 0)
+    # Each condition draws only when it is on, so copies made without it stay as they were.
+    if augmentation.reverb and rng.random() < augmentation.reverb:
+        wave = reverberate(wave, sample_rate, rng.uniform(*REVERB_RT60), rng)
+    if augmentation.telephone and rng.random() < augmentation.telephone:
+        wave = band_limit(wave, sample_rate, *TELEPHONE_BAND)
     wave = apply_gain(wave, rng.uniform(-augmentation.gain_db, augmentation.gain_db))
     return add_noise(wave, rng.uniform(*augmentation.snr_db), rng)
 

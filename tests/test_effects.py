@@ -123,3 +123,34 @@ def test_speed_perturbation_is_reproducible_and_leaves_old_keys_alone():
     assert WaveAugmentation(seed=3).key(1) != augmentation.key(1)
     before = {"snr_db": [10.0, 30.0], "gain_db": 6.0, "shift_seconds": 0.25, "seed": 3, "copy": 1}
     assert WaveAugmentation(seed=3).key(1) == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def test_room_and_telephone_copies_are_drawn_by_their_share_and_leave_other_copies_alone():
+    """`reverb` and `telephone` are shares of copies: at 1 every copy is played in a room or band-limited, at 0
+    the copies (and their cache keys) are those made before the two existed."""
+    rng = np.random.default_rng(1)
+    t = np.arange(16000) / 16000
+    wave = (0.1 * np.sin(2 * np.pi * 100 * t) + 0.1 * np.sin(2 * np.pi * 1000 * t)
+            + 0.01 * rng.standard_normal(16000)).astype(np.float32)
+    plain = WaveAugmentation(snr_db=(60.0, 60.0), gain_db=0.0, shift_seconds=0.0, seed=2)
+    copy = augment_wave(wave, 16000, plain, plain.rng("clip", 0))
+    telephone = WaveAugmentation(snr_db=(60.0, 60.0), gain_db=0.0, shift_seconds=0.0, seed=2, telephone=1.0)
+    band = augment_wave(wave, 16000, telephone, telephone.rng("clip", 0))
+    spectrum = lambda x: np.abs(np.fft.rfft(x))  # noqa: E731  (1 Hz bins)
+    assert spectrum(band)[100] < 0.2 * spectrum(copy)[100] and spectrum(band)[1000] > 0.8 * spectrum(copy)[1000]
+    room = WaveAugmentation(snr_db=(60.0, 60.0), gain_db=0.0, shift_seconds=0.0, seed=2, reverb=1.0)
+    reverberant = augment_wave(wave, 16000, room, room.rng("clip", 0))
+    assert reverberant.shape == wave.shape and reverberant.dtype == wave.dtype
+    assert np.abs(reverberant - copy).max() > 0.01
+    np.testing.assert_array_equal(reverberant, augment_wave(wave, 16000, room, room.rng("clip", 0)))
+    # About half the copies at a share of 0.5.
+    half = WaveAugmentation(snr_db=(60.0, 60.0), gain_db=0.0, shift_seconds=0.0, telephone=0.5)
+    low = [spectrum(augment_wave(wave, 16000, half, half.rng("clip", k)))[100] for k in range(40)]
+    assert 10 <= sum(value < 0.2 * spectrum(copy)[100] for value in low) <= 30
+    # Off, they change neither the copies nor their keys.
+    assert WaveAugmentation(seed=3).key(1) == WaveAugmentation(seed=3, reverb=0.0, telephone=0.0).key(1)
+    assert WaveAugmentation(seed=3, reverb=0.5).key(1) != WaveAugmentation(seed=3).key(1)
+    assert TrainConfig(augment_copies=1, reverb=0.3, telephone=0.2).wave_augmentation() == WaveAugmentation(
+        reverb=0.3, telephone=0.2)
+    with pytest.raises(ValueError, match="reverb is a share of copies"):
+        WaveAugmentation(reverb=1.5)
