@@ -12,12 +12,11 @@ import click
 
 from serkeras import __version__
 from serkeras.api import PREDICTION_FORMATS, SplitSettings  # the Python API imports Keras only where it must
-# The settings dataclasses import no Keras: every option's default is read from them, written there once.
-from serkeras.config import (ACTIVATIONS, LAYER_POOLINGS, MONITORS, OPTIMIZERS, POOLINGS, SCHEDULES, UTTERANCE_NORMS,
-                             ModelConfig, TrainConfig)
-from serkeras.head_fit import HEAD_FITS
 from serkeras.errors import SerkerasError
 from serkeras.options import SerkerasGroup, speaker_stats_option, tta_option
+# The settings dataclasses import no Keras: every option's default is read from them, written there once.
+from serkeras.settings import (ACTIVATIONS, HEAD_FITS, LAYER_POOLINGS, MONITORS, OPTIMIZERS, POOLINGS, SCHEDULES,
+                               UTTERANCE_NORMS, ModelConfig, TrainConfig)
 from serkeras.shipped import find_model, model_names  # the manifest is a small TOML file: no Keras
 
 # Quiet TensorFlow's C++ start-up chatter before anything imports it.

@@ -13,6 +13,7 @@ import json
 
 import numpy as np
 
+from serkeras.config import known_fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +65,6 @@ class WaveAugmentation:
 
     @classmethod
     def from_dict(cls, config):
-        from serkeras.config import known_fields  # serkeras.config imports this module
-
         return known_fields(cls, {**config, "snr_db": tuple(config.get("snr_db", cls.snr_db))})
 
     def key(self, copy):
@@ -210,8 +209,6 @@ class Perturbation:
 
     @classmethod
     def from_dict(cls, config):
-        from serkeras.config import known_fields  # serkeras.config imports this module
-
         return known_fields(cls, config)
 
     def key(self):

@@ -27,7 +27,7 @@ import keras
 import numpy as np
 
 from serkeras.cache import cached_features
-from serkeras.config import TrainConfig  # noqa: F401  (this stage's settings; defined without Keras)
+from serkeras.settings import TrainConfig  # noqa: F401  (this stage's settings; defined without Keras)
 from serkeras.errors import SerkerasError
 from serkeras.evaluation import (classification_report, confusion_matrix_figure, corpus_reports, frame_outputs,
                                  model_input_names, predict_features, save_confusion_matrix)

@@ -67,7 +67,7 @@ def test_every_option_defaults_to_its_settings_default(command):
 
     from serkeras.api import SplitSettings
     from serkeras.cli import main
-    from serkeras.config import ModelConfig, TrainConfig
+    from serkeras.settings import ModelConfig, TrainConfig
     from serkeras.features import FeatureConfig
 
     own = {"tune": {"epochs", "patience"}}.get(command, set())

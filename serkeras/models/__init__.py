@@ -2,11 +2,11 @@
 
 from serkeras.models import cnn1d, cnn2d, combined, conformer, crnn, resnet, whisper  # noqa: F401  (register them)
 from serkeras.models.blocks import SPEAKER_INPUTS, speaker_stages
-from serkeras.config import ACTIVATIONS, LAYER_POOLINGS, POOLINGS, UTTERANCE_NORMS, ModelConfig
 from serkeras.models.layers import SerkerasMetadata
 from serkeras.models.registry import ARCHITECTURES, configure, get_builder, register
 from serkeras.models.saving import load_model, model_metadata
 from serkeras.models.whisper import build_whisper, frozen_stages, load_whisper_backbone, whisper_backbone
+from serkeras.settings import ACTIVATIONS, LAYER_POOLINGS, POOLINGS, UTTERANCE_NORMS, ModelConfig
 
 
 def build_model(feature_config, model_config, labels, stats=None):

@@ -8,7 +8,7 @@ import keras
 
 from serkeras.errors import ModelFileError
 from serkeras.features import FeatureConfig
-from serkeras.config import ModelConfig
+from serkeras.settings import ModelConfig
 
 METADATA_LAYER = "serkeras_metadata"
 
