@@ -428,9 +428,9 @@ def training_data_options(f):
 def _device_option_list():
     """Which devices compute, and in what precision (shared by `train` and every trial of `tune`)."""
     return [
-        click.option("--mixed-precision", is_flag=True,
+        click.option("--mixed-precision", is_flag=True, default=_TRAINING.mixed_precision,
                      help="Compute in float16 on a GPU, bfloat16 on a CPU (weights and outputs stay float32)."),
-        click.option("--distribute", is_flag=True,
+        click.option("--distribute", is_flag=True, default=_TRAINING.distribute,
                      help="Data-parallel over every local GPU (else every logical CPU device; at least two), "
                           "jax or tensorflow backend. --batch-size is the global batch: a multiple of the devices. "
                           "train: several machines with the jax backend and the KERAS_DISTRIBUTION_ variables."),
