@@ -312,7 +312,8 @@ def _model_option_list(left_out=()):
         "head_units": click.option("--head-units", type=click.IntRange(min=8), default=d.head_units,
                                    show_default=True),
         "spec_augment": click.option("--augment/--no-augment", "spec_augment", default=d.spec_augment,
-                                     show_default=True, help="SpecAugment-style time/frequency masking during training."),
+                                     show_default=True,
+                                     help="SpecAugment-style time/frequency masking during training."),
         "utterance_norm": click.option("--utterance-norm", type=click.Choice(UTTERANCE_NORMS),
                                        default=d.utterance_norm, show_default=True,
                                        help="Remove each clip's own feature mean (and variance) after standardising."),
@@ -578,9 +579,10 @@ def _join_process_group(train_config, resume, output_dir, log_dir):
               "are ignored: every corpus is held out in turn.",
               callback=functools.partial(_use_recipe, ignored=("split", "fold", "n-folds", "test-fraction")))
 @data_options
-@click.option("--val-fraction", type=click.FloatRange(0.01, 0.5), default=SplitSettings.val_fraction, show_default=True,
-              help="Share of each training corpus's speakers that validate.")
-@click.option("--seed", type=int, default=SplitSettings.seed, show_default=True, help="Seed of the validation speakers and training.")
+@click.option("--val-fraction", type=click.FloatRange(0.01, 0.5), default=SplitSettings.val_fraction,
+              show_default=True, help="Share of each training corpus's speakers that validate.")
+@click.option("--seed", type=int, default=SplitSettings.seed, show_default=True,
+              help="Seed of the validation speakers and training.")
 @run_options
 @click.option("--run-name", default=None,
               help="Folder under --output-dir holding a run per held-out corpus and the report (default: from the "
