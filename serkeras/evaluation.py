@@ -1,5 +1,8 @@
 """Predictions in corpus order and the metrics the field reports (from scikit-learn)."""
 
+import weakref
+
+import keras
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
@@ -49,13 +52,48 @@ def standardized_head_probabilities(head, embeddings, speakers, stats, batch_siz
     return np.asarray(head.predict([embeddings, *statistics], batch_size=batch_size, verbose=0))
 
 
-def _predict(model, feature_list, length_mode, fixed_frames, batch_size):
-    n_classes = model.outputs[0].shape[-1]
+#: model -> its `_batch_predictor` under TensorFlow (dropped with the model).
+_COMPILED = weakref.WeakKeyDictionary()
+
+
+def _batch_predictor(model, batch_spec, n_batches):
+    """A function from a batch of NumPy inputs to `model`'s outputs as NumPy arrays.
+
+    Keras' `predict_on_batch` traces its TensorFlow graph for the first batch's
+    exact shape, then again for each new shape until it generalises: three
+    traces for batches of varying length and a smaller last batch. For several
+    batches under TensorFlow the model is traced here once, for `batch_spec`
+    (the dataset's `element_spec`: any batch size, any number of frames). One
+    batch keeps Keras' trace of its exact shape, which is faster to make than a
+    trace for any shape. JAX compiles per shape anyway, and torch runs eagerly.
+    """
+    if n_batches < 2 or keras.backend.backend() != "tensorflow" or model.run_eagerly:
+        return lambda inputs: keras.tree.map_structure(np.asarray, model.predict_on_batch(inputs))
+    import tensorflow as tf
+
+    predictor = _COMPILED.get(model)
+    if predictor is None:
+        reference = weakref.ref(model)  # the cache must not keep the model alive
+        # No autograph: Keras layers are written with keras.ops (as Keras' own predict step is traced).
+        predictor = tf.function(lambda inputs: reference()(inputs, training=False), input_signature=[batch_spec],
+                                autograph=False)
+        _COMPILED[model] = predictor
+    return lambda inputs: keras.tree.map_structure(np.asarray, predictor(inputs))
+
+
+def _batches(model, feature_list, n_classes, length_mode, fixed_frames, batch_size):
+    """(NumPy batches of `feature_list`'s inputs to `model`, `_batch_predictor` for them)."""
     ds = make_dataset(feature_list, np.zeros(len(feature_list), np.int32), n_classes, length_mode, fixed_frames,
                       batch_size=batch_size, input_names=model_input_names(model))
     ds = ds.map(lambda x, y: x)
     # NumPy batches: JAX cannot take TensorFlow tensors, and every backend takes NumPy.
-    probabilities = np.concatenate([np.asarray(model.predict_on_batch(x)) for x in ds.as_numpy_iterator()], axis=0)
+    return ds.as_numpy_iterator(), _batch_predictor(model, ds.element_spec, -(-len(feature_list) // batch_size))
+
+
+def _predict(model, feature_list, length_mode, fixed_frames, batch_size):
+    n_classes = model.outputs[0].shape[-1]
+    batches, predict = _batches(model, feature_list, n_classes, length_mode, fixed_frames, batch_size)
+    probabilities = np.concatenate([predict(x) for x in batches], axis=0)
     if length_mode == "fixed":
         return probabilities
     out = np.empty_like(probabilities)
@@ -73,14 +111,12 @@ def frame_outputs(model, feature_list, batch_size=32, progress=None):
     next stage's inputs are named. `progress`, if given, is called with the
     number of clips done after each batch.
     """
-    ds = make_dataset(feature_list, np.zeros(len(feature_list), np.int32), 1, "variable",
-                      batch_size=batch_size, input_names=model_input_names(model))
-    ds = ds.map(lambda x, y: x)
+    batches, predict = _batches(model, feature_list, 1, "variable", None, batch_size)
     order = eval_order(clip_lengths(feature_list))
     out = [None] * len(feature_list)
     done = 0
-    for x in ds.as_numpy_iterator():
-        *frames, lengths = (np.asarray(o) for o in model.predict_on_batch(x))
+    for x in batches:
+        *frames, lengths = predict(x)
         for row, length in enumerate(lengths):
             out[order[done + row]] = {f"frames{j}": f[row, :length] for j, f in enumerate(frames)}
         done += len(lengths)
