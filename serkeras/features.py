@@ -259,6 +259,37 @@ class FeatureStats:
                    {k: np.asarray(v, np.float32) for k, v in d["variance"].items()})
 
 
+class ClipSums:
+    """Per-clip sums, sums of squares and frame counts of every feature kind, in float64.
+
+    The statistics of any set of clips are then sums of rows (`stats`), so a
+    speaker's, a subset of a speaker's, or an embedding speaker's come out of the
+    same arithmetic as the training part's (`compute_stats`).
+
+    Parameters
+    ----------
+    feature_list : sequence of dict
+        {kind: (frames, features) array} per clip; an embedding is one frame.
+    """
+
+    def __init__(self, feature_list):
+        self.kinds = list(feature_list[0]) if len(feature_list) else []
+        self.sums = {k: np.stack([f[k].sum(axis=0, dtype=np.float64) for f in feature_list]) for k in self.kinds}
+        self.squares = {k: np.stack([np.square(f[k], dtype=np.float64).sum(axis=0) for f in feature_list])
+                        for k in self.kinds}
+        self.frames = {k: np.array([len(f[k]) for f in feature_list], np.float64) for k in self.kinds}
+
+    def stats(self, picked):
+        """FeatureStats over every frame of the clips at indices `picked`."""
+        picked = np.asarray(picked)
+        n = {k: self.frames[k][picked].sum() for k in self.kinds}
+        mean = {k: self.sums[k][picked].sum(axis=0) / n[k] for k in self.kinds}
+        variance = {k: self.squares[k][picked].sum(axis=0) / n[k] - mean[k] ** 2 for k in self.kinds}
+        return FeatureStats({k: mean[k].astype(np.float32) for k in self.kinds},
+                            {k: np.maximum(variance[k], VARIANCE_FLOOR).astype(np.float32) for k in self.kinds})
+
+
+
 def compute_stats(feature_list):
     """Mean and variance over every real frame of every clip (float64 accumulation).
 
@@ -267,16 +298,7 @@ def compute_stats(feature_list):
     feature_list : iterable of dict
         Outputs of `extract_features` for the training clips only.
     """
-    sums, squares, count = {}, {}, {}
-    for features in feature_list:
-        for key, array in features.items():
-            a = array.astype(np.float64)
-            sums[key] = sums.get(key, 0.0) + a.sum(axis=0)
-            squares[key] = squares.get(key, 0.0) + (a**2).sum(axis=0)
-            count[key] = count.get(key, 0) + len(a)
-    if not count:
+    feature_list = list(feature_list)
+    if not feature_list:
         raise ValueError("no features to compute statistics from")
-    mean = {k: (sums[k] / count[k]).astype(np.float32) for k in sums}
-    variance = {k: np.maximum(squares[k] / count[k] - (sums[k] / count[k]) ** 2, VARIANCE_FLOOR).astype(np.float32)
-                for k in sums}
-    return FeatureStats(mean, variance)
+    return ClipSums(feature_list).stats(np.arange(len(feature_list)))

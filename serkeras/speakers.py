@@ -11,7 +11,7 @@ and standardises inside the graph (`serkeras.models.speaker_stages`):
 those inputs and the population prior.
 
 Every statistic here comes from per-clip sums, sums of squares and frame counts
-in float64 (`ClipSums`), so a speaker's statistics, a random subset's and an
+in float64 (`serkeras.features.ClipSums`), so a speaker's statistics, a random subset's and an
 embedding speaker's are the same arithmetic; variances are floored at
 `serkeras.features.VARIANCE_FLOOR`, as the training part's are.
 """
@@ -19,7 +19,7 @@ embedding speaker's are the same arithmetic; variances are floored at
 import numpy as np
 
 from serkeras.errors import DataError
-from serkeras.features import VARIANCE_FLOOR, FeatureStats
+from serkeras.features import ClipSums
 
 
 def clips_by_speaker(speakers):
@@ -39,36 +39,6 @@ def clips_by_speaker(speakers):
     for i, speaker in enumerate(speakers):
         groups.setdefault(speaker, []).append(i)
     return groups
-
-
-class ClipSums:
-    """Per-clip sums, sums of squares and frame counts of every feature kind, in float64.
-
-    The statistics of any set of clips are then sums of rows (`stats`), so a
-    speaker's, a subset of a speaker's, or an embedding speaker's come out of the
-    same arithmetic as the training part's (`serkeras.features.compute_stats`).
-
-    Parameters
-    ----------
-    feature_list : sequence of dict
-        {kind: (frames, features) array} per clip; an embedding is one frame.
-    """
-
-    def __init__(self, feature_list):
-        self.kinds = list(feature_list[0]) if len(feature_list) else []
-        self.sums = {k: np.stack([f[k].sum(axis=0, dtype=np.float64) for f in feature_list]) for k in self.kinds}
-        self.squares = {k: np.stack([np.square(f[k], dtype=np.float64).sum(axis=0) for f in feature_list])
-                        for k in self.kinds}
-        self.frames = {k: np.array([len(f[k]) for f in feature_list], np.float64) for k in self.kinds}
-
-    def stats(self, picked):
-        """FeatureStats over every frame of the clips at indices `picked`."""
-        picked = np.asarray(picked)
-        n = {k: self.frames[k][picked].sum() for k in self.kinds}
-        mean = {k: self.sums[k][picked].sum(axis=0) / n[k] for k in self.kinds}
-        variance = {k: self.squares[k][picked].sum(axis=0) / n[k] - mean[k] ** 2 for k in self.kinds}
-        return FeatureStats({k: mean[k].astype(np.float32) for k in self.kinds},
-                            {k: np.maximum(variance[k], VARIANCE_FLOOR).astype(np.float32) for k in self.kinds})
 
 
 def speaker_stats(feature_list, speakers):
