@@ -16,7 +16,7 @@ import numpy as np
 
 from serkeras.shipped import default_model
 # experiments/ is on the path of every script here.
-from study import format_minutes, mean_std, previous_tables, training_time
+from study import format_minutes, markdown_tables, mean_std, training_time
 
 #: CREMA-D's VoiceVote letters (summaryTable.csv) -> serkeras' CREMA-D label names.
 VOTE_LABELS = {"A": "anger", "D": "disgust", "F": "fear", "H": "happy", "N": "neutral", "S": "sad"}
@@ -71,15 +71,13 @@ def per_fold_summary(scores, n_folds, bold=False):
 KFOLD_ENSEMBLE_LINE = "- **This model's recipe** (the average of the members' recipes, each trained on the fold)"
 
 
-def previous_training_cells(card_path):
-    """({member run: its 'train min' cell}, the 'min of training in all' line) of the card at `card_path`.
+def previous_training_cells(lines):
+    """({member run: its 'train min' cell}, the 'min of training in all' line) of a card's `lines`.
 
     A checkout without the members' run folders cannot time their training again, so a card rewritten
     there keeps what the previous card said (empty where there is no previous card).
     """
-    path = Path(card_path)
-    cells = {row[0].strip("`"): row[-1] for row in previous_tables(path).get("Model", [])}
-    lines = path.read_text().splitlines() if path.is_file() else []
+    cells = {row[0].strip("`"): row[-1] for row in markdown_tables(lines).get("Model", [])}
     return cells, next((line for line in lines if "min of training in all" in line), "")
 
 
@@ -273,8 +271,9 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
     y_val = np.asarray(corpus.label_indices(split.val))
     val_accuracy = part_accuracy(model, meta, corpus, list(split.val))
     listed = listed or {}
-    previous_cells, previous_training = previous_training_cells(card_path)
+    # What a checkout without the members' runs keeps from the card this one replaces.
     previous_lines = Path(card_path).read_text().splitlines() if Path(card_path).is_file() else []
+    previous_cells, previous_training = previous_training_cells(previous_lines)
     shipped_members = ensemble_members(model)
     if len(shipped_members) != len(members):
         raise SerkerasError(f"{model_path} averages {len(shipped_members)} models, not the {len(members)} "

@@ -215,8 +215,12 @@ def format_minutes(seconds, complete):
 def previous_tables(path):
     """{table heading ('' for the first table): [row cells]} of the markdown file (a report, a model card)
     at `path`, if there is one: what a checkout without the runs behind it carries over."""
+    return markdown_tables(path.read_text().splitlines() if path.is_file() else [])
+
+
+def markdown_tables(lines):
+    """{table heading ('' for the first table): [row cells]} of a markdown document's `lines`."""
     tables, heading = {}, ""
-    lines = path.read_text().splitlines() if path.is_file() else []
     for line, after in zip(lines, lines[1:] + [""]):
         if line.startswith("## "):
             heading = line[3:]
