@@ -42,3 +42,60 @@ def test_a_report_of_probabilities_says_how_calibrated_they_are():
     assert report["mean_confidence"] == pytest.approx(np.mean([0.7, 0.8, 0.6, 0.6]))
     assert report["expected_calibration_error"] > 0 and "ECE" in format_report(report).splitlines()[0]
     assert "expected_calibration_error" not in classification_report(y_true, probabilities.argmax(axis=1), list("abc"))
+
+
+def _tiny_model():
+    from serkeras.features import FeatureConfig
+    from serkeras.models import ModelConfig, build_model
+
+    config = FeatureConfig()
+    model = build_model(config, ModelConfig(arch="1d", width=0.0625, head_units=16), ["a", "b", "c"])
+    return config, model
+
+
+def test_several_batches_are_predicted_through_one_trace_and_one_batch_through_keras():
+    """Keras' predict_on_batch traces again for each new length and for the smaller last batch; several
+    batches go through one trace for any shape instead, and give the same probabilities."""
+    import keras
+
+    import serkeras.evaluation as evaluation
+    from serkeras.evaluation import predict_features
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the single trace is TensorFlow's (JAX compiles per shape)")
+    config, model = _tiny_model()
+    rng = np.random.default_rng(0)
+    clips = [{"logmel": rng.normal(-40, 10, (n, config.n_mels)).astype(np.float32),
+              "spectral": rng.normal(0, 1, (n, config.n_spectral)).astype(np.float32)}
+             for n in (50, 90, 130, 170, 210, 250, 33)]
+    one_batch = predict_features(model, clips[:2], "variable", batch_size=4)
+    assert model not in evaluation._COMPILED  # one batch: Keras' trace of its exact shape
+    several = predict_features(model, clips, "variable", batch_size=2)  # 4 batches, 4 lengths, the last of 1
+    assert evaluation._COMPILED[model].experimental_get_tracing_count() == 1
+    alone = np.concatenate([predict_features(model, [clip], "variable") for clip in clips])
+    np.testing.assert_allclose(several, alone, atol=1e-5)
+    np.testing.assert_allclose(one_batch, alone[:2], atol=1e-5)
+
+
+def test_a_training_and_a_validation_step_are_each_traced_once():
+    """Keras creates the optimizer's variables and macro-F1's counts inside the first traced step unless they
+    exist: TensorFlow then traces that step twice. `compile_model` creates them first."""
+    import keras
+
+    from serkeras.pipeline import make_dataset
+    from serkeras.training import TrainConfig, compile_model
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("tracing is TensorFlow's")
+    config, model = _tiny_model()
+    rng = np.random.default_rng(0)
+    clips = [{"logmel": rng.normal(-40, 10, (n, config.n_mels)).astype(np.float32),
+              "spectral": rng.normal(0, 1, (n, config.n_spectral)).astype(np.float32)} for n in (60, 70, 80, 90)]
+    data = make_dataset(clips, np.array([0, 1, 2, 0]), 3, batch_size=2, input_names=("logmel", "spectral", "lengths"))
+    compile_model(model, TrainConfig(), steps_per_epoch=2)
+    traces = {"train_step": 0, "test_step": 0}
+    for name in traces:  # a compiled step's Python body runs once per trace
+        step = getattr(model, name)
+        setattr(model, name, lambda data, step=step, name=name: traces.update({name: traces[name] + 1}) or step(data))
+    model.fit(data, validation_data=data, epochs=1, verbose=0, shuffle=False)
+    assert traces == {"train_step": 1, "test_step": 1}
