@@ -289,7 +289,6 @@ class ClipSums:
                             {k: np.maximum(variance[k], VARIANCE_FLOOR).astype(np.float32) for k in self.kinds})
 
 
-
 def compute_stats(feature_list):
     """Mean and variance over every real frame of every clip (float64 accumulation).
 

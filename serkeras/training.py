@@ -327,8 +327,8 @@ def compile_model(model, config, steps_per_epoch, partial_labels=False):
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"), macro_f1],
     )
     # Without a distribution strategy, Keras creates the optimizer's variables, and F1Score its counts, inside
-    # the first traced step, and TensorFlow then traces that step a second time. Creating them here saves a
-    # trace of the training step and one of the validation step per run (seconds on CPU).
+    # the first traced training step, and TensorFlow then traces that step a second time. Creating them here
+    # saves that trace (seconds per run on CPU).
     model.optimizer.build(model.trainable_variables)
     no_clip = np.zeros((1, model.outputs[0].shape[-1]), "float32")
     macro_f1.update_state(no_clip, no_clip)
