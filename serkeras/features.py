@@ -2,6 +2,13 @@
 
 Both come from one STFT with the same hop, so frame `t` of the log-mel and frame
 `t` of the spectral features describe the same 10 ms of audio.
+
+The STFT, the mel filter bank and the decibel scale are librosa's, computed here
+with NumPy alone (`_power_spectrogram`, `_mel_basis`; tests hold them to librosa's
+own): importing librosa costs about 2.5 s of CPU (SciPy's signal and ndimage
+modules, numba), most of what a one-file `serkeras predict` from an ONNX export
+takes, and a log-mel model needs nothing else of it. librosa is imported where
+the spectral descriptors and pitch are computed.
 """
 
 import dataclasses
@@ -9,7 +16,6 @@ import functools
 import hashlib
 import json
 
-import librosa
 import numpy as np
 
 from serkeras.audio import NORMALIZATIONS
@@ -123,12 +129,63 @@ def feature_kinds(names):
     return tuple(kind for kind in FEATURE_KINDS if kind in names)
 
 
+_MEL_LINEAR_HZ = 200.0 / 3  # Hz per mel below 1 kHz
+_MEL_AT_1KHZ = 1000.0 / _MEL_LINEAR_HZ
+_MEL_LOG_STEP = np.log(6.4) / 27.0
+
+
+def _hz_to_mel(hz):
+    """Slaney's mel scale (librosa's default, `htk=False`): linear below 1 kHz, logarithmic above."""
+    hz = np.asanyarray(hz, dtype=np.float64)
+    mel = hz / _MEL_LINEAR_HZ
+    return np.where(hz >= 1000.0, _MEL_AT_1KHZ + np.log(np.maximum(hz, 1000.0) / 1000.0) / _MEL_LOG_STEP, mel)
+
+
+def _mel_to_hz(mel):
+    """The inverse of `_hz_to_mel`."""
+    mel = np.asanyarray(mel, dtype=np.float64)
+    hz = _MEL_LINEAR_HZ * mel
+    return np.where(mel >= _MEL_AT_1KHZ, 1000.0 * np.exp(_MEL_LOG_STEP * (mel - _MEL_AT_1KHZ)), hz)
+
+
 @functools.lru_cache(maxsize=8)
 def _mel_basis(sample_rate, n_fft, n_mels, fmin, fmax):
-    """librosa's mel filter bank, built once per setting: building it costs as much as a clip's STFT."""
-    basis = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    """The (n_mels, n_fft // 2 + 1) mel filter bank of `librosa.filters.mel` (Slaney's scale and area
+    normalisation), float32, built once per setting: building it costs as much as a clip's STFT."""
+    fft_hz = np.fft.rfftfreq(n_fft, d=1.0 / sample_rate)
+    edges_hz = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
+    widths = np.diff(edges_hz)
+    ramps = np.subtract.outer(edges_hz, fft_hz)
+    rising = -ramps[:-2] / widths[:-1, None]
+    falling = ramps[2:] / widths[1:, None]
+    # Rounded to float32 before the area normalisation, as librosa does: the same bits.
+    basis = np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)
+    basis *= (2.0 / (edges_hz[2:] - edges_hz[:-2]))[:, None]  # each filter's area is the same
     basis.setflags(write=False)
     return basis
+
+
+@functools.lru_cache(maxsize=8)
+def _window(win_length, n_fft):
+    """A periodic Hann window of `win_length` centred in `n_fft` samples, as `librosa.stft` builds it
+    (`scipy.signal.get_window("hann", win_length, fftbins=True)`, the same arithmetic), float64."""
+    window = np.zeros(n_fft)
+    start = (n_fft - win_length) // 2
+    window[start:start + win_length] = 0.5 + 0.5 * np.cos(np.linspace(-np.pi, np.pi, win_length + 1)[:-1])
+    window.setflags(write=False)
+    return window
+
+
+def _power_spectrogram(wave, n_fft, hop_length, win_length):
+    """The (n_fft // 2 + 1, frames) magnitude and power of `librosa.stft(wave, n_fft, hop_length,
+    win_length, center=True)` (frames centred on every `hop_length`-th sample, the signal padded with
+    zeros by n_fft // 2 at both ends), float32."""
+    padded = np.pad(np.asarray(wave, dtype=np.float32), n_fft // 2)
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop_length]
+    # float64 windowing and FFT rounded to complex64, as librosa does for float32 audio.
+    spectrum = np.fft.rfft(frames * _window(win_length, n_fft), axis=-1).astype(np.complex64).T
+    magnitude = np.abs(spectrum)
+    return magnitude, magnitude**2
 
 
 def extract_features(wave, config, kinds=FEATURE_KINDS):
@@ -155,13 +212,12 @@ def extract_features(wave, config, kinds=FEATURE_KINDS):
     if unknown or not kinds:
         raise ValueError(f"kinds must be some of {FEATURE_KINDS}, got {tuple(kinds)}")
     c = config
-    stft = librosa.stft(wave, n_fft=c.n_fft, hop_length=c.hop_length, win_length=c.win_length, center=True)
-    magnitude = np.abs(stft)
-    power = magnitude**2
+    magnitude, power = _power_spectrogram(wave, c.n_fft, c.hop_length, c.win_length)
     # As librosa.feature.melspectrogram(S=power, ...), with the filter bank built once.
     mel = _mel_basis(c.sample_rate, c.n_fft, c.n_mels, c.fmin, c.fmax) @ power
-    # Fixed reference (not per-clip max) so loudness differences survive; floor at -100 dB.
-    logmel = librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None)
+    # librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None): a fixed reference (not the clip's
+    # maximum) so that loudness differences survive, and a floor at -100 dB.
+    logmel = 10.0 * np.log10(np.maximum(mel, 1e-10))
     features = {}
     if "logmel" in kinds:
         features["logmel"] = np.ascontiguousarray(logmel.T, dtype=np.float32)
@@ -172,6 +228,8 @@ def extract_features(wave, config, kinds=FEATURE_KINDS):
 
 def _spectral_features(wave, magnitude, power, logmel, config):
     """The (frames, n_spectral) columns of `spectral_feature_names`, from one STFT's `magnitude` and `power`."""
+    import librosa  # here: a log-mel model never needs it (see the module's docstring)
+
     c = config
     mfcc = librosa.feature.mfcc(S=logmel, n_mfcc=c.n_mfcc)
     delta = librosa.feature.delta(mfcc, width=min(9, _odd_at_most(mfcc.shape[1])), mode="nearest")
@@ -196,6 +254,8 @@ def _spectral_features(wave, magnitude, power, logmel, config):
 
 
 def _log_f0(wave, config, frames):
+    import librosa
+
     """Log2 F0 (octaves above 100 Hz) and its delta, one value per STFT frame."""
     frame_length = max(config.n_fft, 2 ** int(np.ceil(np.log2(2.2 * config.sample_rate / PITCH_FMIN))))
     f0 = librosa.yin(np.pad(wave, (0, max(0, frame_length - len(wave)))), fmin=PITCH_FMIN,

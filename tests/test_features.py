@@ -61,6 +61,59 @@ def test_real_features_are_plausible(real_wave, real_features):
         assert (column >= 0).all() and column.max() <= 8.0 + 1e-3
 
 
+@pytest.mark.parametrize("sample_rate, n_fft, n_mels, fmin, fmax", [
+    (16000, 512, 64, 20.0, 8000.0), (16000, 400, 80, 0.0, 8000.0), (16000, 1024, 128, 0.0, 8000.0),
+    (22050, 2048, 40, 50.0, 11025.0), (8000, 256, 40, 20.0, 3400.0)])
+def test_mel_filter_bank_is_librosas(sample_rate, n_fft, n_mels, fmin, fmax):
+    from serkeras.features import _mel_basis
+
+    ours = _mel_basis(sample_rate, n_fft, n_mels, fmin, fmax)
+    theirs = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    assert ours.dtype == theirs.dtype == np.float32
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("n_fft, hop_length, win_length", [(512, 160, 400), (400, 160, 400), (1024, 320, 1024),
+                                                           (512, 128, 256)])
+def test_logmel_is_librosas_melspectrogram_in_decibels(real_wave, n_fft, hop_length, win_length):
+    """On a real clip, a clip shorter than one window and noise of an odd length: librosa's STFT magnitude,
+    and its mel power spectrogram in dB (the definition the shipped models were trained on)."""
+    from serkeras.features import _power_spectrogram
+
+    config = FeatureConfig(n_fft=n_fft, hop_length=hop_length, win_length=win_length)
+    noise = np.random.default_rng(0).normal(0.0, 0.1, 16007).astype(np.float32)
+    for wave in (real_wave, real_wave[:300], noise):
+        magnitude, power = _power_spectrogram(wave, n_fft, hop_length, win_length)
+        with np.testing.suppress_warnings() as sup:
+            sup.filter(UserWarning)  # librosa warns that n_fft exceeds the 300-sample clip
+            stft = librosa.stft(wave, n_fft=n_fft, hop_length=hop_length, win_length=win_length, center=True)
+            mel = librosa.feature.melspectrogram(y=wave, sr=config.sample_rate, n_fft=n_fft, hop_length=hop_length,
+                                                 win_length=win_length, n_mels=config.n_mels, fmin=config.fmin,
+                                                 fmax=config.fmax)
+        np.testing.assert_allclose(magnitude, np.abs(stft), rtol=1e-5, atol=1e-6 * np.abs(stft).max())
+        np.testing.assert_allclose(power, np.abs(stft) ** 2, rtol=1e-5, atol=1e-6 * np.abs(stft).max() ** 2)
+        expected = librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None).T
+        np.testing.assert_allclose(extract_features(wave, config, ("logmel",))["logmel"], expected, atol=1e-3)
+
+
+def test_a_log_mel_is_computed_without_importing_librosa(crema_dir):
+    """What a log-mel model's prediction computes (decoding, the level, the log-mel) loads neither librosa nor
+    SciPy's signal module: they cost seconds of a one-file prediction."""
+    import subprocess
+    import sys
+
+    script = ("import sys\n"
+              "from serkeras.cache import compute_clips\n"
+              "from serkeras.features import FeatureConfig\n"
+              "config = FeatureConfig(n_fft=400, n_mels=80, fmin=0.0, audio_normalization='none', level_dbfs=-26)\n"
+              f"[(path, features)] = compute_clips([{str(crema_dir / '1003_DFA_ANG_XX.ogg')!r}], config, "
+              "workers=1, kinds=('logmel',))\n"
+              "print(features['logmel'].shape, [m for m in ('librosa', 'scipy.signal', 'numba') if m in sys.modules])\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("80) []"), result.stdout
+
+
 def test_tone_energy_lands_in_its_mel_band():
     config = FeatureConfig()
     t = np.arange(16000) / 16000
