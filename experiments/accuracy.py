@@ -115,7 +115,7 @@ CARD_NOTES = {
                "training seed of each (members 3 and 4) was added for the four's accuracy on the validation "
                "actors here and on each of the five folds: 71.2 ± 1.2% over the five (folds 0-2 were scored "
                "before ensemble scores were recorded, so the list below starts at fold 3; the lab notebook, "
-               "experiments/README.md, has all five)"),
+               "experiments/NOTEBOOK.md, has all five)"),
 }
 DEFAULT_CARD = next(iter(CARD_NOTES))  # what `card` writes without --model
 

@@ -505,7 +505,7 @@ def write_whisper_card(run_dir, card_path, data_dir, recipe, kfold_dir=None, mod
         f"{flops_per_clip(model, fc) / 1e6:,.0f} MFLOPs per 2.5 s clip (forward pass).", "",
         f"- Encoder weights: {encoder_provenance(mc.encoder)}",
         f"- Layers kept: {mc.encoder_layers}, chosen with the per-layer probes of the lab notebook, "
-        "`experiments/README.md`.",
+        "`experiments/NOTEBOOK.md`.",
         f"- Features (stored in the file): Whisper's log-mel, {fc.n_mels} bands from {fc.fmin:g} to {fc.fmax:g} Hz, "
         f"{1000 * fc.win_length / fc.sample_rate:.0f} ms windows every {1000 * fc.hop_length / fc.sample_rate:.0f} ms, "
         "the level as recorded (no peak normalisation), scaled inside the model as Whisper expects.", "",

@@ -3,7 +3,7 @@
     python experiments/study.py run --data-dir ../shared/data/crema-d/audio   # train every run not yet done
     python experiments/study.py report                                       # write experiments/results/
 
-Questions (see experiments/README.md):
+Questions (see experiments/NOTEBOOK.md):
 
 1. ``activation``: relu / silu / elu x 1d / 2d / combined;
 2. ``learning_rate``: 1e-2 / 1e-3 / 1e-4 (2d, silu);
