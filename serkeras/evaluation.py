@@ -52,7 +52,7 @@ def standardized_head_probabilities(head, embeddings, speakers, stats, batch_siz
     return np.asarray(head.predict([embeddings, *statistics], batch_size=batch_size, verbose=0))
 
 
-#: model -> its `_batch_predictor` under TensorFlow (dropped with the model).
+#: model -> {input signature: its `_batch_predictor` under TensorFlow} (dropped with the model).
 _COMPILED = weakref.WeakKeyDictionary()
 
 
@@ -71,13 +71,16 @@ def _batch_predictor(model, batch_spec, n_batches):
         return lambda inputs: keras.tree.map_structure(np.asarray, model.predict_on_batch(inputs))
     import tensorflow as tf
 
-    predictor = _COMPILED.get(model)
+    # One trace per signature: a fixed-length model may be fed clips fitted to another length.
+    traces = _COMPILED.setdefault(model, {})
+    signature = repr(batch_spec)
+    predictor = traces.get(signature)
     if predictor is None:
         reference = weakref.ref(model)  # the cache must not keep the model alive
         # No autograph: Keras layers are written with keras.ops (as Keras' own predict step is traced).
         predictor = tf.function(lambda inputs: reference()(inputs, training=False), input_signature=[batch_spec],
                                 autograph=False)
-        _COMPILED[model] = predictor
+        traces[signature] = predictor
     return lambda inputs: keras.tree.map_structure(np.asarray, predictor(inputs))
 
 

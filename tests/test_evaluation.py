@@ -71,10 +71,30 @@ def test_several_batches_are_predicted_through_one_trace_and_one_batch_through_k
     one_batch = predict_features(model, clips[:2], "variable", batch_size=4)
     assert model not in evaluation._COMPILED  # one batch: Keras' trace of its exact shape
     several = predict_features(model, clips, "variable", batch_size=2)  # 4 batches, 4 lengths, the last of 1
-    assert evaluation._COMPILED[model].experimental_get_tracing_count() == 1
+    [trace] = evaluation._COMPILED[model].values()
+    assert trace.experimental_get_tracing_count() == 1
     alone = np.concatenate([predict_features(model, [clip], "variable") for clip in clips])
     np.testing.assert_allclose(several, alone, atol=1e-5)
     np.testing.assert_allclose(one_batch, alone[:2], atol=1e-5)
+
+
+def test_one_model_is_predicted_at_two_fixed_lengths():
+    """The trace for any batch is kept per input signature: the same model fed clips fitted to another fixed
+    length gets a trace of its own, not a shape error."""
+    import keras
+
+    from serkeras.evaluation import predict_features
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the single trace is TensorFlow's")
+    config, model = _tiny_model()
+    rng = np.random.default_rng(1)
+    clips = [{"logmel": rng.normal(-40, 10, (n, config.n_mels)).astype(np.float32),
+              "spectral": rng.normal(0, 1, (n, config.n_spectral)).astype(np.float32)} for n in (60, 120, 180)]
+    for frames in (100, 150):
+        several = predict_features(model, clips, "fixed", fixed_frames=frames, batch_size=2)
+        alone = np.concatenate([predict_features(model, [clip], "fixed", fixed_frames=frames) for clip in clips])
+        np.testing.assert_allclose(several, alone, atol=1e-5)
 
 
 def test_a_training_and_a_validation_step_are_each_traced_once():
