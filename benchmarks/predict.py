@@ -10,8 +10,9 @@ the two costs can be told apart. The FLOPs bound is the model's FLOPs per clip
 (`serkeras.models.cost`, at the clips' mean length) divided by the float32
 matrix-multiply rate NumPy reaches on this machine in the same run: no runtime
 can run the model faster than that. `--latency` also times `serkeras predict`
-on one file and `serkeras predict --help` in fresh processes (median of 3), and
-the peak memory of `serkeras predict` on all the clips. Peers, on the same
+on one file (with `--onnx`, through the export too) and `serkeras predict --help`
+in fresh processes (median of 3), and the peak memory of `serkeras predict` on
+all the clips. Peers, on the same
 clips and in the same run: `--onnx` (ONNX Runtime on `serkeras export --format
 onnx` of the same model) and `--ctranslate2` (a faster-whisper folder:
 CTranslate2's whole Whisper encoder, int8, on the same log-mel lengths; it has
@@ -207,6 +208,10 @@ def main(argv=None):
         lines.append(f"`serkeras predict ONE_FILE --model MODEL` in a fresh process: "
                      f"{fresh_process_seconds(serkeras_command('predict', one, '--model', model_path)):.2f} s "
                      f"(median of {REPEATS})")
+        if args.onnx:
+            lines.append(f"`serkeras predict ONE_FILE --model ONNX_EXPORT` in a fresh process (ONNX Runtime, no "
+                         f"TensorFlow): {fresh_process_seconds(serkeras_command('predict', one, '--model', args.onnx)):.2f} s "
+                         f"(median of {REPEATS})")
         lines.append(f"`serkeras predict --help`: {fresh_process_seconds(serkeras_command('predict', '--help')):.2f} s")
         with tempfile.TemporaryDirectory() as folder:
             for path in paths:  # the clips only: a folder of the corpus would hold all of them
