@@ -540,24 +540,42 @@ def summarise_folds(results, folder=None):
     Returns
     -------
     dict
-        {score: {"mean", "std", "folds"}}.
+        {score: {"mean", "std", "folds"}}; with several corpora (every fold's metrics have
+        ``test_by_corpus``), also ``by_corpus``: {corpus: the same for that corpus's test clips, scored
+        on the classes it has}. The folds are drawn within every corpus, so this is a speaker-disjoint
+        k-fold within each corpus of models trained on all of them.
     """
     import numpy as np
 
-    summary = {m: {"mean": float(np.mean([r["test"][m] for r in results])),
-                   "std": float(np.std([r["test"][m] for r in results])),
-                   "folds": [r["test"][m] for r in results]}
-               for m in FOLD_METRICS}
+    def scores(reports):
+        return {m: {"mean": float(np.mean([r[m] for r in reports])), "std": float(np.std([r[m] for r in reports])),
+                    "folds": [r[m] for r in reports]}
+                for m in FOLD_METRICS}
+
+    summary = scores([r["test"] for r in results])
+    if results and all("test_by_corpus" in r for r in results):
+        names = sorted(set().union(*(r["test_by_corpus"] for r in results)))
+        summary["by_corpus"] = {name: scores([r["test_by_corpus"][name] for r in results
+                                              if name in r["test_by_corpus"]]) for name in names}
     if folder is not None:
         (Path(folder) / "kfold.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
 def format_fold_summary(summary):
-    """One line of `summarise_folds`' scores: ``5-fold test accuracy 0.7040 ± 0.0090, UA ..., macro-F1 ...``."""
+    """One line of `summarise_folds`' scores: ``5-fold test accuracy 0.7040 ± 0.0090, UA ..., macro-F1 ...``;
+    with several corpora, a table of each corpus's follows."""
     accuracy, ua, f1 = (summary[m] for m in FOLD_METRICS)
-    return (f"{len(accuracy['folds'])}-fold test accuracy {accuracy['mean']:.4f} ± {accuracy['std']:.4f}, "
+    line = (f"{len(accuracy['folds'])}-fold test accuracy {accuracy['mean']:.4f} ± {accuracy['std']:.4f}, "
             f"UA {ua['mean']:.4f} ± {ua['std']:.4f}, macro-F1 {f1['mean']:.4f} ± {f1['std']:.4f}")
+    if "by_corpus" not in summary:
+        return line
+    width = max(len(name) for name in summary["by_corpus"]) + 1
+    rows = [line, "", f"{'corpus':<{width}} {'folds':>5}  {'accuracy':<15}  {'UA':<15}  macro-F1"]
+    for name, scores in summary["by_corpus"].items():
+        cells = "  ".join(f"{scores[m]['mean']:.4f} ± {scores[m]['std']:.4f}" for m in FOLD_METRICS)
+        rows.append(f"{name:<{width}} {len(scores['accuracy']['folds']):>5}  {cells}")
+    return "\n".join(rows)
 
 
 def speaker_reference_clips(speaker_stats, meta, corpus):

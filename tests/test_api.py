@@ -53,6 +53,29 @@ def test_folds_are_summarised_by_mean_and_standard_deviation(tmp_path):
                                                 "macro-F1 0.5000 ± 0.1000")
 
 
+def test_folds_over_several_corpora_are_also_summarised_per_corpus(tmp_path):
+    """Each corpus's test clips of every fold (scored on its classes): a k-fold table within each corpus."""
+    def report(accuracy):
+        return {"accuracy": accuracy, "unweighted_average_recall": accuracy - 0.05, "macro_f1": accuracy - 0.1}
+
+    results = [{"test": report(a), "test_by_corpus": {"crema-d": report(a - 0.1), "ased": report(b)}}
+               for a, b in ((0.6, 0.9), (0.8, 0.7))]
+    summary = api.summarise_folds(results, tmp_path)
+    assert summary["accuracy"]["folds"] == [0.6, 0.8]
+    assert list(summary["by_corpus"]) == ["ased", "crema-d"]
+    assert summary["by_corpus"]["ased"]["accuracy"]["folds"] == [0.9, 0.7]
+    assert (summary["by_corpus"]["crema-d"]["macro_f1"]["mean"],
+            summary["by_corpus"]["crema-d"]["macro_f1"]["std"]) == pytest.approx((0.5, 0.1))
+    assert json.loads((tmp_path / "kfold.json").read_text())["by_corpus"] == summary["by_corpus"]
+    lines = api.format_fold_summary(summary).splitlines()
+    assert lines[0].startswith("2-fold test accuracy 0.7000 ± 0.1000")
+    assert lines[2].split() == ["corpus", "folds", "accuracy", "UA", "macro-F1"]
+    assert lines[3].split() == ["ased", "2", "0.8000", "±", "0.1000", "0.7500", "±", "0.1000", "0.7000", "±", "0.1000"]
+    assert lines[4].split()[:5] == ["crema-d", "2", "0.6000", "±", "0.1000"]
+    # A single corpus keeps the one line.
+    assert "by_corpus" not in api.summarise_folds([{"test": report(0.5)}])
+
+
 def test_a_split_is_made_from_its_settings(twelve_actors):
     corpus, split = api.load_split(str(twelve_actors), None, api.SplitSettings("kfold", fold=1, n_folds=3), training=True)
     assert split.description.startswith("kfold") and len(split.train) + len(split.val) + len(split.test) == len(corpus)
