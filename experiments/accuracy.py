@@ -1,12 +1,12 @@
 """Recipes aimed past the study on unseen speakers: train them, cross-validate, report, and write the cards of
 the shipped averages.
 
-    python experiments/accuracy.py run resnet --split actor            # one recipe, the fixed actor split
-    python experiments/accuracy.py run resnet --split kfold            # its 5 speaker-grouped folds
-    python experiments/accuracy.py ensemble resnet-actor crnn-actor    # average finished runs: val and test
-    python experiments/accuracy.py kfold-ensemble resnet crnn          # the same average on every finished fold
-    python experiments/accuracy.py report                              # experiments/results/accuracy.md
-    python experiments/accuracy.py card                                # a shipped average's card
+    python -m experiments.accuracy run resnet --split actor            # one recipe, the fixed actor split
+    python -m experiments.accuracy run resnet --split kfold            # its 5 speaker-grouped folds
+    python -m experiments.accuracy ensemble resnet-actor crnn-actor    # average finished runs: val and test
+    python -m experiments.accuracy kfold-ensemble resnet crnn          # the same average on every finished fold
+    python -m experiments.accuracy report                              # experiments/results/accuracy.md
+    python -m experiments.accuracy card                                # a shipped average's card
 
 A recipe is a TOML file of `serkeras train` options: ``experiments/recipes/NAME.toml``, or
 one of serkeras' shipped recipes that the shipped averages are made of (``crema-d-NAME``,
@@ -32,10 +32,9 @@ from serkeras.options import SerkerasGroup, speaker_stats_option, tta_option
 from serkeras.recipes import read_recipe, recipe_description
 from serkeras.shipped import shipped_model, shipped_models
 
-# Sibling scripts: run as `python experiments/NAME.py`, a script's own folder comes first on sys.path.
-from pretrained_probe import cost_rows
-from study import (RESULTS_DIR, ROOT, STUDY, accuracy_interval, format_minutes, load_results,
-                   mean_std, previous_tables, run_logged, training_time)
+from experiments.pretrained_probe import cost_rows
+from experiments.study import (RESULTS_DIR, ROOT, STUDY, accuracy_interval, format_minutes, load_results, mean_std,
+                               previous_tables, run_logged, training_time)
 
 RUNS_DIR = Path("saved_models") / "accuracy"
 LOG_DIR = Path("logs") / "accuracy"
@@ -228,7 +227,7 @@ def card(data_dir, name):
     if not (ROOT / path).is_file():
         raise click.ClickException(f"{path} does not exist: train its members with `run` and average them with "
                                    f"`{command}`")
-    from model_card import write_model_card
+    from experiments.model_card import write_model_card
 
     results = load_results(RUNS_DIR)
     scores = finished_test_scores(results)
@@ -365,7 +364,7 @@ def score_average(runs, data_dir, tta_copies, speaker_stats="part"):
     `speaker_stats` as in `serkeras evaluate --speaker-stats`."""
     import time
 
-    from model_card import part_probabilities
+    from experiments.model_card import part_probabilities
 
     from serkeras.corpus import load_corpus
     from serkeras.evaluation import classification_report
@@ -629,7 +628,7 @@ def report(drop_missing):
     head = ["recipe", "split", "test acc %", "macro-F1", "params", "MFLOPs / clip", "s / epoch", "epochs",
             "train min"]
     lines = ["# Accuracy on unseen speakers: every recipe tried", "",
-             "Written by `python experiments/accuracy.py report` from `saved_models/accuracy/` "
+             "Written by `python -m experiments.accuracy report` from `saved_models/accuracy/` "
              "(commands in `accuracy_runs.jsonl` and `saved_models/accuracy/runs.jsonl`) and the ensembles' "
              "scores in `accuracy_ensembles.jsonl`. Rows whose runs are not "
              "in the checkout that wrote it (runs trained on another machine or in another session) are carried "

@@ -1,8 +1,8 @@
 """How alike the members of an average are: each member's accuracy and how often two members predict the same
 emotion, on the `actor` split's (seed 0) validation and test clips.
 
-    python experiments/member_agreement.py serkeras-crema-d --data-dir ../shared/data/crema-d/audio
-    python experiments/member_agreement.py saved_models/accuracy/{resnet,crnn-augmented,resnet-augmented-mixup}-distilled-actor/model.keras
+    python -m experiments.member_agreement serkeras-crema-d --data-dir ../shared/data/crema-d/audio
+    python -m experiments.member_agreement saved_models/accuracy/{resnet,crnn-augmented,resnet-augmented-mixup}-distilled-actor/model.keras
 
 MODELS are .keras files or shipped models' names; an ensemble stands for its members. Averaging
 gains most from members that are accurate and disagree; prints a markdown table.

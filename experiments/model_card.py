@@ -1,6 +1,6 @@
 """Write the card of a shipped model (saved_models/MODEL_CARD*.md) from its predictions on unseen actors.
 
-Used by ``python experiments/accuracy.py card``; everything in the card is computed
+Used by ``python -m experiments.accuracy card``; everything in the card is computed
 here from the model file, the corpus and the finished runs, nothing is typed in. A checkout
 without the members' run folders takes their commands from the runs log and their training
 time from the card it rewrites.
@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from serkeras.shipped import default_model
-# experiments/ is on the path of every script here.
-from study import format_minutes, markdown_tables, mean_std, training_time
+from experiments.study import format_minutes, markdown_tables, mean_std, training_time
 
 #: CREMA-D's VoiceVote letters (summaryTable.csv) -> serkeras' CREMA-D label names.
 VOTE_LABELS = {"A": "anger", "D": "disgust", "F": "fear", "H": "happy", "N": "neutral", "S": "sad"}
@@ -350,7 +349,7 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
     lines += degraded_lines(model, meta, scored, f"Members trained on such copies (`--augment-copies`): "
                                                  f"{augmented} of {len(members)}.")
     if fc.speaker_norm:
-        from speaker_means import speaker_mean_table
+        from experiments.speaker_means import speaker_mean_table
 
         trained_with, loses = (("`--speaker-norm --speaker-scale`", "mean features and is divided by their "
                                 "standard deviation, both") if fc.speaker_scale else
@@ -386,7 +385,7 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
         lines += [f"{KFOLD_ENSEMBLE_LINE}{tta}: "
                   f"folds scored {len(records)} of {n_folds}. "
                   f"{per_fold_summary({r['fold']: r for r in records}, n_folds, bold=True)} "
-                  f"(`python experiments/accuracy.py kfold-ensemble {recipes}"
+                  f"(`python -m experiments.accuracy kfold-ensemble {recipes}"
                   f"{f' --tta-copies {copies}' if copies else ''}`)."]
     # Without the records here (a fresh checkout), the previous card's scores of the same recipes stay.
     kept = [] if kfold_ensembles else [
@@ -395,7 +394,7 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
     lines += kept
     if not kfold_ensembles and not kept:
         lines += [f"- **This model's recipe** (the average of the members' recipes) has no k-fold scores in this "
-                  f"checkout's records: `python experiments/accuracy.py kfold-ensemble {recipes}` scores it on the "
+                  f"checkout's records: `python -m experiments.accuracy kfold-ensemble {recipes}` scores it on the "
                   "folds where every member has finished; `experiments/results/accuracy.md` keeps what earlier "
                   "checkouts scored."]
     lines += ["", "Its members' recipes alone:", ""]
@@ -404,7 +403,7 @@ def write_model_card(model_path, card_path, data_dir, members, command, results,
         recipe, _, seed = label.partition(":")
         if folds:
             lines += [f"- `{label}`: folds finished {len(folds)} of {n_folds}. {per_fold_summary(folds, n_folds)} "
-                      f"(`python experiments/accuracy.py run {recipe} --split kfold"
+                      f"(`python -m experiments.accuracy run {recipe} --split kfold"
                       f"{f' --seed {seed}' if seed else ''}`)."]
         else:
             lines += [f"- `{label}`: no fold finished in this checkout's records."]
@@ -526,7 +525,7 @@ def write_whisper_card(run_dir, card_path, data_dir, recipe, kfold_dir=None, mod
     lines += results_lines(scored)
     lines += degraded_lines(model, meta, scored, augmented)
     if by_speaker:
-        from speaker_means import speaker_mean_table
+        from experiments.speaker_means import speaker_mean_table
 
         lines += ["", "### Speaker statistics: give several recordings of each speaker", "",
                   "Above, each test clip was standardised with the statistics of all of its speaker's test clips "

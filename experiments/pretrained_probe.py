@@ -1,9 +1,9 @@
 """How far a frozen pre-trained speech encoder gets on unseen speakers (the analysis behind the Whisper models).
 
-    python experiments/pretrained_probe.py embed PATH/faster-whisper-base --name whisper-base
-    python experiments/pretrained_probe.py embed PATH/faster-whisper-base --name whisper-base-keras --engine keras
-    python experiments/pretrained_probe.py score whisper-base-keras-layer2 [MORE ...]
-    python experiments/pretrained_probe.py heads PATH/faster-whisper-base
+    python -m experiments.pretrained_probe embed PATH/faster-whisper-base --name whisper-base
+    python -m experiments.pretrained_probe embed PATH/faster-whisper-base --name whisper-base-keras --engine keras
+    python -m experiments.pretrained_probe score whisper-base-keras-layer2 [MORE ...]
+    python -m experiments.pretrained_probe heads PATH/faster-whisper-base
 
 PATH/faster-whisper-base is Whisper in CTranslate2's format (the folder
 faster-whisper uses, such as ``Systran/faster-whisper-base``). ``embed`` runs
@@ -22,7 +22,7 @@ trained by gradient descent.
 The shipped Whisper models are trained by serkeras itself:
 ``serkeras train --recipe crema-d-whisper --encoder PATH`` (and
 ``crema-d-whisper-speaker-norm``); their cards are written by
-``python experiments/model_card.py whisper RUN``. ``experiments/accuracy.py
+``python -m experiments.model_card whisper RUN``. ``python -m experiments.accuracy
 report`` lists every logged row with its cost (rows logged as "shipped recipe"
 came from the script that built them before).
 """
@@ -38,8 +38,7 @@ import numpy as np
 from serkeras.options import SerkerasGroup
 from serkeras.head_fit import HEAD_C_GRID, fit_logistic_head
 
-# Sibling scripts: run as `python experiments/NAME.py`, a script's own folder comes first on sys.path.
-from study import RESULTS_DIR, accuracy_interval, mean_std
+from experiments.study import RESULTS_DIR, accuracy_interval, mean_std
 
 EMBEDDINGS_DIR = Path("data") / "cache" / "pretrained"
 #: Inverse regularisation strengths tried; the validation part picks one per split (as `--head-fit lbfgs`).
@@ -443,7 +442,7 @@ def heads(encoder, cache_dir, epochs, data_dir):
     gradient("gradient: batch normalisation, no dropout, Adam", 0.0)
     gradient(f"gradient: the L-BFGS objective (standardised, L2 of C={head.c:g}), Adam", 0.0, standardized=True,
              l2=1.0 / (2 * head.c * len(y["train"])))
-    lines = [f"`python experiments/pretrained_probe.py heads ENCODER` ({', '.join(describe_machine())}); "
+    lines = [f"`python -m experiments.pretrained_probe heads ENCODER` ({', '.join(describe_machine())}); "
              f"train {len(y['train'])}, validation {len(y['val'])}, test {len(y['test'])} clips.", "",
              "| head | val acc % | test acc % | test UA % | fit s |", "| --- | --- | --- | --- | --- |"]
     lines += [f"| {name} | {val:.1f} | {test:.1f} | {ua:.1f} | {seconds:.0f} |" for name, val, test, ua, seconds in rows]
@@ -518,7 +517,7 @@ def cost_rows(log_path):
 def write_report(path, rows):
     machines = list(dict.fromkeys(line for row in rows for line in row["machine"]))
     lines = ["# A linear probe on a frozen Whisper encoder", "",
-             "Written by `python experiments/pretrained_probe.py score NAME` (see its docstring). Splits as in "
+             "Written by `python -m experiments.pretrained_probe score NAME` (see its docstring). Splits as in "
              "[accuracy.md](accuracy.md), seed 0; `kfold`: mean ± sample std over the 5 folds, otherwise ± the "
              "95% interval over the test clips. Validation accuracy (mean over folds) chose C.", "",
              *[f"Machine: {line}" for line in machines], "",

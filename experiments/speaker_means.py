@@ -1,7 +1,7 @@
 """How much a speaker-normalised model needs from each speaker: its accuracy when each speaker's mean
 comes from fewer clips, or from clips of one emotion only.
 
-    python experiments/speaker_means.py saved_models/accuracy/resnet-speaker-norm-actor/model.keras \
+    python -m experiments.speaker_means saved_models/accuracy/resnet-speaker-norm-actor/model.keras \
         --data-dir ../shared/data/crema-d/audio
 
 On the `actor` split (seed 0), every validation and test clip is normalised with a mean taken,

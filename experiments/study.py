@@ -1,7 +1,7 @@
 """Re-run the study's comparisons on real CREMA-D, under the random and the speaker-independent split.
 
-    python experiments/study.py run --data-dir ../shared/data/crema-d/audio   # train every run not yet done
-    python experiments/study.py report                                       # write experiments/results/
+    python -m experiments.study run --data-dir ../shared/data/crema-d/audio   # train every run not yet done
+    python -m experiments.study report                                       # write experiments/results/
 
 Questions (see experiments/NOTEBOOK.md):
 
@@ -309,7 +309,7 @@ def header(results, title, runs):
     records = [u["record"] for u in used if u["record"]]
     first = records[0] if records else None
     budget = first["budget"] if first else {}
-    lines += [f"Written by `python experiments/study.py report` from {len(used)} of {len(runs)} runs "
+    lines += [f"Written by `python -m experiments.study report` from {len(used)} of {len(runs)} runs "
               f"(`saved_models/study/`).",
               "",
               f"- Budget (same for every run): width {budget.get('width')} "

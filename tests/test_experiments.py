@@ -1,6 +1,6 @@
 """experiments/study.py: the runs it plans are the study's grid, and every command is one `serkeras train` accepts."""
 
-import importlib.util
+import importlib
 import json
 import runpy
 import shutil
@@ -15,14 +15,19 @@ from serkeras.cli import main
 from serkeras.corpus import CREMA_D_LABELS
 from whisper_checkpoints import random_encoder_weights, write_ctranslate2
 
-STUDY = Path(__file__).resolve().parents[1] / "experiments" / "study.py"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(name):
+    """An experiments/ script as a module, imported as `python -m experiments.NAME` runs it (from the
+    repository root)."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    return importlib.import_module(f"experiments.{name}")
 
 
 def load_study():
-    spec = importlib.util.spec_from_file_location("study", STUDY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("study")
 
 
 def test_every_question_runs_on_both_splits_and_shared_runs_train_once():
@@ -54,19 +59,6 @@ def test_accuracy_interval():
     study = load_study()
     assert abs(study.accuracy_interval(0.5, 600) - 0.04) < 1e-3
     assert study.accuracy_interval(1.0, 100) == 0.0
-
-
-def load_script(name):
-    """An experiments/ script as a module (with experiments/ importable, as when run)."""
-    import sys
-
-    folder = STUDY.parent
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
-    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_every_accuracy_recipe_is_a_valid_train_invocation(monkeypatch):
@@ -132,7 +124,7 @@ TINY_RECIPE = "resnet-speaker-norm"
 def use_accuracy_script(monkeypatch, root):
     """experiments/accuracy.py as a module working in the project folder `root`, with TINY_RECIPE."""
     accuracy = load_script("accuracy")
-    for module in (accuracy, sys.modules["study"]):  # run_logged and load_results live in study.py
+    for module in (accuracy, load_script("study")):  # run_logged and load_results live in study.py
         monkeypatch.setattr(module, "ROOT", root)
     monkeypatch.setattr(accuracy, "RESULTS_DIR", root / "results")
     monkeypatch.chdir(root)  # in-process scoring shares the training runs' feature cache (data/cache)
@@ -141,7 +133,7 @@ def use_accuracy_script(monkeypatch, root):
                       'utterance-norm = "none"\nspeaker-norm = true\nhop-length = 320\nn-mels = 40\n'
                       'pitch = false\nepochs = 1\npatience = 1\n')
     monkeypatch.setitem(accuracy.RECIPES, TINY_RECIPE, recipe)
-    import model_card  # the module accuracy.py imports (experiments/ is on sys.path once a script is loaded)
+    model_card = load_script("model_card")  # the module accuracy.py imports
 
     monkeypatch.setattr(model_card, "BOOTSTRAP", 200)  # the intervals themselves are tested apart
     return accuracy
@@ -297,10 +289,9 @@ def test_a_shipped_average_is_made_by_serkeras_ensemble_and_carded(accuracy_proj
     # their average (recorded where the folds ran) from the card before.
     rows = [line for line in card.splitlines() if line.startswith(f"| `{TINY_RECIPE}-actor")]
     training = next(line for line in card.splitlines() if "min of training in all" in line)
-    import model_card
-
+    model_card = load_script("model_card")
     scored_elsewhere = (f"{model_card.KFOLD_ENSEMBLE_LINE}: folds scored 5 of 5. Accuracy per fold: 60.0% "
-                        f"(`python experiments/accuracy.py kfold-ensemble {TINY_RECIPE} {TINY_RECIPE}:1`).")
+                        f"(`python -m experiments.accuracy kfold-ensemble {TINY_RECIPE} {TINY_RECIPE}:1`).")
     card_path = tmp_path / "saved_models" / shipped_model(name).card
     card_path.write_text(card + scored_elsewhere + "\n")
     shutil.rmtree(tmp_path / "saved_models" / "accuracy")
@@ -495,11 +486,12 @@ def test_whisper_card_is_written_from_a_recipe_run(crema_subset, tmp_path, monke
                                         str(model_dir), "--data-dir", str(crema_subset), "--run-name", "sn",
                                         "--quiet", "--workers", "1"])
     assert trained.exit_code == 0, trained.output
+    monkeypatch.syspath_prepend(str(REPO))
     monkeypatch.setattr(sys, "argv", ["model_card.py", "whisper", "saved_models/sn", "--recipe",
                                       "crema-d-whisper-speaker-norm", "--card", "MODEL_CARD-whisper-speaker-norm.md",
                                       "--data-dir", str(crema_subset)])
     with pytest.raises(SystemExit) as exited:
-        runpy.run_path(str(STUDY.parent / "model_card.py"), run_name="__main__")
+        runpy.run_module("experiments.model_card", run_name="__main__")
     assert exited.value.code in (0, None)
     card = (tmp_path / "MODEL_CARD-whisper-speaker-norm.md").read_text()
     assert card.startswith("# Model card: `model.keras`")
