@@ -422,16 +422,27 @@ def run_folds(kfold_dir):
     return folds
 
 
-def encoder_provenance(encoder):
+#: How a Whisper card's line on the encoder's weights starts.
+ENCODER_LINE = "- Encoder weights: "
+
+
+def encoder_provenance(encoder, previous_lines=()):
     """A sentence on the pre-trained encoder a model started from: its folder's name, and its weights' fingerprint
-    when the checkpoint is at hand."""
+    when the checkpoint is at hand.
+
+    Where the weights came from and how they were cross-checked is not in the run: when the card being rewritten
+    (`previous_lines`) describes weights with the same fingerprint, its sentence is kept.
+    """
     from serkeras.models.whisper import read_checkpoint
 
     name = Path(encoder).name
     sentence = f"OpenAI's Whisper (MIT licence), the checkpoint `{name}`, read by `serkeras.models.whisper`"
     if Path(encoder).exists():
-        sentence += (f" (`serkeras.models.whisper.read_checkpoint(PATH).fingerprint()` is "
-                     f"`{read_checkpoint(encoder).fingerprint()[:16]}...`)")
+        fingerprint = read_checkpoint(encoder).fingerprint()[:16]
+        kept = [line for line in previous_lines if line.startswith(ENCODER_LINE) and f"`{fingerprint}...`" in line]
+        if kept:
+            return kept[0][len(ENCODER_LINE):]
+        sentence += f" (`serkeras.models.whisper.read_checkpoint(PATH).fingerprint()` is `{fingerprint}...`)"
     return sentence + "."
 
 
@@ -452,6 +463,7 @@ def write_whisper_card(run_dir, card_path, data_dir, recipe, kfold_dir=None, mod
     run_dir = Path(run_dir)
     config = json.loads((run_dir / "config.json").read_text())
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    previous_lines = Path(card_path).read_text().splitlines() if Path(card_path).is_file() else []
     train_config = config["train_config"]
     model_path = Path(model_path or run_dir / "model.keras")
     model, meta = load_model(model_path)
@@ -502,7 +514,7 @@ def write_whisper_card(run_dir, card_path, data_dir, recipe, kfold_dir=None, mod
         f"{model_path.stat().st_size / 2**20:.1f} MiB on disk"
         f"{' (feed-forward weights int8)' if quantized_layers(model) else ''}, "
         f"{flops_per_clip(model, fc) / 1e6:,.0f} MFLOPs per 2.5 s clip (forward pass).", "",
-        f"- Encoder weights: {encoder_provenance(mc.encoder)}",
+        f"{ENCODER_LINE}{encoder_provenance(mc.encoder, previous_lines)}",
         f"- Layers kept: {mc.encoder_layers}, chosen with the per-layer probes of the lab notebook, "
         "`experiments/NOTEBOOK.md`.",
         f"- Features (stored in the file): Whisper's log-mel, {fc.n_mels} bands from {fc.fmin:g} to {fc.fmax:g} Hz, "

@@ -504,6 +504,24 @@ def test_whisper_card_is_written_from_a_recipe_run(crema_subset, tmp_path, monke
     assert str(crema_subset) not in card and str(tmp_path) not in card
 
 
+def test_a_rewritten_whisper_card_keeps_where_the_same_weights_came_from(tmp_path):
+    """What the run cannot know (where the checkpoint came from, how it was cross-checked) stays when the card
+    is rewritten for weights with the same fingerprint, and goes when the weights differ."""
+    from serkeras.models.whisper import read_checkpoint
+
+    card = load_script("model_card")
+    model_dir = tmp_path / "tiny-whisper"
+    model_dir.mkdir()
+    write_ctranslate2(model_dir, random_encoder_weights(np.random.default_rng(7), 80, 16, 2), heads=2)
+    fingerprint = read_checkpoint(model_dir).fingerprint()[:16]
+    fresh = card.encoder_provenance(model_dir)
+    assert "`tiny-whisper`" in fresh and f"`{fingerprint}...`" in fresh
+    told = f"{card.ENCODER_LINE}these weights came from a wheel, cross-checked (`{fingerprint}...`)."
+    assert card.encoder_provenance(model_dir, ["# Model card", told]) == told[len(card.ENCODER_LINE):]
+    other = f"{card.ENCODER_LINE}other weights (`0123456789abcdef...`)."
+    assert card.encoder_provenance(model_dir, [other]) == fresh
+
+
 def test_probe_rows_of_the_accuracy_report_carry_the_encoders_cost(tmp_path):
     """accuracy.md lists every logged probe with the size and cost of the encoder layers it used: from the recipe
     for `ship` rows, from the embeddings' names otherwise (blank when a name does not say)."""
