@@ -100,7 +100,7 @@ def test_speaker_standardised_head_matches_its_scores_through_evaluate(three_cla
     cache = str(workdir / "cache")
     result = run_cli(["train", "--recipe", "crema-d-whisper-speaker-norm", "--encoder", str(tiny_encoder),
                       "--manifest", str(three_class_manifest), "--run-name", "lbfgs-speaker", "--cache-dir", cache,
-                      "--quantize", "int8"] + TRAIN, workdir)
+                      "--quantize", "int8", "--augment-copies", "0"] + TRAIN, workdir)
     assert result.exit_code == 0, result.output
     run = workdir / "saved_models" / "lbfgs-speaker"
     model, meta = load_model(run / "model.keras")
@@ -169,5 +169,7 @@ def test_shipped_recipes_parse_and_name_the_shipped_models_settings():
     for recipe in (plain, speaker):
         assert recipe["head_fit"] == "lbfgs" and recipe["fine_tune_layers"] == 0 and recipe["encoder_layers"] == 2
         assert recipe["pooling"] == "stats" and recipe["split_kind"] == "actor"
+        # As the shipped files were fitted: beside one augmented copy per clip, on the int8 encoder.
+        assert (recipe["augment_copies"], recipe["speed"], recipe["quantize"]) == (1, 0.1, "int8")
     assert "speaker_standardization" not in plain
     assert speaker["speaker_standardization"] is True and speaker["speaker_prior_clips"] == 5.0
