@@ -209,9 +209,9 @@ def main(argv=None):
                      f"{fresh_process_seconds(serkeras_command('predict', one, '--model', model_path)):.2f} s "
                      f"(median of {REPEATS})")
         if args.onnx:
+            seconds = fresh_process_seconds(serkeras_command("predict", one, "--model", args.onnx))
             lines.append(f"`serkeras predict ONE_FILE --model ONNX_EXPORT` in a fresh process (ONNX Runtime, no "
-                         f"TensorFlow): {fresh_process_seconds(serkeras_command('predict', one, '--model', args.onnx)):.2f} s "
-                         f"(median of {REPEATS})")
+                         f"TensorFlow): {seconds:.2f} s (median of {REPEATS})")
         lines.append(f"`serkeras predict --help`: {fresh_process_seconds(serkeras_command('predict', '--help')):.2f} s")
         with tempfile.TemporaryDirectory() as folder:
             for path in paths:  # the clips only: a folder of the corpus would hold all of them

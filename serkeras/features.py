@@ -254,9 +254,9 @@ def _spectral_features(wave, magnitude, power, logmel, config):
 
 
 def _log_f0(wave, config, frames):
+    """Log2 F0 (octaves above 100 Hz) and its delta, one value per STFT frame."""
     import librosa
 
-    """Log2 F0 (octaves above 100 Hz) and its delta, one value per STFT frame."""
     frame_length = max(config.n_fft, 2 ** int(np.ceil(np.log2(2.2 * config.sample_rate / PITCH_FMIN))))
     f0 = librosa.yin(np.pad(wave, (0, max(0, frame_length - len(wave)))), fmin=PITCH_FMIN,
                      fmax=min(PITCH_FMAX, config.sample_rate / 4), sr=config.sample_rate,

@@ -1048,7 +1048,8 @@ def run_training(data, feature_config, model_config, train_config, run_dir, log_
         names = model_input_names(trained)
         # Layers after frozen ones draw their batches from all clips, not from clips of similar length: on
         # CREMA-D, length-bucketed batches skew the batch normalisation of Whisper's pooled embedding (59-61%
-        # instead of 66-67% on the actor split, experiments/NOTEBOOK.md, finding 31), and cached frames are cheap to pad.
+        # instead of 66-67% on the actor split; experiments/NOTEBOOK.md, finding 31), and cached frames are cheap
+        # to pad.
         train_ds = trained_data.dataset("train", feature_config, train_config.batch_size, names, shuffle=True,
                                         seed=train_config.seed, mixup_alpha=train_config.mixup_alpha,
                                         replicas=replicas, bucket=stages is None, process_share=share)
