@@ -53,10 +53,22 @@ def embed_normalization_constants(model):
     return model
 
 
-def export_model(model, path, export_format="tf_saved_model"):
+def export_model(model, path, export_format="tf_saved_model", source=None):
     """Write `model` to `path` in `export_format` with `keras.Model.export`.
 
-    For `onnx`, `model` is first changed in place by `embed_normalization_constants`.
+    For `onnx`, `model` is first changed in place by `embed_normalization_constants`;
+    the file's weights are then stored compactly (`compact_onnx_weights`), int8
+    layers multiply in integers (`integer_matrix_products`) and its metadata says
+    what `serkeras predict` needs (`write_onnx_metadata`).
+
+    Parameters
+    ----------
+    model : keras.Model
+    path : str or Path
+    export_format : {"tf_saved_model", "onnx", "litert"}
+    source : str or Path, optional
+        The `.keras` file `model` was loaded from: an ONNX file records its SHA-256, so a
+        shipped model's ONNX copy is only used beside the very file it was exported from.
 
     Raises
     ------
@@ -82,23 +94,158 @@ def export_model(model, path, export_format="tf_saved_model"):
     except Exception as exc:  # the exporter or its converter refused the model (many types), or the path
         raise SerkerasError(f"exporting to {export_format} failed: {first_error_line(exc)}") from None
     if export_format == "onnx":
-        write_onnx_metadata(model, path)
+        import onnx
+
+        proto = onnx.load(str(path))
+        compact_onnx_weights(proto)
+        integer_matrix_products(proto)
+        write_onnx_metadata(proto, model, source)
+        onnx.save(proto, str(path))
     return path
 
 
-def write_onnx_metadata(model, path):
-    """Store `model`'s labels, feature settings and model settings in the ONNX file at `path`, as
-    `serkeras.onnx_runtime.load_onnx_model` reads them (so `serkeras predict --model FILE.onnx` needs
-    nothing else)."""
+def write_onnx_metadata(proto, model, source=None):
+    """Store `model`'s labels, feature settings and model settings (and the SHA-256 of its `source` file) in
+    an ONNX model proto, in place, as `serkeras.onnx_runtime.load_onnx_model` reads them (so
+    `serkeras predict --model FILE.onnx` needs nothing else)."""
     import onnx
 
     from serkeras.models import model_metadata
     from serkeras.onnx_runtime import metadata_entries
 
-    proto = onnx.load(str(path))
     onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
-                                        **metadata_entries(model_metadata(model))})
-    onnx.save(proto, str(path))
+                                        **metadata_entries(model_metadata(model), source)})
+
+
+def compact_onnx_weights(proto, min_size=1024):
+    """Store an ONNX graph's float32 weights in fewer bytes where no value changes, in place.
+
+    The exporter writes every weight as float32, also an int8-quantized layer's kernel
+    (whole numbers in [-127, 127]) and weights that came from float16 checkpoints (such as
+    Whisper's). Each such weight is stored as int8 or float16 and cast back to float32 in
+    the graph; ONNX Runtime folds the casts when it loads the file, so the model computes
+    exactly what it did, from a file about a third the size for the Whisper models.
+
+    Parameters
+    ----------
+    proto : onnx.ModelProto
+    min_size : int
+        Weights with fewer values are left as they are.
+
+    Returns
+    -------
+    int
+        How many weights were stored smaller.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph, casts = proto.graph, []
+    for weight in list(graph.initializer):
+        if weight.data_type != TensorProto.FLOAT or np.prod(weight.dims) < min_size:
+            continue
+        values = numpy_helper.to_array(weight)
+        if np.all(np.abs(values) <= 127) and np.array_equal(values, np.round(values)):
+            smaller = values.astype(np.int8)
+        elif np.array_equal(values.astype(np.float16).astype(np.float32), values):
+            smaller = values.astype(np.float16)
+        else:
+            continue
+        graph.initializer.remove(weight)
+        graph.initializer.append(numpy_helper.from_array(smaller, f"{weight.name}_stored"))
+        casts.append(helper.make_node("Cast", [f"{weight.name}_stored"], [weight.name], to=TensorProto.FLOAT,
+                                      name=f"{weight.name}_as_float"))
+    for cast in reversed(casts):  # first in the graph: ONNX lists nodes in an order that runs
+        graph.node.insert(0, cast)
+    return len(casts)
+
+
+#: Nodes that move values without changing them, followed back from a product's input.
+_SHAPE_ONLY = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten"}
+
+
+def integer_matrix_products(proto):
+    """Run an int8 layer's matrix product on integers in an ONNX graph, in place, with the same result.
+
+    Keras' int8 Dense layers round their inputs to whole numbers in [-127, 127] and
+    multiply them by an int8 kernel; the export writes that product as a float32
+    MatMul. Where a MatMul's kernel is stored as int8 (`compact_onnx_weights`) and its
+    input is such rounded and clipped values, it becomes ONNX's MatMulInteger on
+    uint8 inputs (the values plus 128, with zero point 128: ONNX Runtime's fast int8
+    kernels take unsigned inputs) and int8 kernels, accumulated in int32 and cast to
+    float32. The products and sums are exact either way (whole numbers well below
+    2**24), so the probabilities are the same; ONNX Runtime computes them about a
+    third faster on CPUs with int8 dot-product instructions.
+
+    Parameters
+    ----------
+    proto : onnx.ModelProto
+
+    Returns
+    -------
+    int
+        How many products were changed.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = proto.graph
+    weights = {w.name: w for w in graph.initializer}
+    producer = {name: node for node in graph.node for name in node.output}
+
+    def constant(name):
+        if name in weights:
+            return numpy_helper.to_array(weights[name])
+        node = producer.get(name)
+        return numpy_helper.to_array(node.attribute[0].t) if node is not None and node.op_type == "Constant" else None
+
+    def int8_kernel(name):
+        node = producer.get(name)
+        if (node is not None and node.op_type == "Cast" and node.input[0] in weights
+                and weights[node.input[0]].data_type == TensorProto.INT8):
+            return node.input[0]
+        return None
+
+    def rounded_and_clipped(name):
+        node = producer.get(name)
+        while node is not None and node.op_type in _SHAPE_ONLY:
+            node = producer.get(node.input[0])
+        bounds = {"Max": [], "Min": []}
+        while node is not None and node.op_type in bounds and len(node.input) == 2:
+            bound = constant(node.input[1])
+            if bound is None or bound.size != 1:
+                return False
+            bounds[node.op_type].append(float(bound.reshape(())))
+            node = producer.get(node.input[0])
+        return (node is not None and node.op_type == "Round" and bool(bounds["Max"]) and bool(bounds["Min"])
+                and max(bounds["Max"]) >= -128 and min(bounds["Min"]) <= 127)
+
+    changed = 0
+    for node in list(graph.node):
+        if node.op_type != "MatMul":
+            continue
+        kernel = int8_kernel(node.input[1])
+        if kernel is None or not rounded_and_clipped(node.input[0]):
+            continue
+        name, values = node.name or node.output[0], node.input[0]
+        graph.initializer.extend([numpy_helper.from_array(np.array(128, np.float32), f"{name}_shift"),
+                                  numpy_helper.from_array(np.array(128, np.uint8), f"{name}_zero_point")])
+        position = list(graph.node).index(node)
+        graph.node.remove(node)
+        for offset, new in enumerate([
+                helper.make_node("Add", [values, f"{name}_shift"], [f"{name}_shifted"], name=f"{name}_shift"),
+                helper.make_node("Cast", [f"{name}_shifted"], [f"{name}_uint8"], to=TensorProto.UINT8,
+                                 name=f"{name}_as_uint8"),
+                helper.make_node("MatMulInteger", [f"{name}_uint8", kernel, f"{name}_zero_point"],
+                                 [f"{name}_int32"], name=f"{name}_integer"),
+                helper.make_node("Cast", [f"{name}_int32"], [node.output[0]], to=TensorProto.FLOAT,
+                                 name=f"{name}_as_float")]):
+            graph.node.insert(position + offset, new)
+        changed += 1
+    # The float32 copies of kernels that only those products read are not needed any more.
+    read = {name for node in graph.node for name in node.input} | {output.name for output in graph.output}
+    for node in list(graph.node):
+        if node.op_type == "Cast" and int8_kernel(node.output[0]) and node.output[0] not in read:
+            graph.node.remove(node)
+    return changed
 
 
 def first_error_line(exc, limit=300):

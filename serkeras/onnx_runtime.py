@@ -10,6 +10,7 @@ Runtime runs the Whisper models' graph faster than TensorFlow on CPUs.
 """
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from serkeras.features import FeatureConfig, eval_order, fit_to_length, padded_l
 #: The ONNX metadata keys `serkeras.export` writes: what `load_onnx_model` needs besides the graph.
 METADATA_KEYS = {"labels": "serkeras.labels", "feature_config": "serkeras.feature_config",
                  "model_config": "serkeras.model_config", "version": "serkeras.version"}
+#: The SHA-256 of the `.keras` file an export was made from (absent when it was not made from a file).
+SOURCE_KEY = "serkeras.source_sha256"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,18 +35,32 @@ class OnnxMetadata:
     feature_config: FeatureConfig
     model_config: dict
     version: str
+    source_sha256: str = ""
 
     @property
     def normalises_by_speaker(self):
         return self.feature_config.speaker_norm
 
 
-def metadata_entries(metadata):
-    """ONNX metadata entries (key -> text) for a model's `serkeras.models.ModelMetadata`."""
-    return {METADATA_KEYS["labels"]: json.dumps(list(metadata.labels)),
-            METADATA_KEYS["feature_config"]: json.dumps(metadata.feature_config.to_dict()),
-            METADATA_KEYS["model_config"]: json.dumps(metadata.model_config.to_dict()),
-            METADATA_KEYS["version"]: str(metadata.version)}
+def metadata_entries(metadata, source=None):
+    """ONNX metadata entries (key -> text) for a model's `serkeras.models.ModelMetadata`, and the SHA-256 of
+    the `.keras` file `source` it was exported from, if given."""
+    entries = {METADATA_KEYS["labels"]: json.dumps(list(metadata.labels)),
+               METADATA_KEYS["feature_config"]: json.dumps(metadata.feature_config.to_dict()),
+               METADATA_KEYS["model_config"]: json.dumps(metadata.model_config.to_dict()),
+               METADATA_KEYS["version"]: str(metadata.version)}
+    if source is not None:
+        entries[SOURCE_KEY] = file_sha256(source)
+    return entries
+
+
+def file_sha256(path):
+    """The SHA-256 of a file, as hexadecimal text."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class OnnxModel:
@@ -117,5 +134,5 @@ def load_onnx_model(path):
                              "predict with the .keras file")
     metadata = OnnxMetadata(tuple(json.loads(stored[METADATA_KEYS["labels"]])),
                             FeatureConfig.from_dict(json.loads(stored[METADATA_KEYS["feature_config"]])),
-                            model_config, stored[METADATA_KEYS["version"]])
+                            model_config, stored[METADATA_KEYS["version"]], stored.get(SOURCE_KEY, ""))
     return OnnxModel(session, metadata), metadata

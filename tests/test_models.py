@@ -594,6 +594,14 @@ def test_whisper_model_with_int8_feed_forward_exports_to_onnx_and_says_why_liter
     for export_format, name in (("onnx", "w.onnx"), ("tf_saved_model", "w_saved_model")):
         path = export_model(model, tmp_path / name, export_format)
         assert check_export(model, path, export_format) < export_tolerance(model)
+    # The int8 kernels stay int8 in the ONNX file (the exporter writes them as float32): a smaller file, same values.
+    import onnx
+
+    stored = onnx.load(str(tmp_path / "w.onnx")).graph.initializer
+    int8 = [t.name for t in stored if t.data_type == onnx.TensorProto.INT8 and np.prod(t.dims) == 16 * 64]
+    assert len(int8) == 2 and all("ffn" in name for name in int8), int8
+    # ... and they multiply integers (`integer_matrix_products`): check_export above found the same probabilities.
+    assert [n.op_type for n in onnx.load(str(tmp_path / "w.onnx")).graph.node].count("MatMulInteger") == 2
     # LiteRT's converter has no fully-connected op for Keras' int8 activations: said before trying, in one line.
     with pytest.raises(SerkerasError, match=r"^LiteRT's converter cannot convert Keras' int8-quantized layers"):
         export_model(model, tmp_path / "w.tflite", "litert")
