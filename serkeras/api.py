@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from serkeras.errors import SerkerasError
+from serkeras.errors import ModelFileError, SerkerasError
 
 if TYPE_CHECKING:  # the settings classes' modules import Keras; this one does so only where it must
     from serkeras.features import FeatureConfig
@@ -25,7 +25,55 @@ if TYPE_CHECKING:  # the settings classes' modules import Keras; this one does s
     from serkeras.training import TrainConfig
 
 
-def open_model(value, allow_onnx=False):
+#: How `serkeras predict` runs a model: "auto" runs a shipped model's ONNX copy in ONNX Runtime when both are
+#: installed (no TensorFlow start-up; the same probabilities), "keras" always the `.keras` file, "onnx" the copy.
+RUNTIMES = ("auto", "keras", "onnx")
+
+
+def prediction_file(value, runtime="auto"):
+    """The model file `serkeras predict` runs for `value`.
+
+    Parameters
+    ----------
+    value : str, Path or None
+        As for `open_model`.
+    runtime : {"auto", "keras", "onnx"}
+        See `RUNTIMES`.
+
+    Returns
+    -------
+    path : Path
+        The `.keras` or `.onnx` file to open.
+    source : Path or None
+        For a shipped model's ONNX copy, the `.keras` file it must have been exported from
+        (`open_model` checks it); None otherwise.
+
+    Raises
+    ------
+    SerkerasError
+        For ``runtime="onnx"`` when the model has no ONNX copy or onnxruntime is not installed.
+    """
+    import importlib.util
+
+    from serkeras.shipped import onnx_copy, resolve_model
+
+    if runtime not in RUNTIMES:
+        raise SerkerasError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    path = resolve_model(value)
+    if runtime == "keras" or path.suffix.lower() == ".onnx":
+        return path, None
+    copy = onnx_copy(value)
+    installed = importlib.util.find_spec("onnxruntime") is not None
+    if copy and installed:
+        return copy
+    if runtime == "onnx":
+        raise SerkerasError(f"{path} has no ONNX copy beside it: export one (`serkeras export MODEL --format "
+                            "onnx`) and give it as --model" if not copy else
+                            "running a model in ONNX Runtime needs onnxruntime (pip install onnxruntime)")
+    return path, None
+
+
+def open_model(value, allow_onnx=False, source=None):
     """Load a `.keras` file, an ONNX export (`.onnx`, run by ONNX Runtime), or a shipped model by name.
 
     Parameters
@@ -35,12 +83,20 @@ def open_model(value, allow_onnx=False):
         default shipped model (`serkeras.shipped.resolve_model`).
     allow_onnx : bool
         Whether an ONNX export may be opened (prediction only: `serkeras.inference.predict_files`).
+    source : str or Path, optional
+        For an ONNX export: the `.keras` file it must have been exported from (its SHA-256 is
+        recorded in the export), as `prediction_file` gives it.
 
     Returns
     -------
     model : keras.Model, or serkeras.onnx_runtime.OnnxModel for an ``.onnx`` file
     metadata : serkeras.models.ModelMetadata, or serkeras.onnx_runtime.OnnxMetadata
         Its labels, feature settings and standardisation statistics.
+
+    Raises
+    ------
+    ModelFileError
+        For a file that cannot be loaded, or an ONNX export not made from `source`.
     """
     from serkeras.shipped import resolve_model
 
@@ -48,9 +104,14 @@ def open_model(value, allow_onnx=False):
     if str(path).lower().endswith(".onnx"):
         if not allow_onnx:
             raise SerkerasError(f"{path} is an ONNX export, which only `serkeras predict` runs: give the .keras file")
-        from serkeras.onnx_runtime import load_onnx_model  # no TensorFlow
+        from serkeras.onnx_runtime import file_sha256, load_onnx_model  # no TensorFlow
 
-        return load_onnx_model(path)
+        model, metadata = load_onnx_model(path)
+        if source is not None and metadata.source_sha256 != file_sha256(source):
+            raise ModelFileError(f"{path} was not exported from {source} beside it: export it again "
+                                 f"(`serkeras export {source} --format onnx --output {path}`), or use "
+                                 "--runtime keras")
+        return model, metadata
     from serkeras.models import load_model
 
     return load_model(path)

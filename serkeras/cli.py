@@ -11,7 +11,7 @@ import warnings
 import click
 
 from serkeras import __version__
-from serkeras.api import PREDICTION_FORMATS, SplitSettings  # the Python API imports Keras only where it must
+from serkeras.api import PREDICTION_FORMATS, RUNTIMES, SplitSettings  # the Python API imports Keras only where it must
 from serkeras.errors import SerkerasError
 from serkeras.options import SerkerasGroup, speaker_stats_option, tta_option
 # The settings dataclasses import no Keras: every option's default is read from them, written there once.
@@ -100,6 +100,12 @@ def lazy_choice(module, name, imports_keras=True):
         return sorted(values) if isinstance(values, dict) else values  # a registry's names, or a tuple in order
 
     return LazyChoice(load)
+
+
+runtime_option = click.option(
+    "--runtime", type=click.Choice(RUNTIMES), default="auto", show_default=True,
+    help="'auto': a shipped model's ONNX copy, where one ships, runs in ONNX Runtime (no TensorFlow start-up; the "
+         ".keras file's probabilities within 1e-3 or so); 'keras': the .keras file; 'onnx': the ONNX copy or fail.")
 
 
 class KerasCommand(click.Command):
@@ -655,6 +661,7 @@ def _perturbations(ctx, param, values):
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the report as JSON.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write the confusion matrix as PNG.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@runtime_option
 @tta_option
 @speaker_stats_option
 @click.option("--perturb", "perturbations", multiple=True, metavar="KIND[:AMOUNT]", callback=_perturbations,
@@ -662,7 +669,7 @@ def _perturbations(ctx, param, values):
                    "samples, not clipped at full scale), noise:SNR_DB (white), telephone (300-3400 Hz), "
                    "reverb:RT60_S (a synthetic room). Repeat for several; prints accuracy and UA per condition.")
 def evaluate(model_path, data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction, test_fraction, seed,
-             part, json_path, plot, batch_size, tta_copies, speaker_stats, perturbations):
+             part, json_path, plot, batch_size, runtime, tta_copies, speaker_stats, perturbations):
     """Accuracy, F1, precision, recall, per-class table and confusion matrix of a saved model
     (with --perturb: accuracy and UA under each recording condition).
 
@@ -677,7 +684,8 @@ def evaluate(model_path, data_dir, manifest, cache_dir, split_kind, fold, n_fold
 
     if perturbations and plot:
         raise click.UsageError("--plot draws one condition's confusion matrix; give it without --perturb")
-    model, meta = api.open_model(model_path)
+    path, source = api.prediction_file(model_path, runtime)
+    model, meta = api.open_model(path, allow_onnx=True, source=source)
     corpus = load_corpora(data_dir, manifest)
     check_model_labels(meta, corpus.labels)
     try:
@@ -688,7 +696,7 @@ def evaluate(model_path, data_dir, manifest, cache_dir, split_kind, fold, n_fold
     clips, described = api.evaluation_part(corpus, split, part)
     tta = f", test-time augmentation: each clip + {tta_copies} copies" if tta_copies else ""
     stats = ", speaker statistics from the whole corpus" if speaker_stats == "corpus" else ""
-    settings = {"model": str(model_path), "split": described, "part": part, "tta_copies": tta_copies,
+    settings = {"model": str(model_path), "file": str(path), "split": described, "part": part, "tta_copies": tta_copies,
                 **({"speaker_stats": speaker_stats} if meta.normalises_by_speaker else {})}
     if perturbations:
         rows = robustness_report(model, meta, corpus, clips, perturbations, tta_copies, cache_dir,
@@ -718,21 +726,13 @@ def evaluate(model_path, data_dir, manifest, cache_dir, split_kind, fold, n_fold
         save_confusion_matrix(report["confusion_matrix"], meta.labels, plot, f"{part}: {described}")
 
 
-class PredictCommand(KerasCommand):
-    """`predict`: an ONNX model (`--model FILE.onnx`) runs in ONNX Runtime, so TensorFlow is not imported."""
-
-    def invoke(self, ctx):
-        if str(ctx.params.get("model_path") or "").lower().endswith(".onnx"):
-            return click.Command.invoke(self, ctx)
-        return super().invoke(ctx)
-
-
-@main.command(cls=PredictCommand)
+@main.command()
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
               help=f"A .keras file, an ONNX export of one (`serkeras export --format onnx`; runs in ONNX Runtime, "
                    f"without TensorFlow), or a shipped model by name: {', '.join(model_names())} (default: the "
                    "first).")
+@runtime_option
 @click.option("--format", "output_format", type=click.Choice(PREDICTION_FORMATS), default="table",
               show_default=True)
 @click.option("--window", type=click.FloatRange(min=0.5), default=None,
@@ -751,7 +751,7 @@ class PredictCommand(KerasCommand):
                    "--speaker-norm): which files share a speaker, whose statistics are used ('auto': a CREMA-D file "
                    "name's actor, else the folder; 'folder': files in one folder; 'prefix': the file name up to its "
                    "first underscore; 'all'; 'file'). Give several recordings of each speaker.")
-def predict(paths, model_path, output_format, window, hop, batch_size, workers, max_seconds, tta_copies,
+def predict(paths, model_path, runtime, output_format, window, hop, batch_size, workers, max_seconds, tta_copies,
             speaker_grouping):
     """Predict the emotion of audio files, folders or globs (any format, rate and channels)."""
     from serkeras import api
@@ -759,7 +759,10 @@ def predict(paths, model_path, output_format, window, hop, batch_size, workers, 
 
     _refuse_model_paths(paths)
     files = expand_paths(paths)  # before the model: a mistyped path should not wait for it to load
-    model, meta = api.open_model(model_path, allow_onnx=True)
+    path, source = api.prediction_file(model_path, runtime)
+    if path.suffix.lower() != ".onnx":
+        import_tensorflow_quietly()  # ONNX Runtime runs an .onnx file without TensorFlow
+    model, meta = api.open_model(path, allow_onnx=True, source=source)
     predictions, skipped = predict_files(model, meta, files, window, hop, batch_size, workers, tta_copies,
                                          speaker_grouping, max_seconds)
     click.echo(api.format_predictions(predictions, meta.labels, output_format), nl=False)
@@ -903,12 +906,14 @@ def export_command(model_path, export_format, output):
     from serkeras import api
     from serkeras.export import SUFFIXES, UncheckedExport, check_export, export_model, export_tolerance
 
+    from serkeras.shipped import resolve_model
+
     model, _ = api.open_model(model_path)
     suffix = SUFFIXES[export_format]
     output = Path(output) if output else Path(model_path).with_name(f"{Path(model_path).stem}-{export_format}{suffix}")
     if suffix and output.suffix != suffix:
         output = output.with_name(output.name + suffix)  # the exporters insist on their suffix
-    export_model(model, output, export_format)
+    export_model(model, output, export_format, source=resolve_model(model_path))
     try:
         difference = check_export(model, output, export_format)
     except UncheckedExport as exc:

@@ -8,12 +8,14 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 
 from serkeras.errors import DataError
 from serkeras.features import eval_order, feature_kinds
+from serkeras.onnx_runtime import OnnxModel
 from serkeras.pipeline import clip_lengths, make_dataset
 from serkeras.speakers import embedding_speaker_stats, speaker_input_arrays
 
 
 def model_input_names(model):
-    return tuple(t.name for t in model.inputs)
+    """The names of a Keras model's inputs, or of an ONNX export's (`serkeras.onnx_runtime.OnnxModel`)."""
+    return model.input_names if isinstance(model, OnnxModel) else tuple(t.name for t in model.inputs)
 
 
 def predict_features(model, feature_list, length_mode, fixed_frames=None, batch_size=32, speakers=None,
@@ -30,6 +32,8 @@ def predict_features(model, feature_list, length_mode, fixed_frames=None, batch_
     """
     from serkeras.models import speaker_stages
 
+    if isinstance(model, OnnxModel):  # batched the same way (exports of speaker-standardised models are refused)
+        return model.predict(feature_list, batch_size)
     stages = speaker_stages(model)
     if stages is None:
         return _predict(model, feature_list, length_mode, fixed_frames, batch_size)
@@ -164,7 +168,7 @@ def predict_clips(model, meta, clips, copies=0, cache_dir=None, speaker_clips=No
     if not kept:
         return kept, np.zeros((0, len(meta.labels)), np.float32)
     by_speaker = {}
-    if meta.model_config.speaker_standardization:
+    if not isinstance(model, OnnxModel) and meta.model_config.speaker_standardization:
         by_speaker["speakers"] = [c.speaker for c in kept]
         if speaker_clips is not None:
             reference, references = model_features(speaker_clips, config, copies, cache_dir, kinds=kinds,

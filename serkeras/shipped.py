@@ -48,6 +48,10 @@ class ShippedModel:
     members : tuple of (str, int), optional
         For an average of models (``serkeras ensemble``): the shipped recipe and the training
         seed (``--train-seed``) of each model it averages, in order. Empty otherwise.
+    onnx : str, optional
+        The file name of its ONNX export (``serkeras export NAME --format onnx``), beside
+        `file`, which `serkeras predict` runs in ONNX Runtime, without starting TensorFlow.
+        Empty if none ships.
     """
 
     name: str
@@ -56,6 +60,12 @@ class ShippedModel:
     summary: str
     recipe: str = ""
     members: tuple = ()
+    onnx: str = ""
+
+    @property
+    def files(self):
+        """Its files in ``saved_models/``: the model, its ONNX copy if one ships, and its card."""
+        return tuple(name for name in (self.file, self.onnx, self.card) if name)
 
 
 def _members(table, where):
@@ -208,6 +218,28 @@ def model_path(name):
             return folder / file_name
     raise SerkerasError(f"no shipped model saved_models/{file_name} found: train one with `serkeras train` "
                         "and pass --model saved_models/<run>/model.keras")
+
+
+def onnx_copy(value):
+    """The shipped ONNX export of the model `value` names, if it ships one and it lies beside the model's file.
+
+    Parameters
+    ----------
+    value : str, Path or None
+        As for `resolve_model`; a path to a file that is not a shipped model has no copy.
+
+    Returns
+    -------
+    (Path, Path) or None
+        The ONNX file and the `.keras` file it must have been exported from.
+    """
+    listed = default_model() if value is None else find_model(str(value))
+    if listed is None or not listed.onnx:
+        return None
+    keras_file = resolve_model(value)
+    if keras_file.name != listed.file or not (keras_file.parent / listed.onnx).is_file():
+        return None  # a file of the model's name that is not the shipped one, or no copy beside it
+    return keras_file.parent / listed.onnx, keras_file
 
 
 def resolve_model(value):

@@ -12,7 +12,7 @@ from serkeras import __version__
 from serkeras.cli import main
 from serkeras.corpus import DATA_DIR_ENV
 from serkeras.features import FeatureConfig
-from serkeras.shipped import default_model, model_names
+from serkeras.shipped import default_model, model_names, shipped_models
 
 SHIPPED_MODELS = model_names()
 SHIPPED_MODEL = default_model().file
@@ -232,23 +232,66 @@ SPEAKER_NORM = SPEAKER_NORMS[0]
 
 @pytest.mark.skipif(not SHIPPED.is_file(), reason="no shipped model in this checkout")
 def test_predict_without_model_uses_the_shipped_model(runner, real_clips, tmp_path, monkeypatch):
+    """The default model's ONNX copy, exported from the very file beside it, runs without TensorFlow and gives the
+    .keras file's probabilities (`--runtime keras`)."""
     import json
+    import subprocess
+    import sys
 
     from serkeras.corpus import CREMA_D_LABELS
+    from serkeras.export import export_tolerance
     from serkeras.models import load_model
+    from serkeras.onnx_runtime import file_sha256, load_onnx_model
 
     assert SHIPPED.stat().st_size <= 20 * 2**20
-    _, meta = load_model(SHIPPED)
+    model, meta = load_model(SHIPPED)
     assert meta.labels == CREMA_D_LABELS and meta.model_config.arch == "whisper"
+    onnx_file = SHIPPED_DIR / default_model().onnx
+    assert (SHIPPED.stat().st_size + onnx_file.stat().st_size) <= 40 * 2**20
+    _, onnx_meta = load_onnx_model(onnx_file)
+    assert onnx_meta.source_sha256 == file_sha256(SHIPPED)
+    assert (onnx_meta.labels, onnx_meta.feature_config) == (meta.labels, meta.feature_config)
     monkeypatch.chdir(tmp_path)  # no saved_models/ here: the checkout's copy is found
-    clips = [str(p) for p in real_clips.paths[:3]]
-    result = runner.invoke(main, ["predict", *clips, "--format", "json", "--workers", "1"])
-    assert result.exit_code == 0, result.output
-    rows = json.loads(result.output[result.output.index("["):])
-    assert sorted(row["path"] for row in rows) == sorted(clips)
-    for row in rows:
-        assert row["label"] in CREMA_D_LABELS
-        assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    clips = [str(p) for p in real_clips.paths]
+
+    def probabilities(*options):
+        result = runner.invoke(main, ["predict", *clips, "--format", "json", "--workers", "1", *options])
+        assert result.exit_code == 0, result.output
+        return {row["path"]: row["probabilities"] for row in json.loads(result.output[result.output.index("["):])}
+
+    by_onnx, by_keras = probabilities(), probabilities("--runtime", "keras")
+    assert sorted(by_onnx) == sorted(clips) == sorted(by_keras)
+    # Its int8 layers round activations, and the two runtimes round a few the other way (docs/export.md): 0.0012
+    # at most on these clips, the same labels.
+    for clip in clips:
+        assert sum(by_onnx[clip].values()) == pytest.approx(1.0, abs=1e-4)
+        assert by_onnx[clip] == pytest.approx(by_keras[clip], abs=10 * export_tolerance(model))
+        assert max(by_onnx[clip], key=by_onnx[clip].get) == max(by_keras[clip], key=by_keras[clip].get)
+    script = ("import sys\nfrom serkeras.cli import main\ntry:\n"
+              f"    main(['predict', {clips[0]!r}, '--workers', '1', '--runtime', 'onnx'], standalone_mode=False)\n"
+              "except SystemExit:\n    pass\nprint('loaded', [m for m in ('tensorflow', 'keras') if m in sys.modules])\n")
+    alone = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 0 and alone.stdout.rstrip().endswith("loaded []"), alone.stdout + alone.stderr[-2000:]
+
+
+def test_a_stale_onnx_copy_is_refused_in_one_line(runner, real_clips, tmp_path, monkeypatch):
+    """A shipped model's ONNX copy beside a .keras file it was not exported from (a project's own saved_models/)
+    is not run in its place."""
+    import shutil
+
+    if not SHIPPED.is_file():
+        pytest.skip("no shipped model in this checkout")
+    monkeypatch.chdir(tmp_path)
+    own = tmp_path / "saved_models"
+    own.mkdir()
+    shutil.copy(SHIPPED_DIR / default_model().onnx, own)
+    (own / SHIPPED.name).write_bytes(SHIPPED.read_bytes() + b"\0")  # another file of the same name
+    result = runner.invoke(main, ["predict", str(real_clips.paths[0]), "--workers", "1"])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"error: {own / default_model().onnx} was not exported from {own / SHIPPED.name}")
+    assert "--runtime keras" in result.output and len(result.output.strip().splitlines()) == 1
+    no_copy = runner.invoke(main, ["predict", str(real_clips.paths[0]), "--model", SPEAKER_NORM, "--runtime", "onnx"])
+    assert no_copy.exit_code == 1 and "has no ONNX copy beside it" in no_copy.output
 
 
 @pytest.mark.parametrize("name", SPEAKER_NORMS)
@@ -324,22 +367,25 @@ def test_a_wheel_installs_the_shipped_model_for_predict(real_clips, tmp_path):
     inner_site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                 capture_output=True, text=True, check=True).stdout.strip()
     Path(inner_site, "outer-site-packages.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    for name in SHIPPED_MODELS:
-        shipped = SHIPPED_DIR / f"{name}.keras"
-        assert (env_dir / "share" / "serkeras" / shipped.name).read_bytes() == shipped.read_bytes()
+    for model in shipped_models():
+        for name in (model.file, model.onnx or model.file):
+            assert (env_dir / "share" / "serkeras" / name).read_bytes() == (SHIPPED_DIR / name).read_bytes()
     outside = tmp_path / "elsewhere"
     outside.mkdir()
+    # The .keras file, through TensorFlow (the ONNX copy's path is `test_predict_without_model_uses_the_shipped_model`).
     result = subprocess.run([str(env_dir / "bin" / "serkeras"), "predict", str(real_clips.paths[0]), "--format", "json",
-                             "--workers", "1"], cwd=outside, env=clean, capture_output=True, text=True, timeout=600)
+                             "--workers", "1", "--runtime", "keras"], cwd=outside, env=clean, capture_output=True,
+                            text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     # TensorFlow's import chatter is dropped (the CLI imports it with standard error captured)
     assert "absl::InitializeLog" not in result.stderr and "] oneDNN custom operations" not in result.stderr
     rows = json.loads(result.stdout[result.stdout.index("["):])
     assert [row["path"] for row in rows] == [str(real_clips.paths[0])]
-    located = subprocess.run([str(python), "-c", "import serkeras.shipped as s; print(s.resolve_model(None), s.__file__)"],
+    located = subprocess.run([str(python), "-c", "import serkeras.api as a; print(*a.prediction_file(None), a.__file__)"],
                              cwd=outside, env=clean, capture_output=True, text=True, check=True).stdout.split()
-    assert Path(located[0]) == env_dir / "share" / "serkeras" / SHIPPED.name
-    assert Path(located[1]).is_relative_to(env_dir)  # the installed wheel's code, not this checkout's
+    assert [Path(p) for p in located[:2]] == [env_dir / "share" / "serkeras" / name
+                                              for name in (default_model().onnx, SHIPPED.name)]
+    assert Path(located[2]).is_relative_to(env_dir)  # the installed wheel's code, not this checkout's
 
 
 def test_import_chatter_is_dropped_and_everything_else_kept():

@@ -568,8 +568,12 @@ def test_predict_runs_an_onnx_export_without_tensorflow_and_predicts_like_the_ke
     assert "Traceback" not in refused.output
     misplaced = run_cli(["predict", str(out), clips[0]], workdir)
     assert misplaced.exit_code == 2 and "is a model, not audio" in misplaced.output
-    evaluated = run_cli(["evaluate", str(out), "--data-dir", str(crema_subset)], workdir)
-    assert evaluated.exit_code == 1 and "only `serkeras predict` runs: give the .keras file" in evaluated.output
+    # `evaluate` scores the export as it scores the .keras file.
+    evaluated = [run_cli(["evaluate", str(m), "--data-dir", str(crema_subset), "--part", "all", "--json",
+                          str(tmp_path / f"{i}.json")], workdir) for i, m in enumerate((out, run / "model.keras"))]
+    assert all(e.exit_code == 0 for e in evaluated), evaluated[0].output
+    reports = [json.loads((tmp_path / f"{i}.json").read_text()) for i in range(2)]
+    assert reports[0]["file"] == str(out) and reports[0]["confusion_matrix"] == reports[1]["confusion_matrix"]
 
 
 def test_export_litert_is_checked_against_the_keras_model(trained, workdir):

@@ -17,13 +17,14 @@ SAVED_MODELS = ROOT / "saved_models"
 
 
 def test_saved_models_holds_exactly_the_manifests_files_and_cards():
-    """Every listed model has its file (at most 20 MiB) and its card, and nothing else ships beside them: a run
-    saved at the top of saved_models/ would be installed by setup.cfg's patterns."""
-    listed = {name for model in shipped.shipped_models() for name in (model.file, model.card)}
+    """Every listed model has its file (at most 20 MiB), its ONNX copy if listed, and its card, and nothing else
+    ships beside them: a run saved at the top of saved_models/ would be installed by setup.cfg's patterns."""
+    listed = {name for model in shipped.shipped_models() for name in model.files}
     present = {path.name for path in SAVED_MODELS.iterdir() if path.is_file()}
     assert present == listed | {"README.md"}
     for model in shipped.shipped_models():
         assert model.file.endswith(".keras") and (SAVED_MODELS / model.file).stat().st_size <= 20 * 2**20
+        assert model.onnx == "" or (model.onnx.endswith(".onnx") and model.onnx.startswith(model.name))
         assert model.summary.startswith(("One recording", "Several recordings per speaker"))
         # What rebuilds it ships too: its recipe, or the recipe of each model it averages.
         assert bool(model.recipe) != bool(model.members)
@@ -39,7 +40,7 @@ def test_setup_cfg_installs_the_manifests_files_and_git_keeps_them():
     setup.read(ROOT / "setup.cfg")
     patterns = setup["options.data_files"]["share/serkeras"].split()
     assert "shipped_models.toml" in setup["options.package_data"]["serkeras"]
-    listed = [f"saved_models/{name}" for model in shipped.shipped_models() for name in (model.file, model.card)]
+    listed = [f"saved_models/{name}" for model in shipped.shipped_models() for name in model.files]
     present = [f"saved_models/{path.name}" for path in SAVED_MODELS.iterdir() if path.is_file()]
     installed = {path for path in present if any(fnmatch.fnmatch(path, pattern) for pattern in patterns)}
     assert installed == set(listed)
