@@ -1,15 +1,18 @@
 """Benchmark: `serkeras predict` throughput (clips/s) against the model's FLOPs bound, start-up, memory, peers.
 
-    python benchmarks/predict.py --data-dir ../shared/data/crema-d/audio --model saved_models/serkeras-crema-d-whisper.keras
+    python benchmarks/predict.py --data-dir ../shared/data/crema-d/audio --model serkeras-crema-d-emodb-ased-whisper
     python benchmarks/predict.py --data-dir ../shared/data/crema-d/audio --arch 2d --width 0.25   # untrained model
 
 It times `serkeras.inference.predict_files` end to end (decode, resample,
-features, windows, model, aggregation) over the first `--clips` files after a
+features, windows, model, aggregation; the model run as `serkeras predict --runtime`
+runs it: a shipped model's ONNX copy in ONNX Runtime where one ships, else the
+`.keras` file) over the first `--clips` files after a
 warm-up (the steady rate), then the model part alone on the same features, so
 the two costs can be told apart. The FLOPs bound is the model's FLOPs per clip
 (`serkeras.models.cost`, at the clips' mean length) divided by the float32
-matrix-multiply rate NumPy reaches on this machine in the same run: no runtime
-can run the model faster than that. `--latency` also times `serkeras predict`
+matrix-multiply rate NumPy reaches on this machine in the same run (the best of
+four measurements, one beside each timed run): no float32 runtime can run the
+model faster than that. `--latency` also times `serkeras predict`
 on one file (with `--onnx`, through the export too) and `serkeras predict --help`
 in fresh processes (median of 3), and the peak memory of `serkeras predict` on
 all the clips. Peers, on the same
@@ -22,7 +25,6 @@ of the given architecture costs the same as a trained one.
 
 import argparse
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -74,19 +76,25 @@ def fresh_process_seconds(command):
 
 
 def peak_memory_mb(command):
-    """Largest resident set (MB) of `command` or of any process it started, run once."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    subprocess.run(command, check=True, capture_output=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if after <= before:
-        return None  # an earlier child used more: not measurable in this process
-    return after / 1024
+    """Largest resident set (MB) of `command` or of any process it started, run once.
+
+    It runs under a fresh Python process, whose own children are only `command`: this
+    process's children (the timings before) may have used more.
+    """
+    script = ("import resource, subprocess, sys\n"
+              "subprocess.run(sys.argv[1:], check=True, capture_output=True)\n"
+              "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
+    result = subprocess.run([sys.executable, "-c", script, *command], check=True, capture_output=True, text=True)
+    return int(result.stdout.split()[-1]) / 1024
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--model", default=None, help="A .keras model (default: build an untrained --arch/--width).")
+    parser.add_argument("--model", default=None,
+                        help="A .keras model or a shipped model's name (default: build an untrained --arch/--width).")
+    parser.add_argument("--runtime", default="auto", choices=("auto", "keras", "onnx"),
+                        help="As `serkeras predict --runtime`: what runs the model (auto: a shipped model's ONNX copy).")
     parser.add_argument("--arch", default="2d")
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--clips", type=int, default=500)
@@ -105,6 +113,7 @@ def main(argv=None):
     from serkeras.corpus import load_crema_d
     from serkeras.evaluation import model_input_names, predict_features
     from serkeras.features import FeatureConfig, feature_kinds
+    from serkeras.api import open_model, prediction_file
     from serkeras.inference import predict_files, speaker_of
     from serkeras.models import ModelConfig, build_model, load_model
     from serkeras.models.cost import flops_per_clip
@@ -118,18 +127,22 @@ def main(argv=None):
                             ["anger", "disgust", "fear", "happy", "neutral", "sad"])
         model_path = os.path.join(tempfile.mkdtemp(prefix="serkeras-bench-"), "model.keras")
         model.save(model_path)
-    model, metadata = load_model(model_path)
+    run_path, source = prediction_file(model_path, args.runtime)
+    model, metadata = open_model(run_path, allow_onnx=True, source=source)
+    keras_model, _ = load_model(source or run_path)  # what the FLOPs are counted on (and the peers' batches)
     config = metadata.feature_config
     kinds = feature_kinds(model_input_names(model))
 
     lines = ["# serkeras predict benchmark", "command: python benchmarks/predict.py " + " ".join(argv or sys.argv[1:]),
              *describe_machine(), f"start: {time.strftime('%Y-%m-%d %H:%M:%S')}, {load_average()}",
              f"model: {args.model or f'untrained {args.arch} width {args.width:g}'} "
-             f"({model.count_params():,} parameters, {config.length_mode} length, inputs {', '.join(kinds)})"]
+             f"({keras_model.count_params():,} parameters, {config.length_mode} length, inputs {', '.join(kinds)}), "
+             f"run from {run_path}"]
     predict_files(model, metadata, paths[:8], batch_size=args.batch_size)  # warm-up: graph tracing
-    rates = []
+    rates, matmul_rates = [], []
     for _ in range(REPEATS):
         lines.append(f"  {load_average()}")
+        matmul_rates.append(matmul_gflops())  # beside each run: other machines' load moves it by half
         start = time.perf_counter()
         predictions, skipped = predict_files(model, metadata, paths, batch_size=args.batch_size)
         rates.append(len(predictions) / (time.perf_counter() - start))
@@ -137,7 +150,8 @@ def main(argv=None):
     audio_seconds = sum(p.seconds for p in predictions)
 
     # A model that standardises by speaker also needs each clip's speaker (CREMA-D names give the actor).
-    speakers = [speaker_of(p) for p in paths] if metadata.model_config.speaker_standardization else None
+    speakers = [speaker_of(p) for p in paths] if getattr(metadata.model_config, "speaker_standardization",
+                                                         False) else None
     features = [compute_clip(p, config, kinds=kinds) for p in paths]
     predict_features(model, features[:8], config.length_mode, config.fixed_frames, args.batch_size,
                      speakers and speakers[:8])
@@ -145,9 +159,10 @@ def main(argv=None):
     model_only = median_seconds(lambda: predict_features(model, features, config.length_mode, config.fixed_frames,
                                                          args.batch_size, speakers))
     mean_seconds = audio_seconds / len(predictions)
-    flops = flops_per_clip(model, config, mean_seconds)
+    flops = flops_per_clip(keras_model, config, mean_seconds)
     lines.append(f"  {load_average()}")
-    gflops = matmul_gflops()
+    matmul_rates.append(matmul_gflops())
+    gflops = max(matmul_rates)  # the highest rate seen: the strictest bound
     bound = gflops * 1e9 / flops
 
     lines += [f"clips: {len(predictions)} predicted, {len(skipped)} skipped, {audio_seconds:.0f} s of audio "
@@ -157,14 +172,15 @@ def main(argv=None):
               f"model alone: {len(features) / model_only:.1f} clips/s; the rest (decode, features, windows) "
               f"{len(features) / rate - model_only:.2f} s",
               f"FLOPs bound: {flops / 1e9:.2f} GFLOP per {mean_seconds:.2f}-s clip / {gflops:.0f} GFLOP/s (NumPy "
-              f"float32 matmul) = {bound:.1f} clips/s; end to end reaches {rate / bound:.0%} of it, "
+              f"float32 matmul, the best of {', '.join(f'{r:.0f}' for r in matmul_rates)} measured beside the runs) "
+              f"= {bound:.1f} clips/s; end to end reaches {rate / bound:.0%} of it, "
               f"the model alone {len(features) / model_only / bound:.0%}"]
 
     def run_batches(run):
         """`run(inputs)` on the model's own padded, length-sorted batches."""
         dataset = make_dataset(features, np.zeros(len(features), np.int32), 1, config.length_mode,
                                config.fixed_frames, batch_size=args.batch_size,
-                               input_names=model_input_names(model)).map(lambda x, y: x)
+                               input_names=model_input_names(keras_model)).map(lambda x, y: x)
         batches = list(dataset.as_numpy_iterator())
         run(batches[0])
         return median_seconds(lambda: [run(b) for b in batches])
@@ -205,8 +221,9 @@ def main(argv=None):
     if args.latency:
         one = paths[0]
         lines.append(f"  {load_average()}")
-        lines.append(f"`serkeras predict ONE_FILE --model MODEL` in a fresh process: "
-                     f"{fresh_process_seconds(serkeras_command('predict', one, '--model', model_path)):.2f} s "
+        chosen = ("--model", model_path, "--runtime", args.runtime)
+        lines.append(f"`serkeras predict ONE_FILE --model MODEL --runtime {args.runtime}` in a fresh process: "
+                     f"{fresh_process_seconds(serkeras_command('predict', one, *chosen)):.2f} s "
                      f"(median of {REPEATS})")
         if args.onnx:
             seconds = fresh_process_seconds(serkeras_command("predict", one, "--model", args.onnx))
@@ -216,9 +233,9 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as folder:
             for path in paths:  # the clips only: a folder of the corpus would hold all of them
                 os.symlink(os.path.abspath(path), os.path.join(folder, os.path.basename(path)))
-            peak = peak_memory_mb(serkeras_command("predict", folder, "--model", model_path, "--format", "csv"))
-        lines.append(f"peak memory of `serkeras predict` on the {len(paths)} clips: "
-                     + (f"{peak:.0f} MB" if peak else "not measurable (an earlier process used more)"))
+            peak = peak_memory_mb(serkeras_command("predict", folder, *chosen, "--format", "csv"))
+        lines.append(f"peak memory of `serkeras predict` on the {len(paths)} clips: {peak:.0f} MB (the largest "
+                     "single process)")
     lines.append(f"end: {time.strftime('%Y-%m-%d %H:%M:%S')}, {load_average()}")
     print("\n".join(lines))
     if args.output:
