@@ -53,8 +53,6 @@ def prediction_file(value, runtime="auto"):
     SerkerasError
         For ``runtime="onnx"`` when the model has no ONNX copy or onnxruntime is not installed.
     """
-    import importlib.util
-
     from serkeras.shipped import onnx_copy, resolve_model
 
     if runtime not in RUNTIMES:
@@ -63,7 +61,11 @@ def prediction_file(value, runtime="auto"):
     if runtime == "keras" or path.suffix.lower() == ".onnx":
         return path, None
     copy = onnx_copy(value)
-    installed = importlib.util.find_spec("onnxruntime") is not None
+    try:
+        import onnxruntime  # noqa: F401  (what runs the copy; a dependency, but an install may lack it)
+        installed = True
+    except ImportError:
+        installed = False
     if copy and installed:
         return copy
     if runtime == "onnx":

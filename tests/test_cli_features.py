@@ -274,6 +274,24 @@ def test_predict_without_model_uses_the_shipped_model(runner, real_clips, tmp_pa
     assert alone.returncode == 0 and alone.stdout.rstrip().endswith("loaded []"), alone.stdout + alone.stderr[-2000:]
 
 
+def test_without_onnxruntime_the_default_runs_from_its_keras_file(monkeypatch):
+    import sys
+
+    from serkeras.api import prediction_file
+    from serkeras.errors import SerkerasError
+
+    from serkeras.shipped import resolve_model
+
+    if not SHIPPED.is_file():
+        pytest.skip("no shipped model in this checkout")
+    keras_file = resolve_model(None)
+    assert prediction_file(None) == (keras_file.parent / default_model().onnx, keras_file)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
+    assert prediction_file(None) == (keras_file, None) == prediction_file(default_model().name, "keras")
+    with pytest.raises(SerkerasError, match=r"needs onnxruntime \(pip install onnxruntime\)"):
+        prediction_file(None, "onnx")
+
+
 def test_a_stale_onnx_copy_is_refused_in_one_line(runner, real_clips, tmp_path, monkeypatch):
     """A shipped model's ONNX copy beside a .keras file it was not exported from (a project's own saved_models/)
     is not run in its place."""
