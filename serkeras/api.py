@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,7 +32,7 @@ RUNTIMES = ("auto", "keras", "onnx")
 
 
 def prediction_file(value, runtime="auto"):
-    """The model file `serkeras predict` runs for `value`.
+    """The model file `serkeras predict` and `serkeras evaluate` run for `value`.
 
     Parameters
     ----------
@@ -46,36 +47,86 @@ def prediction_file(value, runtime="auto"):
         The `.keras` or `.onnx` file to open.
     source : Path or None
         For a shipped model's ONNX copy, the `.keras` file it must have been exported from
-        (`open_model` checks it); None otherwise.
+        (`open_prediction_model` checks it); None otherwise.
 
     Raises
     ------
     SerkerasError
-        For ``runtime="onnx"`` when the model has no ONNX copy or onnxruntime is not installed.
+        For ``runtime="onnx"`` when the model has no ONNX copy or onnxruntime is not installed, and
+        for ``runtime="keras"`` with an ONNX file.
     """
     from serkeras.shipped import onnx_copy, resolve_model
 
     if runtime not in RUNTIMES:
         raise SerkerasError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     path = resolve_model(value)
-    if runtime == "keras" or path.suffix.lower() == ".onnx":
+    if path.suffix.lower() == ".onnx":
+        if runtime == "keras":
+            raise SerkerasError(f"{path} is an ONNX file, which runs in ONNX Runtime: give its .keras file "
+                                "with --runtime keras")
         return path, None
-    copy = onnx_copy(value)
+    copy = onnx_copy(value) if runtime != "keras" else None
+    if copy is None:
+        if runtime == "onnx":
+            raise SerkerasError(f"{path} has no ONNX copy beside it: export one (`serkeras export MODEL --format "
+                                "onnx --output FILE.onnx`) and give it as --model FILE.onnx")
+        return path, None
     try:
         import onnxruntime  # noqa: F401  (what runs the copy; a dependency, but an install may lack it)
-        installed = True
     except ImportError:
-        installed = False
-    if copy and installed:
-        return copy
-    if runtime == "onnx":
-        raise SerkerasError(f"{path} has no ONNX copy beside it: export one (`serkeras export MODEL --format "
-                            "onnx`) and give it as --model" if not copy else
-                            "running a model in ONNX Runtime needs onnxruntime (pip install onnxruntime)")
-    return path, None
+        if runtime == "onnx":
+            raise SerkerasError("running a model in ONNX Runtime needs onnxruntime (pip install onnxruntime)") \
+                from None
+        return path, None
+    return copy
 
 
-def open_model(value, allow_onnx=False, source=None):
+class StaleExportWarning(UserWarning):
+    """A shipped model's ONNX copy was not exported from the `.keras` file beside it, which runs instead."""
+
+
+def open_prediction_model(value, runtime="auto", before_keras=None):
+    """Open the model `serkeras predict` and `serkeras evaluate` run for `value` (`prediction_file`).
+
+    A shipped model's ONNX copy runs only beside the `.keras` file it was exported
+    from (the SHA-256 recorded in it): with ``runtime="auto"`` another file of that
+    name is run instead, with a `StaleExportWarning`; with ``runtime="onnx"`` it is an error.
+
+    Parameters
+    ----------
+    value : str, Path or None
+        As for `open_model`.
+    runtime : {"auto", "keras", "onnx"}
+    before_keras : callable, optional
+        Called before a `.keras` file is loaded (the command line imports TensorFlow there,
+        with its start-up chatter dropped); an ONNX file needs no TensorFlow.
+
+    Returns
+    -------
+    model : keras.Model or serkeras.onnx_runtime.OnnxModel
+    metadata : serkeras.models.ModelMetadata or serkeras.onnx_runtime.OnnxMetadata
+    path : Path
+        The file that was opened.
+    """
+    path, source = prediction_file(value, runtime)
+    if source is not None:
+        from serkeras.onnx_runtime import file_sha256, load_onnx_model  # no TensorFlow
+
+        model, metadata = load_onnx_model(path)
+        if metadata.source_sha256 == file_sha256(source):
+            return model, metadata, path
+        stale = (f"{path} was not exported from {source} beside it: export it again (`serkeras export {source} "
+                 f"--format onnx --output {path}`)")
+        if runtime == "onnx":
+            raise ModelFileError(stale)
+        warnings.warn(f"{stale}; running {source} instead", StaleExportWarning, stacklevel=2)
+        path = source
+    if path.suffix.lower() != ".onnx" and before_keras is not None:
+        before_keras()
+    return (*open_model(path, allow_onnx=True), path)
+
+
+def open_model(value, allow_onnx=False):
     """Load a `.keras` file, an ONNX export (`.onnx`, run by ONNX Runtime), or a shipped model by name.
 
     Parameters
@@ -84,10 +135,8 @@ def open_model(value, allow_onnx=False, source=None):
         A model file, a shipped model's name (``serkeras-crema-d-whisper``), or None for the
         default shipped model (`serkeras.shipped.resolve_model`).
     allow_onnx : bool
-        Whether an ONNX export may be opened (prediction only: `serkeras.inference.predict_files`).
-    source : str or Path, optional
-        For an ONNX export: the `.keras` file it must have been exported from (its SHA-256 is
-        recorded in the export), as `prediction_file` gives it.
+        Whether an ONNX export may be opened (what predicts and evaluates: `serkeras.inference.predict_files`,
+        `serkeras.evaluation.predict_clips`; training, export and averaging need the `.keras` file).
 
     Returns
     -------
@@ -98,22 +147,18 @@ def open_model(value, allow_onnx=False, source=None):
     Raises
     ------
     ModelFileError
-        For a file that cannot be loaded, or an ONNX export not made from `source`.
+        For a file that cannot be loaded.
     """
     from serkeras.shipped import resolve_model
 
     path = resolve_model(value)
     if str(path).lower().endswith(".onnx"):
         if not allow_onnx:
-            raise SerkerasError(f"{path} is an ONNX export, which only `serkeras predict` runs: give the .keras file")
-        from serkeras.onnx_runtime import file_sha256, load_onnx_model  # no TensorFlow
+            raise SerkerasError(f"{path} is an ONNX export, which `serkeras predict` and `evaluate` run: give the "
+                                ".keras file")
+        from serkeras.onnx_runtime import load_onnx_model  # no TensorFlow
 
-        model, metadata = load_onnx_model(path)
-        if source is not None and metadata.source_sha256 != file_sha256(source):
-            raise ModelFileError(f"{path} was not exported from {source} beside it: export it again "
-                                 f"(`serkeras export {source} --format onnx --output {path}`), or use "
-                                 "--runtime keras")
-        return model, metadata
+        return load_onnx_model(path)
     from serkeras.models import load_model
 
     return load_model(path)

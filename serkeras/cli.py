@@ -105,7 +105,7 @@ def lazy_choice(module, name, imports_keras=True):
 runtime_option = click.option(
     "--runtime", type=click.Choice(RUNTIMES), default="auto", show_default=True,
     help="'auto': a shipped model's ONNX copy, where one ships, runs in ONNX Runtime (no TensorFlow start-up; the "
-         ".keras file's probabilities within 1e-3 or so); 'keras': the .keras file; 'onnx': the ONNX copy or fail.")
+         ".keras file's probabilities within about 0.005); 'keras': the .keras file; 'onnx': the ONNX copy or fail.")
 
 
 class KerasCommand(click.Command):
@@ -633,12 +633,18 @@ def cross_corpus(data_dir, manifest, cache_dir, val_fraction, seed, run_name, ou
     click.echo(f"report: {', '.join(map(str, paths))}")
 
 
-def names_shipped_models(command):
-    """End a command's help with the names of the shipped models its MODEL may be (read from their manifest)."""
+def names_shipped_models(command=None, onnx=False):
+    """End a command's help with the names of the shipped models its MODEL may be (read from their manifest);
+    with `onnx`, say that an ONNX export is a MODEL too."""
     import inspect
 
-    command.help = f"{inspect.cleandoc(command.help)}\n\nMODEL is a .keras file or a shipped model's name: {', '.join(model_names())}."
-    return command
+    def decorate(command):
+        files = "a .keras file, an ONNX export of one" if onnx else "a .keras file"
+        command.help = (f"{inspect.cleandoc(command.help)}\n\nMODEL is {files} or a shipped model's name: "
+                        f"{', '.join(model_names())}.")
+        return command
+
+    return decorate(command) if command is not None else decorate
 
 
 def _perturbations(ctx, param, values):
@@ -651,7 +657,7 @@ def _perturbations(ctx, param, values):
         raise click.BadParameter(str(exc)) from None
 
 
-@names_shipped_models
+@names_shipped_models(onnx=True)
 @main.command(cls=KerasCommand)
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
 @data_options
@@ -684,8 +690,7 @@ def evaluate(model_path, data_dir, manifest, cache_dir, split_kind, fold, n_fold
 
     if perturbations and plot:
         raise click.UsageError("--plot draws one condition's confusion matrix; give it without --perturb")
-    path, source = api.prediction_file(model_path, runtime)
-    model, meta = api.open_model(path, allow_onnx=True, source=source)
+    model, meta, path = api.open_prediction_model(model_path, runtime)
     corpus = load_corpora(data_dir, manifest)
     check_model_labels(meta, corpus.labels)
     try:
@@ -759,10 +764,8 @@ def predict(paths, model_path, runtime, output_format, window, hop, batch_size, 
 
     _refuse_model_paths(paths)
     files = expand_paths(paths)  # before the model: a mistyped path should not wait for it to load
-    path, source = api.prediction_file(model_path, runtime)
-    if path.suffix.lower() != ".onnx":
-        import_tensorflow_quietly()  # ONNX Runtime runs an .onnx file without TensorFlow
-    model, meta = api.open_model(path, allow_onnx=True, source=source)
+    # ONNX Runtime runs an .onnx file without TensorFlow
+    model, meta, _ = api.open_prediction_model(model_path, runtime, before_keras=import_tensorflow_quietly)
     predictions, skipped = predict_files(model, meta, files, window, hop, batch_size, workers, tta_copies,
                                          speaker_grouping, max_seconds)
     click.echo(api.format_predictions(predictions, meta.labels, output_format), nl=False)

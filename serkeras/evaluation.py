@@ -30,10 +30,10 @@ def predict_features(model, feature_list, length_mode, fixed_frames=None, batch_
     the mean and variance of the embeddings of its speaker's clips in `feature_list`,
     or, with `reference` = (feature list, speaker keys), of its speaker's clips there.
     """
-    from serkeras.models import speaker_stages
-
     if isinstance(model, OnnxModel):  # batched the same way (exports of speaker-standardised models are refused)
         return model.predict(feature_list, batch_size)
+    from serkeras.models import speaker_stages
+
     stages = speaker_stages(model)
     if stages is None:
         return _predict(model, feature_list, length_mode, fixed_frames, batch_size)

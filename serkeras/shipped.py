@@ -226,20 +226,21 @@ def onnx_copy(value):
     Parameters
     ----------
     value : str, Path or None
-        As for `resolve_model`; a path to a file that is not a shipped model has no copy.
+        As for `resolve_model`: a shipped model's name, or a path to a file named as a shipped
+        model's file (``saved_models/serkeras-crema-d-emodb-ased-whisper.keras``).
 
     Returns
     -------
     (Path, Path) or None
         The ONNX file and the `.keras` file it must have been exported from.
     """
-    listed = default_model() if value is None else find_model(str(value))
-    if listed is None or not listed.onnx:
-        return None
     keras_file = resolve_model(value)
-    if keras_file.name != listed.file or not (keras_file.parent / listed.onnx).is_file():
-        return None  # a file of the model's name that is not the shipped one, or no copy beside it
-    return keras_file.parent / listed.onnx, keras_file
+    # A name, or a path to a file of the shipped model's name (its copy is checked against it when opened).
+    listed = default_model() if value is None else find_model(str(value)) or find_model(keras_file.name)
+    if listed is None or not listed.onnx or keras_file.name != listed.file:
+        return None
+    copy = keras_file.parent / listed.onnx
+    return (copy, keras_file) if copy.is_file() else None
 
 
 def resolve_model(value):

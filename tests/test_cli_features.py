@@ -267,11 +267,13 @@ def test_predict_without_model_uses_the_shipped_model(runner, real_clips, tmp_pa
         assert sum(by_onnx[clip].values()) == pytest.approx(1.0, abs=1e-4)
         assert by_onnx[clip] == pytest.approx(by_keras[clip], abs=10 * export_tolerance(model))
         assert max(by_onnx[clip], key=by_onnx[clip].get) == max(by_keras[clip], key=by_keras[clip].get)
-    script = ("import sys\nfrom serkeras.cli import main\ntry:\n"
+    script = ("import sys\nfrom serkeras.cli import main\ncode = 0\ntry:\n"
               f"    main(['predict', {clips[0]!r}, '--workers', '1', '--runtime', 'onnx'], standalone_mode=False)\n"
-              "except SystemExit:\n    pass\nprint('loaded', [m for m in ('tensorflow', 'keras') if m in sys.modules])\n")
+              "except SystemExit as exc:\n    code = exc.code\n"
+              "print('exit', code, 'loaded', [m for m in ('tensorflow', 'keras') if m in sys.modules])\n")
     alone = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert alone.returncode == 0 and alone.stdout.rstrip().endswith("loaded []"), alone.stdout + alone.stderr[-2000:]
+    assert alone.stdout.rstrip().endswith("exit 0 loaded []"), alone.stdout + alone.stderr[-2000:]
+    assert Path(clips[0]).name in alone.stdout and max(by_onnx[clips[0]], key=by_onnx[clips[0]].get) in alone.stdout
 
 
 def test_without_onnxruntime_the_default_runs_from_its_keras_file(monkeypatch):
@@ -292,9 +294,10 @@ def test_without_onnxruntime_the_default_runs_from_its_keras_file(monkeypatch):
         prediction_file(None, "onnx")
 
 
-def test_a_stale_onnx_copy_is_refused_in_one_line(runner, real_clips, tmp_path, monkeypatch):
-    """A shipped model's ONNX copy beside a .keras file it was not exported from (a project's own saved_models/)
-    is not run in its place."""
+def test_an_onnx_copy_runs_only_beside_the_file_it_was_exported_from(runner, real_clips, tmp_path, monkeypatch):
+    """A shipped model's ONNX copy beside another .keras file of the model's name (a project's own saved_models/)
+    is not run in its place: the .keras file runs, with a warning, or, with --runtime onnx, a one-line error."""
+    import json
     import shutil
 
     if not SHIPPED.is_file():
@@ -303,13 +306,28 @@ def test_a_stale_onnx_copy_is_refused_in_one_line(runner, real_clips, tmp_path, 
     own = tmp_path / "saved_models"
     own.mkdir()
     shutil.copy(SHIPPED_DIR / default_model().onnx, own)
-    (own / SHIPPED.name).write_bytes(SHIPPED.read_bytes() + b"\0")  # another file of the same name
-    result = runner.invoke(main, ["predict", str(real_clips.paths[0]), "--workers", "1"])
-    assert result.exit_code == 1, result.output
-    assert result.output.startswith(f"error: {own / default_model().onnx} was not exported from {own / SHIPPED.name}")
-    assert "--runtime keras" in result.output and len(result.output.strip().splitlines()) == 1
-    no_copy = runner.invoke(main, ["predict", str(real_clips.paths[0]), "--model", SPEAKER_NORM, "--runtime", "onnx"])
+    shutil.copy(SHIPPED_DIR / "serkeras-crema-d-whisper.keras", own / SHIPPED.name)  # another model, same name
+    clip = str(real_clips.paths[0])
+    refused = runner.invoke(main, ["predict", clip, "--workers", "1", "--runtime", "onnx"])
+    assert refused.exit_code == 1, refused.output
+    assert refused.output.startswith(f"error: {own / default_model().onnx} was not exported from {own / SHIPPED.name}")
+    assert len(refused.output.strip().splitlines()) == 1
+    warned = runner.invoke(main, ["predict", clip, "--workers", "1", "--format", "json"])
+    assert warned.exit_code == 0, warned.output
+    assert "was not exported from" in warned.output and f"running {own / SHIPPED.name} instead" in warned.output
+    by_own_file = runner.invoke(main, ["predict", clip, "--workers", "1", "--format", "json", "--model",
+                                       str(own / SHIPPED.name), "--runtime", "keras"])
+    assert json.loads(warned.output[warned.output.index("["):]) == json.loads(by_own_file.output[
+        by_own_file.output.index("["):])
+    # The checkout's own default, given as a path to its file, finds its copy beside it.
+    from serkeras.api import prediction_file
+
+    assert prediction_file(str(SHIPPED)) == (SHIPPED_DIR / default_model().onnx, SHIPPED)
+    no_copy = runner.invoke(main, ["predict", clip, "--model", SPEAKER_NORM, "--runtime", "onnx"])
     assert no_copy.exit_code == 1 and "has no ONNX copy beside it" in no_copy.output
+    onnx_as_keras = runner.invoke(main, ["predict", clip, "--model", str(own / default_model().onnx), "--runtime",
+                                         "keras"])
+    assert onnx_as_keras.exit_code == 1 and "is an ONNX file" in onnx_as_keras.output
 
 
 @pytest.mark.parametrize("name", SPEAKER_NORMS)

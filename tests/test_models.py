@@ -635,3 +635,37 @@ def test_int8_layers_multiply_their_integers_in_float_and_predict_as_keras_int8_
     model.save(tmp_path / "again.keras")  # what is saved is Keras' int8 layer, as before
     again = keras.saving.load_model(tmp_path / "again.keras", compile=False, safe_mode=True)
     assert quantizer_dtypes(again) == ["int8", "int8"]
+
+
+@pytest.mark.parametrize("upper, rewritten", [(127.0, True), (200.0, False), (126.5, False)])
+def test_int8_products_run_on_integers_only_where_the_inputs_are_clipped_whole_numbers(upper, rewritten):
+    """`integer_matrix_products` on a hand-made graph: Round, Min(upper), Max(-127), MatMul by int8-valued weights
+    becomes MatMulInteger with the same result; bounds outside [-128, 127] or not whole leave the MatMul alone."""
+    onnx = pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from serkeras.export import compact_onnx_weights, integer_matrix_products
+
+    rng = np.random.default_rng(0)
+    kernel = rng.integers(-127, 128, (64, 32)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Round", ["x"], ["rounded"]), helper.make_node("Min", ["rounded", "upper"], ["low"]),
+         helper.make_node("Max", ["low", "lower"], ["clipped"]), helper.make_node("MatMul", ["clipped", "kernel"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 32])],
+        [numpy_helper.from_array(np.array(upper, np.float32), "upper"),
+         numpy_helper.from_array(np.array(-127.0, np.float32), "lower"), numpy_helper.from_array(kernel, "kernel")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = (rng.standard_normal((8, 64)) * 80).astype(np.float32)
+
+    def run(model):
+        onnx.checker.check_model(model)
+        session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run(None, {"x": x})[0]
+
+    expected = run(proto)
+    assert compact_onnx_weights(proto) == 1
+    assert integer_matrix_products(proto) == int(rewritten)
+    assert ("MatMulInteger" in [n.op_type for n in proto.graph.node]) == rewritten
+    np.testing.assert_array_equal(run(proto), expected)
