@@ -113,7 +113,7 @@ def main(argv=None):
     from serkeras.corpus import load_crema_d
     from serkeras.evaluation import model_input_names, predict_features
     from serkeras.features import FeatureConfig, feature_kinds
-    from serkeras.api import open_model, prediction_file
+    from serkeras.api import open_prediction_model, prediction_file
     from serkeras.inference import predict_files, speaker_of
     from serkeras.models import ModelConfig, build_model, load_model
     from serkeras.models.cost import flops_per_clip
@@ -127,8 +127,8 @@ def main(argv=None):
                             ["anger", "disgust", "fear", "happy", "neutral", "sad"])
         model_path = os.path.join(tempfile.mkdtemp(prefix="serkeras-bench-"), "model.keras")
         model.save(model_path)
-    run_path, source = prediction_file(model_path, args.runtime)
-    model, metadata = open_model(run_path, allow_onnx=True, source=source)
+    _, source = prediction_file(model_path, args.runtime)
+    model, metadata, run_path = open_prediction_model(model_path, args.runtime)
     keras_model, _ = load_model(source or run_path)  # what the FLOPs are counted on (and the peers' batches)
     config = metadata.feature_config
     kinds = feature_kinds(model_input_names(model))
