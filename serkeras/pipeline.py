@@ -75,10 +75,23 @@ def replica_padded_batches(dataset, replicas):
     return dataset.map(pad)
 
 
-def _ragged(feature_list, key, order):
-    values = np.concatenate([feature_list[i][key] for i in order], axis=0)
-    row_lengths = [len(feature_list[i][key]) for i in order]
-    return tf.RaggedTensor.from_row_lengths(values, row_lengths)
+def _clip_reader(feature_list, targets, kinds, order):
+    """A tf.data map from a position in `order` to that clip's ({kind: frames}, target), read from the lists."""
+    first = feature_list[order[0]]
+    dtypes = [tf.as_dtype(first[k].dtype) for k in kinds] + [tf.float32]
+    shapes = [(None, *first[k].shape[1:]) for k in kinds] + [targets.shape[1:]]
+
+    def read(position):
+        index = order[int(position)]
+        return (*(feature_list[index][k] for k in kinds), targets[index])
+
+    def clip(position):
+        *frames, target = tf.numpy_function(read, [position], dtypes, stateful=False)
+        for tensor, shape in zip((*frames, target), shapes):
+            tensor.set_shape(shape)
+        return dict(zip(kinds, frames)), target
+
+    return clip
 
 
 def _pad_to_multiple(inputs, labels):
@@ -199,11 +212,14 @@ def make_dataset(feature_list, labels, n_classes, length_mode="variable", fixed_
 
     lengths = clip_lengths(feature_list)
     order = np.arange(len(lengths)) if shuffle else eval_order(lengths)
-    ragged = {k: _ragged(feature_list, k, order) for k in kinds}
-    ds = tf.data.Dataset.from_tensor_slices((ragged, targets[order]))
-    ds = ds.map(lambda x, y: ({**x, "lengths": tf.shape(x[kinds[0]])[0]}, y))
+    # Clips are read from `feature_list` as the pipeline needs them and the shuffle draws indices, so the
+    # frames are held once: a tensor of all of them, and a shuffle buffer of clips, each held another copy
+    # (gigabytes for a frozen encoder's outputs on several corpora). The order drawn is the same.
+    ds = tf.data.Dataset.range(len(order))
     if shuffle:
         ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.map(_clip_reader(feature_list, targets, kinds, order))
+    ds = ds.map(lambda x, y: ({**x, "lengths": tf.shape(x[kinds[0]])[0]}, y))
     if shuffle and bucket:
         boundaries = bucket_boundaries(lengths, batch_size)
         ds = ds.bucket_by_sequence_length(

@@ -299,3 +299,18 @@ def test_mixup_keeps_the_bucketed_batch_count_and_drops_lengths_after_mixing():
     assert set(inputs) == {"logmel"} and labels.shape[1] == 6
     with pytest.raises(ValueError, match="alpha must be positive"):
         mixup(plain, -1.0)
+
+
+def test_variable_length_clips_are_read_from_the_list_not_copied():
+    """A variable-length pipeline reads each clip from the caller's list as it goes (the frames are held once,
+    not also as one tensor and a shuffle buffer of copies): a clip changed after the dataset is made is seen."""
+    rng = np.random.default_rng(0)
+    feature_list = [{"frames0": rng.standard_normal((n, 4)).astype(np.float32)} for n in (5, 9, 7, 3)]
+    for shuffle in (False, True):
+        ds = make_dataset(feature_list, [0, 1, 0, 1], 2, batch_size=4, shuffle=shuffle, seed=0,
+                          input_names=("frames0", "lengths"), bucket=False)
+        feature_list[2]["frames0"][:] = 42.0
+        inputs, _ = next(iter(ds))
+        row = list(inputs["lengths"].numpy()).index(7)
+        assert np.all(inputs["frames0"].numpy()[row, :7] == 42.0)
+        feature_list[2]["frames0"][:] = rng.standard_normal((7, 4))
