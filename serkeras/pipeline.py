@@ -75,23 +75,31 @@ def replica_padded_batches(dataset, replicas):
     return dataset.map(pad)
 
 
-def _clip_reader(feature_list, targets, kinds, order):
-    """A tf.data map from a position in `order` to that clip's ({kind: frames}, target), read from the lists."""
+def _batch_reader(feature_list, targets, kinds, order):
+    """A tf.data map from a batch of positions in `order` to those clips' ({kind: frames zero-padded to the
+    batch's longest, "lengths"}, targets), read from the lists (as `padded_batch` would have made them)."""
     first = feature_list[order[0]]
-    dtypes = [tf.as_dtype(first[k].dtype) for k in kinds] + [tf.float32]
-    shapes = [(None, *first[k].shape[1:]) for k in kinds] + [targets.shape[1:]]
+    dtypes = [tf.as_dtype(first[k].dtype) for k in kinds] + [tf.int32, tf.float32]
+    shapes = [(None, None, *first[k].shape[1:]) for k in kinds] + [(None,), (None, *targets.shape[1:])]
 
-    def read(position):
-        index = order[int(position)]
-        return (*(feature_list[index][k] for k in kinds), targets[index])
+    def read(positions):
+        clips = [feature_list[i] for i in order[positions]]
+        lengths = np.array([len(clip[kinds[0]]) for clip in clips], np.int32)
+        arrays = []
+        for k in kinds:
+            batch = np.zeros((len(clips), lengths.max(), *first[k].shape[1:]), first[k].dtype)
+            for row, clip in enumerate(clips):
+                batch[row, :len(clip[k])] = clip[k]
+            arrays.append(batch)
+        return (*arrays, lengths, targets[order[positions]])
 
-    def clip(position):
-        *frames, target = tf.numpy_function(read, [position], dtypes, stateful=False)
-        for tensor, shape in zip((*frames, target), shapes):
+    def batch(positions):
+        *frames, lengths, target = tf.numpy_function(read, [positions], dtypes, stateful=False)
+        for tensor, shape in zip((*frames, lengths, target), shapes):
             tensor.set_shape(shape)
-        return dict(zip(kinds, frames)), target
+        return {**dict(zip(kinds, frames)), "lengths": lengths}, target
 
-    return clip
+    return batch
 
 
 def _pad_to_multiple(inputs, labels):
@@ -212,18 +220,17 @@ def make_dataset(feature_list, labels, n_classes, length_mode="variable", fixed_
 
     lengths = clip_lengths(feature_list)
     order = np.arange(len(lengths)) if shuffle else eval_order(lengths)
-    # Clips are read from `feature_list` as the pipeline needs them and the shuffle draws indices, so the
-    # frames are held once: a tensor of all of them, and a shuffle buffer of clips, each held another copy
-    # (gigabytes for a frozen encoder's outputs on several corpora). The order drawn is the same.
+    # The pipeline shuffles and batches clip indices, then reads each batch's clips from `feature_list`, so the
+    # frames are held once: a tensor of all of them and a shuffle buffer of clips each held another copy
+    # (gigabytes for a frozen encoder's outputs on several corpora). The batches are the same.
+    ordered_lengths = tf.constant(lengths[order], tf.int32)
     ds = tf.data.Dataset.range(len(order))
     if shuffle:
         ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(_clip_reader(feature_list, targets, kinds, order))
-    ds = ds.map(lambda x, y: ({**x, "lengths": tf.shape(x[kinds[0]])[0]}, y))
     if shuffle and bucket:
         boundaries = bucket_boundaries(lengths, batch_size)
         ds = ds.bucket_by_sequence_length(
-            element_length_func=lambda x, y: x["lengths"],
+            element_length_func=lambda i: tf.gather(ordered_lengths, i),
             bucket_boundaries=boundaries,
             bucket_batch_sizes=[batch_size] * (len(boundaries) + 1),
         )
@@ -231,8 +238,9 @@ def make_dataset(feature_list, labels, n_classes, length_mode="variable", fixed_
         # same every epoch; stating it lets Keras size epochs and progress bars.
         batches = bucketed_batches(lengths, boundaries, batch_size, replicas)
     else:
-        ds = ds.padded_batch(batch_size)
+        ds = ds.batch(batch_size)
         batches = batch_count(len(labels), batch_size, replicas)
+    ds = ds.map(_batch_reader(feature_list, targets, kinds, order))
     ds = ds.map(_pad_to_multiple, num_parallel_calls=tf.data.AUTOTUNE)
     if "lengths" not in input_names:
         ds = ds.map(lambda x, y: ({k: v for k, v in x.items() if k != "lengths"}, y))
