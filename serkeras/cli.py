@@ -633,9 +633,9 @@ def cross_corpus(data_dir, manifest, cache_dir, val_fraction, seed, run_name, ou
     click.echo(f"report: {', '.join(map(str, paths))}")
 
 
-def names_shipped_models(command=None, onnx=False):
-    """End a command's help with the names of the shipped models its MODEL may be (read from their manifest);
-    with `onnx`, say that an ONNX export is a MODEL too."""
+def names_shipped_models(onnx=False):
+    """A decorator that ends a command's help with the names of the shipped models its MODEL may be (read from
+    their manifest); with `onnx`, it says that an ONNX export is a MODEL too."""
     import inspect
 
     def decorate(command):
@@ -644,7 +644,7 @@ def names_shipped_models(command=None, onnx=False):
                         f"{', '.join(model_names())}.")
         return command
 
-    return decorate(command) if command is not None else decorate
+    return decorate
 
 
 def _perturbations(ctx, param, values):
@@ -894,7 +894,7 @@ def tune(data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction,
 
 
 
-@names_shipped_models
+@names_shipped_models()
 @main.command("export", cls=KerasCommand)
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
 @click.option("--format", "export_format", type=lazy_choice("export", "FORMATS"), default="tf_saved_model",
@@ -908,7 +908,6 @@ def export_command(model_path, export_format, output):
 
     from serkeras import api
     from serkeras.export import SUFFIXES, UncheckedExport, check_export, export_model, export_tolerance
-
     from serkeras.shipped import resolve_model
 
     model, _ = api.open_model(model_path)
@@ -929,7 +928,7 @@ def export_command(model_path, export_format, output):
         click.echo(f"wrote {output}; reloaded, it gives the same probabilities (max difference {difference:.1g})")
 
 
-@names_shipped_models
+@names_shipped_models()
 @main.command("ensemble", cls=KerasCommand)
 @click.argument("models", metavar="MODEL...", nargs=-1, required=True)
 @click.option("--output", type=click.Path(dir_okay=False), required=True, help="The .keras file to write.")
