@@ -571,7 +571,7 @@ def _parallel(one, items, settings, workers, bar):
     return out
 
 
-def cached_arrays(folder, keys, compute, chunk=256, progress=None):
+def cached_arrays(folder, keys, compute, chunk=256, progress=None, transform=None):
     """Per-item arrays kept in `folder`, one entry per key; the missing ones computed and stored.
 
     For what a model stage makes of cached features (a frozen encoder's frames):
@@ -589,15 +589,28 @@ def cached_arrays(folder, keys, compute, chunk=256, progress=None):
         ``compute(indices) -> list of dict of arrays``, for the items at `indices`.
     progress : callable, optional
         Called with the number of items done (read or computed) so far.
+    transform : callable, optional
+        ``transform(list of dict of arrays) -> list of dict of arrays``, applied to
+        `chunk` items at a time as they are read or computed (what is stored is
+        untransformed): only the transformed items are held, not every entry.
 
     Returns
     -------
-    list of dict of float32 arrays, in the order of `keys`.
+    list of dict of float32 arrays, in the order of `keys` (transformed, if asked).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(folder)
     out = [None] * len(keys)
+    ready = []  # items read or computed and not yet transformed
+
+    def finish(flush=False):
+        if transform is not None and ready and (flush or len(ready) >= chunk):
+            for i, arrays in zip(ready, transform([out[i] for i in ready])):
+                out[i] = arrays
+            ready.clear()
+
+    done = 0
     for i, key in enumerate(keys):
         entry = folder / f"{key}.npz"
         if _mark_used(entry):
@@ -605,8 +618,13 @@ def cached_arrays(folder, keys, compute, chunk=256, progress=None):
                 with np.load(entry, allow_pickle=False) as data:
                     out[i] = {k: data[k].astype(np.float32) for k in data.files}
             except (OSError, ValueError, EOFError, zipfile.BadZipFile):
-                out[i] = None
-    done = sum(o is not None for o in out)
+                continue
+            done += 1
+            ready.append(i)
+            finish()
+            if progress is not None and done % chunk == 0:
+                progress(done)
+    finish(flush=True)
     if progress is not None:
         progress(done)
     missing = [i for i, o in enumerate(out) if o is None]
@@ -616,6 +634,8 @@ def cached_arrays(folder, keys, compute, chunk=256, progress=None):
             stored = {k: np.asarray(v).astype(_STORE_DTYPE) for k, v in arrays.items()}
             _atomic_write(folder / f"{keys[i]}.npz", lambda f: np.savez(f, **stored))
             out[i] = {k: v.astype(np.float32) for k, v in stored.items()}
+        ready.extend(indices)
+        finish(flush=True)
         done += len(indices)
         if progress is not None:
             progress(done)

@@ -7,6 +7,8 @@ frame count. Keras 3 layers take dense tensors, so ragged features are padded
 per batch; bucketing by length keeps that padding small.
 """
 
+import weakref
+
 import numpy as np
 import tensorflow as tf
 
@@ -75,23 +77,40 @@ def replica_padded_batches(dataset, replicas):
     return dataset.map(pad)
 
 
-def _batch_reader(feature_list, targets, kinds, order):
-    """A tf.data map from a batch of positions in `order` to those clips' ({kind: frames zero-padded to the
-    batch's longest, "lengths"}, targets), read from the lists (as `padded_batch` would have made them)."""
-    first = feature_list[order[0]]
+class _Clips:
+    """What a batch reader reads: the clips' features, targets and the order of positions into them."""
+
+    def __init__(self, feature_list, targets, order):
+        self.feature_list, self.targets, self.order = feature_list, targets, order
+
+
+def _batch_reader(clips, kinds):
+    """A tf.data map from a batch of positions in `clips.order` to those clips' ({kind: frames zero-padded to the
+    batch's longest, "lengths"}, targets), read from the lists (as `padded_batch` would have made them).
+
+    The reader holds `clips` weakly and the dataset strongly (`_holding`): TensorFlow keeps every function given to
+    `tf.numpy_function` alive for as long as the process, so a strong reference would keep every dataset's
+    features too (gigabytes when a model stage is applied chunk by chunk).
+    """
+    first = clips.feature_list[clips.order[0]]
     dtypes = [tf.as_dtype(first[k].dtype) for k in kinds] + [tf.int32, tf.float32]
-    shapes = [(None, None, *first[k].shape[1:]) for k in kinds] + [(None,), (None, *targets.shape[1:])]
+    shapes = [(None, None, *first[k].shape[1:]) for k in kinds] + [(None,), (None, *clips.targets.shape[1:])]
+    held = weakref.ref(clips)
 
     def read(positions):
-        clips = [feature_list[i] for i in order[positions]]
-        lengths = np.array([len(clip[kinds[0]]) for clip in clips], np.int32)
+        source = held()
+        if source is None:
+            raise RuntimeError("the clips of this tf.data pipeline were released with it")
+        rows = source.order[positions]
+        chosen = [source.feature_list[i] for i in rows]
+        lengths = np.array([len(clip[kinds[0]]) for clip in chosen], np.int32)
         arrays = []
         for k in kinds:
-            batch = np.zeros((len(clips), lengths.max(), *first[k].shape[1:]), first[k].dtype)
-            for row, clip in enumerate(clips):
+            batch = np.zeros((len(chosen), lengths.max(), *first[k].shape[1:]), first[k].dtype)
+            for row, clip in enumerate(chosen):
                 batch[row, :len(clip[k])] = clip[k]
             arrays.append(batch)
-        return (*arrays, lengths, targets[order[positions]])
+        return (*arrays, lengths, source.targets[rows])
 
     def batch(positions):
         *frames, lengths, target = tf.numpy_function(read, [positions], dtypes, stateful=False)
@@ -100,6 +119,12 @@ def _batch_reader(feature_list, targets, kinds, order):
         return {**dict(zip(kinds, frames)), "lengths": lengths}, target
 
     return batch
+
+
+def _holding(dataset, value):
+    """`dataset`, holding `value` for as long as it (or any dataset or iterator made from it) lives."""
+    dataset._serkeras_held = value
+    return dataset
 
 
 def _pad_to_multiple(inputs, labels):
@@ -240,7 +265,8 @@ def make_dataset(feature_list, labels, n_classes, length_mode="variable", fixed_
     else:
         ds = ds.batch(batch_size)
         batches = batch_count(len(labels), batch_size, replicas)
-    ds = ds.map(_batch_reader(feature_list, targets, kinds, order))
+    clips = _Clips(feature_list, targets, order)
+    ds = _holding(ds.map(_batch_reader(clips, kinds)), clips)
     ds = ds.map(_pad_to_multiple, num_parallel_calls=tf.data.AUTOTUNE)
     if "lengths" not in input_names:
         ds = ds.map(lambda x, y: ({k: v for k, v in x.items() if k != "lengths"}, y))

@@ -32,7 +32,7 @@ from serkeras.errors import SerkerasError
 from serkeras.evaluation import (classification_report, confusion_matrix_figure, corpus_reports, frame_outputs,
                                  model_input_names, predict_features, save_confusion_matrix)
 from serkeras.features import compute_stats, eval_order
-from serkeras.models import build_model, frozen_stages
+from serkeras.models import build_model, fixed_embedding_stages, frozen_stages, speaker_stages
 from serkeras.pipeline import clip_lengths, make_dataset
 from serkeras.speakers import speaker_normalized
 
@@ -64,12 +64,15 @@ class SplitData:
         """Whether some clips' corpora lack some classes (train with `serkeras.losses.PartialLabelCrossentropy`)."""
         return bool(self.label_masks)
 
-    def through(self, stage, parts=("train", "val"), batch_size=32, progress=True):
+    def through(self, stage, parts=("train", "val"), batch_size=32, progress=True, then=None):
         """These `parts` of the split with each clip's features replaced by what `stage` makes of them.
 
         For training the layers after a frozen stage (see `serkeras.models.frozen_stages`):
         the stage runs once per clip, not once per clip and epoch, and its outputs are
         cached (`stage_outputs`), so another run with the same frozen layers reuses them.
+        `then`, a model without weights that maps the stage's outputs to one vector per
+        clip (`serkeras.models.fixed_embedding_stages`' pooling), is applied a chunk of
+        clips at a time as they are read, so only its vectors (``embedding``) are held.
         """
         from tqdm.auto import tqdm
 
@@ -78,7 +81,7 @@ class SplitData:
             def outputs(features):
                 done = bar.n
                 return stage_outputs(stage, features, self.cache_dir, batch_size,
-                                     progress=lambda n: bar.update(done + n - bar.n))
+                                     progress=lambda n: bar.update(done + n - bar.n), then=then)
 
             staged = {part: (clips, outputs(features), labels)
                       for part, (clips, features, labels) in self.parts.items() if part in parts}
@@ -118,7 +121,7 @@ def speaker_head_data(model, data, batch_size=32, progress=True):
         the data's clips carry those four arrays.
     """
     from serkeras.speakers import embedding_speaker_stats, population_stats, speaker_input_arrays
-    from serkeras.models import SPEAKER_INPUTS, frozen_stages, speaker_stages
+    from serkeras.models import SPEAKER_INPUTS
 
     front, pooling = frozen_stages(model)
     if pooling.trainable_weights:
@@ -139,6 +142,35 @@ def speaker_head_data(model, data, batch_size=32, progress=True):
                                for i, e in enumerate(embeddings)], labels)
     head.get_layer("speaker_standardization").set_weights(population_stats(train_stats))
     return head, SplitData(data.labels, parts, data.stats, dict(data.targets), data.cache_dir)
+
+
+def trained_part(model, data, batch_size=32, mixup_alpha=0.0, progress=True):
+    """The part of `model` that training steps, and `data` (a `SplitData`'s train and val parts) as it takes them.
+
+    Layers above frozen ones (`serkeras.models.frozen_stages`) train on the
+    frozen layers' cached outputs. When nothing below the pooled embedding
+    trains (`serkeras.models.fixed_embedding_stages`), the classifier trains on
+    each clip's embedding alone, so the frames of every clip (gigabytes on
+    several corpora) are never held at once; with mixup, which mixes frames and
+    does not commute with pooling, it trains on the frames. A model standardised
+    by speaker trains its classifier as `speaker_head_data` says. Training the
+    returned model trains `model`: they share their layers.
+
+    Returns
+    -------
+    (keras.Model, SplitData)
+    """
+    if speaker_stages(model) is not None:
+        return speaker_head_data(model, data, batch_size, progress=progress)
+    embedded = None if mixup_alpha else fixed_embedding_stages(model)
+    if embedded is not None:
+        front, pooling, head = embedded
+        return head, data.through(front, batch_size=batch_size, progress=progress, then=pooling)
+    stages = frozen_stages(model)
+    if stages is None:
+        return model, data
+    front, trained = stages
+    return trained, data.through(front, batch_size=batch_size, progress=progress)
 
 
 def prepare_split(corpus, split, feature_config, cache_dir=None, workers=None, progress=True, augmentation=None,
@@ -180,13 +212,15 @@ def prepare_split(corpus, split, feature_config, cache_dir=None, workers=None, p
     return SplitData(corpus.labels, parts, stats, cache_dir=cache_dir, label_masks=masks)
 
 
-def stage_outputs(stage, feature_list, cache_dir=None, batch_size=32, progress=None):
+def stage_outputs(stage, feature_list, cache_dir=None, batch_size=32, progress=None, then=None):
     """`serkeras.evaluation.frame_outputs` of `stage` for every clip, through the cache.
 
     Entries are keyed by the stage's weights and each clip's features, so a
     changed encoder or changed features are computed again, and live in the
     feature cache's folder ``stage-<weights hash>`` (`serkeras cache` lists and
-    prunes it like the features).
+    prunes it like the features). With `then` (a model taking the stage's
+    outputs and giving one vector per clip), each clip's ``embedding`` from it
+    is returned instead of its frames.
     """
     from serkeras.cache import cached_arrays, resolve_cache_dir
 
@@ -197,8 +231,11 @@ def stage_outputs(stage, feature_list, cache_dir=None, batch_size=32, progress=N
     keys = [hashlib.sha256(b"".join(np.ascontiguousarray(f[n], np.float32).tobytes() for n in names)).hexdigest()[:24]
             for f in feature_list]
     folder = resolve_cache_dir(cache_dir) / f"stage-{weights.hexdigest()[:16]}"
+    transform = None if then is None else (
+        lambda items: [{"embedding": e} for e in predict_features(then, items, "variable", batch_size=batch_size)])
     return cached_arrays(folder, keys, lambda indices: frame_outputs(stage, [feature_list[i] for i in indices],
-                                                                     batch_size), progress=progress)
+                                                                     batch_size), progress=progress,
+                         transform=transform)
 
 
 def distillation_targets(data, teacher, teacher_data, weight):
@@ -1040,11 +1077,8 @@ def run_training(data, feature_config, model_config, train_config, run_dir, log_
         if share is not None and (stages is not None or model_config.speaker_standardization):
             raise SerkerasError("training over several processes needs a model without frozen layers: the frozen "
                                 "layers' outputs are computed on one process (train it on one machine's devices)")
-        if model_config.speaker_standardization:
-            trained, trained_data = speaker_head_data(model, data, train_config.batch_size, progress=verbose > 0)
-        else:
-            trained, trained_data = (model, data) if stages is None else (
-                stages[1], data.through(stages[0], batch_size=train_config.batch_size, progress=verbose > 0))
+        trained, trained_data = trained_part(model, data, train_config.batch_size, train_config.mixup_alpha,
+                                             progress=verbose > 0)
         names = model_input_names(trained)
         # Layers after frozen ones draw their batches from all clips, not from clips of similar length: on
         # CREMA-D, length-bucketed batches skew the batch normalisation of Whisper's pooled embedding (59-61%

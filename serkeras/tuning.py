@@ -40,10 +40,10 @@ import numpy as np
 
 from serkeras.errors import SerkerasError
 from serkeras.evaluation import classification_report, model_input_names, predict_features
-from serkeras.models import LAYER_POOLINGS, POOLINGS, build_model, frozen_stages
+from serkeras.models import LAYER_POOLINGS, POOLINGS, build_model
 from serkeras.training import (LearningRateLogger, TrainConfig, check_replica_batch, compile_model, data_parallel,
                                ema_callback, fit_class_weight, on_whole, plateau_callback, precision_policy,
-                               with_encoder_learning_rate)
+                               trained_part, with_encoder_learning_rate)
 
 #: The study's grid.
 ACTIVATION_GRID = ("relu", "silu", "elu")
@@ -175,14 +175,12 @@ class SERHyperModel(keras_tuner.HyperModel):
         """Train `model` on the train part of `data` (a `serkeras.training.SplitData`), validated on its val part.
 
         A model with frozen layers (`serkeras.models.frozen_stages`) trains the
-        layers above them on their cached outputs, as `serkeras train` does;
-        the callbacks that save the model (KerasTuner's checkpoint) save it whole.
+        layers above them on their cached outputs, or on fixed embeddings, as
+        `serkeras train` does (`serkeras.training.trained_part`); the callbacks
+        that save the model (KerasTuner's checkpoint) save it whole.
         """
-        stages = frozen_stages(model)
-        trained = model
-        if stages is not None:
-            front, trained = stages
-            data = data.through(front, batch_size=batch_size, progress=False)
+        trained, data = trained_part(model, data, batch_size, self.train_config.mixup_alpha, progress=False)
+        if trained is not model:
             compile_model(trained, self.configs(hp)[1], self.steps_per_epoch, self.partial_labels)
             callbacks = [on_whole(c, model) if _saves_model(c) else c for c in callbacks]
         names = model_input_names(trained)

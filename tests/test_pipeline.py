@@ -314,3 +314,26 @@ def test_variable_length_clips_are_read_from_the_list_not_copied():
         row = list(inputs["lengths"].numpy()).index(7)
         assert np.all(inputs["frames0"].numpy()[row, :7] == 42.0)
         feature_list[2]["frames0"][:] = rng.standard_normal((7, 4))
+
+
+def test_a_variable_length_pipeline_releases_its_clips_with_it():
+    """TensorFlow keeps every `tf.numpy_function`'s function for the life of the process; the clips it reads
+    must not be kept with it, or each pipeline made (one per chunk of clips when a frozen encoder's frames are
+    pooled) holds its frames for good. An iterator keeps them while it is used."""
+    import gc
+    import weakref
+
+    class Clips(list):
+        pass
+
+    rng = np.random.default_rng(1)
+    clips = Clips({"frames0": rng.standard_normal((n, 4)).astype(np.float32)} for n in (5, 9, 7, 3))
+    alive = weakref.ref(clips)
+    iterator = iter(make_dataset(clips, [0, 1, 0, 1], 2, batch_size=2, shuffle=True, seed=0,
+                                 input_names=("frames0", "lengths")))
+    del clips
+    gc.collect()
+    assert sum(len(targets) for _, targets in iterator) == 4 and alive() is not None
+    del iterator
+    gc.collect()
+    assert alive() is None

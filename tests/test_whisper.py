@@ -256,6 +256,72 @@ def test_frozen_stages_compute_what_the_whole_model_does_and_train_its_layers(fi
     assert not np.allclose(predict_features(model, clips, "variable"), whole, atol=1e-6)  # the whole model learnt
 
 
+@pytest.mark.parametrize("fine_tune, layer_pooling, pooling, fixed", [
+    (0, "last", "stats", True), (0, "last", "average", True), (1, "last", "stats", False),
+    (0, "weighted", "stats", False), (0, "last", "attention", False)])
+def test_a_fixed_embedding_is_computed_once_and_the_classifier_trained_on_it(
+        fine_tune, layer_pooling, pooling, fixed, tmp_path):
+    """With nothing trainable below the pooled embedding, the model splits into front, pooling and classifier
+    whose chain gives the whole model's probabilities; the classifier holds every trainable weight; training
+    reads embeddings (vectors), not frames. Anything trainable below the embedding keeps the frames."""
+    from serkeras.evaluation import frame_outputs, predict_features
+    from serkeras.features import FeatureConfig
+    from serkeras.models import ModelConfig, build_whisper, fixed_embedding_stages
+    from serkeras.training import SplitData, trained_part
+
+    config = ModelConfig(arch="whisper", encoder_layers=2, encoder_dim=DIM, attention_heads=HEADS, pooling=pooling,
+                         fine_tune_layers=fine_tune, layer_pooling=layer_pooling, dropout=0.2)
+    model = build_whisper(FeatureConfig(n_mels=N_MELS, fmin=0.0, n_fft=400), config, ["a", "b", "c"])
+    rng = np.random.default_rng(4)
+    clips = [{"logmel": rng.uniform(-80, -20, (n, N_MELS)).astype(np.float32)} for n in (17, 6, 30, 9, 12)]
+    stages = fixed_embedding_stages(model)
+    assert (stages is not None) == fixed
+    data = SplitData(("a", "b", "c"), {"train": (list(range(3)), clips[:3], np.array([0, 1, 2])),
+                                       "val": (list(range(2)), clips[3:], np.array([2, 0]))}, None,
+                     cache_dir=tmp_path)
+    trained, staged = trained_part(model, data, batch_size=2, progress=False)
+    if not fixed:
+        assert "embedding" not in staged.parts["train"][1][0]
+        return
+    front, pool, head = stages
+    embeddings = predict_features(pool, frame_outputs(front, clips), "variable")
+    assert embeddings.shape == (5, 2 * DIM if pooling == "stats" else DIM)
+    whole = predict_features(model, clips, "variable")
+    np.testing.assert_allclose(predict_features(head, [{"embedding": e} for e in embeddings], "variable"), whole,
+                               atol=1e-5)
+    assert {id(w) for w in head.trainable_weights} == {id(w) for w in model.trainable_weights}
+    # Through the cache (frames stored as float16), each clip is one embedding, in clip order.
+    assert [list(f) for f in staged.parts["train"][1]] == [["embedding"]] * 3
+    got = np.stack([f["embedding"] for part in ("train", "val") for f in staged.parts[part][1]])
+    np.testing.assert_allclose(got, embeddings, rtol=5e-3, atol=5e-3)
+    assert trained.input_shape == (None, embeddings.shape[1])
+    # Mixup mixes frames, which pooling does not commute with: it trains on them.
+    _, framed = trained_part(model, data, batch_size=2, mixup_alpha=0.2, progress=False)
+    assert "frames0" in framed.parts["train"][1][0]
+
+
+def test_cached_arrays_transform_each_chunk_read_or_computed(tmp_path):
+    """A transform sees at most `chunk` items at a time, read or computed; what is stored stays untransformed."""
+    from serkeras.cache import cached_arrays
+
+    def compute(indices):
+        return [{"x": np.full((3, 2), i, np.float32)} for i in indices]
+
+    seen = []
+
+    def pooled(items):
+        seen.append(len(items))
+        return [{"mean": item["x"].mean(axis=0)} for item in items]
+
+    keys = [f"k{i}" for i in range(7)]
+    cached_arrays(tmp_path, keys[:3], compute, chunk=2)  # three stored
+    out = cached_arrays(tmp_path, keys, lambda idx: compute([i for i in idx]), chunk=2, transform=pooled)
+    assert [o["mean"].tolist() for o in out] == [[i, i] for i in range(7)]
+    assert max(seen) <= 2 and sum(seen) == 7
+    again = cached_arrays(tmp_path, keys, compute, chunk=2)
+    assert all(o["x"].shape == (3, 2) for o in again)
+
+
 def test_stage_outputs_are_cached_per_clip_and_stage_and_recomputed_when_corrupt(tmp_path, monkeypatch):
     from serkeras import evaluation, training
     from serkeras.features import FeatureConfig

@@ -152,6 +152,49 @@ def frozen_front(model):
     return keras.Model(encoder.inputs, [*carried, start, lengths], name="whisper_frozen_layers")
 
 
+def _upper_layers(model):
+    """The layers of a `whisper` model above its frozen encoder layers, called on new inputs.
+
+    Returns the `frozen_front`, the new inputs (``frames0`` ..., then ``lengths``),
+    the pooled embedding they give (layer `EMBEDDING_LAYER`, shared with `model`), and
+    whether the model standardises that embedding by speaker; None for any other model.
+    """
+    try:
+        encoder = model.get_layer(ENCODER_LAYER)
+    except ValueError:
+        return None
+    names = {layer.name for layer in model.layers}
+    front = frozen_front(model)
+    found = layers_by_name(encoder)
+    n_layers = backbone_layers(encoder)
+    frozen = frozen_layers(model)
+    carried = front.outputs[:-2]
+
+    dim = front.outputs[-2].shape[-1]
+    inputs = [keras.Input(shape=(None, dim), name=f"frames{j}") for j in range(len(carried) + 1)]
+    pooled_lengths = keras.Input(shape=(), dtype="int32", name="lengths")
+    x = inputs[-1]
+    mask = LengthMask(name="frame_mask")(x, pooled_lengths)
+    outputs = list(inputs) if frozen else []
+    heads = found["layer0_attention"].num_heads
+    for i in range(frozen, n_layers):
+        x = encoder_layer(x, mask, dim, heads, f"layer{i}", reuse=found)
+        outputs.append(x)
+    if "layer_sum" in names:
+        x = model.get_layer("layer_sum")(outputs)
+    embedding = model.get_layer(EMBEDDING_LAYER)(x, pooled_lengths)
+    return front, [*inputs, pooled_lengths], embedding, SPEAKER_HEAD in names
+
+
+def _classifier(model, x):
+    """`model`'s layers after its pooled embedding (normalisation, dropout, softmax), called on `x`."""
+    names = {layer.name for layer in model.layers}
+    for name in ("embedding_norm", "head_dropout"):
+        if name in names:
+            x = model.get_layer(name)(x)
+    return model.get_layer("probabilities")(x)
+
+
 def frozen_stages(model):
     """A `whisper` model cut where its frozen encoder layers end, or None for any other model.
 
@@ -171,42 +214,44 @@ def frozen_stages(model):
         order), then the halved ``lengths``; `trained` maps those to the class
         probabilities (or, standardised by speaker, to the pooled embedding).
     """
-    try:
-        encoder = model.get_layer(ENCODER_LAYER)
-    except ValueError:
+    upper = _upper_layers(model)
+    if upper is None:
         return None
-    by_speaker = SPEAKER_HEAD in {layer.name for layer in model.layers}
-    front = frozen_front(model)
-    found = layers_by_name(encoder)
-    n_layers = backbone_layers(encoder)
-    frozen = frozen_layers(model)
-    weighted = "layer_sum" in {layer.name for layer in model.layers}
-    carried = front.outputs[:-2]
+    front, inputs, embedding, by_speaker = upper
+    output = embedding if by_speaker else _classifier(model, embedding)
+    return front, keras.Model(inputs, output, name="whisper_trained_layers")
 
-    dim = front.outputs[-2].shape[-1]
-    inputs = [keras.Input(shape=(None, dim), name=f"frames{j}") for j in range(len(carried) + 1)]
-    pooled_lengths = keras.Input(shape=(), dtype="int32", name="lengths")
-    x = inputs[-1]
-    mask = LengthMask(name="frame_mask")(x, pooled_lengths)
-    outputs = list(inputs) if frozen else []
-    heads = found["layer0_attention"].num_heads
-    for i in range(frozen, n_layers):
-        x = encoder_layer(x, mask, dim, heads, f"layer{i}", reuse=found)
-        outputs.append(x)
-    if weighted:
-        x = model.get_layer("layer_sum")(outputs)
-    x = model.get_layer(EMBEDDING_LAYER)(x, pooled_lengths)
-    if by_speaker:
-        return front, keras.Model([*inputs, pooled_lengths], x, name="whisper_trained_layers")
-    for name in ("embedding_norm", "head_dropout"):
-        if name in {layer.name for layer in model.layers}:
-            x = model.get_layer(name)(x)
-    trained = keras.Model([*inputs, pooled_lengths], model.get_layer("probabilities")(x), name="whisper_trained_layers")
-    return front, trained
+
+def fixed_embedding_stages(model):
+    """A `whisper` model whose pooled embedding has no trainable weight below it, cut at that embedding.
+
+    With every kept encoder layer frozen and pooling without weights (mean, or
+    mean and standard deviation, of the last layer), each clip's embedding is
+    fixed: training computes it once and fits the classifier on embeddings
+    alone, a thousand numbers per clip instead of every frame. None for any
+    other model, and for one standardised by speaker (`serkeras.models.speaker_stages`).
+
+    Returns
+    -------
+    (front, pooling, head) : (keras.Model, keras.Model, keras.Model)
+        `front` as in `frozen_stages`; `pooling` maps its outputs to the
+        embedding; `head` (its layers shared with `model`, so training it
+        trains `model`) maps ``embedding`` to the class probabilities.
+    """
+    upper = _upper_layers(model)
+    if upper is None or upper[3]:
+        return None
+    front, inputs, embedding, _ = upper
+    pooling = keras.Model(inputs, embedding, name="whisper_pooling")
+    if pooling.trainable_weights:
+        return None
+    head_input = keras.Input(shape=(embedding.shape[-1],), name="embedding")
+    head = keras.Model({"embedding": head_input}, _classifier(model, head_input), name="whisper_classifier")
+    return front, pooling, head
 
 
 __all__ = ["ENCODER_LAYER", "ENCODER_VARIABLES", "EncoderSizes", "EncoderWeights", "FORMATS", "WHISPER_FEATURES",
            "backbone_layers", "build_whisper", "configure_whisper", "encoder_layer", "encoder_parameters",
-           "freeze_lower_layers", "frozen_front", "frozen_layers", "frozen_stages",
+           "fixed_embedding_stages", "freeze_lower_layers", "frozen_front", "frozen_layers", "frozen_stages",
            "load_whisper_backbone", "whisper_backbone",
            "read_checkpoint", "set_encoder_weights", "whisper_encoder", "whisper_feature_config"]
