@@ -168,7 +168,7 @@ def predict_clips(model, meta, clips, copies=0, cache_dir=None, speaker_clips=No
     if not kept:
         return kept, np.zeros((0, len(meta.labels)), np.float32)
     by_speaker = {}
-    if not isinstance(model, OnnxModel) and meta.model_config.speaker_standardization:
+    if meta.standardises_embedding:
         by_speaker["speakers"] = [c.speaker for c in kept]
         if speaker_clips is not None:
             reference, references = model_features(speaker_clips, config, copies, cache_dir, kinds=kinds,

@@ -172,7 +172,7 @@ def predict_files(model, metadata, paths, window_seconds=None, hop_seconds=None,
         probabilities = model.predict(pieces, batch_size)
     else:
         piece_speakers = ([(speaker_of(path, speakers), copy) for path, copy, _ in owners]
-                          if metadata.model_config.speaker_standardization else None)
+                          if metadata.standardises_embedding else None)
         probabilities = predict_features(model, pieces, config.length_mode, config.fixed_frames, batch_size,
                                          piece_speakers)
     labels = list(metadata.labels)

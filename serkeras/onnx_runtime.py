@@ -41,6 +41,11 @@ class OnnxMetadata:
     def normalises_by_speaker(self):
         return self.feature_config.speaker_norm
 
+    @property
+    def standardises_embedding(self):
+        """Never: exports of models that standardise their embedding by speaker are refused."""
+        return bool(self.model_config.get("speaker_standardization"))
+
 
 def metadata_entries(metadata, source=None):
     """ONNX metadata entries (key -> text) for a model's `serkeras.models.ModelMetadata`, and the SHA-256 of

@@ -26,6 +26,11 @@ class ModelMetadata:
         --speaker-norm), or its embedding is standardised by speaker."""
         return self.feature_config.speaker_norm or self.model_config.speaker_standardization
 
+    @property
+    def standardises_embedding(self):
+        """Whether the model standardises its embedding by speaker: it takes each speaker's statistics as inputs."""
+        return self.model_config.speaker_standardization
+
 
 def model_metadata(model):
     """Labels, feature settings and model settings stored in a serkeras model."""
