@@ -129,12 +129,12 @@ def speaker_head_data(model, data, batch_size=32, progress=True):
                             "--fine-tune-layers 0, --layer-pooling last and --pooling stats or average")
     if not all(c.speaker for clips, _, _ in data.parts.values() for c in clips):
         raise SerkerasError("--speaker-standardization needs each clip's speaker (a speaker column in the manifest)")
-    staged = data.through(front, batch_size=batch_size, progress=progress)
+    staged = data.through(front, batch_size=batch_size, progress=progress, then=pooling)
     head = speaker_stages(model)[1]
     parts, train_stats = {}, None
     for part, (clips, features, labels) in staged.parts.items():
         speakers = [c.speaker for c in clips]
-        embeddings = predict_features(pooling, features, "variable", batch_size=batch_size)
+        embeddings = np.stack([f["embedding"] for f in features])
         stats = embedding_speaker_stats(embeddings, speakers)
         train_stats = stats if part == "train" else train_stats
         statistics = speaker_input_arrays(speakers, stats)
