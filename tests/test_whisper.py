@@ -558,6 +558,8 @@ def test_speaker_standardization_trains_on_cached_embeddings_and_predicts_with_s
     """Trained from the command line (frozen encoder, the classifier on fixed embeddings); the saved model
     scores the same on evaluate, and predict standardises each file by its speaker's recordings."""
     import json
+    import subprocess
+    import sys
 
     from conftest import run_cli
     from serkeras.models import load_model
@@ -574,6 +576,17 @@ def test_speaker_standardization_trains_on_cached_embeddings_and_predicts_with_s
     population_mean, population_variance = model.get_layer("speaker_head").get_layer(
         "speaker_standardization").get_weights()
     assert np.abs(population_mean).max() > 0 and not np.allclose(population_variance, 1.0)  # the training speakers'
+    # The nested head was compiled for training, with serkeras' partial-label loss when corpora lack classes, and
+    # the file keeps that: a fresh interpreter that imports nothing else loads it.
+    head = model.get_layer("speaker_head")
+    from serkeras.losses import PartialLabelCrossentropy
+
+    head.compile(optimizer="adam", loss=PartialLabelCrossentropy())
+    model.save(workdir / "compiled-head.keras")
+    script = ("from serkeras.models import load_model\n"
+              f"model, meta = load_model({str(workdir / 'compiled-head.keras')!r})\nprint('loaded', meta.labels)")
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert loaded.stdout.startswith("loaded"), loaded.stderr[-1500:]
 
     evaluated = run_cli(["evaluate", str(run / "model.keras"), "--manifest", str(three_class_manifest), "--cache-dir",
                          str(workdir / "cache"), "--json", str(workdir / "speaker-std.json")] + WHISPER_TRAIN[:6],
