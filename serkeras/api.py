@@ -787,6 +787,45 @@ def evaluate_clips(model, meta, corpus, clips, tta_copies=0, cache_dir=None, spe
     return {**by_corpus.pop("all"), "by_corpus": by_corpus}
 
 
+def speaker_model_hint(value, paths, grouping="auto", min_recordings=5):
+    """A line suggesting the shipped model for several recordings per speaker, or None.
+
+    When `value` names a shipped model that predicts from one recording and lists a
+    ``speaker_model`` (`serkeras.shipped.ShippedModel`), and `min_recordings` or more of
+    `paths` share a speaker under `grouping` (`serkeras.inference.speaker_of`), that
+    model would use each speaker's recordings together.
+
+    Parameters
+    ----------
+    value : str, Path or None
+        The model predicted with, as for `open_model` (None: the default).
+    paths : sequence of str
+        The files predicted.
+    grouping : str, optional
+        Which files share a speaker (`serkeras.inference.SPEAKER_GROUPINGS`).
+    min_recordings : int, optional
+
+    Returns
+    -------
+    str or None
+    """
+    import collections
+
+    from serkeras.inference import speaker_of
+    from serkeras.shipped import listed_model
+
+    listed = listed_model(value)
+    if listed is None or not listed.speaker_model or grouping == "file":
+        return None
+    counts = collections.Counter(speaker_of(path, grouping) for path in paths)
+    shared = sum(n for n in counts.values() if n >= min_recordings)
+    if not shared:
+        return None
+    return (f"{shared} of these {len(paths)} recordings come from speakers with {min_recordings} or more each "
+            f"(--speaker {grouping}): --model {listed.speaker_model} --speaker {grouping} standardises each "
+            "recording by its speaker's and does better on speakers and corpora it never heard (see its card)")
+
+
 #: The formats of `format_predictions`.
 PREDICTION_FORMATS = ("table", "json", "csv")
 

@@ -769,6 +769,9 @@ def predict(paths, model_path, runtime, output_format, window, hop, batch_size, 
     predictions, skipped = predict_files(model, meta, files, window, hop, batch_size, workers, tta_copies,
                                          speaker_grouping, max_seconds)
     click.echo(api.format_predictions(predictions, meta.labels, output_format), nl=False)
+    hint = api.speaker_model_hint(model_path, [p.path for p in predictions], speaker_grouping)
+    if hint:
+        click.echo(hint, err=True)
 
 
 def _refuse_model_paths(paths):

@@ -52,6 +52,10 @@ class ShippedModel:
         The file name of its ONNX export (``serkeras export NAME --format onnx``), beside
         `file`, which `serkeras predict` runs in ONNX Runtime, without starting TensorFlow.
         Empty if none ships.
+    speaker_model : str, optional
+        For a model that predicts from one recording: the shipped model (its name) to use
+        instead when there are several recordings of each speaker, which `serkeras predict`
+        suggests when it sees them. Empty if none.
     """
 
     name: str
@@ -61,6 +65,7 @@ class ShippedModel:
     recipe: str = ""
     members: tuple = ()
     onnx: str = ""
+    speaker_model: str = ""
 
     @property
     def files(self):
@@ -119,6 +124,10 @@ def read_manifest(path=MANIFEST):
     names = [model.name for model in models]
     if not models or len(set(names)) != len(names):
         raise SerkerasError(f"the manifest {path} must list one or more models, each name once")
+    for model in models:
+        if model.speaker_model and model.speaker_model not in set(names) - {model.name}:
+            raise SerkerasError(f"{model.name} in the manifest {path}: its speaker_model {model.speaker_model} is "
+                                "not another model of the manifest")
     return tuple(models)
 
 
@@ -220,6 +229,14 @@ def model_path(name):
                         "and pass --model saved_models/<run>/model.keras")
 
 
+def listed_model(value):
+    """The shipped model that `value` names, or None: a name, a path to a file named as a shipped
+    model's file, or None for the default."""
+    if value is None:
+        return default_model()
+    return find_model(str(value)) or find_model(Path(value).name)
+
+
 def onnx_copy(value):
     """The shipped ONNX export of the model `value` names, if it ships one and it lies beside the model's file.
 
@@ -236,7 +253,7 @@ def onnx_copy(value):
     """
     keras_file = resolve_model(value)
     # A name, or a path to a file of the shipped model's name (its copy is checked against it when opened).
-    listed = default_model() if value is None else find_model(str(value)) or find_model(keras_file.name)
+    listed = listed_model(value) or find_model(keras_file.name)
     if listed is None or not listed.onnx or keras_file.name != listed.file:
         return None
     copy = keras_file.parent / listed.onnx

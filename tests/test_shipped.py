@@ -96,6 +96,8 @@ MODEL = "[[model]]\nname = 'a'\nfile = 'a.keras'\ncard = 'A.md'\nsummary = 's'\n
     ("[[model]]\nname = 'a'\nfile = 'a.keras'\ncard = 'A.md'\nsummary = 's'\nsize = 3\n", ": unknown size"),
     ("[[model]]\nname = 'a'\nfile = 'a.keras'\ncard = 'A.md'\nsummary = 's'\n" * 2, "each name once"),
     ("", "one or more models"),
+    (MODEL + "speaker_model = 'a'\n", "its speaker_model a is not another model of the manifest"),
+    (MODEL + "speaker_model = 'b'\n", "its speaker_model b is not another model"),
     ("[[model]\n", "cannot read the manifest"),
 ])
 def test_a_broken_manifest_is_one_clear_error(text, message, tmp_path):
@@ -103,3 +105,24 @@ def test_a_broken_manifest_is_one_clear_error(text, message, tmp_path):
     path.write_text(text)
     with pytest.raises(SerkerasError, match=message):
         shipped.read_manifest(path)
+
+
+def test_predict_suggests_the_speaker_model_when_speakers_have_several_recordings(tmp_path, monkeypatch):
+    """The hint names the listed speaker model when `min_recordings` files share a speaker under the grouping,
+    and stays silent for a model without one, for lone recordings and for --speaker file."""
+    from serkeras import api
+
+    path = tmp_path / "shipped_models.toml"
+    path.write_text(MODEL + "speaker_model = 'b'\n" + MODEL.replace("'a", "'b").replace("'A", "'B"))
+    monkeypatch.setattr(shipped, "shipped_models", lambda: shipped.read_manifest(path))
+    one = [str(tmp_path / "one" / f"{i}.wav") for i in range(5)]
+    lone = [str(tmp_path / f"s{i}" / "x.wav") for i in range(6)]
+    hint = api.speaker_model_hint(None, one + lone)
+    assert hint.startswith("5 of these 11 recordings come from speakers with 5 or more each (--speaker auto)")
+    assert "--model b --speaker auto" in hint
+    assert api.speaker_model_hint("a", one) == hint.replace("5 of these 11", "5 of these 5")
+    assert api.speaker_model_hint(str(tmp_path / "a.keras"), one) is not None  # a path to its file
+    assert api.speaker_model_hint(None, one[:4] + lone) is None
+    assert api.speaker_model_hint(None, one, grouping="file") is None
+    assert "--speaker all" in api.speaker_model_hint(None, lone, grouping="all")
+    assert api.speaker_model_hint("b", one) is None and api.speaker_model_hint("own.keras", one) is None
