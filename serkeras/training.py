@@ -141,7 +141,8 @@ def speaker_head_data(model, data, batch_size=32, progress=True):
         parts[part] = (clips, [{"embedding": e, **{name: s[i] for name, s in zip(SPEAKER_INPUTS, statistics)}}
                                for i, e in enumerate(embeddings)], labels)
     head.get_layer("speaker_standardization").set_weights(population_stats(train_stats))
-    return head, SplitData(data.labels, parts, data.stats, dict(data.targets), data.cache_dir)
+    return head, SplitData(data.labels, parts, data.stats, dict(data.targets), data.cache_dir,
+                           dict(data.label_masks))
 
 
 def trained_part(model, data, batch_size=32, mixup_alpha=0.0, progress=True):
@@ -161,6 +162,9 @@ def trained_part(model, data, batch_size=32, mixup_alpha=0.0, progress=True):
     (keras.Model, SplitData)
     """
     if speaker_stages(model) is not None:
+        if mixup_alpha:
+            raise SerkerasError("--mixup mixes frames, and a speaker-standardised classifier trains on fixed "
+                                "embeddings: use one or the other")
         return speaker_head_data(model, data, batch_size, progress=progress)
     embedded = None if mixup_alpha else fixed_embedding_stages(model)
     if embedded is not None:
