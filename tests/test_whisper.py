@@ -300,6 +300,32 @@ def test_a_fixed_embedding_is_computed_once_and_the_classifier_trained_on_it(
     assert "frames0" in framed.parts["train"][1][0]
 
 
+def test_a_speaker_standardised_classifier_keeps_the_corpora_missing_classes(tmp_path):
+    """Its training data keep each part's label masks (partial labels for a corpus that lacks a class) and
+    mixup, which mixes frames, is refused."""
+    import collections
+
+    from serkeras.errors import SerkerasError
+    from serkeras.features import FeatureConfig
+    from serkeras.models import ModelConfig, build_whisper
+    from serkeras.training import SplitData, trained_part
+
+    config = ModelConfig(arch="whisper", encoder_layers=1, encoder_dim=DIM, attention_heads=HEADS, pooling="stats",
+                         speaker_standardization=True)
+    model = build_whisper(FeatureConfig(n_mels=N_MELS, fmin=0.0, n_fft=400), config, ["a", "b", "c"])
+    Clip = collections.namedtuple("Clip", "speaker")
+    rng = np.random.default_rng(6)
+    clips = [{"logmel": rng.uniform(-80, -20, (n, N_MELS)).astype(np.float32)} for n in (17, 6, 30, 9)]
+    masks = {"train": np.array([[True, True, True], [True, False, True]]), "val": np.ones((2, 3), bool)}
+    data = SplitData(("a", "b", "c"), {"train": ([Clip("s1"), Clip("s2")], clips[:2], np.array([0, 2])),
+                                       "val": ([Clip("s3"), Clip("s3")], clips[2:], np.array([1, 0]))}, None,
+                     cache_dir=tmp_path, label_masks=masks)
+    _, staged = trained_part(model, data, batch_size=2, progress=False)
+    assert staged.partial_labels and all(np.array_equal(staged.label_masks[k], masks[k]) for k in masks)
+    with pytest.raises(SerkerasError, match="--mixup mixes frames"):
+        trained_part(model, data, mixup_alpha=0.2, progress=False)
+
+
 def test_cached_arrays_transform_each_chunk_read_or_computed(tmp_path):
     """A transform sees at most `chunk` items at a time, read or computed; what is stored stays untransformed."""
     from serkeras.cache import cached_arrays
