@@ -93,8 +93,12 @@ def _batch_reader(clips, kinds):
     features too (gigabytes when a model stage is applied chunk by chunk).
     """
     first = clips.feature_list[clips.order[0]]
-    dtypes = [tf.as_dtype(first[k].dtype) for k in kinds] + [tf.int32, tf.float32]
-    shapes = [(None, None, *first[k].shape[1:]) for k in kinds] + [(None,), (None, *clips.targets.shape[1:])]
+    # What every batch has in common, taken here so that the reader (kept for good) holds no clip.
+    frame_shapes = {k: first[k].shape[1:] for k in kinds}
+    frame_dtypes = {k: first[k].dtype for k in kinds}
+    dtypes = [tf.as_dtype(frame_dtypes[k]) for k in kinds] + [tf.int32, tf.float32]
+    shapes = [(None, None, *frame_shapes[k]) for k in kinds] + [(None,), (None, *clips.targets.shape[1:])]
+    del first
     held = weakref.ref(clips)
 
     def read(positions):
@@ -106,7 +110,7 @@ def _batch_reader(clips, kinds):
         lengths = np.array([len(clip[kinds[0]]) for clip in chosen], np.int32)
         arrays = []
         for k in kinds:
-            batch = np.zeros((len(chosen), lengths.max(), *first[k].shape[1:]), first[k].dtype)
+            batch = np.zeros((len(chosen), lengths.max(), *frame_shapes[k]), frame_dtypes[k])
             for row, clip in enumerate(chosen):
                 batch[row, :len(clip[k])] = clip[k]
             arrays.append(batch)

@@ -326,14 +326,17 @@ def test_a_variable_length_pipeline_releases_its_clips_with_it():
     class Clips(list):
         pass
 
+    class Features(dict):
+        pass
+
     rng = np.random.default_rng(1)
-    clips = Clips({"frames0": rng.standard_normal((n, 4)).astype(np.float32)} for n in (5, 9, 7, 3))
-    alive = weakref.ref(clips)
+    clips = Clips(Features(frames0=rng.standard_normal((n, 4)).astype(np.float32)) for n in (5, 9, 7, 3))
+    alive = [weakref.ref(clips)] + [weakref.ref(clip) for clip in clips]
     iterator = iter(make_dataset(clips, [0, 1, 0, 1], 2, batch_size=2, shuffle=True, seed=0,
                                  input_names=("frames0", "lengths")))
     del clips
     gc.collect()
-    assert sum(len(targets) for _, targets in iterator) == 4 and alive() is not None
+    assert sum(len(targets) for _, targets in iterator) == 4 and all(ref() is not None for ref in alive)
     del iterator
     gc.collect()
-    assert alive() is None
+    assert [ref() for ref in alive] == [None] * 5
