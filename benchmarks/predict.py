@@ -150,8 +150,7 @@ def main(argv=None):
     audio_seconds = sum(p.seconds for p in predictions)
 
     # A model that standardises by speaker also needs each clip's speaker (CREMA-D names give the actor).
-    speakers = [speaker_of(p) for p in paths] if getattr(metadata.model_config, "speaker_standardization",
-                                                         False) else None
+    speakers = [speaker_of(p) for p in paths] if metadata.standardises_embedding else None
     features = [compute_clip(p, config, kinds=kinds) for p in paths]
     predict_features(model, features[:8], config.length_mode, config.fixed_frames, args.batch_size,
                      speakers and speakers[:8])

@@ -169,7 +169,7 @@ def degraded_lines(model, meta, scored, training_note):
     from serkeras.cache import model_features
     from serkeras.evaluation import predict_features
 
-    speakers = [c.speaker for c in scored["clips"]] if meta.model_config.speaker_standardization else None
+    speakers = [c.speaker for c in scored["clips"]] if meta.standardises_embedding else None
     degraded = predict_features(model, model_features(scored["clips"], meta.feature_config, 1, require_all=True)[1][1],
                                 meta.feature_config.length_mode, meta.feature_config.fixed_frames,
                                 speakers=speakers).argmax(axis=1)

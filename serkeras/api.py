@@ -804,6 +804,7 @@ def speaker_model_hint(value, paths, grouping="auto", min_recordings=5):
     grouping : str, optional
         Which files share a speaker (`serkeras.inference.SPEAKER_GROUPINGS`).
     min_recordings : int, optional
+        How many of `paths` one speaker must have for the hint.
 
     Returns
     -------
@@ -821,9 +822,10 @@ def speaker_model_hint(value, paths, grouping="auto", min_recordings=5):
     shared = sum(n for n in counts.values() if n >= min_recordings)
     if not shared:
         return None
-    return (f"{shared} of these {len(paths)} recordings come from speakers with {min_recordings} or more each "
-            f"(--speaker {grouping}): --model {listed.speaker_model} --speaker {grouping} standardises each "
-            "recording by its speaker's and does better on speakers and corpora it never heard (see its card)")
+    return (f"{shared} of these {len(paths)} recordings share a speaker with {min_recordings - 1} or more others "
+            f"under --speaker {grouping}: if those are one voice, --model {listed.speaker_model} --speaker "
+            f"{grouping} standardises each recording by its speaker's and does better on speakers and corpora it "
+            "never heard (see its card)")
 
 
 #: The formats of `format_predictions`.

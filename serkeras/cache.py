@@ -606,7 +606,7 @@ def cached_arrays(folder, keys, compute, chunk=256, progress=None, transform=Non
 
     def finish(flush=False):
         if transform is not None and ready and (flush or len(ready) >= chunk):
-            for i, arrays in zip(ready, transform([out[i] for i in ready])):
+            for i, arrays in zip(ready, transform([out[i] for i in ready]), strict=True):
                 out[i] = arrays
             ready.clear()
 

@@ -43,7 +43,8 @@ class OnnxMetadata:
 
     @property
     def standardises_embedding(self):
-        """Never: exports of models that standardise their embedding by speaker are refused."""
+        """Whether the model standardises its embedding by speaker (never for a file `load_onnx_model` opens:
+        exports of such models are refused)."""
         return bool(self.model_config.get("speaker_standardization"))
 
 

@@ -264,7 +264,7 @@ def test_predict_without_model_uses_the_shipped_model(runner, real_clips, tmp_pa
     # 4 actors with 3 clips each: no hint; as one speaker (--speaker all), the speaker-normalised model is named.
     assert "--model" not in runner.invoke(main, ["predict", *clips, "--workers", "1"]).stderr
     hinted = runner.invoke(main, ["predict", *clips, "--workers", "1", "--speaker", "all"])
-    assert hinted.exit_code == 0 and hinted.stderr.startswith(f"{len(clips)} of these {len(clips)} recordings")
+    assert hinted.exit_code == 0 and hinted.stderr.startswith(f"{len(clips)} of these {len(clips)} recordings share")
     assert f"--model {default_model().speaker_model} --speaker all" in hinted.stderr
     # Its int8 layers round activations, and the two runtimes round a few the other way (docs/export.md): 0.0012
     # at most on these clips, the same labels.

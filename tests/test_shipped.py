@@ -118,7 +118,7 @@ def test_predict_suggests_the_speaker_model_when_speakers_have_several_recording
     one = [str(tmp_path / "one" / f"{i}.wav") for i in range(5)]
     lone = [str(tmp_path / f"s{i}" / "x.wav") for i in range(6)]
     hint = api.speaker_model_hint(None, one + lone)
-    assert hint.startswith("5 of these 11 recordings come from speakers with 5 or more each (--speaker auto)")
+    assert hint.startswith("5 of these 11 recordings share a speaker with 4 or more others under --speaker auto")
     assert "--model b --speaker auto" in hint
     assert api.speaker_model_hint("a", one) == hint.replace("5 of these 11", "5 of these 5")
     assert api.speaker_model_hint(str(tmp_path / "a.keras"), one) is not None  # a path to its file

@@ -61,8 +61,10 @@ def load_model(path):
         raise ModelFileError(f"model file {path} is not a .keras file")
     if not zipfile.is_zipfile(path):
         raise ModelFileError(f"model file {path} is corrupt or truncated (not a .keras archive)")
-    import serkeras.losses  # noqa: F401  (a model nested in the file and compiled for training, such as a
-    import serkeras.models  # noqa: F401  speaker-standardised head, is restored with its loss; and the layers)
+    # The custom layers, and serkeras' losses: a model nested in the file and compiled for training (a
+    # speaker-standardised head) is restored with its loss.
+    import serkeras.losses  # noqa: F401
+    import serkeras.models  # noqa: F401
 
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
