@@ -361,8 +361,8 @@ def heads(encoder, cache_dir, epochs, data_dir):
 
     from serkeras.corpus import load_crema_d
     from serkeras.features import FeatureConfig
-    from serkeras.head_fit import embedding_stages, fit_logistic_head, pooled_embeddings
-    from serkeras.models import ModelConfig, build_model, configure
+    from serkeras.head_fit import fit_logistic_head, pooled_embeddings
+    from serkeras.models import ModelConfig, build_model, configure, embedding_stages
     from serkeras.splits import make_split
     from serkeras.system import describe_machine
     from serkeras.training import TrainConfig, compile_model, prepare_split

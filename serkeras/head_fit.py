@@ -180,47 +180,30 @@ def write_head(model, head, population=None):
     return model
 
 
-def embedding_stages(model):
-    """A whisper `model` whose encoder is frozen, cut at its pooled embedding.
+def pooled_embeddings(front, pool, feature_list, cache_dir=None, batch_size=32, progress=None):
+    """The pooled embedding of every clip: `front` through the stage cache, pooled by `pool` a chunk of clips at a
+    time as they are read (`serkeras.training.stage_outputs`), so the frames of a whole corpus are never all held.
 
-    Returns
-    -------
-    (front, pool) : (keras.Model, keras.Model)
-        `front` is the frozen encoder (``logmel``, ``lengths`` -> the last
-        layer's frames ``frames0`` and their ``lengths``), the same stage as
-        `serkeras.models.frozen_stages` gives, so their cached outputs are
-        shared; `pool` maps those to the embedding (layer ``pool``).
-    """
-    import keras
-
-    from serkeras.models.blocks import EMBEDDING_LAYER
-    from serkeras.models.whisper import frozen_front
-
-    front = frozen_front(model)
-    frames = keras.Input(shape=(None, front.outputs[0].shape[-1]), name="frames0")
-    lengths = keras.Input(shape=(), dtype="int32", name="lengths")
-    pool = keras.Model([frames, lengths], model.get_layer(EMBEDDING_LAYER)(frames, lengths), name="pooling")
-    return front, pool
-
-
-def pooled_embeddings(front, pool, feature_list, cache_dir=None, batch_size=32, chunk=1024, progress=None):
-    """The pooled embedding of every clip: `front` through the stage cache (`serkeras.training.stage_outputs`),
-    then `pool`, `chunk` clips at a time (so the frames of a whole corpus are never all in memory).
+    `front` and `pool` are `serkeras.models.embedding_stages`' two stages. `progress`, if given, is called with
+    the number of clips done since its last call.
 
     Returns
     -------
     ndarray of shape (clips, dim), float32, in the order of `feature_list`.
     """
-    from serkeras.evaluation import predict_features
     from serkeras.training import stage_outputs
 
-    rows = []
-    for start in range(0, len(feature_list), chunk):
-        frames = stage_outputs(front, feature_list[start:start + chunk], cache_dir, batch_size)
-        rows.append(predict_features(pool, frames, "variable", batch_size=batch_size))
-        if progress is not None:
-            progress(len(frames))
-    return np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, pool.outputs[0].shape[-1]), np.float32)
+    done = [0]
+
+    def advance(n):
+        progress(n - done[0])
+        done[0] = n
+
+    pooled = stage_outputs(front, feature_list, cache_dir, batch_size, progress=advance if progress else None,
+                           then=pool)
+    if not pooled:
+        return np.zeros((0, pool.outputs[0].shape[-1]), np.float32)
+    return np.stack([item["embedding"] for item in pooled]).astype(np.float32)
 
 
 def copy_numbers(clips):
@@ -267,6 +250,8 @@ def fit_head(model, data, train_config, progress=True):
     from serkeras.speakers import embedding_speaker_stats, population_stats
     from serkeras.models import speaker_stages
     from serkeras.training import fit_class_weight
+
+    from serkeras.models import embedding_stages
 
     front, pool = embedding_stages(model)
     total = sum(len(data.parts[part][1]) for part in data.parts)

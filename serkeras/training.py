@@ -32,7 +32,7 @@ from serkeras.errors import SerkerasError
 from serkeras.evaluation import (classification_report, confusion_matrix_figure, corpus_reports, frame_outputs,
                                  model_input_names, predict_features, save_confusion_matrix)
 from serkeras.features import compute_stats, eval_order
-from serkeras.models import build_model, fixed_embedding_stages, frozen_stages, speaker_stages
+from serkeras.models import build_model, embedding_stages, fixed_embedding_stages, frozen_stages, speaker_stages
 from serkeras.pipeline import clip_lengths, make_dataset
 from serkeras.speakers import speaker_normalized
 
@@ -123,7 +123,7 @@ def speaker_head_data(model, data, batch_size=32, progress=True):
     from serkeras.speakers import embedding_speaker_stats, population_stats, speaker_input_arrays
     from serkeras.models import SPEAKER_INPUTS
 
-    front, pooling = frozen_stages(model)
+    front, pooling = embedding_stages(model)
     if pooling.trainable_weights:
         raise SerkerasError("--speaker-standardization trains the classifier on fixed embeddings: use it with "
                             "--fine-tune-layers 0, --layer-pooling last and --pooling stats or average")

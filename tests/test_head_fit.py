@@ -26,8 +26,8 @@ def _fitted_probabilities(run, manifest, cache):
     """What the fitted scikit-learn classifier gives the run's test clips, refitted here from the same embeddings."""
     from serkeras.corpus import load_manifest
     from serkeras.features import FeatureConfig
-    from serkeras.head_fit import embedding_stages, fit_logistic_head, pooled_embeddings
-    from serkeras.models import ModelConfig, build_model
+    from serkeras.head_fit import fit_logistic_head, pooled_embeddings
+    from serkeras.models import ModelConfig, build_model, embedding_stages
     from serkeras.splits import make_split
     from serkeras.training import TrainConfig, prepare_split
 

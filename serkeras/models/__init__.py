@@ -5,8 +5,8 @@ from serkeras.models.blocks import SPEAKER_INPUTS, speaker_stages
 from serkeras.models.layers import SerkerasMetadata
 from serkeras.models.registry import ARCHITECTURES, configure, get_builder, register
 from serkeras.models.saving import load_model, model_metadata
-from serkeras.models.whisper import (build_whisper, fixed_embedding_stages, frozen_stages, load_whisper_backbone,
-                                     whisper_backbone)
+from serkeras.models.whisper import (build_whisper, embedding_stages, fixed_embedding_stages, frozen_stages,
+                                     load_whisper_backbone, whisper_backbone)
 from serkeras.settings import ACTIVATIONS, LAYER_POOLINGS, POOLINGS, UTTERANCE_NORMS, ModelConfig
 
 
@@ -27,6 +27,7 @@ def build_model(feature_config, model_config, labels, stats=None):
 
 
 __all__ = ["ACTIVATIONS", "ARCHITECTURES", "LAYER_POOLINGS", "ModelConfig", "POOLINGS", "SPEAKER_INPUTS",
-           "UTTERANCE_NORMS", "SerkerasMetadata", "build_model", "build_whisper", "configure", "fixed_embedding_stages",
+           "UTTERANCE_NORMS", "SerkerasMetadata", "build_model", "build_whisper", "configure",
+           "embedding_stages", "fixed_embedding_stages",
            "frozen_stages", "get_builder",
            "load_model", "load_whisper_backbone", "model_metadata", "register", "speaker_stages", "whisper_backbone"]

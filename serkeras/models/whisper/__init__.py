@@ -222,6 +222,23 @@ def frozen_stages(model):
     return front, keras.Model(inputs, output, name="whisper_trained_layers")
 
 
+def embedding_stages(model):
+    """A `whisper` model cut at its frozen layers and at its pooled embedding, or None for any other model.
+
+    Returns
+    -------
+    (front, pooling) : (keras.Model, keras.Model)
+        `front` as in `frozen_stages` (so their cached outputs are shared);
+        `pooling` maps its outputs through any trained encoder layers to the
+        pooled embedding (layer `EMBEDDING_LAYER`, shared with `model`).
+    """
+    upper = _upper_layers(model)
+    if upper is None:
+        return None
+    front, inputs, embedding, _ = upper
+    return front, keras.Model(inputs, embedding, name="whisper_pooling")
+
+
 def fixed_embedding_stages(model):
     """A `whisper` model whose pooled embedding has no trainable weight below it, cut at that embedding.
 
@@ -238,20 +255,20 @@ def fixed_embedding_stages(model):
         embedding; `head` (its layers shared with `model`, so training it
         trains `model`) maps ``embedding`` to the class probabilities.
     """
-    upper = _upper_layers(model)
-    if upper is None or upper[3]:
+    if SPEAKER_HEAD in {layer.name for layer in model.layers}:
         return None
-    front, inputs, embedding, _ = upper
-    pooling = keras.Model(inputs, embedding, name="whisper_pooling")
-    if pooling.trainable_weights:
+    stages = embedding_stages(model)
+    if stages is None or stages[1].trainable_weights:
         return None
-    head_input = keras.Input(shape=(embedding.shape[-1],), name="embedding")
+    front, pooling = stages
+    head_input = keras.Input(shape=(pooling.outputs[0].shape[-1],), name="embedding")
     head = keras.Model({"embedding": head_input}, _classifier(model, head_input), name="whisper_classifier")
     return front, pooling, head
 
 
 __all__ = ["ENCODER_LAYER", "ENCODER_VARIABLES", "EncoderSizes", "EncoderWeights", "FORMATS", "WHISPER_FEATURES",
-           "backbone_layers", "build_whisper", "configure_whisper", "encoder_layer", "encoder_parameters",
+           "backbone_layers", "build_whisper", "configure_whisper", "embedding_stages", "encoder_layer",
+           "encoder_parameters",
            "fixed_embedding_stages", "freeze_lower_layers", "frozen_front", "frozen_layers", "frozen_stages",
            "load_whisper_backbone", "whisper_backbone",
            "read_checkpoint", "set_encoder_weights", "whisper_encoder", "whisper_feature_config"]
