@@ -248,10 +248,8 @@ def fit_head(model, data, train_config, progress=True):
     from tqdm.auto import tqdm
 
     from serkeras.speakers import embedding_speaker_stats, population_stats
-    from serkeras.models import speaker_stages
+    from serkeras.models import embedding_stages, speaker_stages
     from serkeras.training import fit_class_weight
-
-    from serkeras.models import embedding_stages
 
     front, pool = embedding_stages(model)
     total = sum(len(data.parts[part][1]) for part in data.parts)

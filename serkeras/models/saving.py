@@ -24,7 +24,7 @@ class ModelMetadata:
     def normalises_by_speaker(self):
         """Whether the model needs each clip's speaker: its features are normalised by speaker (trained with
         --speaker-norm), or its embedding is standardised by speaker."""
-        return self.feature_config.speaker_norm or self.model_config.speaker_standardization
+        return self.feature_config.speaker_norm or self.standardises_embedding
 
     @property
     def standardises_embedding(self):

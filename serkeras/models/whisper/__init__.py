@@ -152,38 +152,9 @@ def frozen_front(model):
     return keras.Model(encoder.inputs, [*carried, start, lengths], name="whisper_frozen_layers")
 
 
-def _upper_layers(model):
-    """The layers of a `whisper` model above its frozen encoder layers, called on new inputs.
-
-    Returns the `frozen_front`, the new inputs (``frames0`` ..., then ``lengths``),
-    the pooled embedding they give (layer `EMBEDDING_LAYER`, shared with `model`), and
-    whether the model standardises that embedding by speaker; None for any other model.
-    """
-    try:
-        encoder = model.get_layer(ENCODER_LAYER)
-    except ValueError:
-        return None
-    names = {layer.name for layer in model.layers}
-    front = frozen_front(model)
-    found = layers_by_name(encoder)
-    n_layers = backbone_layers(encoder)
-    frozen = frozen_layers(model)
-    carried = front.outputs[:-2]
-
-    dim = front.outputs[-2].shape[-1]
-    inputs = [keras.Input(shape=(None, dim), name=f"frames{j}") for j in range(len(carried) + 1)]
-    pooled_lengths = keras.Input(shape=(), dtype="int32", name="lengths")
-    x = inputs[-1]
-    mask = LengthMask(name="frame_mask")(x, pooled_lengths)
-    outputs = list(inputs) if frozen else []
-    heads = found["layer0_attention"].num_heads
-    for i in range(frozen, n_layers):
-        x = encoder_layer(x, mask, dim, heads, f"layer{i}", reuse=found)
-        outputs.append(x)
-    if "layer_sum" in names:
-        x = model.get_layer("layer_sum")(outputs)
-    embedding = model.get_layer(EMBEDDING_LAYER)(x, pooled_lengths)
-    return front, [*inputs, pooled_lengths], embedding, SPEAKER_HEAD in names
+def _by_speaker(model):
+    """Whether `model` standardises its pooled embedding by speaker (`serkeras.models.speaker_stages`)."""
+    return SPEAKER_HEAD in {layer.name for layer in model.layers}
 
 
 def _classifier(model, x):
@@ -214,12 +185,13 @@ def frozen_stages(model):
         order), then the halved ``lengths``; `trained` maps those to the class
         probabilities (or, standardised by speaker, to the pooled embedding).
     """
-    upper = _upper_layers(model)
-    if upper is None:
+    stages = embedding_stages(model)
+    if stages is None:
         return None
-    front, inputs, embedding, by_speaker = upper
-    output = embedding if by_speaker else _classifier(model, embedding)
-    return front, keras.Model(inputs, output, name="whisper_trained_layers")
+    front, pooling = stages
+    embedding = pooling.outputs[0]
+    output = embedding if _by_speaker(model) else _classifier(model, embedding)
+    return front, keras.Model(pooling.inputs, output, name="whisper_trained_layers")
 
 
 def embedding_stages(model):
@@ -232,11 +204,30 @@ def embedding_stages(model):
         `pooling` maps its outputs through any trained encoder layers to the
         pooled embedding (layer `EMBEDDING_LAYER`, shared with `model`).
     """
-    upper = _upper_layers(model)
-    if upper is None:
+    try:
+        encoder = model.get_layer(ENCODER_LAYER)
+    except ValueError:
         return None
-    front, inputs, embedding, _ = upper
-    return front, keras.Model(inputs, embedding, name="whisper_pooling")
+    front = frozen_front(model)
+    found = layers_by_name(encoder)
+    n_layers = backbone_layers(encoder)
+    frozen = frozen_layers(model)
+    carried = front.outputs[:-2]
+
+    dim = front.outputs[-2].shape[-1]
+    inputs = [keras.Input(shape=(None, dim), name=f"frames{j}") for j in range(len(carried) + 1)]
+    pooled_lengths = keras.Input(shape=(), dtype="int32", name="lengths")
+    x = inputs[-1]
+    mask = LengthMask(name="frame_mask")(x, pooled_lengths)
+    outputs = list(inputs) if frozen else []
+    heads = found["layer0_attention"].num_heads
+    for i in range(frozen, n_layers):
+        x = encoder_layer(x, mask, dim, heads, f"layer{i}", reuse=found)
+        outputs.append(x)
+    if "layer_sum" in {layer.name for layer in model.layers}:
+        x = model.get_layer("layer_sum")(outputs)
+    embedding = model.get_layer(EMBEDDING_LAYER)(x, pooled_lengths)
+    return front, keras.Model([*inputs, pooled_lengths], embedding, name="whisper_pooling")
 
 
 def fixed_embedding_stages(model):
@@ -255,7 +246,7 @@ def fixed_embedding_stages(model):
         embedding; `head` (its layers shared with `model`, so training it
         trains `model`) maps ``embedding`` to the class probabilities.
     """
-    if SPEAKER_HEAD in {layer.name for layer in model.layers}:
+    if _by_speaker(model):
         return None
     stages = embedding_stages(model)
     if stages is None or stages[1].trainable_weights:
