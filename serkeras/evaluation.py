@@ -19,7 +19,7 @@ def model_input_names(model):
 
 
 def predict_features(model, feature_list, length_mode, fixed_frames=None, batch_size=32, speakers=None,
-                     reference=None):
+                     reference=None, recordings=None):
     """Class probabilities for each clip, in the order of `feature_list`.
 
     Variable-length batches are formed in length order (little padding) and
@@ -29,6 +29,8 @@ def predict_features(model, feature_list, length_mode, fixed_frames=None, batch_
     needs `speakers`, one key per clip: each clip's embedding is standardised with
     the mean and variance of the embeddings of its speaker's clips in `feature_list`,
     or, with `reference` = (feature list, speaker keys), of its speaker's clips there.
+    When the clips are windows of longer recordings, `recordings` (one key per clip)
+    makes each recording count once in those statistics (`embedding_speaker_stats`).
     """
     if isinstance(model, OnnxModel):  # batched the same way (exports of speaker-standardised models are refused)
         return model.predict(feature_list, batch_size)
@@ -42,7 +44,7 @@ def predict_features(model, feature_list, length_mode, fixed_frames=None, batch_
     embedder, head = stages
     embeddings = _predict(embedder, feature_list, length_mode, fixed_frames, batch_size)
     if reference is None:
-        stats = embedding_speaker_stats(embeddings, speakers)
+        stats = embedding_speaker_stats(embeddings, speakers, recordings)
     else:
         stats = embedding_speaker_stats(_predict(embedder, reference[0], length_mode, fixed_frames, batch_size),
                                         reference[1])

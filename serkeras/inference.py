@@ -109,7 +109,8 @@ def predict_files(model, metadata, paths, window_seconds=None, hop_seconds=None,
     A model trained with speaker normalisation gets each file's features less the
     mean over the readable files of its speaker, as `speaker_of(path, speakers)`
     tells them apart; a model that standardises its embedding by speaker gets the
-    mean and variance of the embeddings of every window of the speaker's files.
+    mean and variance of the embeddings of the speaker's files, each file (the mean
+    of its windows' embeddings) counted once, as `serkeras evaluate` counts each clip.
     Speakers heard in one file only are reported in a warning. Only the feature kinds that the model
     takes are computed.
     Files longer than `max_seconds` are skipped (default: the model's own limit
@@ -174,7 +175,7 @@ def predict_files(model, metadata, paths, window_seconds=None, hop_seconds=None,
         piece_speakers = ([(speaker_of(path, speakers), copy) for path, copy, _ in owners]
                           if metadata.standardises_embedding else None)
         probabilities = predict_features(model, pieces, config.length_mode, config.fixed_frames, batch_size,
-                                         piece_speakers)
+                                         piece_speakers, recordings=[(path, copy) for path, copy, _ in owners])
     labels = list(metadata.labels)
     results = {}  # path -> copy -> [(start, probabilities)]
     for (path, copy, start), p in zip(owners, probabilities):

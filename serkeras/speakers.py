@@ -165,10 +165,28 @@ def speaker_normalized(feature_list, clips, config, subset_share=0.0, seed=0, re
     return normalize_by_speaker(feature_list, speakers, stats, config.speaker_scale)
 
 
-def embedding_speaker_stats(embeddings, speakers):
+def embedding_speaker_stats(embeddings, speakers, recordings=None):
     """{speaker: (mean, variance, count)} of pooled `embeddings` (clips, dim): what the head of
-    `serkeras.models.speaker_stages` takes (`speaker_input_arrays`)."""
+    `serkeras.models.speaker_stages` takes (`speaker_input_arrays`).
+
+    Parameters
+    ----------
+    embeddings : array, shape (rows, dim)
+    speakers : sequence of hashable
+        Each row's speaker.
+    recordings : sequence of hashable, optional
+        Each row's recording, where rows are windows of longer recordings (`serkeras predict`): a
+        recording's windows are averaged into one row first, so each recording counts once, however
+        long, in its speaker's statistics and count, as each clip does in training and
+        `serkeras evaluate`. Default: every row is a recording.
+    """
     _check_speakers(embeddings, speakers)
+    if recordings is not None:
+        _check_speakers(embeddings, recordings)
+        embeddings = np.asarray(embeddings)
+        rows = list(clips_by_speaker(recordings).values())  # the one grouping rule, here by recording
+        embeddings = np.stack([embeddings[r].mean(axis=0) for r in rows])
+        speakers = [speakers[r[0]] for r in rows]
     rows = [{"embedding": np.asarray(row)[None]} for row in embeddings]  # an embedding is one frame
     sums = ClipSums(rows)
     return {speaker: _embedding_triple(sums.stats(indices), len(indices))

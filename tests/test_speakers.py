@@ -203,3 +203,21 @@ def test_every_statistic_is_compute_stats_over_the_same_clips():
         speaker_input_arrays(["z"], stats)
     with pytest.raises(ValueError, match="no embeddings"):
         embedding_stats(embeddings[:0])
+
+
+def test_a_long_recordings_windows_count_once_in_its_speakers_embedding_statistics():
+    """`serkeras predict` cuts long recordings into windows; each recording counts once in its speaker's statistics
+    (the mean of its windows' embeddings), as each clip does in training and `serkeras evaluate`."""
+    rng = np.random.default_rng(0)
+    windows = rng.normal(size=(6, 4))  # speaker a: recording x (3 windows) and y (1); speaker b: z (2)
+    speakers, recordings = ["a", "a", "a", "a", "b", "b"], ["x", "x", "x", "y", "z", "z"]
+    pooled = embedding_speaker_stats(windows, speakers, recordings)
+    once = embedding_speaker_stats(np.stack([windows[:3].mean(0), windows[3], windows[4:].mean(0)]), ["a", "a", "b"])
+    for speaker in ("a", "b"):
+        np.testing.assert_allclose(pooled[speaker][0], once[speaker][0], rtol=1e-6)
+        np.testing.assert_allclose(pooled[speaker][1], once[speaker][1], rtol=1e-6)
+    assert pooled["a"][2] == 2 and pooled["b"][2] == 1
+    by_window = embedding_speaker_stats(windows, speakers)
+    assert by_window["a"][2] == 4 and not np.allclose(by_window["a"][0], pooled["a"][0])
+    with pytest.raises(ValueError):
+        embedding_speaker_stats(windows, speakers, recordings[:-1])
