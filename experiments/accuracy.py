@@ -1,12 +1,10 @@
-"""Recipes aimed past the study on unseen speakers: train them, cross-validate, report, and write the cards of
-the shipped averages.
+"""Recipes aimed past the study on unseen speakers: train them, cross-validate and report.
 
     python -m experiments.accuracy run resnet --split actor            # one recipe, the fixed actor split
     python -m experiments.accuracy run resnet --split kfold            # its 5 speaker-grouped folds
     python -m experiments.accuracy ensemble resnet-actor crnn-actor    # average finished runs: val and test
     python -m experiments.accuracy kfold-ensemble resnet crnn          # the same average on every finished fold
     python -m experiments.accuracy report                              # experiments/results/accuracy.md
-    python -m experiments.accuracy card                                # a shipped average's card
 
 A recipe is a TOML file of `serkeras train` options: ``experiments/recipes/NAME.toml``, or
 one of serkeras' shipped recipes that the shipped averages are made of (``crema-d-NAME``,
@@ -14,11 +12,10 @@ called NAME here). Every run is one ``serkeras train --recipe`` process writing
 ``saved_models/accuracy/<run>/`` and ``logs/accuracy/<run>/``; a finished run is skipped and
 an interrupted one resumed. ``saved_models/accuracy/runs.jsonl`` records each run's exact
 command, machine and wall time. A shipped average is made by ``serkeras ensemble`` from
-its members' actor-split runs (serkeras' manifest of shipped models lists them); ``card``
-writes its card from that model's predictions on the split's test actors.
+its members' actor-split runs (serkeras' manifest of shipped models lists them), and its card
+by ``serkeras card``.
 """
 
-import dataclasses
 import functools
 import json
 import shlex
@@ -75,48 +72,6 @@ def recipe_argument(recipe):
     if isinstance(source, str):
         return source
     return str(source.relative_to(ROOT)) if source.is_relative_to(ROOT) else str(source)
-
-
-@dataclasses.dataclass(frozen=True)
-class CardNotes:
-    """What a shipped average's card says besides its scores: how its members were chosen (a sentence), and
-    the test-time augmentation it shows beside the plain results. Its members are in serkeras' manifest."""
-
-    chosen: str
-    tta_copies: int = 0
-
-
-#: The cards of the shipped averages, by the model's name in serkeras' manifest of shipped models.
-CARD_NOTES = {
-    # Chosen on the actor split's validation actors: 67.4% for the three together, 58.2-62.4% for each
-    # alone (resnet-augmented-mixup replaced resnet-augmented, 65.9% with it, at the same cost;
-    # cross-validated by actor the two averages reach 59.6 and 58.9%). The card's test-time augmentation,
-    # 2 copies, was chosen on the validation actors for the previous average (65.9% without, 66.7% with 2
-    # copies, 63.6% with 4); for this one it does not raise validation accuracy (67.4% without, 66.7% with
-    # 2), so the card shows it as an option, not as the model's result.
-    "serkeras-crema-d": CardNotes("The members were chosen on the validation actors", tta_copies=2),
-    # For speakers with several recordings. Recipes chosen by 5-fold cross-validation over all 73 development
-    # actors, which include this split's test actors: 69.5 ± 1.0% for the two at seed 0 (finding 21), 69.2-69.3%
-    # with the 10-epoch z-normalised models as third and fourth members, 66.1 and 65.2% for each alone;
-    # the previous pair (crnn-augmented-speaker-norm, resnet-augmented-mixup-speaker-norm) 67.2 ± 1.9%.
-    # Test-time augmentation, chosen on the folds' validation actors (finding 22): 2 copies 68.8% there
-    # (70.2 ± 1.5% test), 4 copies 68.6% (70.2 ± 1.1% test), none 67.1% (69.5 ± 1.0% test).
-    # A second training seed of both (finding 23): on the actor split's validation actors these four
-    # (seed 0 retrained in session 18) reach 71.6% (72.0% with 2 TTA copies), the four with seed 0's first
-    # training 70.2% (71.3%), the seed-0 pair 68.8% (69.9%), the seed-1 pair 69.9% (70.6%); on k-fold
-    # folds 0-2 the four with the first seed-0 training scored 71.5, 70.2, 70.7% without TTA (the seed-0
-    # pair 70.1, 68.0, 69.8%, and 72.2, 68.7, 69.8% with 2 TTA copies); folds 3-4 (finding 26, seed 0
-    # retrained) 73.2 and 70.6%, so 71.2 ± 1.2% over the five folds.
-    "serkeras-crema-d-speaker-norm": CardNotes(
-        tta_copies=2,
-        chosen="The recipes were chosen by 5-fold cross-validation over the 73 development actors, whose test "
-               "folds include this split's test actors, so the test figure here is not quite blind. The second "
-               "training seed of each (members 3 and 4) was added for the four's accuracy on the validation "
-               "actors here and on each of the five folds: 71.2 ± 1.2% over the five (folds 0-2 were scored "
-               "before ensemble scores were recorded, so the list below starts at fold 3; the lab notebook, "
-               "experiments/NOTEBOOK.md, has all five)"),
-}
-DEFAULT_CARD = next(iter(CARD_NOTES))  # what `card` writes without --model
 
 
 def shipped_members(name):
@@ -205,42 +160,6 @@ def run(recipes, data_dir, splits, folds, seed, epochs, dry_run):
             train_missing(recipe, split, seed, epochs, data_dir, dry_run, folds)
 
 
-model_option = click.option("--model", "name", type=click.Choice(list(CARD_NOTES)), default=DEFAULT_CARD,
-                            show_default=True, help="Which shipped average.")
-
-
-@cli.command()
-@data_dir_option
-@model_option
-def card(data_dir, name):
-    """Write a shipped average's card for the model file as it is.
-
-    The file is made by `serkeras ensemble` from the members' actor-split runs (`run`
-    trains them): the card shows that command. Runs not in this checkout are scored from
-    the members inside the file.
-    """
-    notes, listed = CARD_NOTES[name], shipped_model(name)
-    path = SHIPPED_DIR / listed.file
-    members = [run_name(recipe, "actor", seed=seed) for recipe, seed in shipped_members(name)]
-    command = shlex.join(["serkeras", "ensemble", *(str(RUNS_DIR / m / "model.keras") for m in members),
-                          "--output", str(path)])
-    if not (ROOT / path).is_file():
-        raise click.ClickException(f"{path} does not exist: train its members with `run` and average them with "
-                                   f"`{command}`")
-    from experiments.model_card import write_model_card
-
-    results = load_results(RUNS_DIR)
-    scores = finished_test_scores(results)
-    write_model_card(ROOT / path, ROOT / SHIPPED_DIR / listed.card, data_dir, members=members,
-                     command=command, results=results, runs_dir=ROOT / RUNS_DIR,
-                     kfold_scores={member_label(recipe, seed): [scores.get(run_name(recipe, "kfold", k, seed))
-                                                                for k in range(N_FOLDS)]
-                                   for recipe, seed in shipped_members(name)},
-                     n_folds=N_FOLDS, tta_copies=notes.tta_copies,
-                     kfold_ensembles=shipped_kfold_ensembles(name), chosen=notes.chosen, listed=listed_runs())
-    click.echo(f"wrote {SHIPPED_DIR / listed.card}")
-
-
 def runs_log():
     """Every run's test scores and command, in git so that later checkouts (without the run folders) know them."""
     return RESULTS_DIR / "accuracy_runs.jsonl"
@@ -260,20 +179,6 @@ def finished_test_scores(results, listed=None):
               for name, r in listed.items()}
     scores.update({name: result["metrics"]["test"] for name, result in results.items()})
     return scores
-
-
-def shipped_kfold_ensembles(name):
-    """(TTA copies, per-fold records) of a shipped average's recipes averaged on k-fold folds (`kfold-ensemble`)."""
-    scored = latest_ensembles()
-    found = []
-    for copies in sorted({0, CARD_NOTES[name].tta_copies}):
-        records = [scored[key] for fold in range(N_FOLDS)
-                   if (key := (tuple(run_name(r, "kfold", fold, seed) for r, seed in shipped_members(name)), copies,
-                               "part"))
-                   in scored]
-        if records:
-            found.append((copies, records))
-    return found
 
 
 @cli.command()
@@ -364,10 +269,8 @@ def score_average(runs, data_dir, tta_copies, speaker_stats="part"):
     `speaker_stats` as in `serkeras evaluate --speaker-stats`."""
     import time
 
-    from experiments.model_card import part_probabilities
-
     from serkeras.corpus import load_corpus
-    from serkeras.evaluation import classification_report
+    from serkeras.evaluation import classification_report, predict_clips
     from serkeras.models import load_model, model_metadata
     from serkeras.models.ensemble import ensemble_model
     from serkeras.splits import make_split
@@ -389,8 +292,8 @@ def score_average(runs, data_dir, tta_copies, speaker_stats="part"):
         raise click.UsageError(str(exc)) from None
     started = time.time()
     reports = {part: classification_report(corpus.label_indices(clips),
-                                            part_probabilities(model, meta, clips, tta_copies,
-                                                               speaker_clips).argmax(axis=1),
+                                            predict_clips(model, meta, clips, tta_copies, speaker_clips=speaker_clips,
+                                                          require_all=True)[1].argmax(axis=1),
                                             corpus.labels)
                for part, clips in (("val", split.val), ("test", split.test))}
     record = {"runs": list(runs), **({"tta_copies": tta_copies} if tta_copies else {}),

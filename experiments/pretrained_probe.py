@@ -22,7 +22,7 @@ trained by gradient descent.
 The shipped Whisper models are trained by serkeras itself:
 ``serkeras train --recipe crema-d-whisper --encoder PATH`` (and
 ``crema-d-whisper-speaker-norm``); their cards are written by
-``python -m experiments.model_card whisper RUN``. ``python -m experiments.accuracy
+``serkeras card``. ``python -m experiments.accuracy
 report`` lists every logged row with its cost (rows logged as "shipped recipe"
 came from the script that built them before).
 """

@@ -731,6 +731,43 @@ def evaluate(model_path, data_dir, manifest, cache_dir, split_kind, fold, n_fold
         save_confusion_matrix(report["confusion_matrix"], meta.labels, plot, f"{part}: {described}")
 
 
+@names_shipped_models()
+@main.command(cls=KerasCommand)
+@click.argument("model_path", metavar="MODEL", type=click.Path())
+@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="The run that trained MODEL (its config.json and metrics.json): its corpora and split are the "
+                   "defaults. MODEL may be the run folder itself.")
+@data_options
+@split_options
+@click.option("--kfold-run", "kfold_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="A `serkeras train --split kfold --folds` run of the same settings, for cross-validated scores.")
+@click.option("--perturb", "perturbations", multiple=True, metavar="KIND[:AMOUNT]", callback=_perturbations,
+              help="Also score the test clips under this recording condition (as `serkeras evaluate --perturb`); "
+                   "repeatable.")
+@click.option("--output", "-o", "card_path", type=click.Path(dir_okay=False), required=True,
+              help="The card to write (Markdown); its hand-written '## Notes' section, if any, is kept.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.pass_context
+def card(ctx, model_path, run_dir, data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction,
+         test_fraction, seed, kfold_dir, perturbations, card_path, batch_size):
+    """Write a model card: what the model is, how it was trained, and its scores on the test part's speakers
+    (accuracy and UA with speaker-bootstrap intervals, per class and per corpus, calibration), computed here.
+
+    The split is the run's (--run, or MODEL given as a run folder) unless split options are given, else `actor`.
+    """
+    from click.core import ParameterSource
+
+    from serkeras.cards import card_for, write_model_card
+
+    split_given = any(ctx.get_parameter_source(name) != ParameterSource.DEFAULT
+                      for name in ("split_kind", "fold", "n_folds", "val_fraction", "test_fraction", "seed"))
+    split = SplitSettings(split_kind if split_given else "actor", fold, n_folds, val_fraction, test_fraction, seed)
+    text = card_for(model_path, run_dir, data_dir, manifest, split if split_given else None, kfold_dir, perturbations,
+                    cache_dir, batch_size)
+    write_model_card(card_path, text)
+    click.echo(f"wrote {card_path}")
+
+
 @main.command()
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,

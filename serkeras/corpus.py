@@ -141,6 +141,33 @@ def _read_sexes(folder):
     return {}
 
 
+#: CREMA-D's listener-vote letters (``VoiceVote`` of summaryTable.csv) -> serkeras' label names.
+CREMA_D_VOTE_LETTERS = {"A": "anger", "D": "disgust", "F": "fear", "H": "happy", "N": "neutral", "S": "sad"}
+
+
+def listener_votes(summary_csv):
+    """{clip name: labels} of CREMA-D's crowd-sourced listeners' majority vote from the audio alone.
+
+    Parameters
+    ----------
+    summary_csv : str or Path
+        CREMA-D's ``summaryTable.csv``.
+
+    Returns
+    -------
+    dict of str -> tuple of str
+        A tie keeps every winner; clips without an audio-only vote are left out.
+    """
+    with open(summary_csv, newline="", encoding="utf-8-sig") as f:
+        return {row["FileName"]: tuple(CREMA_D_VOTE_LETTERS[v] for v in row["VoiceVote"].split(":"))
+                for row in csv.DictReader(f) if row.get("VoiceVote")}
+
+
+def vote_credit(votes, label):
+    """1/k when `label` is among the k tied winners of `votes`, else 0: the score of breaking the tie at random."""
+    return 1.0 / len(votes) if label in votes else 0.0
+
+
 def load_crema_d(data_dir=None):
     """List a CREMA-D folder: `AudioWAV/*.wav` as released, or any audio named like it.
 

@@ -200,6 +200,10 @@ class Perturbation:
         except ValueError as exc:
             raise ValueError(f"{text!r}: {exc}") from None
 
+    def spec(self):
+        """The ``KIND[:AMOUNT]`` text `parse` reads (``--perturb``'s value)."""
+        return self.kind if self.kind == "telephone" else f"{self.kind}:{self.amount:g}"
+
     def __str__(self):
         return {"gain": f"gain {self.amount:+g} dB", "noise": f"noise at {self.amount:g} dB SNR",
                 "telephone": "telephone band", "reverb": f"reverb, RT60 {self.amount:g} s"}[self.kind]

@@ -154,3 +154,11 @@ def test_room_and_telephone_copies_are_drawn_by_their_share_and_leave_other_copi
         reverb=0.3, telephone=0.2)
     with pytest.raises(ValueError, match="reverb is a share of copies"):
         WaveAugmentation(reverb=1.5)
+
+
+def test_a_perturbation_prints_as_the_option_that_made_it():
+    from serkeras.effects import Perturbation
+
+    for text in ("gain:-20", "noise:10", "telephone", "reverb:0.6"):
+        assert Perturbation.parse(text).spec() == text and Perturbation.parse(Perturbation.parse(text).spec()) == \
+            Perturbation.parse(text)

@@ -1,8 +1,6 @@
 """experiments/study.py: the runs it plans are the study's grid, and every command is one `serkeras train` accepts."""
 
 import importlib
-import json
-import runpy
 import shutil
 import sys
 from pathlib import Path
@@ -13,7 +11,6 @@ import pytest
 
 from serkeras.cli import main
 from serkeras.corpus import CREMA_D_LABELS
-from whisper_checkpoints import random_encoder_weights, write_ctranslate2
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,8 +63,9 @@ def test_every_accuracy_recipe_is_a_valid_train_invocation(monkeypatch):
     from serkeras.recipes import recipe_description
     from serkeras.shipped import shipped_models
 
-    # A card for each shipped average; its members are the manifest's, by their names here.
-    assert list(accuracy.CARD_NOTES) == [model.name for model in shipped_models() if model.members]
+    # The shipped averages' members are the manifest's, by their names here.
+    assert [model.name for model in shipped_models() if model.members] == ["serkeras-crema-d",
+                                                                         "serkeras-crema-d-speaker-norm"]
     assert accuracy.shipped_members("serkeras-crema-d") == [("resnet", 0), ("crnn-augmented", 0),
                                                             ("resnet-augmented-mixup", 0)]
     assert accuracy.recipe_argument("resnet") == "crema-d-resnet"
@@ -98,23 +96,6 @@ def test_every_accuracy_recipe_is_a_valid_train_invocation(monkeypatch):
     assert params["epochs"] == params["patience"] == 3
 
 
-def test_model_card_scores_human_votes_with_ties_and_bootstraps_by_actor(crema_root):
-    import numpy as np
-
-    card = load_script("model_card")
-    votes = card.human_votes(crema_root / "summaryTable.csv")
-    assert len(votes) == 5968 and votes["1003_IEO_NEU_XX"] == ("neutral",)
-    assert set(card.VOTE_LABELS.values()) == set(CREMA_D_LABELS)
-    assert all(set(v) <= set(CREMA_D_LABELS) for v in votes.values())
-    assert card.vote_credit(("neutral", "sad"), "sad") == 0.5 and card.vote_credit(("anger",), "sad") == 0.0
-    # Two actors, one always right, one always wrong: resampling actors spans 0 to 1.
-    right = np.array([1.0] * 10 + [0.0] * 10)
-    low, high = card.actor_bootstrap(["a"] * 10 + ["b"] * 10, lambda i: right[i].mean())
-    assert low == 0.0 and high == 1.0
-    low, high = card.actor_bootstrap(["a"] * 10 + ["b"] * 10, lambda i: 0.7)
-    assert low == high == 0.7
-
-
 #: The recipe the accuracy script's tests train, by a name `run` accepts: the mechanics, not the model, are under
 #: test, so it stands for the cheapest model that normalises by speaker (as one shipped model does), not for the
 #: real recipe (minutes of training).
@@ -133,9 +114,6 @@ def use_accuracy_script(monkeypatch, root):
                       'utterance-norm = "none"\nspeaker-norm = true\nhop-length = 320\nn-mels = 40\n'
                       'pitch = false\nepochs = 1\npatience = 1\n')
     monkeypatch.setitem(accuracy.RECIPES, TINY_RECIPE, recipe)
-    model_card = load_script("model_card")  # the module accuracy.py imports
-
-    monkeypatch.setattr(model_card, "BOOTSTRAP", 200)  # the intervals themselves are tested apart
     return accuracy
 
 
@@ -229,44 +207,32 @@ def test_accuracy_script_runs_resumes_ensembles_and_reports(accuracy_project, cr
 
 def test_a_shipped_average_is_made_by_serkeras_ensemble_and_carded(accuracy_project, crema_subset, tmp_path,
                                                                   monkeypatch):
-    """`serkeras ensemble` averages the members' runs into saved_models/NAME.keras, and `card --model NAME` writes
-    its card, here for a speaker-normalised model (the card then has its speaker-mean table)."""
+    """`serkeras ensemble` averages the members' runs into saved_models/NAME.keras and `serkeras card` writes its
+    card, here for a speaker-normalised model (the card then has its table of where speaker statistics come
+    from); `ensemble` scores an average with statistics from the part or the whole corpus."""
     from click.testing import CliRunner
 
     from conftest import run_cli
     from serkeras.models import load_model
-    from serkeras.shipped import shipped_model
 
     tmp_path = copy_project(accuracy_project, tmp_path)
     accuracy = use_accuracy_script(monkeypatch, tmp_path)
     name = "serkeras-crema-d-speaker-norm"  # the name of a shipped model, made of a tiny recipe here
-    # Two training seeds of one recipe make the average.
-    monkeypatch.setattr(accuracy, "shipped_members", lambda _: [(TINY_RECIPE, 0), (TINY_RECIPE, 1)])
-    monkeypatch.setitem(accuracy.CARD_NOTES, name, accuracy.CardNotes("Chosen for the test"))
-    missing = CliRunner().invoke(accuracy.cli, ["card", "--model", name, "--data-dir", str(crema_subset)])
     command = (f"serkeras ensemble saved_models/accuracy/{TINY_RECIPE}-actor/model.keras "
                f"saved_models/accuracy/{TINY_RECIPE}-actor-seed1/model.keras --output saved_models/{name}.keras")
-    assert missing.exit_code == 1 and f"average them with `{command}`" in missing.output
     result = run_cli(command.split()[1:], tmp_path)
     assert result.exit_code == 0 and f"wrote saved_models/{name}.keras: the average of 2 models" in result.output
     model, meta = load_model(tmp_path / "saved_models" / f"{name}.keras")
     assert meta.feature_config.speaker_norm and model.name == name.replace("-", "_")
-    result = CliRunner().invoke(accuracy.cli, ["card", "--model", name, "--data-dir", str(crema_subset)])
+    result = run_cli(["card", f"saved_models/{name}.keras", "--data-dir", str(crema_subset), "--output",
+                      "CARD.md"], tmp_path)
     assert result.exit_code == 0, result.output
-    card = (tmp_path / "saved_models" / shipped_model(name).card).read_text()
-    assert card.startswith(f"# Model card: `{name}.keras`")
-    assert f"Made by `{command}`" in card and "Chosen for the test." in card
-    assert f"serkeras predict --model {name} recordings_of_one_speaker/" in card
-    assert f"| `{TINY_RECIPE}-actor` | 1d |" in card and "--recipe tiny.toml --split actor" in card
-    assert f"| `{TINY_RECIPE}-actor-seed1` | 1d |" in card and "--train-seed 1 --run-name" in card
-    assert "--data-dir" not in card and str(crema_subset) not in card  # the commands without this machine's folders
-    # No k-fold fold has been trained or scored: the card says so instead of leaving the section out.
-    assert f"kfold-ensemble {TINY_RECIPE} {TINY_RECIPE}:1` scores it" in card
-    assert f"- `{TINY_RECIPE}:1`: no fold finished" in card
+    card = (tmp_path / "CARD.md").read_text()
+    assert card.startswith(f"# Model card: `{name}`") and "The average of the class probabilities of 2 models" in card
+    assert f"serkeras predict --model saved_models/{name}.keras recordings_of_one_speaker/" in card
     assert "| the clip alone (`serkeras predict --speaker file`) |" in card
-    assert "| 12 of the speaker's clips, at random" in card  # each subset actor has 22 clips: 24 is left out
-    assert "| 24 of the speaker's clips" not in card
-    assert "## Other unseen actors" in card and "Listeners' majority vote" in card
+    assert "| 20 of the speaker's clips at random" in card  # each subset actor has 22 clips
+    assert str(crema_subset) not in card and f"--data-dir {crema_subset.parent.name}/audio" in card  # no machine's folder
     # Statistics over each speaker's clips in the whole corpus: on the actor split every test actor's clips
     # are in the test part, so they score as each part's statistics do; the record and the report say which.
     run = f"{TINY_RECIPE}-actor"
@@ -284,27 +250,6 @@ def test_a_shipped_average_is_made_by_serkeras_ensemble_and_carded(accuracy_proj
     report = (tmp_path / "results" / "accuracy.md").read_text()
     assert f"| {run}, speaker statistics from all of a speaker's clips | actor |" in report
     assert f"| {run} | actor | {100 * part['accuracy']:.1f}" in report
-    # A fresh checkout has the shipped file and the runs log but no run folders: `card` scores the members
-    # inside the file, takes their commands from the log, and their training time and the k-fold scores of
-    # their average (recorded where the folds ran) from the card before.
-    rows = [line for line in card.splitlines() if line.startswith(f"| `{TINY_RECIPE}-actor")]
-    training = next(line for line in card.splitlines() if "min of training in all" in line)
-    model_card = load_script("model_card")
-    scored_elsewhere = (f"{model_card.KFOLD_ENSEMBLE_LINE}: folds scored 5 of 5. Accuracy per fold: 60.0% "
-                        f"(`python -m experiments.accuracy kfold-ensemble {TINY_RECIPE} {TINY_RECIPE}:1`).")
-    card_path = tmp_path / "saved_models" / shipped_model(name).card
-    card_path.write_text(card + scored_elsewhere + "\n")
-    shutil.rmtree(tmp_path / "saved_models" / "accuracy")
-    result = CliRunner().invoke(accuracy.cli, ["card", "--model", name, "--data-dir", str(crema_subset)])
-    assert result.exit_code == 0, result.output
-    again = (tmp_path / "saved_models" / shipped_model(name).card).read_text()
-    assert [line for line in again.splitlines() if line.startswith(f"| `{TINY_RECIPE}-actor")] == rows
-    assert training in again and "--train-seed 1 --run-name" in again
-    assert scored_elsewhere in again.splitlines() and "has no k-fold scores" not in again
-    # A model file that averages another number of models than the manifest names is refused.
-    monkeypatch.setattr(accuracy, "shipped_members", lambda _: [(TINY_RECIPE, 0), (TINY_RECIPE, 1), (TINY_RECIPE, 2)])
-    result = CliRunner().invoke(accuracy.cli, ["card", "--model", name, "--data-dir", str(crema_subset)])
-    assert result.exit_code == 1 and "averages 2 models, not the 3 members" in result.output
 
 
 def test_cross_validated_ensembles_are_grouped_by_recipes_and_tta():
@@ -358,9 +303,8 @@ def test_report_carries_over_rows_it_cannot_rebuild(tmp_path):
 
 def test_kfold_rows_join_folds_trained_here_to_those_listed_before(monkeypatch):
     """Folds trained again in this checkout replace their listed scores and join the other folds' (a fresh
-    clone keeps only the listed scores), so the report's k-fold row and the model card agree."""
+    clone keeps only the listed scores)."""
     accuracy = load_script("accuracy")
-    model_card = load_script("model_card")
     monkeypatch.setattr(accuracy, "model_cost", lambda config: (12_000, 3.0))  # builds no model
     monkeypatch.setattr(accuracy, "time_cells", lambda runs: [str(len(runs)), "20", "30"])
     listed = {f"crnn-kfold-fold{k}": {"run": f"crnn-kfold-fold{k}", "test_accuracy": 0.5, "test_macro_f1": 0.4,
@@ -377,12 +321,6 @@ def test_kfold_rows_join_folds_trained_here_to_those_listed_before(monkeypatch):
     assert accuracy.recipe_rows({}, scores) == []  # nothing here: the previous report's row is carried over
     some = accuracy.recipe_rows(results, accuracy.finished_test_scores(results, {}))
     assert some[0][2] == "60.0 ± 0.0 (1/5 folds)"
-    # The card names the folds a partial cross-validation scored.
-    fold = {"accuracy": 0.7, "macro_f1": 0.7}
-    assert model_card.per_fold_summary({3: fold, 4: {**fold, "accuracy": 0.6}}, 5).startswith(
-        "Accuracy on folds 3, 4: 70.0%, 60.0%; mean 65.0% ± 7.1 (std)")
-    assert model_card.per_fold_summary({k: fold for k in range(5)}, 5).startswith("Accuracy per fold: 70.0%, ")
-    assert model_card.per_fold_summary({4: fold}, 5) == "Accuracy on fold 4: 70.0%; macro-F1 0.700"
 
 
 
@@ -468,58 +406,6 @@ def test_probe_score_without_embeddings_is_a_one_line_error(tmp_path, monkeypatc
     monkeypatch.setattr(probe, "EMBEDDINGS_DIR", tmp_path)
     result = CliRunner().invoke(probe.cli, ["score", "nothing-here"])
     assert result.exit_code != 0 and "run embed first" in result.output and "Traceback" not in result.output
-
-
-def test_whisper_card_is_written_from_a_recipe_run(crema_subset, tmp_path, monkeypatch):
-    """`model_card.py whisper RUN`: the card of a model trained by `serkeras train --recipe` (here the speaker-norm
-    recipe on real clips of a few actors and a tiny random encoder), its numbers from the run and the model file;
-    the training command is the recipe's, with no machine paths."""
-    from click.testing import CliRunner
-
-    from serkeras.cli import main
-
-    monkeypatch.chdir(tmp_path)
-    model_dir = tmp_path / "tiny-whisper"
-    model_dir.mkdir()
-    write_ctranslate2(model_dir, random_encoder_weights(np.random.default_rng(5), 80, 16, 2), heads=2)
-    trained = CliRunner().invoke(main, ["train", "--recipe", "crema-d-whisper-speaker-norm", "--encoder",
-                                        str(model_dir), "--data-dir", str(crema_subset), "--run-name", "sn",
-                                        "--quiet", "--workers", "1"])
-    assert trained.exit_code == 0, trained.output
-    monkeypatch.syspath_prepend(str(REPO))
-    monkeypatch.setattr(sys, "argv", ["model_card.py", "whisper", "saved_models/sn", "--recipe",
-                                      "crema-d-whisper-speaker-norm", "--card", "MODEL_CARD-whisper-speaker-norm.md",
-                                      "--data-dir", str(crema_subset)])
-    with pytest.raises(SystemExit) as exited:
-        runpy.run_module("experiments.model_card", run_name="__main__")
-    assert exited.value.code in (0, None)
-    card = (tmp_path / "MODEL_CARD-whisper-speaker-norm.md").read_text()
-    assert card.startswith("# Model card: `model.keras`")
-    assert "Trained by `serkeras train --recipe crema-d-whisper-speaker-norm --encoder PATH/tiny-whisper`" in card
-    assert "logistic regression by L-BFGS" in card and "No gradient training." in card
-    assert "as if those were 5 more recordings" in card and "| the clip alone (`serkeras predict --speaker file`) |" in card
-    assert "5-fold cross-validation\n\nNot scored in the run that wrote this card." in card
-    accuracy = json.loads((tmp_path / "saved_models" / "sn" / "metrics.json").read_text())["test"]["accuracy"]
-    assert f"Accuracy **{100 * accuracy:.1f}%**" in card  # the model file, rescored, says what the run said
-    assert str(crema_subset) not in card and str(tmp_path) not in card
-
-
-def test_a_rewritten_whisper_card_keeps_where_the_same_weights_came_from(tmp_path):
-    """What the run cannot know (where the checkpoint came from, how it was cross-checked) stays when the card
-    is rewritten for weights with the same fingerprint, and goes when the weights differ."""
-    from serkeras.models.whisper import read_checkpoint
-
-    card = load_script("model_card")
-    model_dir = tmp_path / "tiny-whisper"
-    model_dir.mkdir()
-    write_ctranslate2(model_dir, random_encoder_weights(np.random.default_rng(7), 80, 16, 2), heads=2)
-    fingerprint = read_checkpoint(model_dir).fingerprint()[:16]
-    fresh = card.encoder_provenance(model_dir)
-    assert "`tiny-whisper`" in fresh and f"`{fingerprint}...`" in fresh
-    told = f"{card.ENCODER_LINE}these weights came from a wheel, cross-checked (`{fingerprint}...`)."
-    assert card.encoder_provenance(model_dir, ["# Model card", told]) == told[len(card.ENCODER_LINE):]
-    other = f"{card.ENCODER_LINE}other weights (`0123456789abcdef...`)."
-    assert card.encoder_provenance(model_dir, [other]) == fresh
 
 
 def test_probe_rows_of_the_accuracy_report_carry_the_encoders_cost(tmp_path):

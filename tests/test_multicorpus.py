@@ -192,6 +192,16 @@ def test_train_evaluate_and_cross_corpus_on_three_corpora(manifests, tmp_path):
     assert beta["n"] == 24 and beta["unweighted_average_recall"] == pytest.approx(np.mean(recalls))
     assert 0.0 <= beta["expected_calibration_error"] <= 1.0 and "expected_calibration_error" in metrics["test"]
 
+    # The run's card scores the run's own test part (its stored corpora and split), each corpus apart.
+    result = run_cli(["card", "saved_models/mixed", "--output", "CARD.md", "--perturb", "gain:-10", *cache], tmp_path)
+    assert result.exit_code == 0, result.output
+    card = (tmp_path / "CARD.md").read_text()
+    for name, own in metrics["test_by_corpus"].items():
+        assert f"| {name} | {own['n']} | 1 | {100 * own['accuracy']:.1f}% | " in card  # one test speaker each
+    assert f"| all | {metrics['test']['n']} | 3 | {100 * metrics['test']['accuracy']:.1f}% (" in card
+    assert "Recall per corpus" in card and "| alpha | " in card and "| gain -10 dB |" in card
+    assert "alpha/manifest.csv" in card and "--perturb gain:-10" in card and str(tmp_path) not in card
+
     args = ["cross-corpus", *sources, "--val-fraction", "0.25", "--run-name", "loco", *cache, *TINY]
     result = run_cli(args, tmp_path)
     assert result.exit_code == 0, result.output

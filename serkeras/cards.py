@@ -1,0 +1,542 @@
+"""Model cards: a Markdown description of a model with its scores on speakers it never heard.
+
+Everything a card states is computed from the model file, the corpora it is
+scored on and, when given, the run that trained it (``config.json``,
+``metrics.json``) and a cross-validated run of the same settings
+(``kfold.json``). Nothing is typed in, except an optional ``## Notes`` section
+a maintainer writes by hand: rewriting a card keeps it.
+
+    serkeras card saved_models/my-run --output saved_models/my-run/MODEL_CARD.md
+
+The command line is `serkeras card`; `model_card` returns the text and
+`write_model_card` writes it.
+"""
+
+import datetime
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from serkeras.errors import SerkerasError
+
+#: Bootstrap resamples of whole speakers for a card's 95% intervals.
+BOOTSTRAP = 2000
+#: The section of a card that is written by hand and kept when the card is rewritten.
+NOTES_HEADING = "## Notes"
+#: Random subset sizes of a speaker's clips for a speaker-normalised model's card, and draws of each.
+SPEAKER_SUBSET_SIZES = (2, 5, 10, 20)
+SPEAKER_SUBSET_DRAWS = 3
+
+
+def speaker_bootstrap(speakers, statistic, draws=BOOTSTRAP, seed=0):
+    """95% interval of `statistic(indices)` when whole speakers are resampled with replacement.
+
+    The clips of one speaker are not independent, so resampling speakers (not
+    clips) gives an honest interval for a score on new speakers.
+
+    Parameters
+    ----------
+    speakers : sequence of str
+        Each clip's speaker.
+    statistic : callable
+        Takes an array of clip indices (with repeats) and returns a float.
+    draws : int, optional
+    seed : int, optional
+
+    Returns
+    -------
+    ndarray, shape (2,)
+        The 2.5th and 97.5th percentiles.
+    """
+    rng = np.random.default_rng(seed)
+    speakers = np.asarray(speakers)
+    groups = [np.flatnonzero(speakers == s) for s in np.unique(speakers)]
+    values = [statistic(np.concatenate([groups[i] for i in rng.integers(0, len(groups), len(groups))]))
+              for _ in range(draws)]
+    return np.percentile(values, [2.5, 97.5])
+
+
+def public_path(path):
+    """The last two parts of `path` (``crema-d/audio``, ``emodb/manifest.csv``): a card names a corpus, not a
+    folder of the machine that wrote it."""
+    return "/".join(Path(os.path.abspath(path)).parts[-2:])
+
+
+def card_command(model, run_dir, data_dir, manifest, split, kfold_dir, perturbations, explicit_data=True):
+    """The `serkeras card` command that writes the card, with paths shortened by `public_path` (`run_dir`: a run
+    named apart from `model`; `explicit_data`: whether the corpora were given rather than the run's)."""
+    words = ["serkeras card", str(model)]
+    if run_dir is not None:
+        words += ["--run", public_path(run_dir)]
+    if explicit_data:
+        words += [f"--data-dir {public_path(d)}" for d in data_dir]
+        words += [f"--manifest {public_path(m)}" for m in manifest]
+    if split is not None:
+        words += [f"--split {split.kind}"] + ([f"--fold {split.fold}"] if split.kind == "kfold" else [])
+        if split.seed:
+            words += [f"--seed {split.seed}"]
+    if kfold_dir is not None:
+        words += ["--kfold-run", public_path(kfold_dir)]
+    words += [f"--perturb {p.spec()}" for p in perturbations]
+    return " ".join(words)
+
+
+def _percent(value):
+    return f"{100 * value:.1f}%"
+
+
+def describe_model(model, meta, path):
+    """Sentences on what the model is: architecture, size on disk, parameters and cost per clip."""
+    from serkeras.export import quantized_layers
+    from serkeras.models.cost import flops_per_clip
+    from serkeras.models.ensemble import ensemble_members
+
+    mc = meta.model_config
+    if mc.arch == "whisper":
+        trained = (f"the top {mc.fine_tune_layers} fine-tuned, the rest frozen as pre-trained"
+                   if mc.fine_tune_layers else "frozen as pre-trained")
+        pooled = {"stats": "the mean and standard deviation over time", "average": "the mean over time",
+                  "attention": "attentive statistics over time"}.get(mc.pooling, f"`{mc.pooling}` pooling")
+        what = (f"The first {mc.encoder_layers} layers of the audio encoder of OpenAI's Whisper ({mc.encoder_dim} "
+                f"wide, {mc.attention_heads} attention heads; `serkeras.models.whisper`, plain Keras layers), "
+                f"{trained}, then {pooled} of the last kept layer"
+                + (", standardised by the statistics of all of the speaker's recordings (shrunk towards the "
+                   f"training speakers' as if those were {mc.speaker_prior_clips:g} more recordings)"
+                   if mc.speaker_standardization else "")
+                + " and a softmax classifier.")
+    elif mc.arch == "ensemble":
+        members = ensemble_members(model)
+        what = (f"The average of the class probabilities of {len(members)} models trained separately: "
+                + ", ".join(f"`{m.name}`" for m in members) + ".")
+    else:
+        what = (f"The `{mc.arch}` architecture of `serkeras.models` ({mc.activation} activations, width "
+                f"{mc.width:g}, {mc.pooling} pooling, dropout {mc.dropout:g}).")
+    quantized = " (some weights stored as int8)" if quantized_layers(model) else ""
+    try:
+        cost = f", {flops_per_clip(model, meta.feature_config) / 1e6:,.0f} MFLOPs per 2.5 s clip (forward pass)"
+    except SerkerasError:  # counted with TensorFlow only
+        cost = ""
+    return [what + f" {model.count_params():,} parameters, {Path(path).stat().st_size / 2**20:.1f} MiB on disk"
+            f"{quantized}{cost}."]
+
+
+def describe_features(fc, input_names=("logmel",)):
+    """One sentence on the features a model computes from audio (all stored in the model file); `input_names`:
+    the model's inputs (`serkeras.evaluation.model_input_names`), which say whether it reads spectral columns."""
+    level = (f"each recording first scaled to an active speech level of {fc.level_dbfs:g} dBFS, so how loud it was "
+             "recorded does not change the prediction" if fc.level_dbfs is not None
+             else {"peak": "each recording first scaled to a peak of full scale",
+                   "rms": "each recording first scaled to a fixed RMS level"}.get(fc.audio_normalization,
+                                                                                  "the level as recorded"))
+    length = ("whole recordings (recordings longer than the window `serkeras predict` uses are cut into "
+              "overlapping windows whose probabilities are averaged)" if fc.length_mode == "variable"
+              else f"{fc.fixed_seconds:g} s cropped or padded")
+    by_speaker = (", then normalised by the statistics of the speaker's recordings" if fc.speaker_norm else "")
+    spectral = (f" and {fc.n_spectral} spectral columns (MFCCs, deltas, spectral descriptors"
+                f"{', log F0 and its delta' if fc.pitch else ''})" if "spectral" in input_names else "")
+    return (f"Features (stored in the file): {fc.n_mels} log-mel bands from {fc.fmin:g} to {fc.fmax:g} Hz{spectral} "
+            f"every {1000 * fc.hop_length / fc.sample_rate:g} ms at {fc.sample_rate} Hz, {level}; {length}"
+            f"{by_speaker}.")
+
+
+def encoder_line(encoder):
+    """Where a Whisper model's pre-trained weights came from: the checkpoint's folder name and, when it is at
+    hand, its weights' fingerprint."""
+    from serkeras.models.whisper import read_checkpoint
+
+    sentence = f"Encoder weights: OpenAI's Whisper (MIT licence), the checkpoint `{Path(encoder).name}`"
+    if Path(encoder).exists():
+        sentence += (f" (`serkeras.models.whisper.read_checkpoint(PATH).fingerprint()` is "
+                     f"`{read_checkpoint(encoder).fingerprint()[:16]}...`)")
+    return sentence + "."
+
+
+def training_lines(run_dir):
+    """What a card says about the run that trained the model: its data, split, settings and time."""
+    run_dir = Path(run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
+    tc = config["train_config"]
+    sources = [*config.get("data_dirs", ()), *config.get("manifests", ())] or [
+        config[k] for k in ("data_dir", "manifest") if config.get(k)]
+    lines = [f"- Data: {config.get('corpus', 'the corpus')} (" + ", ".join(f"`{public_path(s)}`" for s in sources)
+             + f"), split `{config['split']}`" + (f" fold {config['fold']} of {config['n_folds']}"
+                                                   if config["split"] == "kfold" else "")
+             + f", seed {config['seed']}; the validation part chose the checkpoint and the test part is scored "
+               "below."]
+    settings = [f"{tc['optimizer']} at learning rate {tc['learning_rate']:g}" if tc.get("head_fit") != "lbfgs"
+                else "the classifier fit by L-BFGS", f"batch {tc['batch_size']}", f"up to {tc['epochs']} epochs"]
+    if tc.get("augment_copies"):
+        settings.append(f"{tc['augment_copies']} augmented cop{'y' if tc['augment_copies'] == 1 else 'ies'} of "
+                        "every training clip")
+    if tc.get("mixup_alpha"):
+        settings.append(f"mixup α {tc['mixup_alpha']:g}")
+    if tc.get("quantize", "none") != "none":
+        settings.append(f"{tc['quantize']} weights after training")
+    lines.append("- Training: " + ", ".join(settings) + " (the run's `config.json` holds every setting).")
+    if "train_seconds" in metrics:
+        epochs = f", {metrics['timed_epochs']} epochs" if metrics.get("timed_epochs") else ""
+        lines.append(f"- Time: {metrics['train_seconds']:.0f} s of training (wall-clock{epochs}).")
+    return lines
+
+
+def _table(head, rows):
+    return ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def results_lines(report, clips, probabilities, y_true, labels, name="all"):
+    """'## Results': each corpus's and all clips' scores with speaker-bootstrap intervals, per-class scores and
+    the confusion matrix (`name`: the corpus's, when there is one)."""
+    from sklearn.metrics import recall_score
+
+    by_corpus = report.get("by_corpus", {})
+    y_pred = probabilities.argmax(axis=1)
+    speakers = [f"{c.corpus}/{c.speaker}" for c in clips]
+    corpora = np.array([c.corpus for c in clips])
+    rows = []
+    for name, own in [*by_corpus.items(), ("all" if by_corpus else name, report)]:
+        rows_of = np.flatnonzero(corpora == name) if name in by_corpus else np.arange(len(clips))
+        scored = sorted(set(y_true[rows_of].tolist()))
+        interval = speaker_bootstrap(np.asarray(speakers)[rows_of],
+                                     lambda i, r=rows_of: float((y_true[r][i] == y_pred[r][i]).mean()))
+        ua_interval = speaker_bootstrap(np.asarray(speakers)[rows_of], lambda i, r=rows_of, s=scored: float(
+            recall_score(y_true[r][i], y_pred[r][i], labels=s, average="macro", zero_division=0)))
+        n_speakers = len(set(np.asarray(speakers)[rows_of]))
+
+        def cell(value, low_high):  # one speaker gives no interval over speakers
+            return _percent(value) + (f" ({100 * low_high[0]:.1f}-{100 * low_high[1]:.1f})" if n_speakers > 1 else "")
+
+        rows.append([name, str(own["n"]), str(n_speakers), cell(own["accuracy"], interval),
+                     cell(own["unweighted_average_recall"], ua_interval), f"{own['macro_f1']:.3f}",
+                     f"{own.get('expected_calibration_error', float('nan')):.3f}"])
+    lines = [*_table(["corpus", "clips", "speakers", "accuracy (95% interval)", "UA (95% interval)", "macro-F1",
+                      "ECE"], rows),
+             "", f"Intervals: {BOOTSTRAP} bootstrap resamples of whole speakers (none for one speaker). UA is the unweighted average "
+                 "recall (the mean of the classes' recalls), over the classes each corpus has; ECE the expected "
+                 "calibration error of the predicted class's probability (15 bins)."]
+    if report.get("accuracy_by_sex"):
+        lines += ["", "By sex, where the corpus gives it: " + ", ".join(f"{sex} {_percent(acc)} ({sum(c.sex == sex for c in clips)} clips)"
+                                             for sex, acc in report["accuracy_by_sex"].items())
+                  + ". Few speakers per sex: not a measured bias, nor its absence."]
+    lines += ["", "Per class, all clips:", "", *_table(
+        ["emotion", "precision", "recall", "F1", "clips"],
+        [[label, f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", str(c["support"])]
+         for label, c in report["per_class"].items()])]
+    if by_corpus:
+        lines += ["", "Recall per corpus (– where the corpus has no such clip):", "", *_table(
+            ["corpus", *labels],
+            [[name, *(f"{own['per_class'][label]['recall']:.3f}" if own["per_class"][label]["support"] else "–"
+                      for label in labels)] for name, own in by_corpus.items()])]
+    lines += ["", "Confusion matrix, all clips (rows: the recording's label; columns: the prediction):", "",
+              *_table(["", *labels], [[f"**{label}**", *map(str, row)]
+                                      for label, row in zip(labels, report["confusion_matrix"])])]
+    return lines
+
+
+def conditions_lines(rows):
+    """'### Under other recording conditions': `serkeras.evaluation.robustness_report`'s rows as a table."""
+    first = rows[0]
+    return ["", "### Under other recording conditions", "",
+            "The same clips with every recording changed (`serkeras evaluate --perturb`):", "", *_table(
+                ["condition", "clips", "accuracy", "UA", "Δ accuracy (points)", "Δ UA (points)"],
+                [[r["condition"], str(r["n"]), _percent(r["accuracy"]), _percent(r["unweighted_average_recall"]),
+                  f"{100 * (r['accuracy'] - first['accuracy']):+.1f}",
+                  f"{100 * (r['unweighted_average_recall'] - first['unweighted_average_recall']):+.1f}"]
+                 for r in rows])]
+
+
+def speaker_statistics_rows(model, meta, clips, y_true, cache_dir=None, seed=0):
+    """{where each speaker's statistics come from: accuracy} of a model that normalises by speaker.
+
+    Statistics from all of the speaker's `clips` (as `serkeras evaluate` takes them), from a few of them drawn at
+    random (`SPEAKER_SUBSET_SIZES`, smaller than every speaker's clips; mean of `SPEAKER_SUBSET_DRAWS` draws), and
+    from the clip alone (``serkeras predict --speaker file``).
+    """
+    from serkeras.cache import cached_features
+    from serkeras.evaluation import predict_features, standardized_head_probabilities
+    from serkeras.features import compute_stats
+    from serkeras.models import speaker_stages
+    from serkeras.speakers import embedding_stats, normalize_by_speaker
+
+    config = meta.feature_config
+    features = cached_features(clips, config, cache_dir=cache_dir, progress=False).all_of(clips)
+    stages = speaker_stages(model)
+    if stages:
+        embedder, head = stages
+        embeddings = predict_features(embedder, features, config.length_mode, config.fixed_frames)
+
+        def stats_of(indices):
+            return embedding_stats(embeddings[list(indices)])
+
+        def predicted(keys, stats):
+            return standardized_head_probabilities(head, embeddings, keys, stats).argmax(axis=1)
+    else:
+        def stats_of(indices):
+            return compute_stats([features[i] for i in indices])
+
+        def predicted(keys, stats):
+            normalised = normalize_by_speaker(features, keys, stats, config.speaker_scale)
+            return predict_features(model, normalised, config.length_mode, config.fixed_frames).argmax(axis=1)
+
+    rng = np.random.default_rng(seed)
+    speakers = [f"{c.corpus}/{c.speaker}" for c in clips]
+    members = {s: [i for i, x in enumerate(speakers) if x == s] for s in sorted(set(speakers))}
+
+    def score(chosen):
+        stats = {s: stats_of(chosen(indices)) for s, indices in members.items()}
+        return float(np.mean(predicted(speakers, stats) == y_true))
+
+    rows = {"all of the speaker's clips (`serkeras evaluate`)": score(lambda idx: idx)}
+    fewest = min(len(indices) for indices in members.values())
+    for n in (n for n in SPEAKER_SUBSET_SIZES if n < fewest):
+        rows[f"{n} of the speaker's clips at random (mean of {SPEAKER_SUBSET_DRAWS} draws)"] = float(np.mean(
+            [score(lambda idx: rng.choice(idx, n, replace=False)) for _ in range(SPEAKER_SUBSET_DRAWS)]))
+    alone = {c.path: stats_of([i]) for i, c in enumerate(clips)}
+    rows["the clip alone (`serkeras predict --speaker file`)"] = float(np.mean(
+        predicted([c.path for c in clips], alone) == y_true))
+    return rows
+
+
+def cross_validation_lines(kfold_dir):
+    """'## Cross-validated': the per-fold and mean test scores of a `serkeras train --split kfold --folds` run."""
+    from serkeras.api import FOLD_METRICS, summarise_folds
+
+    kfold_dir = Path(kfold_dir)
+    results = [json.loads(p.read_text()) for p in sorted(kfold_dir.glob("fold*/metrics.json"))]
+    if not results:
+        raise SerkerasError(f"{kfold_dir} holds no finished fold (fold*/metrics.json)")
+    summary = summarise_folds(results)
+    config = json.loads(sorted(kfold_dir.glob("fold*/config.json"))[0].read_text())
+
+    def cells(scores):
+        return [f"{100 * scores[m]['mean']:.1f} ± {100 * scores[m]['std']:.1f}" for m in FOLD_METRICS[:2]] + [
+            f"{scores[FOLD_METRICS[2]]['mean']:.3f}"]
+
+    rows = [[name, str(len(s["accuracy"]["folds"])), *cells(s)] for name, s in summary.get("by_corpus", {}).items()]
+    rows.append(["all", str(len(results)), *cells(summary)])
+    return ["", "## Cross-validated by speaker", "",
+            f"The same settings trained anew on each of {config['n_folds']} folds of speakers (drawn within each "
+            f"corpus; {len(results)} finished), each fold's model tested on speakers it never heard, so every "
+            "speaker is tested once. Mean ± standard deviation over the folds, in %:", "",
+            *_table(["corpus", "folds", "accuracy", "UA", "macro-F1"], rows)]
+
+
+def listener_lines(clips, y_true, y_pred, labels):
+    """'## Compared with human listeners' for the CREMA-D clips among `clips`, from CREMA-D's ``summaryTable.csv``
+    beside their folder; [] when there is none."""
+    from serkeras.corpus import listener_votes, vote_credit
+
+    chosen = [i for i, c in enumerate(clips) if c.corpus in ("", "crema-d")]
+    if not chosen:
+        return []
+    table = Path(clips[chosen[0]].path).resolve().parent.parent / "summaryTable.csv"
+    if not table.is_file():
+        return []
+    votes = listener_votes(table)
+    chosen = [i for i in chosen if clips[i].name in votes]
+    if not chosen:
+        return []
+    human = np.array([vote_credit(votes[clips[i].name], clips[i].label) for i in chosen])
+    agree = np.array([vote_credit(votes[clips[i].name], labels[y_pred[i]]) for i in chosen])
+    truth, predicted = y_true[chosen], y_pred[chosen]
+    interval = speaker_bootstrap([clips[i].speaker for i in chosen], lambda k: float(human[k].mean()))
+    neutral = np.mean(["neutral" in votes[clips[i].name] for i in chosen])
+    return ["", "## Compared with human listeners", "",
+            "CREMA-D's `summaryTable.csv` gives, per clip, the emotion most of its crowd-sourced listeners chose "
+            "from the audio alone; a tie between k emotions scores 1/k when the acted one is among them.", "",
+            f"- On these {len(chosen)} CREMA-D test clips the listeners' majority names the acted emotion "
+            f"{_percent(human.mean())} of the time (95% interval {100 * interval[0]:.1f}-{100 * interval[1]:.1f}%), "
+            f"the model {_percent(float((truth == predicted).mean()))}; the model agrees with the listeners on "
+            f"{_percent(agree.mean())}.",
+            f"- The listeners said *neutral* (alone or tied) for {100 * neutral:.0f}% of these clips. The model learnt "
+            "what the actors intended; the listeners judged what they heard: a reference point, not the same task.",
+            "", *_table(["emotion", "listeners' recall", "model recall"],
+                        [[label, _percent(human[truth == k].mean()), _percent(float((predicted[truth == k] == k).mean()))]
+                         for k, label in enumerate(labels) if (truth == k).any()])]
+
+
+def limitation_lines(meta, corpora, clips):
+    """'## Limitations' of a card; `corpora`: the names of the corpora scored."""
+    speakers = len({(c.corpus, c.speaker) for c in clips})
+    return ["", "## Limitations", "",
+            f"- {len(meta.labels)} classes only ({', '.join(meta.labels)}): every recording gets one of them; there "
+            "is no *other* or *no emotion*.",
+            f"- Scored on new speakers of {', '.join(corpora)}. Other recordings (another speaking style, language, "
+            "microphone or room) may score lower: a corpus never heard in training usually scores far lower than "
+            "new speakers of the corpora trained on.",
+            f"- {speakers} test speakers: the intervals above say how much the numbers could move on others.",
+            *(["- It needs several recordings of each speaker to do as well as above (see where each speaker's "
+               "statistics come from, above)."] if meta.normalises_by_speaker else [])]
+
+
+def previous_notes(card_path):
+    """The hand-written ``## Notes`` section of the card at `card_path` (to its end), or []."""
+    if not Path(card_path).is_file():
+        return []
+    lines = Path(card_path).read_text().splitlines()
+    if NOTES_HEADING not in lines:
+        return []
+    return [""] + lines[lines.index(NOTES_HEADING):]
+
+
+def model_card(model_value, corpus, clips, split_description, *, run_dir=None, kfold_dir=None, perturbations=(),
+               cache_dir=None, command="", batch_size=32, name=None, reference=None):
+    """The Markdown card of a model, scored on `clips` (one recording per prediction).
+
+    Parameters
+    ----------
+    model_value : str or Path
+        A `.keras` file or a shipped model's name (`serkeras.api.open_model`).
+    corpus : serkeras.corpus.Corpus
+        Where `clips` come from.
+    clips : list of serkeras.corpus.Clip
+        Speakers the model never heard (a split's test part, `serkeras.api.evaluation_part`).
+    split_description : str
+        How the clips were chosen.
+    run_dir : str or Path, optional
+        The run that trained the model (its ``config.json`` and ``metrics.json``).
+    kfold_dir : str or Path, optional
+        A ``--split kfold --folds`` run of the same settings.
+    perturbations : sequence of serkeras.effects.Perturbation, optional
+        Recording conditions to score the same clips under.
+    cache_dir : optional
+        Feature cache.
+    command : str, optional
+        The command that wrote the card, quoted in it.
+    batch_size : int, optional
+    name, reference : str, optional
+        The model's name in the card's title (default: its file's) and how a user names it to
+        `serkeras predict --model` (default: the name).
+
+    Returns
+    -------
+    str
+    """
+    from serkeras import __version__
+    from serkeras.api import evaluate_clips, open_model
+    from serkeras.evaluation import (check_model_labels, model_input_names, model_label_indices, predict_clips,
+                                     robustness_report)
+    from serkeras.shipped import default_model, resolve_model
+
+    path = resolve_model(model_value)
+    model, meta = open_model(path)
+    check_model_labels(meta, corpus.labels)
+    name, labels = name or Path(path).stem, list(meta.labels)
+    reference = reference or name
+    kept, probabilities = predict_clips(model, meta, clips, 0, cache_dir, None, batch_size)
+    if not kept:
+        raise SerkerasError("no usable clips to score the model on")
+    report = evaluate_clips(model, meta, corpus, kept, 0, cache_dir, None, batch_size)
+    y_true = np.asarray(model_label_indices(meta, corpus, kept))
+    y_pred = probabilities.argmax(axis=1)
+    by_speaker = meta.normalises_by_speaker
+    model_option = "" if reference == default_model().name else f" --model {reference}"
+    predict = (f"serkeras predict{model_option} recordings_of_one_speaker/   # several recordings of each speaker"
+               if by_speaker else f"serkeras predict{model_option} my_recording.wav")
+    lines = [
+        f"# Model card: `{name}`", "",
+        f"Speech emotion recognition of {len(labels)} classes ({', '.join(labels)}) from "
+        f"{meta.feature_config.sample_rate // 1000:g} kHz speech, "
+        + ("from several recordings of each speaker: it standardises each recording by the speaker's others."
+           if by_speaker else "from one recording at a time.")
+        + f" Every number below was computed from the model file and the corpora named, by `{command}` "
+          f"(serkeras {__version__}, {datetime.date.today().isoformat()}).", "",
+        "## Use", "", "```", predict, "```", "",
+        f"In Python: `model, meta = serkeras.api.open_model({reference!r})`, then "
+        "`serkeras.inference.predict_files(model, meta, paths)`; `meta.labels` and `meta.feature_config` travel with "
+        "the file.", "",
+        "## Model", "", *describe_model(model, meta, path), "",
+        *([f"- {encoder_line(meta.model_config.encoder)}"] if meta.model_config.arch == "whisper" else []),
+        f"- {describe_features(meta.feature_config, model_input_names(model))}"]
+    if run_dir is not None:
+        lines += ["", "## Training", "", *training_lines(run_dir)]
+    skipped = len(clips) - len(kept)
+    lines += ["", "## Results on speakers never heard in training", "",
+              f"{len(kept)} recordings ({split_description}), one prediction per recording"
+              + (", each speaker's statistics from all of their recordings here" if by_speaker else "")
+              + (f"; {skipped} could not be read and are left out" if skipped else "") + ".", "",
+              *results_lines(report, kept, probabilities, y_true, labels, corpus.name)]
+    if perturbations:
+        lines += conditions_lines(robustness_report(model, meta, corpus, kept, perturbations, 0, cache_dir, None,
+                                                    batch_size))
+    if by_speaker:
+        rows = speaker_statistics_rows(model, meta, kept, y_true, cache_dir)
+        lines += ["", "### Where each speaker's statistics come from", "",
+                  "`serkeras predict` groups recordings by speaker (`--speaker`); accuracy on the same clips when "
+                  "each speaker's statistics come from:", "",
+                  *_table(["statistics from", "accuracy"], [[k, _percent(v)] for k, v in rows.items()])]
+    if kfold_dir is not None:
+        lines += cross_validation_lines(kfold_dir)
+    lines += listener_lines(kept, y_true, y_pred, labels)
+    lines += limitation_lines(meta, corpus.corpus_names, kept)
+    return "\n".join(lines) + "\n"
+
+
+def write_model_card(card_path, text):
+    """Write `text` (a `model_card`) to `card_path`, keeping the ``## Notes`` section of the card it replaces."""
+    from serkeras.training import write_text_atomically
+
+    notes = previous_notes(card_path)
+    card_path = Path(card_path)
+    card_path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(card_path, text + ("\n".join(notes) + "\n" if notes else ""))
+    return card_path
+
+
+def card_for(model_value, run_dir=None, data_dir=(), manifest=(), split=None, kfold_dir=None, perturbations=(),
+             cache_dir=None, batch_size=32):
+    """`model_card` of a model, its data and split resolved as `serkeras card` resolves them.
+
+    Parameters
+    ----------
+    model_value : str or Path
+        A `.keras` file, a shipped model's name, or a run folder (its ``model.keras``; the run is `run_dir`).
+    run_dir : str or Path, optional
+        The run that trained the model: its stored corpora and split are the defaults.
+    data_dir, manifest : sequence, optional
+        The corpora to score on (`serkeras.corpus.load_corpora`); default the run's.
+    split : serkeras.api.SplitSettings, optional
+        Default the run's, else the speaker-disjoint ``actor`` split; the card scores its test part.
+    kfold_dir, perturbations, cache_dir, batch_size
+        As `model_card` takes them.
+
+    Returns
+    -------
+    str
+    """
+    from serkeras.api import SplitSettings, evaluation_part, resumed_run
+    from serkeras.corpus import load_corpora
+
+    from serkeras.shipped import default_model
+
+    from_run_folder = model_value is not None and Path(model_value).is_dir()
+    if from_run_folder:
+        run_dir = run_dir or model_value
+        model_value = Path(model_value) / "model.keras"
+    explicit_data = bool(data_dir or manifest)
+    if run_dir is not None:
+        stored = resumed_run(run_dir).run
+        if not explicit_data:
+            data_dir, manifest = stored.data_dir, stored.manifest
+        split = split or stored.split
+        cache_dir = cache_dir if cache_dir is not None else stored.cache_dir
+    split = split or SplitSettings("actor")
+    data_dir = [data_dir] if isinstance(data_dir, (str, Path)) else list(data_dir or ())
+    manifest = [manifest] if isinstance(manifest, (str, Path)) else list(manifest or ())
+    corpus = load_corpora(data_dir, manifest)
+    clips, described = evaluation_part(corpus, split, "test")
+    if from_run_folder:
+        shown = public_path(run_dir)
+    elif model_value is None:
+        shown = default_model().name
+    else:
+        shown = public_path(model_value) if Path(model_value).exists() else str(model_value)
+    command = card_command(shown, None if from_run_folder else run_dir, data_dir, manifest, split, kfold_dir,
+                           perturbations, explicit_data=explicit_data or run_dir is None)
+    reference = f"{shown}/model.keras" if from_run_folder else shown
+    name = Path(run_dir).name if from_run_folder else Path(str(shown)).stem
+    return model_card(model_value, corpus, clips, described, run_dir=run_dir, kfold_dir=kfold_dir,
+                      perturbations=perturbations, cache_dir=cache_dir, command=command, batch_size=batch_size,
+                      name=name, reference=reference)
