@@ -770,13 +770,34 @@ def evaluate_clips(model, meta, corpus, clips, tta_copies=0, cache_dir=None, spe
     SerkerasError
         If no clip could be used.
     """
-    import numpy as np
-
-    from serkeras.evaluation import classification_report, corpus_reports, model_label_indices, predict_clips
+    from serkeras.evaluation import predict_clips
 
     kept, probabilities = predict_clips(model, meta, clips, tta_copies, cache_dir, speaker_clips, batch_size)
     if not kept:
         raise SerkerasError("no usable clips to evaluate")
+    return clips_report(meta, corpus, kept, probabilities)
+
+
+def clips_report(meta, corpus, clips, probabilities):
+    """`evaluate_clips`' report of a model's `probabilities` for `clips` (one row per clip).
+
+    Parameters
+    ----------
+    meta : serkeras.models.ModelMetadata
+    corpus : serkeras.corpus.Corpus
+    clips : list of serkeras.corpus.Clip
+    probabilities : array, shape (clips, classes)
+
+    Returns
+    -------
+    dict
+        As `evaluate_clips` returns it.
+    """
+    import numpy as np
+
+    from serkeras.evaluation import classification_report, corpus_reports, model_label_indices
+
+    kept = clips
     truth, predicted = model_label_indices(meta, corpus, kept), probabilities.argmax(axis=1)
     groups = {"sex": [c.sex for c in kept]}
     if len(corpus.corpus_names) == 1:

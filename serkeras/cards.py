@@ -1,20 +1,22 @@
 """Model cards: a Markdown description of a model with its scores on speakers it never heard.
 
-Everything a card states is computed from the model file, the corpora it is
-scored on and, when given, the run that trained it (``config.json``,
-``metrics.json``) and a cross-validated run of the same settings
-(``kfold.json``). Nothing is typed in, except an optional ``## Notes`` section
-a maintainer writes by hand: rewriting a card keeps it.
+A card's scores are computed from the model file and the corpora it is scored
+on; how the model trained (settings, time) is read from the run that trained
+it (``config.json``, ``metrics.json``) and cross-validated scores from a
+``--split kfold --folds`` run of the same settings (each fold's
+``metrics.json``), each checked against the model file. Nothing is typed in,
+except an optional ``## Notes`` section a maintainer writes by hand: rewriting
+a card keeps it.
 
     serkeras card saved_models/my-run --output saved_models/my-run/MODEL_CARD.md
 
-The command line is `serkeras card`; `model_card` returns the text and
+The command line is `serkeras card`; `card_for` returns a card's text and
 `write_model_card` writes it.
 """
 
+import dataclasses
 import datetime
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,8 @@ NOTES_HEADING = "## Notes"
 #: Random subset sizes of a speaker's clips for a speaker-normalised model's card, and draws of each.
 SPEAKER_SUBSET_SIZES = (2, 5, 10, 20)
 SPEAKER_SUBSET_DRAWS = 3
+#: Model settings a run of the same model may differ in: where its encoder's checkpoint was read from.
+MACHINE_SETTINGS = ("encoder",)
 
 
 def speaker_bootstrap(speakers, statistic, draws=BOOTSTRAP, seed=0):
@@ -59,24 +63,46 @@ def speaker_bootstrap(speakers, statistic, draws=BOOTSTRAP, seed=0):
 
 
 def public_path(path):
-    """The last two parts of `path` (``crema-d/audio``, ``emodb/manifest.csv``): a card names a corpus, not a
-    folder of the machine that wrote it."""
-    return "/".join(Path(os.path.abspath(path)).parts[-2:])
+    """At most the last two parts of `path` as given (``crema-d/audio``, ``emodb/manifest.csv``): a card names a
+    corpus or a run, not a folder of the machine that wrote it."""
+    parts = [part for part in Path(path).parts if part not in ("/", ".", "..")]
+    return "/".join(parts[-2:])
 
 
-def card_command(model, run_dir, data_dir, manifest, split, kfold_dir, perturbations, explicit_data=True):
-    """The `serkeras card` command that writes the card, with paths shortened by `public_path` (`run_dir`: a run
-    named apart from `model`; `explicit_data`: whether the corpora were given rather than the run's)."""
+def card_command(model, run_dir=None, data_dir=(), manifest=(), split=None, kfold_dir=None, perturbations=()):
+    """The `serkeras card` command of a card, each path shortened by `public_path`.
+
+    Parameters
+    ----------
+    model : str
+        MODEL as the card shows it.
+    run_dir : str or Path, optional
+        A run named apart from MODEL (``--run``).
+    data_dir, manifest : sequence, optional
+        The corpora, when given rather than read from the run.
+    split : serkeras.api.SplitSettings, optional
+        Every setting that differs from the defaults is written out.
+    kfold_dir, perturbations
+        As `card_for` takes them.
+
+    Returns
+    -------
+    str
+    """
+    from serkeras.api import SplitSettings
+
     words = ["serkeras card", str(model)]
     if run_dir is not None:
         words += ["--run", public_path(run_dir)]
-    if explicit_data:
-        words += [f"--data-dir {public_path(d)}" for d in data_dir]
-        words += [f"--manifest {public_path(m)}" for m in manifest]
+    words += [f"--data-dir {public_path(d)}" for d in data_dir]
+    words += [f"--manifest {public_path(m)}" for m in manifest]
     if split is not None:
-        words += [f"--split {split.kind}"] + ([f"--fold {split.fold}"] if split.kind == "kfold" else [])
-        if split.seed:
-            words += [f"--seed {split.seed}"]
+        default = SplitSettings()
+        words += [f"--split {split.kind}"]
+        for option, field in (("--fold", "fold"), ("--n-folds", "n_folds"), ("--val-fraction", "val_fraction"),
+                              ("--test-fraction", "test_fraction"), ("--seed", "seed")):
+            if getattr(split, field) != getattr(default, field):
+                words += [f"{option} {getattr(split, field):g}"]
     if kfold_dir is not None:
         words += ["--kfold-run", public_path(kfold_dir)]
     words += [f"--perturb {p.spec()}" for p in perturbations]
@@ -85,6 +111,34 @@ def card_command(model, run_dir, data_dir, manifest, split, kfold_dir, perturbat
 
 def _percent(value):
     return f"{100 * value:.1f}%"
+
+
+def _read_json(path, what):
+    """The JSON file at `path`, or a `SerkerasError` naming it and `what` it should be."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise SerkerasError(f"cannot read {path} ({what}): {exc}") from None
+
+
+def _same_model_settings(config, meta, where):
+    """Refuse a run (`config`, its config.json) whose feature or model settings are not those of the model file."""
+    from serkeras.features import FeatureConfig
+    from serkeras.models import ModelConfig
+
+    try:
+        features = FeatureConfig.from_dict(config["feature_config"])
+        model = ModelConfig.from_dict(config["model_config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SerkerasError(f"{where} does not hold a run's settings ({exc})") from None
+    mine = meta.model_config
+    differing = [f.name for f in dataclasses.fields(model) if f.name not in MACHINE_SETTINGS
+                 and getattr(model, f.name) != getattr(mine, f.name)]
+    if features != meta.feature_config:
+        differing.append("feature settings")
+    if differing:
+        raise SerkerasError(f"{where} is a run of another model than the one carded (it differs in "
+                            f"{', '.join(differing)})")
 
 
 def describe_model(model, meta, path):
@@ -153,21 +207,26 @@ def encoder_line(encoder):
     return sentence + "."
 
 
-def training_lines(run_dir):
-    """What a card says about the run that trained the model: its data, split, settings and time."""
-    run_dir = Path(run_dir)
-    config = json.loads((run_dir / "config.json").read_text())
-    metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
-    tc = config["train_config"]
+def training_lines(config, metrics):
+    """What a card says about the run that trained the model, from its `config` (config.json) and `metrics`
+    (metrics.json): data, split, settings and time."""
+    tc = config.get("train_config", {})
     sources = [*config.get("data_dirs", ()), *config.get("manifests", ())] or [
         config[k] for k in ("data_dir", "manifest") if config.get(k)]
-    lines = [f"- Data: {config.get('corpus', 'the corpus')} (" + ", ".join(f"`{public_path(s)}`" for s in sources)
-             + f"), split `{config['split']}`" + (f" fold {config['fold']} of {config['n_folds']}"
-                                                   if config["split"] == "kfold" else "")
-             + f", seed {config['seed']}; the validation part chose the checkpoint and the test part is scored "
-               "below."]
-    settings = [f"{tc['optimizer']} at learning rate {tc['learning_rate']:g}" if tc.get("head_fit") != "lbfgs"
-                else "the classifier fit by L-BFGS", f"batch {tc['batch_size']}", f"up to {tc['epochs']} epochs"]
+    named = " (" + ", ".join(f"`{public_path(s)}`" for s in sources) + ")" if sources else ""
+    lbfgs = tc.get("head_fit") == "lbfgs"
+    split = config.get("split", "?") + (f" fold {config.get('fold')} of {config.get('n_folds')}"
+                                        if config.get("split") == "kfold" else "")
+    lines = [f"- Data: {config.get('corpus', 'the corpus')}{named}, split `{split}`, seed {config.get('seed', 0)}; "
+             + ("the validation part chose the classifier's L2 strength" if lbfgs
+                else "the validation part chose the checkpoint") + ", and the test part is scored below."]
+    if lbfgs:
+        settings = ["the classifier fit as a logistic regression by L-BFGS on the pooled embeddings"]
+    else:
+        settings = [f"{tc.get('optimizer', '?')} at learning rate {tc.get('learning_rate', float('nan')):g}",
+                    f"batch {tc.get('batch_size')}", f"up to {tc.get('epochs')} epochs"]
+        if tc.get("encoder_learning_rate"):
+            settings.append(f"fine-tuned encoder layers at {tc['encoder_learning_rate']:g}")
     if tc.get("augment_copies"):
         settings.append(f"{tc['augment_copies']} augmented cop{'y' if tc['augment_copies'] == 1 else 'ies'} of "
                         "every training clip")
@@ -177,8 +236,9 @@ def training_lines(run_dir):
         settings.append(f"{tc['quantize']} weights after training")
     lines.append("- Training: " + ", ".join(settings) + " (the run's `config.json` holds every setting).")
     if "train_seconds" in metrics:
-        epochs = f", {metrics['timed_epochs']} epochs" if metrics.get("timed_epochs") else ""
-        lines.append(f"- Time: {metrics['train_seconds']:.0f} s of training (wall-clock{epochs}).")
+        epochs = f", {metrics['timed_epochs']} epochs" if metrics.get("timed_epochs") and not lbfgs else ""
+        lines.append(f"- Time: {metrics['train_seconds']:.0f} s of training (wall-clock{epochs}; the run's "
+                     "`metrics.json`).")
     return lines
 
 
@@ -186,39 +246,67 @@ def _table(head, rows):
     return ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head), *("| " + " | ".join(r) + " |" for r in rows)]
 
 
-def results_lines(report, clips, probabilities, y_true, labels, name="all"):
-    """'## Results': each corpus's and all clips' scores with speaker-bootstrap intervals, per-class scores and
-    the confusion matrix (`name`: the corpus's, when there is one)."""
+def _bootstrap_cell(value, speakers, statistic):
+    """`value` as a percentage with its speaker-bootstrap 95% interval (none with one speaker)."""
+    if len(set(speakers)) < 2:
+        return _percent(value)
+    low, high = speaker_bootstrap(speakers, statistic)
+    return f"{_percent(value)} ({100 * low:.1f}-{100 * high:.1f})"
+
+
+def results_lines(report, clips, y_true, y_pred, labels, corpus_name="all"):
+    """'## Results' of a card: each corpus's and all clips' scores with speaker-bootstrap intervals, per-class
+    scores, recall per corpus and the confusion matrix.
+
+    Parameters
+    ----------
+    report : dict
+        `serkeras.api.clips_report` of the clips.
+    clips : list of serkeras.corpus.Clip
+    y_true, y_pred : ndarray of int
+        Each clip's class and predicted class.
+    labels : list of str
+    corpus_name : str, optional
+        The row's name when the clips are of one corpus.
+
+    Returns
+    -------
+    list of str
+    """
     from sklearn.metrics import recall_score
 
     by_corpus = report.get("by_corpus", {})
-    y_pred = probabilities.argmax(axis=1)
-    speakers = [f"{c.corpus}/{c.speaker}" for c in clips]
+    speakers = np.array([c.speaker for c in clips])  # prefixed with the corpus when there are several
     corpora = np.array([c.corpus for c in clips])
-    rows = []
-    for name, own in [*by_corpus.items(), ("all" if by_corpus else name, report)]:
-        rows_of = np.flatnonzero(corpora == name) if name in by_corpus else np.arange(len(clips))
-        scored = sorted(set(y_true[rows_of].tolist()))
-        interval = speaker_bootstrap(np.asarray(speakers)[rows_of],
-                                     lambda i, r=rows_of: float((y_true[r][i] == y_pred[r][i]).mean()))
-        ua_interval = speaker_bootstrap(np.asarray(speakers)[rows_of], lambda i, r=rows_of, s=scored: float(
-            recall_score(y_true[r][i], y_pred[r][i], labels=s, average="macro", zero_division=0)))
-        n_speakers = len(set(np.asarray(speakers)[rows_of]))
 
-        def cell(value, low_high):  # one speaker gives no interval over speakers
-            return _percent(value) + (f" ({100 * low_high[0]:.1f}-{100 * low_high[1]:.1f})" if n_speakers > 1 else "")
+    def accuracy(rows):
+        return lambda i: float((y_true[rows][i] == y_pred[rows][i]).mean())
 
-        rows.append([name, str(own["n"]), str(n_speakers), cell(own["accuracy"], interval),
-                     cell(own["unweighted_average_recall"], ua_interval), f"{own['macro_f1']:.3f}",
-                     f"{own.get('expected_calibration_error', float('nan')):.3f}"])
+    def unweighted_recall(rows, scored):
+        def statistic(i):  # over the corpus's classes this resample holds, as the point estimate takes them
+            present = sorted(set(y_true[rows][i].tolist()) & scored)
+            return float(recall_score(y_true[rows][i], y_pred[rows][i], labels=present, average="macro",
+                                      zero_division=0))
+        return statistic
+
+    table = []
+    for row_name, own in [*by_corpus.items(), ("all" if by_corpus else corpus_name, report)]:
+        rows = np.flatnonzero(corpora == row_name) if row_name in by_corpus else np.arange(len(clips))
+        scored = set(y_true[rows].tolist())
+        table.append([row_name, str(own["n"]), str(len(set(speakers[rows]))),
+                      _bootstrap_cell(own["accuracy"], speakers[rows], accuracy(rows)),
+                      _bootstrap_cell(own["unweighted_average_recall"], speakers[rows],
+                                      unweighted_recall(rows, scored)),
+                      f"{own['macro_f1']:.3f}", f"{own.get('expected_calibration_error', float('nan')):.3f}"])
     lines = [*_table(["corpus", "clips", "speakers", "accuracy (95% interval)", "UA (95% interval)", "macro-F1",
-                      "ECE"], rows),
-             "", f"Intervals: {BOOTSTRAP} bootstrap resamples of whole speakers (none for one speaker). UA is the unweighted average "
-                 "recall (the mean of the classes' recalls), over the classes each corpus has; ECE the expected "
-                 "calibration error of the predicted class's probability (15 bins)."]
+                      "ECE"], table),
+             "", f"Intervals: {BOOTSTRAP} bootstrap resamples of whole speakers (none for one speaker). UA is the "
+                 "unweighted average recall (the mean of the classes' recalls) over the classes each corpus has; "
+                 "ECE the expected calibration error of the predicted class's probability (15 bins)."]
     if report.get("accuracy_by_sex"):
-        lines += ["", "By sex, where the corpus gives it: " + ", ".join(f"{sex} {_percent(acc)} ({sum(c.sex == sex for c in clips)} clips)"
-                                             for sex, acc in report["accuracy_by_sex"].items())
+        lines += ["", "By sex, where the corpus gives it: "
+                  + ", ".join(f"{sex} {_percent(acc)} ({sum(c.sex == sex for c in clips)} clips)"
+                              for sex, acc in report["accuracy_by_sex"].items())
                   + ". Few speakers per sex: not a measured bias, nor its absence."]
     lines += ["", "Per class, all clips:", "", *_table(
         ["emotion", "precision", "recall", "F1", "clips"],
@@ -227,8 +315,8 @@ def results_lines(report, clips, probabilities, y_true, labels, name="all"):
     if by_corpus:
         lines += ["", "Recall per corpus (– where the corpus has no such clip):", "", *_table(
             ["corpus", *labels],
-            [[name, *(f"{own['per_class'][label]['recall']:.3f}" if own["per_class"][label]["support"] else "–"
-                      for label in labels)] for name, own in by_corpus.items()])]
+            [[row_name, *(f"{own['per_class'][label]['recall']:.3f}" if own["per_class"][label]["support"] else "–"
+                          for label in labels)] for row_name, own in by_corpus.items()])]
     lines += ["", "Confusion matrix, all clips (rows: the recording's label; columns: the prediction):", "",
               *_table(["", *labels], [[f"**{label}**", *map(str, row)]
                                       for label, row in zip(labels, report["confusion_matrix"])])]
@@ -253,6 +341,23 @@ def speaker_statistics_rows(model, meta, clips, y_true, cache_dir=None, seed=0):
     Statistics from all of the speaker's `clips` (as `serkeras evaluate` takes them), from a few of them drawn at
     random (`SPEAKER_SUBSET_SIZES`, smaller than every speaker's clips; mean of `SPEAKER_SUBSET_DRAWS` draws), and
     from the clip alone (``serkeras predict --speaker file``).
+
+    Parameters
+    ----------
+    model, meta
+        From `serkeras.models.load_model`; ``meta.normalises_by_speaker`` must be true.
+    clips : list of serkeras.corpus.Clip
+        Clips with features (in the cache or computable).
+    y_true : ndarray of int
+        Their classes, in the model's label order.
+    cache_dir : optional
+        Feature cache.
+    seed : int, optional
+        Seed of the random subsets.
+
+    Returns
+    -------
+    dict of str -> float
     """
     from serkeras.cache import cached_features
     from serkeras.evaluation import predict_features, standardized_head_probabilities
@@ -281,7 +386,7 @@ def speaker_statistics_rows(model, meta, clips, y_true, cache_dir=None, seed=0):
             return predict_features(model, normalised, config.length_mode, config.fixed_frames).argmax(axis=1)
 
     rng = np.random.default_rng(seed)
-    speakers = [f"{c.corpus}/{c.speaker}" for c in clips]
+    speakers = [c.speaker for c in clips]  # prefixed with the corpus when there are several
     members = {s: [i for i, x in enumerate(speakers) if x == s] for s in sorted(set(speakers))}
 
     def score(chosen):
@@ -299,50 +404,82 @@ def speaker_statistics_rows(model, meta, clips, y_true, cache_dir=None, seed=0):
     return rows
 
 
-def cross_validation_lines(kfold_dir):
-    """'## Cross-validated': the per-fold and mean test scores of a `serkeras train --split kfold --folds` run."""
+def fold_results(kfold_dir):
+    """Each finished fold's (config.json, metrics.json) of a `serkeras train --split kfold --folds` run.
+
+    Raises
+    ------
+    SerkerasError
+        When no fold has finished, or a fold's files cannot be read or lack test scores.
+    """
+    kfold_dir = Path(kfold_dir)
+    folds = sorted(path.parent for path in kfold_dir.glob("fold*/metrics.json"))
+    if not folds:
+        raise SerkerasError(f"{kfold_dir} holds no finished fold (fold*/metrics.json): give a "
+                            "`serkeras train --split kfold --folds` run")
+    results = []
+    for fold in folds:
+        config = _read_json(fold / "config.json", "a fold's settings")
+        metrics = _read_json(fold / "metrics.json", "a fold's scores")
+        if not isinstance(metrics.get("test"), dict):
+            raise SerkerasError(f"{fold / 'metrics.json'} has no test scores")
+        results.append((config, metrics))
+    return results
+
+
+def cross_validation_lines(results):
+    """'## Cross-validated by speaker' of a card: the mean and spread of `fold_results`' test scores."""
     from serkeras.api import FOLD_METRICS, summarise_folds
 
-    kfold_dir = Path(kfold_dir)
-    results = [json.loads(p.read_text()) for p in sorted(kfold_dir.glob("fold*/metrics.json"))]
-    if not results:
-        raise SerkerasError(f"{kfold_dir} holds no finished fold (fold*/metrics.json)")
-    summary = summarise_folds(results)
-    config = json.loads(sorted(kfold_dir.glob("fold*/config.json"))[0].read_text())
+    summary = summarise_folds([metrics for _, metrics in results])
+    accuracy, ua, f1 = FOLD_METRICS
 
     def cells(scores):
-        return [f"{100 * scores[m]['mean']:.1f} ± {100 * scores[m]['std']:.1f}" for m in FOLD_METRICS[:2]] + [
-            f"{scores[FOLD_METRICS[2]]['mean']:.3f}"]
+        return [f"{100 * scores[m]['mean']:.1f} ± {100 * scores[m]['std']:.1f}" for m in (accuracy, ua)] + [
+            f"{scores[f1]['mean']:.3f}"]
 
-    rows = [[name, str(len(s["accuracy"]["folds"])), *cells(s)] for name, s in summary.get("by_corpus", {}).items()]
+    rows = [[name, str(len(s[accuracy]["folds"])), *cells(s)] for name, s in summary.get("by_corpus", {}).items()]
     rows.append(["all", str(len(results)), *cells(summary)])
     return ["", "## Cross-validated by speaker", "",
-            f"The same settings trained anew on each of {config['n_folds']} folds of speakers (drawn within each "
-            f"corpus; {len(results)} finished), each fold's model tested on speakers it never heard, so every "
-            "speaker is tested once. Mean ± standard deviation over the folds, in %:", "",
-            *_table(["corpus", "folds", "accuracy", "UA", "macro-F1"], rows)]
+            f"The same settings trained anew on each of {results[0][0].get('n_folds', '?')} folds of speakers (drawn "
+            f"within each corpus; {len(results)} finished), each fold's model tested on speakers it never heard, so "
+            "every speaker is tested once. Mean ± standard deviation over the folds, in %, read from each fold's "
+            "`metrics.json`:", "", *_table(["corpus", "folds", "accuracy", "UA", "macro-F1"], rows)]
 
 
 def listener_lines(clips, y_true, y_pred, labels):
-    """'## Compared with human listeners' for the CREMA-D clips among `clips`, from CREMA-D's ``summaryTable.csv``
-    beside their folder; [] when there is none."""
+    """'## Compared with human listeners' of a card, for the clips among `clips` whose corpus is CREMA-D as
+    released, with its listeners' votes (``summaryTable.csv``) beside the audio folder; [] when there are none.
+
+    Parameters
+    ----------
+    clips : list of serkeras.corpus.Clip
+    y_true, y_pred : ndarray of int
+        Each clip's class and predicted class.
+    labels : list of str
+
+    Returns
+    -------
+    list of str
+    """
     from serkeras.corpus import listener_votes, vote_credit
 
-    chosen = [i for i, c in enumerate(clips) if c.corpus in ("", "crema-d")]
+    tables = {}  # one summaryTable.csv per audio folder, read once
+    chosen, votes = [], []
+    for i, clip in enumerate(clips):
+        table = Path(clip.path).resolve().parent.parent / "summaryTable.csv"
+        if table not in tables:
+            tables[table] = listener_votes(table) if table.is_file() else {}
+        if clip.name in tables[table]:
+            chosen.append(i)
+            votes.append(tables[table][clip.name])
     if not chosen:
         return []
-    table = Path(clips[chosen[0]].path).resolve().parent.parent / "summaryTable.csv"
-    if not table.is_file():
-        return []
-    votes = listener_votes(table)
-    chosen = [i for i in chosen if clips[i].name in votes]
-    if not chosen:
-        return []
-    human = np.array([vote_credit(votes[clips[i].name], clips[i].label) for i in chosen])
-    agree = np.array([vote_credit(votes[clips[i].name], labels[y_pred[i]]) for i in chosen])
+    human = np.array([vote_credit(v, clips[i].label) for i, v in zip(chosen, votes)])
+    agree = np.array([vote_credit(v, labels[y_pred[i]]) for i, v in zip(chosen, votes)])
     truth, predicted = y_true[chosen], y_pred[chosen]
     interval = speaker_bootstrap([clips[i].speaker for i in chosen], lambda k: float(human[k].mean()))
-    neutral = np.mean(["neutral" in votes[clips[i].name] for i in chosen])
+    neutral = np.mean(["neutral" in v for v in votes])
     return ["", "## Compared with human listeners", "",
             "CREMA-D's `summaryTable.csv` gives, per clip, the emotion most of its crowd-sourced listeners chose "
             "from the audio alone; a tie between k emotions scores 1/k when the acted one is among them.", "",
@@ -350,16 +487,17 @@ def listener_lines(clips, y_true, y_pred, labels):
             f"{_percent(human.mean())} of the time (95% interval {100 * interval[0]:.1f}-{100 * interval[1]:.1f}%), "
             f"the model {_percent(float((truth == predicted).mean()))}; the model agrees with the listeners on "
             f"{_percent(agree.mean())}.",
-            f"- The listeners said *neutral* (alone or tied) for {100 * neutral:.0f}% of these clips. The model learnt "
-            "what the actors intended; the listeners judged what they heard: a reference point, not the same task.",
-            "", *_table(["emotion", "listeners' recall", "model recall"],
-                        [[label, _percent(human[truth == k].mean()), _percent(float((predicted[truth == k] == k).mean()))]
-                         for k, label in enumerate(labels) if (truth == k).any()])]
+            f"- The listeners said *neutral* (alone or tied) for {100 * neutral:.0f}% of these clips. The model "
+            "learnt what the actors intended; the listeners judged what they heard: a reference point, not the "
+            "same task.", "",
+            *_table(["emotion", "listeners' recall", "model recall"],
+                    [[label, _percent(human[truth == k].mean()), _percent(float((predicted[truth == k] == k).mean()))]
+                     for k, label in enumerate(labels) if (truth == k).any()])]
 
 
 def limitation_lines(meta, corpora, clips):
     """'## Limitations' of a card; `corpora`: the names of the corpora scored."""
-    speakers = len({(c.corpus, c.speaker) for c in clips})
+    speakers = len({c.speaker for c in clips})
     return ["", "## Limitations", "",
             f"- {len(meta.labels)} classes only ({', '.join(meta.labels)}): every recording gets one of them; there "
             "is no *other* or *no emotion*.",
@@ -376,29 +514,28 @@ def previous_notes(card_path):
     if not Path(card_path).is_file():
         return []
     lines = Path(card_path).read_text().splitlines()
-    if NOTES_HEADING not in lines:
-        return []
-    return [""] + lines[lines.index(NOTES_HEADING):]
+    starts = [i for i, line in enumerate(lines) if line.rstrip() == NOTES_HEADING]
+    return [""] + lines[starts[0]:] if starts else []
 
 
-def model_card(model_value, corpus, clips, split_description, *, run_dir=None, kfold_dir=None, perturbations=(),
+def model_card(model_path, corpus, clips, split_description, *, run=None, folds=None, perturbations=(),
                cache_dir=None, command="", batch_size=32, name=None, reference=None):
-    """The Markdown card of a model, scored on `clips` (one recording per prediction).
+    """The Markdown card of the model at `model_path`, scored on `clips` (one recording per prediction).
 
     Parameters
     ----------
-    model_value : str or Path
-        A `.keras` file or a shipped model's name (`serkeras.api.open_model`).
+    model_path : str or Path
+        A `.keras` file.
     corpus : serkeras.corpus.Corpus
         Where `clips` come from.
     clips : list of serkeras.corpus.Clip
-        Speakers the model never heard (a split's test part, `serkeras.api.evaluation_part`).
+        Speakers the model never heard (a speaker-disjoint split's test part).
     split_description : str
         How the clips were chosen.
-    run_dir : str or Path, optional
-        The run that trained the model (its ``config.json`` and ``metrics.json``).
-    kfold_dir : str or Path, optional
-        A ``--split kfold --folds`` run of the same settings.
+    run : (dict, dict), optional
+        The config.json and metrics.json of the run that trained the model.
+    folds : list of (dict, dict), optional
+        `fold_results` of a ``--split kfold --folds`` run of the same settings.
     perturbations : sequence of serkeras.effects.Perturbation, optional
         Recording conditions to score the same clips under.
     cache_dir : optional
@@ -415,49 +552,51 @@ def model_card(model_value, corpus, clips, split_description, *, run_dir=None, k
     str
     """
     from serkeras import __version__
-    from serkeras.api import evaluate_clips, open_model
+    from serkeras.api import clips_report, open_model
     from serkeras.evaluation import (check_model_labels, model_input_names, model_label_indices, predict_clips,
                                      robustness_report)
-    from serkeras.shipped import default_model, resolve_model
+    from serkeras.shipped import default_model
 
-    path = resolve_model(model_value)
-    model, meta = open_model(path)
+    model, meta = open_model(model_path)
     check_model_labels(meta, corpus.labels)
-    name, labels = name or Path(path).stem, list(meta.labels)
+    name, labels = name or Path(model_path).stem, list(meta.labels)
     reference = reference or name
     kept, probabilities = predict_clips(model, meta, clips, 0, cache_dir, None, batch_size)
     if not kept:
         raise SerkerasError("no usable clips to score the model on")
-    report = evaluate_clips(model, meta, corpus, kept, 0, cache_dir, None, batch_size)
+    report = clips_report(meta, corpus, kept, probabilities)
     y_true = np.asarray(model_label_indices(meta, corpus, kept))
     y_pred = probabilities.argmax(axis=1)
     by_speaker = meta.normalises_by_speaker
     model_option = "" if reference == default_model().name else f" --model {reference}"
     predict = (f"serkeras predict{model_option} recordings_of_one_speaker/   # several recordings of each speaker"
                if by_speaker else f"serkeras predict{model_option} my_recording.wav")
+    read = [what for what, given in (("how it trained", run), ("the cross-validated scores", folds)) if given]
     lines = [
         f"# Model card: `{name}`", "",
         f"Speech emotion recognition of {len(labels)} classes ({', '.join(labels)}) from "
-        f"{meta.feature_config.sample_rate // 1000:g} kHz speech, "
+        f"{meta.feature_config.sample_rate / 1000:g} kHz speech, "
         + ("from several recordings of each speaker: it standardises each recording by the speaker's others."
            if by_speaker else "from one recording at a time.")
-        + f" Every number below was computed from the model file and the corpora named, by `{command}` "
-          f"(serkeras {__version__}, {datetime.date.today().isoformat()}).", "",
+        + f" Written by `{command}` (serkeras {__version__}, {datetime.date.today().isoformat()}): every score "
+          "below was computed from the model file and the corpora named"
+        + (f"; {' and '.join(read)} {'is' if len(read) == 1 else 'are'} read from the runs' files, as each "
+           "section says" if read else "") + ".", "",
         "## Use", "", "```", predict, "```", "",
         f"In Python: `model, meta = serkeras.api.open_model({reference!r})`, then "
         "`serkeras.inference.predict_files(model, meta, paths)`; `meta.labels` and `meta.feature_config` travel with "
         "the file.", "",
-        "## Model", "", *describe_model(model, meta, path), "",
+        "## Model", "", *describe_model(model, meta, model_path), "",
         *([f"- {encoder_line(meta.model_config.encoder)}"] if meta.model_config.arch == "whisper" else []),
         f"- {describe_features(meta.feature_config, model_input_names(model))}"]
-    if run_dir is not None:
-        lines += ["", "## Training", "", *training_lines(run_dir)]
+    if run is not None:
+        lines += ["", "## Training", "", *training_lines(*run)]
     skipped = len(clips) - len(kept)
     lines += ["", "## Results on speakers never heard in training", "",
               f"{len(kept)} recordings ({split_description}), one prediction per recording"
               + (", each speaker's statistics from all of their recordings here" if by_speaker else "")
               + (f"; {skipped} could not be read and are left out" if skipped else "") + ".", "",
-              *results_lines(report, kept, probabilities, y_true, labels, corpus.name)]
+              *results_lines(report, kept, y_true, y_pred, labels, corpus.name)]
     if perturbations:
         lines += conditions_lines(robustness_report(model, meta, corpus, kept, perturbations, 0, cache_dir, None,
                                                     batch_size))
@@ -467,15 +606,26 @@ def model_card(model_value, corpus, clips, split_description, *, run_dir=None, k
                   "`serkeras predict` groups recordings by speaker (`--speaker`); accuracy on the same clips when "
                   "each speaker's statistics come from:", "",
                   *_table(["statistics from", "accuracy"], [[k, _percent(v)] for k, v in rows.items()])]
-    if kfold_dir is not None:
-        lines += cross_validation_lines(kfold_dir)
+    if folds:
+        lines += cross_validation_lines(folds)
     lines += listener_lines(kept, y_true, y_pred, labels)
     lines += limitation_lines(meta, corpus.corpus_names, kept)
     return "\n".join(lines) + "\n"
 
 
 def write_model_card(card_path, text):
-    """Write `text` (a `model_card`) to `card_path`, keeping the ``## Notes`` section of the card it replaces."""
+    """Write `text` (a card) to `card_path` atomically, keeping the ``## Notes`` section of the card it replaces.
+
+    Parameters
+    ----------
+    card_path : str or Path
+    text : str
+        From `card_for` or `model_card`.
+
+    Returns
+    -------
+    Path
+    """
     from serkeras.training import write_text_atomically
 
     notes = previous_notes(card_path)
@@ -485,58 +635,86 @@ def write_model_card(card_path, text):
     return card_path
 
 
-def card_for(model_value, run_dir=None, data_dir=(), manifest=(), split=None, kfold_dir=None, perturbations=(),
+def card_for(model_value=None, run_dir=None, data_dir=(), manifest=(), split=None, kfold_dir=None, perturbations=(),
              cache_dir=None, batch_size=32):
-    """`model_card` of a model, its data and split resolved as `serkeras card` resolves them.
+    """A model's card, its data and split resolved as `serkeras card` resolves them.
 
     Parameters
     ----------
-    model_value : str or Path
-        A `.keras` file, a shipped model's name, or a run folder (its ``model.keras``; the run is `run_dir`).
+    model_value : str or Path, optional
+        A `.keras` file, a shipped model's name, or a run folder (its ``model.keras``, trained by that
+        run); None for the default shipped model.
     run_dir : str or Path, optional
-        The run that trained the model: its stored corpora and split are the defaults.
+        The run that trained the model (default: MODEL's folder when it is a run folder): the card
+        says how it trained, and its corpora and split are the defaults.
     data_dir, manifest : sequence, optional
         The corpora to score on (`serkeras.corpus.load_corpora`); default the run's.
-    split : serkeras.api.SplitSettings, optional
-        Default the run's, else the speaker-disjoint ``actor`` split; the card scores its test part.
-    kfold_dir, perturbations, cache_dir, batch_size
+    split : dict, optional
+        `serkeras.api.SplitSettings` fields to change from the run's split, or from the ``actor``
+        split without a run. The card scores the split's test part; a ``random`` split, or another
+        split than the run's, is refused, since its test part may hold speakers the model heard.
+    kfold_dir : str or Path, optional
+        A ``--split kfold --folds`` run of the same settings, for cross-validated scores.
+    perturbations, cache_dir, batch_size
         As `model_card` takes them.
 
     Returns
     -------
     str
+
+    Raises
+    ------
+    SerkerasError
+        For a missing or unreadable model or run, a run or k-fold run of another model, or a split whose
+        test part the model may have heard.
     """
     from serkeras.api import SplitSettings, evaluation_part, resumed_run
     from serkeras.corpus import load_corpora
+    from serkeras.models import load_model
+    from serkeras.shipped import default_model, resolve_model
 
-    from serkeras.shipped import default_model
-
-    from_run_folder = model_value is not None and Path(model_value).is_dir()
-    if from_run_folder:
-        run_dir = run_dir or model_value
-        model_value = Path(model_value) / "model.keras"
-    explicit_data = bool(data_dir or manifest)
+    model_folder = Path(model_value) if model_value is not None and Path(model_value).is_dir() else None
+    model_path = model_folder / "model.keras" if model_folder is not None else resolve_model(model_value)
+    _, meta = load_model(model_path)  # a wrong file fails here, before any scoring
+    run_dir = run_dir if run_dir is not None else model_folder
+    run = stored = None
     if run_dir is not None:
+        config = _read_json(Path(run_dir) / "config.json", "the run's settings")
+        _same_model_settings(config, meta, Path(run_dir) / "config.json")
+        metrics_path = Path(run_dir) / "metrics.json"
+        run = (config, _read_json(metrics_path, "the run's scores") if metrics_path.is_file() else {})
         stored = resumed_run(run_dir).run
-        if not explicit_data:
-            data_dir, manifest = stored.data_dir, stored.manifest
-        split = split or stored.split
-        cache_dir = cache_dir if cache_dir is not None else stored.cache_dir
-    split = split or SplitSettings("actor")
+    folds = fold_results(kfold_dir) if kfold_dir is not None else None
+    for config, _ in folds or ():
+        _same_model_settings(config, meta, Path(kfold_dir))
+    base = stored.split if stored is not None else SplitSettings("actor")
+    chosen = dataclasses.replace(base, **(split or {}))
+    if chosen.kind == "random":
+        raise SerkerasError("a card scores speakers the model never heard: use a speaker-disjoint split "
+                            "(--split actor or kfold), not random")
+    if stored is not None and chosen != stored.split:
+        raise SerkerasError(f"{run_dir} was trained on another split ({stored.split}); its card scores that "
+                            "split's test part: give no split options")
+    explicit_data = bool(data_dir or manifest)
+    if not explicit_data and stored is not None:
+        data_dir, manifest = stored.data_dir, stored.manifest
+    if cache_dir is None and stored is not None:
+        cache_dir = stored.cache_dir
     data_dir = [data_dir] if isinstance(data_dir, (str, Path)) else list(data_dir or ())
     manifest = [manifest] if isinstance(manifest, (str, Path)) else list(manifest or ())
     corpus = load_corpora(data_dir, manifest)
-    clips, described = evaluation_part(corpus, split, "test")
-    if from_run_folder:
-        shown = public_path(run_dir)
+    clips, described = evaluation_part(corpus, chosen, "test")
+    if model_folder is not None:
+        shown, name = public_path(model_folder), model_folder.name
+        reference = f"{shown}/model.keras"
     elif model_value is None:
-        shown = default_model().name
+        shown = name = reference = default_model().name
     else:
         shown = public_path(model_value) if Path(model_value).exists() else str(model_value)
-    command = card_command(shown, None if from_run_folder else run_dir, data_dir, manifest, split, kfold_dir,
-                           perturbations, explicit_data=explicit_data or run_dir is None)
-    reference = f"{shown}/model.keras" if from_run_folder else shown
-    name = Path(run_dir).name if from_run_folder else Path(str(shown)).stem
-    return model_card(model_value, corpus, clips, described, run_dir=run_dir, kfold_dir=kfold_dir,
-                      perturbations=perturbations, cache_dir=cache_dir, command=command, batch_size=batch_size,
-                      name=name, reference=reference)
+        in_run = run_dir is not None and Path(model_path).resolve().parent == Path(run_dir).resolve()
+        name, reference = Path(run_dir).name if in_run else Path(shown).stem, shown
+    named_run = run_dir if run_dir is not None and (model_folder is None or Path(run_dir) != model_folder) else None
+    command = card_command(shown, named_run, data_dir if explicit_data or stored is None else (),
+                           manifest if explicit_data or stored is None else (), chosen, kfold_dir, perturbations)
+    return model_card(model_path, corpus, clips, described, run=run, folds=folds, perturbations=perturbations,
+                      cache_dir=cache_dir, command=command, batch_size=batch_size, name=name, reference=reference)

@@ -753,17 +753,17 @@ def card(ctx, model_path, run_dir, data_dir, manifest, cache_dir, split_kind, fo
     """Write a model card: what the model is, how it was trained, and its scores on the test part's speakers
     (accuracy and UA with speaker-bootstrap intervals, per class and per corpus, calibration), computed here.
 
-    The split is the run's (--run, or MODEL given as a run folder) unless split options are given, else `actor`.
+    The split is the run's (--run, or MODEL given as a run folder), else `actor`; split options change it.
     """
     from click.core import ParameterSource
 
     from serkeras.cards import card_for, write_model_card
 
-    split_given = any(ctx.get_parameter_source(name) != ParameterSource.DEFAULT
-                      for name in ("split_kind", "fold", "n_folds", "val_fraction", "test_fraction", "seed"))
-    split = SplitSettings(split_kind if split_given else "actor", fold, n_folds, val_fraction, test_fraction, seed)
-    text = card_for(model_path, run_dir, data_dir, manifest, split if split_given else None, kfold_dir, perturbations,
-                    cache_dir, batch_size)
+    fields = {"split_kind": "kind", "fold": "fold", "n_folds": "n_folds", "val_fraction": "val_fraction",
+              "test_fraction": "test_fraction", "seed": "seed"}
+    given = {field: ctx.params[name] for name, field in fields.items()
+             if ctx.get_parameter_source(name) != ParameterSource.DEFAULT}
+    text = card_for(model_path, run_dir, data_dir, manifest, given, kfold_dir, perturbations, cache_dir, batch_size)
     write_model_card(card_path, text)
     click.echo(f"wrote {card_path}")
 

@@ -202,7 +202,7 @@ class Perturbation:
 
     def spec(self):
         """The ``KIND[:AMOUNT]`` text `parse` reads (``--perturb``'s value)."""
-        return self.kind if self.kind == "telephone" else f"{self.kind}:{self.amount:g}"
+        return self.kind if self.kind == "telephone" else f"{self.kind}:{self.amount:.15g}"
 
     def __str__(self):
         return {"gain": f"gain {self.amount:+g} dB", "noise": f"noise at {self.amount:g} dB SNR",

@@ -182,7 +182,8 @@ def embedding_speaker_stats(embeddings, speakers, recordings=None):
     """
     _check_speakers(embeddings, speakers)
     if recordings is not None:
-        _check_speakers(embeddings, recordings)
+        if len(recordings) != len(embeddings):
+            raise ValueError(f"{len(embeddings)} embeddings but {len(recordings)} recordings")
         embeddings = np.asarray(embeddings)
         rows = list(clips_by_speaker(recordings).values())  # the one grouping rule, here by recording
         embeddings = np.stack([embeddings[r].mean(axis=0) for r in rows])

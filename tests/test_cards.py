@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from serkeras.cards import cross_validation_lines, previous_notes, public_path, speaker_bootstrap
+from serkeras.cards import cross_validation_lines, fold_results, previous_notes, public_path, speaker_bootstrap
 from serkeras.corpus import CREMA_D_LABELS, listener_votes, vote_credit
+from serkeras.errors import SerkerasError
 from whisper_checkpoints import random_encoder_weights, write_ctranslate2
 
 
@@ -31,11 +32,28 @@ def test_cross_validated_scores_come_from_the_folds(tmp_path):
         (fold / "config.json").write_text(json.dumps({"n_folds": 5}))
         (fold / "metrics.json").write_text(json.dumps(
             {"test": {"accuracy": accuracy, "unweighted_average_recall": ua, "macro_f1": 0.5}}))
-    lines = "\n".join(cross_validation_lines(tmp_path))
+    lines = "\n".join(cross_validation_lines(fold_results(tmp_path)))
     assert "each of 5 folds" in lines and "2 finished" in lines
     assert "| all | 2 | 70.0 ± 10.0 | 60.0 ± 10.0 | 0.500 |" in lines
-    with pytest.raises(Exception, match="no finished fold"):
-        cross_validation_lines(tmp_path / "fold0")
+    with pytest.raises(SerkerasError, match="no finished fold"):
+        fold_results(tmp_path / "fold0")
+    (tmp_path / "fold1" / "config.json").unlink()  # a fold cut short: one line naming the file
+    with pytest.raises(SerkerasError, match="fold1/config.json"):
+        fold_results(tmp_path)
+
+
+def test_the_unweighted_recall_interval_is_over_the_classes_each_resample_has():
+    """A perfect model has UA 1 in every resample, even one that misses some class."""
+    from serkeras.cards import results_lines
+    from serkeras.corpus import Clip
+
+    clips = [Clip(f"{s}-{k}.wav", "anger", speaker=s) for s, k in zip("abcd", range(4))]
+    y = np.array([0, 1, 2, 3])
+    report = {"n": 4, "accuracy": 1.0, "unweighted_average_recall": 1.0, "macro_f1": 1.0,
+              "per_class": {l: {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1} for l in "wxyz"},
+              "confusion_matrix": np.eye(4, dtype=int).tolist()}
+    lines = "\n".join(results_lines(report, clips, y, y, list("wxyz"), "toy"))
+    assert "| toy | 4 | 4 | 100.0% (100.0-100.0) | 100.0% (100.0-100.0) |" in lines
 
 
 def test_a_card_of_a_trained_run_is_its_test_scores_with_its_notes_kept(crema_subset, workdir, tmp_path):
@@ -54,15 +72,38 @@ def test_a_card_of_a_trained_run_is_its_test_scores_with_its_notes_kept(crema_su
     assert written.exit_code == 0, written.output
     card = card_path.read_text()
     assert card.startswith("# Model card: `card-sn`")
-    assert "`serkeras card card-sn --split actor`" in card.replace("saved_models/card-sn", "card-sn")
+    assert "`serkeras card saved_models/card-sn --split actor`" in card
     assert "serkeras predict --model saved_models/card-sn/model.keras recordings_of_one_speaker/" in card
-    assert "the classifier fit by L-BFGS" in card and "as if those were 5 more recordings" in card
+    assert "the classifier fit as a logistic regression by L-BFGS" in card
+    assert "chose the classifier's L2 strength" in card
+    assert "as if those were 5 more recordings" in card
     metrics = json.loads((workdir / "saved_models" / "card-sn" / "metrics.json").read_text())["test"]
     assert f"| crema-d | {metrics['n']} | " in card  # one CREMA-D folder
     assert f"| {100 * metrics['accuracy']:.1f}% (" in card  # the model file, rescored, says what the run said
     assert "| the clip alone (`serkeras predict --speaker file`) |" in card
     assert "## Compared with human listeners" in card
     assert str(crema_subset) not in card and str(workdir) not in card and str(tmp_path) not in card
+
+    # Only the run's own split: another split's test part may hold speakers the model was trained on.
+    for options, message in ((["--seed", "1"], "trained on another split"), (["--split", "random"], "not random")):
+        refused = run_cli(["card", "saved_models/card-sn", "--output", str(tmp_path / "x.md"), *options], workdir)
+        assert refused.exit_code == 1 and message in refused.output and "Traceback" not in refused.output
+    # A run of the same settings elsewhere is named apart; a run of another model is refused before any scoring.
+    other = tmp_path / "other-run"
+    other.mkdir()
+    config = json.loads((workdir / "saved_models" / "card-sn" / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps(config))
+    named = run_cli(["card", "saved_models/card-sn", "--run", str(other), "--output", str(tmp_path / "y.md")],
+                    workdir)
+    assert named.exit_code == 0, named.output
+    titled = (tmp_path / "y.md").read_text()
+    assert titled.startswith("# Model card: `card-sn`") and f"--run {tmp_path.name}/other-run" in titled
+    config["model_config"]["dropout"] = 0.5
+    (other / "config.json").write_text(json.dumps(config))
+    refused = run_cli(["card", "saved_models/card-sn/model.keras", "--run", str(other), "--output",
+                       str(tmp_path / "z.md")], workdir)
+    assert refused.exit_code == 1 and "run of another model" in refused.output and "dropout" in refused.output
+    assert not (tmp_path / "z.md").exists()
 
     card_path.write_text(card + "\n## Notes\n\nWritten by hand.\n")
     assert previous_notes(card_path) == ["", "## Notes", "", "Written by hand."]
@@ -80,8 +121,10 @@ def test_card_errors_are_one_line(workdir, tmp_path):
     no_run = tmp_path / "empty-run"
     no_run.mkdir()
     result = run_cli(["card", str(no_run), "--output", str(tmp_path / "card.md")], workdir)
-    assert result.exit_code != 0 and "config.json" in result.output and "Traceback" not in result.output
+    assert result.exit_code != 0 and "model.keras does not exist" in result.output and "Traceback" not in result.output
 
 
-def test_public_path_keeps_the_last_two_parts():
+def test_public_path_keeps_at_most_the_last_two_parts_as_given():
     assert public_path("/home/someone/data/emodb/manifest.csv") == "emodb/manifest.csv"
+    assert public_path("model.keras") == "model.keras" and public_path("/x.keras") == "x.keras"
+    assert public_path("../shared/data/crema-d/audio") == "crema-d/audio"

@@ -159,6 +159,6 @@ def test_room_and_telephone_copies_are_drawn_by_their_share_and_leave_other_copi
 def test_a_perturbation_prints_as_the_option_that_made_it():
     from serkeras.effects import Perturbation
 
-    for text in ("gain:-20", "noise:10", "telephone", "reverb:0.6"):
+    for text in ("gain:-20", "noise:12.3456789", "telephone", "reverb:0.6"):
         assert Perturbation.parse(text).spec() == text and Perturbation.parse(Perturbation.parse(text).spec()) == \
             Perturbation.parse(text)
