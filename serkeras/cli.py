@@ -251,13 +251,17 @@ def cache_command(cache_dir, prune_unused_days):
                    f"last used {used}  {settings}")
 
 
-def split_options(f):
-    """--split / --fold / --folds / fractions / --seed, shared by train, evaluate and tune; defaults are
-    `SplitSettings`'."""
+def split_options(f=None, *, kind_help=None):
+    """--split / --fold / --folds / fractions / --seed, shared by train, evaluate, tune and card; defaults are
+    `SplitSettings`'. `kind_help`: --split's help for a command whose default split is its own (no default
+    shown)."""
+    if f is None:
+        return functools.partial(split_options, kind_help=kind_help)
     d = SplitSettings()
     options = [
         click.option("--split", "split_kind", type=click.Choice(["random", "actor", "kfold"]), default=d.kind,
-                     show_default=True, help="random: the study's protocol; actor/kfold: speaker-independent."),
+                     show_default=kind_help is None,
+                     help=kind_help or "random: the study's protocol; actor/kfold: speaker-independent."),
         click.option("--fold", type=click.IntRange(min=0), default=d.fold, show_default=True,
                      help="Fold index (kfold)."),
         click.option("--n-folds", type=click.IntRange(min=2), default=d.n_folds, show_default=True),
@@ -738,7 +742,8 @@ def evaluate(model_path, data_dir, manifest, cache_dir, split_kind, fold, n_fold
               help="The run that trained MODEL (its config.json and metrics.json): its corpora and split are the "
                    "defaults. MODEL may be the run folder itself.")
 @data_options
-@split_options
+@split_options(kind_help="The split whose test part is scored (default: the run's, else actor; the other split "
+                         "options change it); a card needs speakers the model never heard, so not random.")
 @click.option("--kfold-run", "kfold_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="A `serkeras train --split kfold --folds` run of the same settings, for cross-validated scores.")
 @click.option("--perturb", "perturbations", multiple=True, metavar="KIND[:AMOUNT]", callback=_perturbations,
