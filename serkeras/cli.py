@@ -593,12 +593,16 @@ def _join_process_group(train_config, resume, output_dir, log_dir):
               show_default=True, help="Share of each training corpus's speakers that validate.")
 @click.option("--seed", type=int, default=SplitSettings.seed, show_default=True,
               help="Seed of the validation speakers and training.")
+@click.option("--seeds", "n_seeds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Repeat the report with seeds --seed, --seed + 1, ... (other validation speakers, augmented "
+                   "copies and initialisation), each in its own seed<N>/ folder, and report the mean and standard "
+                   "deviation over them: one run's held-out scores move by several points with the seed.")
 @run_options
 @click.option("--run-name", default=None,
               help="Folder under --output-dir holding a run per held-out corpus and the report (default: from the "
                    "architecture and the corpora). Run again to continue: finished runs are kept.")
-def cross_corpus(data_dir, manifest, cache_dir, val_fraction, seed, run_name, output_dir, log_dir, workers, quiet,
-                 train_seed, **kwargs):
+def cross_corpus(data_dir, manifest, cache_dir, val_fraction, seed, n_seeds, run_name, output_dir, log_dir, workers,
+                 quiet, train_seed, **kwargs):
     """Leave one corpus out: for each corpus, train on the others and test on every clip of it.
 
     Give two or more corpora (--data-dir and --manifest, repeated, in any mix).
@@ -610,31 +614,47 @@ def cross_corpus(data_dir, manifest, cache_dir, val_fraction, seed, run_name, ou
 
     from serkeras import api
     from serkeras.corpus import load_corpora
-    from serkeras.evaluation import cross_corpus_rows, format_cross_corpus_markdown, write_cross_corpus_report
+    import json
+
+    from serkeras.evaluation import (cross_corpus_rows, cross_corpus_seed_rows, format_cross_corpus_markdown,
+                                     format_cross_corpus_seeds_markdown, write_cross_corpus_report)
     from serkeras.training import TrainConfig, TrainingInterrupted, leave_one_corpus_out
 
     corpus = load_corpora(data_dir, manifest)
     if len(corpus.corpus_names) < 2:
         raise SerkerasError("cross-corpus needs two or more corpora: repeat --data-dir and --manifest")
     feature_config, model_config = api.configure(feature_config_from(kwargs), model_config_from(kwargs), click.echo)
-    train_config = TrainConfig(seed=seed if train_seed is None else train_seed, **kwargs)
     run_name = run_name or f"cross-corpus-{model_config.arch}-{'-'.join(corpus.corpus_names)}"
     folder = Path(output_dir) / run_name
+    rows_by_seed = {}
+    for k in range(n_seeds):  # one report per seed, each resumable on its own
+        train_config = TrainConfig(seed=seed + k if train_seed is None else train_seed + k, **kwargs)
+        inner = Path(run_name) / f"seed{seed + k}" if n_seeds > 1 else Path(run_name)
 
-    def prepare(held, split):
-        return api.prepare_training_data(held, split, feature_config, train_config, cache_dir, workers,
-                                         progress=not quiet, echo=click.echo)
+        def prepare(held, split, train_config=train_config):
+            return api.prepare_training_data(held, split, feature_config, train_config, cache_dir, workers,
+                                             progress=not quiet, echo=click.echo)
 
-    try:
-        reports = leave_one_corpus_out(corpus, prepare, feature_config, model_config, train_config, folder,
-                                       Path(log_dir) / run_name, val_fraction, seed,
-                                       api.data_source(data_dir, manifest, cache_dir), fit_verbosity(quiet), click.echo)
-    except TrainingInterrupted as exc:
-        raise KeyboardInterrupt(f"{exc}; run the same command again to continue (finished runs are kept)") from None
-    rows = cross_corpus_rows(reports)
-    click.echo(format_cross_corpus_markdown(rows), nl=False)
-    paths = write_cross_corpus_report(rows, folder)
-    click.echo(f"report: {', '.join(map(str, paths))}")
+        try:
+            reports = leave_one_corpus_out(corpus, prepare, feature_config, model_config, train_config,
+                                           Path(output_dir) / inner, Path(log_dir) / inner, val_fraction, seed + k,
+                                           api.data_source(data_dir, manifest, cache_dir), fit_verbosity(quiet),
+                                           click.echo)
+        except TrainingInterrupted as exc:
+            raise KeyboardInterrupt(f"{exc}; run the same command again to continue (finished runs are kept)") \
+                from None
+        rows_by_seed[seed + k] = cross_corpus_rows(reports)
+        click.echo(("" if n_seeds == 1 else f"seed {seed + k}\n") + format_cross_corpus_markdown(rows_by_seed[seed + k]),
+                   nl=False)
+        paths = write_cross_corpus_report(rows_by_seed[seed + k], Path(output_dir) / inner)
+        click.echo(f"report: {', '.join(map(str, paths))}")
+    if n_seeds > 1:
+        summary = cross_corpus_seed_rows(rows_by_seed)
+        text = format_cross_corpus_seeds_markdown(summary)
+        (folder / "cross-corpus-seeds.md").write_text(text)
+        (folder / "cross-corpus-seeds.json").write_text(json.dumps(summary, indent=2))
+        click.echo(f"\nover {n_seeds} seeds\n{text}report: {folder / 'cross-corpus-seeds.md'}, "
+                   f"{folder / 'cross-corpus-seeds.json'}")
 
 
 def names_shipped_models(onnx=False):

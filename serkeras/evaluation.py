@@ -510,6 +510,49 @@ def format_cross_corpus_markdown(rows):
     return "\n".join(lines) + "\n"
 
 
+def cross_corpus_seed_rows(rows_by_seed):
+    """Mean and standard deviation over seeds of `cross_corpus_rows` reports of the same corpora.
+
+    Parameters
+    ----------
+    rows_by_seed : dict of int -> list of dict
+        Seed -> `cross_corpus_rows` of the report trained with it.
+
+    Returns
+    -------
+    list of dict
+        One per held-out corpus and "mean", in the reports' order: ``corpus, clips, seeds`` and, for
+        each of accuracy, UA and macro_f1, ``<score>_mean``, ``<score>_std`` (population) and
+        ``<score>_by_seed``.
+    """
+    reports = list(rows_by_seed.values())
+    names = [row["corpus"] for row in reports[0]]
+    summary = []
+    for i, name in enumerate(names):
+        same = [rows[i] for rows in reports]
+        if any(row["corpus"] != name for row in same):
+            raise ValueError("the reports hold other corpora")
+        row = {"corpus": name, "clips": same[0]["clips"], "seeds": list(rows_by_seed)}
+        for score in ("accuracy", "UA", "macro_f1"):
+            values = [r[score] for r in same]
+            row.update({f"{score}_mean": float(np.mean(values)), f"{score}_std": float(np.std(values)),
+                        f"{score}_by_seed": values})
+        summary.append(row)
+    return summary
+
+
+def format_cross_corpus_seeds_markdown(rows):
+    """`cross_corpus_seed_rows` as markdown: mean ± standard deviation over the seeds, and each seed's value."""
+    lines = ["| held-out corpus | clips | seeds | accuracy | UA | macro-F1 | accuracy by seed |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        cells = [f"{100 * row[f'{m}_mean']:.1f} ± {100 * row[f'{m}_std']:.1f}%" for m in ("accuracy", "UA")]
+        lines.append(f"| {row['corpus']} | {row['clips']} | {len(row['seeds'])} | {' | '.join(cells)} | "
+                     f"{row['macro_f1_mean']:.3f} ± {row['macro_f1_std']:.3f} | "
+                     + ", ".join(f"{100 * v:.1f}%" for v in row["accuracy_by_seed"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_cross_corpus_report(rows, folder):
     """Write `cross_corpus_rows` as cross-corpus.md, .csv (confusion matrices as JSON cells) and .json in `folder`.
 

@@ -206,21 +206,33 @@ def test_train_evaluate_and_cross_corpus_on_three_corpora(manifests, tmp_path):
     assert "Recall per corpus" in card and "| alpha | " in card and "| gain -10 dB |" in card
     assert "alpha/manifest.csv" in card and "--perturb gain:-10" in card and str(tmp_path) not in card
 
-    args = ["cross-corpus", *sources, "--val-fraction", "0.25", "--run-name", "loco", *cache, *TINY]
+    # Two seeds: one report per seed in its own folder, and their mean and spread.
+    args = ["cross-corpus", *sources, "--val-fraction", "0.25", "--run-name", "loco", "--seed", "3", "--seeds", "2",
+            *cache, *TINY]
     result = run_cli(args, tmp_path)
     assert result.exit_code == 0, result.output
     folder = tmp_path / "saved_models" / "loco"
-    rows = json.loads((folder / "cross-corpus.json").read_text())
+    by_seed = {k: json.loads((folder / f"seed{k}" / "cross-corpus.json").read_text()) for k in (3, 4)}
+    rows = by_seed[3]
     assert [r["corpus"] for r in rows] == ["alpha", "beta", "gamma", "mean"]
     assert rows[0]["clips"] == 24 and rows[0]["recall_neutral"] is None
-    assert (folder / "cross-corpus.md").read_text().startswith("| held-out corpus | clips | accuracy | UA |")
-    assert (folder / "held-out-beta" / "model.keras").is_file()
-    with open(folder / "cross-corpus.csv", newline="") as f:
+    assert (folder / "seed3" / "cross-corpus.md").read_text().startswith("| held-out corpus | clips | accuracy | UA |")
+    assert (folder / "seed4" / "held-out-beta" / "model.keras").is_file()
+    assert json.loads((folder / "seed4" / "held-out-beta" / "config.json").read_text())["train_config"]["seed"] == 4
+    with open(folder / "seed3" / "cross-corpus.csv", newline="") as f:
         assert [r["corpus"] for r in csv.DictReader(f)] == ["alpha", "beta", "gamma", "mean"]
+    summary = json.loads((folder / "cross-corpus-seeds.json").read_text())
+    assert [r["corpus"] for r in summary] == ["alpha", "beta", "gamma", "mean"] and summary[0]["seeds"] == [3, 4]
+    for i, row in enumerate(summary):
+        values = [by_seed[k][i]["UA"] for k in (3, 4)]
+        assert row["UA_by_seed"] == values and row["UA_mean"] == pytest.approx(np.mean(values))
+        assert row["UA_std"] == pytest.approx(np.std(values))
+    assert "over 2 seeds" in result.output and (folder / "cross-corpus-seeds.md").read_text().startswith(
+        "| held-out corpus | clips | seeds | accuracy | UA |")
     again = run_cli(args, tmp_path)  # finished runs are read back, not trained again
     assert again.exit_code == 0, again.output
-    assert again.output.count("finished before") == 3 and "train " not in again.output
-    assert json.loads((folder / "cross-corpus.json").read_text()) == rows
+    assert again.output.count("finished before") == 6 and "train " not in again.output
+    assert json.loads((folder / "seed3" / "cross-corpus.json").read_text()) == rows
     changed = run_cli(args[:-2] + ["--epochs", "2"], tmp_path)
     assert changed.exit_code == 1 and "holds a run with other settings (train_config)" in changed.output
 
