@@ -331,6 +331,11 @@ def prepare_training_data(corpus, split, feature_config, train_config, cache_dir
     return data
 
 
+def source_list(value):
+    """`value`, one corpus source (``--data-dir`` or ``--manifest``) or several or None, as a list."""
+    return [value] if isinstance(value, (str, Path)) else list(value or ())
+
+
 def data_source(data_dir, manifest, cache_dir):
     """Where a run's clips and features come from, as absolute paths for its config.json (resuming reads them).
 
@@ -349,8 +354,7 @@ def data_source(data_dir, manifest, cache_dir):
     from serkeras.cache import resolve_cache_dir
     from serkeras.corpus import resolve_data_dir
 
-    data_dirs = [data_dir] if isinstance(data_dir, (str, Path)) else list(data_dir or ())
-    manifests = [manifest] if isinstance(manifest, (str, Path)) else list(manifest or ())
+    data_dirs, manifests = source_list(data_dir), source_list(manifest)
     if len(data_dirs) + len(manifests) > 1:
         corpus = {"data_dirs": [os.path.abspath(d) for d in data_dirs],
                   "manifests": [os.path.abspath(m) for m in manifests]}
@@ -797,14 +801,13 @@ def clips_report(meta, corpus, clips, probabilities):
 
     from serkeras.evaluation import classification_report, corpus_reports, model_label_indices
 
-    kept = clips
-    truth, predicted = model_label_indices(meta, corpus, kept), probabilities.argmax(axis=1)
-    groups = {"sex": [c.sex for c in kept]}
+    truth, predicted = model_label_indices(meta, corpus, clips), probabilities.argmax(axis=1)
+    groups = {"sex": [c.sex for c in clips]}
     if len(corpus.corpus_names) == 1:
         return classification_report(truth, predicted, meta.labels, groups=groups, probabilities=probabilities)
     # Each corpus is scored on the classes it has, in the model's label order.
-    masks = np.array([np.isin(meta.labels, corpus.labels_of(c.corpus)) for c in kept], bool)
-    by_corpus = corpus_reports(truth, predicted, meta.labels, [c.corpus for c in kept], masks, groups, probabilities)
+    masks = np.array([np.isin(meta.labels, corpus.labels_of(c.corpus)) for c in clips], bool)
+    by_corpus = corpus_reports(truth, predicted, meta.labels, [c.corpus for c in clips], masks, groups, probabilities)
     return {**by_corpus.pop("all"), "by_corpus": by_corpus}
 
 

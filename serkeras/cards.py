@@ -519,7 +519,7 @@ def previous_notes(card_path):
 
 
 def model_card(model_path, corpus, clips, split_description, *, run=None, folds=None, perturbations=(),
-               cache_dir=None, command="", batch_size=32, name=None, reference=None):
+               cache_dir=None, command="", batch_size=32, name=None, reference=None, loaded=None):
     """The Markdown card of the model at `model_path`, scored on `clips` (one recording per prediction).
 
     Parameters
@@ -546,6 +546,8 @@ def model_card(model_path, corpus, clips, split_description, *, run=None, folds=
     name, reference : str, optional
         The model's name in the card's title (default: its file's) and how a user names it to
         `serkeras predict --model` (default: the name).
+    loaded : (keras.Model, ModelMetadata), optional
+        The model at `model_path`, already loaded (default: loaded here).
 
     Returns
     -------
@@ -557,7 +559,7 @@ def model_card(model_path, corpus, clips, split_description, *, run=None, folds=
                                      robustness_report)
     from serkeras.shipped import default_model
 
-    model, meta = open_model(model_path)
+    model, meta = loaded or open_model(model_path)
     check_model_labels(meta, corpus.labels)
     name, labels = name or Path(model_path).stem, list(meta.labels)
     reference = reference or name
@@ -668,14 +670,14 @@ def card_for(model_value=None, run_dir=None, data_dir=(), manifest=(), split=Non
         For a missing or unreadable model or run, a run or k-fold run of another model, or a split whose
         test part the model may have heard.
     """
-    from serkeras.api import SplitSettings, evaluation_part, resumed_run
+    from serkeras.api import SplitSettings, evaluation_part, resumed_run, source_list
     from serkeras.corpus import load_corpora
     from serkeras.models import load_model
     from serkeras.shipped import default_model, resolve_model
 
     model_folder = Path(model_value) if model_value is not None and Path(model_value).is_dir() else None
     model_path = model_folder / "model.keras" if model_folder is not None else resolve_model(model_value)
-    _, meta = load_model(model_path)  # a wrong file fails here, before any scoring
+    model, meta = load_model(model_path)  # a wrong file fails here, before any scoring
     run_dir = run_dir if run_dir is not None else model_folder
     run = stored = None
     if run_dir is not None:
@@ -700,8 +702,7 @@ def card_for(model_value=None, run_dir=None, data_dir=(), manifest=(), split=Non
         data_dir, manifest = stored.data_dir, stored.manifest
     if cache_dir is None and stored is not None:
         cache_dir = stored.cache_dir
-    data_dir = [data_dir] if isinstance(data_dir, (str, Path)) else list(data_dir or ())
-    manifest = [manifest] if isinstance(manifest, (str, Path)) else list(manifest or ())
+    data_dir, manifest = source_list(data_dir), source_list(manifest)
     corpus = load_corpora(data_dir, manifest)
     clips, described = evaluation_part(corpus, chosen, "test")
     if model_folder is not None:
@@ -717,4 +718,5 @@ def card_for(model_value=None, run_dir=None, data_dir=(), manifest=(), split=Non
     command = card_command(shown, named_run, data_dir if explicit_data or stored is None else (),
                            manifest if explicit_data or stored is None else (), chosen, kfold_dir, perturbations)
     return model_card(model_path, corpus, clips, described, run=run, folds=folds, perturbations=perturbations,
-                      cache_dir=cache_dir, command=command, batch_size=batch_size, name=name, reference=reference)
+                      cache_dir=cache_dir, command=command, batch_size=batch_size, name=name, reference=reference,
+                      loaded=(model, meta))
