@@ -657,12 +657,10 @@ def summarise_folds(results, folder=None):
         on the classes it has}. The folds are drawn within every corpus, so this is a speaker-disjoint
         k-fold within each corpus of models trained on all of them.
     """
-    import numpy as np
+    from serkeras.evaluation import mean_and_std
 
     def scores(reports):
-        return {m: {"mean": float(np.mean([r[m] for r in reports])), "std": float(np.std([r[m] for r in reports])),
-                    "folds": [r[m] for r in reports]}
-                for m in FOLD_METRICS}
+        return mean_and_std(reports, FOLD_METRICS, "folds")
 
     summary = scores([r["test"] for r in results])
     if results and all("test_by_corpus" in r for r in results):

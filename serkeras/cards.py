@@ -69,7 +69,8 @@ def public_path(path):
     return "/".join(parts[-2:])
 
 
-def card_command(model, run_dir=None, data_dir=(), manifest=(), split=None, kfold_dir=None, perturbations=()):
+def card_command(model, run_dir=None, data_dir=(), manifest=(), split=None, kfold_dir=None, perturbations=(),
+                 cross_corpus_dir=None):
     """The `serkeras card` command of a card, each path shortened by `public_path`.
 
     Parameters
@@ -82,7 +83,7 @@ def card_command(model, run_dir=None, data_dir=(), manifest=(), split=None, kfol
         The corpora, when given rather than read from the run.
     split : serkeras.api.SplitSettings, optional
         Every setting that differs from the defaults is written out.
-    kfold_dir, perturbations
+    kfold_dir, perturbations, cross_corpus_dir
         As `card_for` takes them.
 
     Returns
@@ -105,6 +106,8 @@ def card_command(model, run_dir=None, data_dir=(), manifest=(), split=None, kfol
                 words += [f"{option} {getattr(split, field):g}"]
     if kfold_dir is not None:
         words += ["--kfold-run", public_path(kfold_dir)]
+    if cross_corpus_dir is not None:
+        words += ["--cross-corpus-run", public_path(cross_corpus_dir)]
     words += [f"--perturb {p.spec()}" for p in perturbations]
     return " ".join(words)
 
@@ -447,6 +450,91 @@ def cross_validation_lines(results):
             "`metrics.json`:", "", *_table(["corpus", "folds", "accuracy", "UA", "macro-F1"], rows)]
 
 
+def held_out_results(cross_corpus_dir):
+    """The reports of a `serkeras cross-corpus` run (one seed, or ``--seeds N``), and its runs' settings.
+
+    Parameters
+    ----------
+    cross_corpus_dir : str or Path
+        The folder that `serkeras cross-corpus` wrote (``cross-corpus.json``, or ``seed<N>/cross-corpus.json``
+        for each seed), with a ``held-out-<corpus>/config.json`` beside each report.
+
+    Returns
+    -------
+    list of (int, list of dict, list of dict)
+        Per seed, in order: the seed, the report's rows (`serkeras.evaluation.cross_corpus_rows`) and the
+        config.json of each held-out run.
+
+    Raises
+    ------
+    SerkerasError
+        When the folder holds no finished report, or a report or its runs' settings cannot be read.
+    """
+    folder = Path(cross_corpus_dir)
+    reports = sorted(folder.glob("seed*/cross-corpus.json"), key=lambda p: int(p.parent.name[4:] or -1)) or \
+        [p for p in [folder / "cross-corpus.json"] if p.is_file()]
+    if not reports:
+        raise SerkerasError(f"{folder} holds no finished report (cross-corpus.json): give a `serkeras cross-corpus` "
+                            "run's folder")
+    results = []
+    for report in reports:
+        rows = _read_json(report, "a leave-one-corpus-out report")
+        if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) and "corpus" in r for r in rows):
+            raise SerkerasError(f"{report} is not a leave-one-corpus-out report")
+        configs = [_read_json(report.parent / f"held-out-{row['corpus']}" / "config.json", "a held-out run's settings")
+                   for row in rows if row["corpus"] != "mean"]
+        results.append((configs[0].get("seed"), rows, configs))
+    return results
+
+
+def held_out_lines(results, labels):
+    """'## On corpora never heard in training' of a card: `held_out_results` as mean ± spread over the seeds.
+
+    Parameters
+    ----------
+    results : list of (int, list of dict, list of dict)
+        From `held_out_results`.
+    labels : list of str
+        The model's classes, for the per-class recalls.
+
+    Returns
+    -------
+    list of str
+    """
+    from serkeras.evaluation import cross_corpus_seed_rows
+
+    summary = cross_corpus_seed_rows({seed: rows for seed, rows, _ in results})
+    by_name = {name: [row for _, rows, _ in results for row in rows if row["corpus"] == name]
+               for name in (row["corpus"] for row in summary)}
+    several = len(results) > 1
+
+    def score(row, key):
+        cell = f"{100 * row[key]['mean']:.1f}"
+        return cell + (f" ± {100 * row[key]['std']:.1f}" if several else "")
+
+    table = []
+    for row in summary:
+        recalls = []
+        for label in labels:
+            values = [r.get(f"recall_{label}") for r in by_name[row["corpus"]]]
+            recalls.append("" if row["corpus"] == "mean" else "–" if any(v is None for v in values)
+                           else f"{100 * np.mean(values):.1f}")
+        table.append([row["corpus"], str(row["clips"]), score(row, "accuracy"), score(row, "UA"),
+                      f"{row['macro_f1']['mean']:.3f}", *recalls])
+    trained_on = {c["held_out"]: [n for n in c.get("corpora", ()) if n != c["held_out"]] for c in results[0][2]}
+    seeds = ", ".join(str(seed) for seed, _, _ in results)
+    return ["", "## On corpora never heard in training", "",
+            "Leave one corpus out (`serkeras cross-corpus`): the same settings trained on the other corpora ("
+            + "; ".join(f"{name} held out: {' + '.join(others)}" for name, others in trained_on.items())
+            + "), then tested on every recording of the corpus left out, one prediction per recording, on the "
+            "classes it has. This is the better guide to recordings unlike any the model heard. "
+            + (f"Mean ± standard deviation over {len(results)} training seeds ({seeds}), in %"
+               if several else f"One training seed ({seeds}), in %")
+            + ", read from the runs' reports; the last row averages the held-out corpora:", "",
+            *_table(["held-out corpus", "clips", "accuracy", "UA", "macro-F1"] + [f"recall {x}" for x in labels],
+                    table)]
+
+
 def listener_lines(clips, y_true, y_pred, labels):
     """'## Compared with human listeners' of a card, for the clips among `clips` whose corpus is CREMA-D as
     released, with its listeners' votes (``summaryTable.csv``) beside the audio folder; [] when there are none.
@@ -518,8 +606,8 @@ def previous_notes(card_path):
     return [""] + lines[starts[0]:] if starts else []
 
 
-def model_card(model_path, corpus, clips, split_description, *, run=None, folds=None, perturbations=(),
-               cache_dir=None, command="", batch_size=32, name=None, reference=None, loaded=None):
+def model_card(model_path, corpus, clips, split_description, *, run=None, folds=None, held_out=None,
+               perturbations=(), cache_dir=None, command="", batch_size=32, name=None, reference=None, loaded=None):
     """The Markdown card of the model at `model_path`, scored on `clips` (one recording per prediction).
 
     Parameters
@@ -536,6 +624,8 @@ def model_card(model_path, corpus, clips, split_description, *, run=None, folds=
         The config.json and metrics.json of the run that trained the model.
     folds : list of (dict, dict), optional
         `fold_results` of a ``--split kfold --folds`` run of the same settings.
+    held_out : list, optional
+        `held_out_results` of a `serkeras cross-corpus` run of the same settings.
     perturbations : sequence of serkeras.effects.Perturbation, optional
         Recording conditions to score the same clips under.
     cache_dir : optional
@@ -573,7 +663,8 @@ def model_card(model_path, corpus, clips, split_description, *, run=None, folds=
     model_option = "" if reference == default_model().name else f" --model {reference}"
     predict = (f"serkeras predict{model_option} recordings_of_one_speaker/   # several recordings of each speaker"
                if by_speaker else f"serkeras predict{model_option} my_recording.wav")
-    read = [what for what, given in (("how it trained", run), ("the cross-validated scores", folds)) if given]
+    read = [what for what, given in (("how it trained", run), ("the cross-validated scores", folds),
+                                     ("the scores on corpora left out of training", held_out)) if given]
     lines = [
         f"# Model card: `{name}`", "",
         f"Speech emotion recognition of {len(labels)} classes ({', '.join(labels)}) from "
@@ -610,6 +701,8 @@ def model_card(model_path, corpus, clips, split_description, *, run=None, folds=
                   *_table(["statistics from", "accuracy"], [[k, _percent(v)] for k, v in rows.items()])]
     if folds:
         lines += cross_validation_lines(folds)
+    if held_out:
+        lines += held_out_lines(held_out, labels)
     lines += listener_lines(kept, y_true, y_pred, labels)
     lines += limitation_lines(meta, corpus.corpus_names, kept)
     return "\n".join(lines) + "\n"
@@ -638,7 +731,7 @@ def write_model_card(card_path, text):
 
 
 def card_for(model_value=None, run_dir=None, data_dir=(), manifest=(), split=None, kfold_dir=None, perturbations=(),
-             cache_dir=None, batch_size=32):
+             cache_dir=None, batch_size=32, cross_corpus_dir=None):
     """A model's card, its data and split resolved as `serkeras card` resolves them.
 
     Parameters
@@ -659,6 +752,9 @@ def card_for(model_value=None, run_dir=None, data_dir=(), manifest=(), split=Non
         A ``--split kfold --folds`` run of the same settings, for cross-validated scores.
     perturbations, cache_dir, batch_size
         As `model_card` takes them.
+    cross_corpus_dir : str or Path, optional
+        A `serkeras cross-corpus` run (one seed or several) of the same settings, for scores on corpora left
+        out of training.
 
     Returns
     -------
@@ -689,6 +785,10 @@ def card_for(model_value=None, run_dir=None, data_dir=(), manifest=(), split=Non
     folds = fold_results(kfold_dir) if kfold_dir is not None else None
     for config, _ in folds or ():
         _same_model_settings(config, meta, Path(kfold_dir))
+    held_out = held_out_results(cross_corpus_dir) if cross_corpus_dir is not None else None
+    for _, _, configs in held_out or ():
+        for config in configs:
+            _same_model_settings(config, meta, Path(cross_corpus_dir))
     base = stored.split if stored is not None else SplitSettings("actor")
     chosen = dataclasses.replace(base, **(split or {}))
     if chosen.kind == "random":
@@ -716,7 +816,9 @@ def card_for(model_value=None, run_dir=None, data_dir=(), manifest=(), split=Non
         name, reference = Path(run_dir).name if in_run else Path(shown).stem, shown
     named_run = run_dir if run_dir is not None and (model_folder is None or Path(run_dir) != model_folder) else None
     command = card_command(shown, named_run, data_dir if explicit_data or stored is None else (),
-                           manifest if explicit_data or stored is None else (), chosen, kfold_dir, perturbations)
-    return model_card(model_path, corpus, clips, described, run=run, folds=folds, perturbations=perturbations,
+                           manifest if explicit_data or stored is None else (), chosen, kfold_dir, perturbations,
+                           cross_corpus_dir)
+    return model_card(model_path, corpus, clips, described, run=run, folds=folds, held_out=held_out,
+                      perturbations=perturbations,
                       cache_dir=cache_dir, command=command, batch_size=batch_size, name=name, reference=reference,
                       loaded=(model, meta))

@@ -766,6 +766,9 @@ def evaluate(model_path, data_dir, manifest, cache_dir, split_kind, fold, n_fold
                          "options change it); a card needs speakers the model never heard, so not random.")
 @click.option("--kfold-run", "kfold_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="A `serkeras train --split kfold --folds` run of the same settings, for cross-validated scores.")
+@click.option("--cross-corpus-run", "cross_corpus_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="A `serkeras cross-corpus` run of the same settings (one seed or --seeds N), for scores on "
+                   "corpora left out of training.")
 @click.option("--perturb", "perturbations", multiple=True, metavar="KIND[:AMOUNT]", callback=_perturbations,
               help="Also score the test clips under this recording condition (as `serkeras evaluate --perturb`); "
                    "repeatable.")
@@ -774,7 +777,7 @@ def evaluate(model_path, data_dir, manifest, cache_dir, split_kind, fold, n_fold
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.pass_context
 def card(ctx, model_path, run_dir, data_dir, manifest, cache_dir, split_kind, fold, n_folds, val_fraction,
-         test_fraction, seed, kfold_dir, perturbations, card_path, batch_size):
+         test_fraction, seed, kfold_dir, cross_corpus_dir, perturbations, card_path, batch_size):
     """Write a model card: what the model is, how it was trained, and its scores on the test part's speakers
     (accuracy and UA with speaker-bootstrap intervals, per class and per corpus, calibration), computed here.
 
@@ -788,7 +791,8 @@ def card(ctx, model_path, run_dir, data_dir, manifest, cache_dir, split_kind, fo
               "test_fraction": "test_fraction", "seed": "seed"}
     given = {field: ctx.params[name] for name, field in fields.items()
              if ctx.get_parameter_source(name) != ParameterSource.DEFAULT}
-    text = card_for(model_path, run_dir, data_dir, manifest, given, kfold_dir, perturbations, cache_dir, batch_size)
+    text = card_for(model_path, run_dir, data_dir, manifest, given, kfold_dir, perturbations, cache_dir, batch_size,
+                    cross_corpus_dir=cross_corpus_dir)
     write_model_card(card_path, text)
     click.echo(f"wrote {card_path}")
 

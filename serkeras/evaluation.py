@@ -510,6 +510,32 @@ def format_cross_corpus_markdown(rows):
     return "\n".join(lines) + "\n"
 
 
+def mean_and_std(reports, scores, values_key):
+    """Mean and population standard deviation of each score over several reports of the same kind.
+
+    Parameters
+    ----------
+    reports : list of dict
+        Each holds every name in `scores` (e.g. the test scores of each fold, or of each seed).
+    scores : sequence of str
+        The keys to summarise.
+    values_key : str
+        Under which key each summary keeps the reports' values, in order (e.g. ``"folds"``).
+
+    Returns
+    -------
+    dict
+        {score: {"mean": float, "std": float, values_key: list}}.
+    """
+    return {score: {"mean": float(np.mean([r[score] for r in reports])),
+                    "std": float(np.std([r[score] for r in reports])),
+                    values_key: [r[score] for r in reports]} for score in scores}
+
+
+#: The scores of a `cross_corpus_rows` row that `cross_corpus_seed_rows` summarises over seeds.
+CROSS_CORPUS_SCORES = ("accuracy", "UA", "macro_f1")
+
+
 def cross_corpus_seed_rows(rows_by_seed):
     """Mean and standard deviation over seeds of `cross_corpus_rows` reports of the same corpora.
 
@@ -521,9 +547,8 @@ def cross_corpus_seed_rows(rows_by_seed):
     Returns
     -------
     list of dict
-        One per held-out corpus and "mean", in the reports' order: ``corpus, clips, seeds`` and, for
-        each of accuracy, UA and macro_f1, ``<score>_mean``, ``<score>_std`` (population) and
-        ``<score>_by_seed``.
+        One per held-out corpus and "mean", in the reports' order: ``corpus``, ``clips``, ``seeds`` and,
+        for each of `CROSS_CORPUS_SCORES`, ``{"mean", "std", "by_seed"}`` (`mean_and_std`).
     """
     reports = list(rows_by_seed.values())
     names = [row["corpus"] for row in reports[0]]
@@ -532,12 +557,8 @@ def cross_corpus_seed_rows(rows_by_seed):
         same = [rows[i] for rows in reports]
         if any(row["corpus"] != name for row in same):
             raise ValueError("the reports hold other corpora")
-        row = {"corpus": name, "clips": same[0]["clips"], "seeds": list(rows_by_seed)}
-        for score in ("accuracy", "UA", "macro_f1"):
-            values = [r[score] for r in same]
-            row.update({f"{score}_mean": float(np.mean(values)), f"{score}_std": float(np.std(values)),
-                        f"{score}_by_seed": values})
-        summary.append(row)
+        summary.append({"corpus": name, "clips": same[0]["clips"], "seeds": list(rows_by_seed),
+                        **mean_and_std(same, CROSS_CORPUS_SCORES, "by_seed")})
     return summary
 
 
@@ -546,10 +567,10 @@ def format_cross_corpus_seeds_markdown(rows):
     lines = ["| held-out corpus | clips | seeds | accuracy | UA | macro-F1 | accuracy by seed |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for row in rows:
-        cells = [f"{100 * row[f'{m}_mean']:.1f} ± {100 * row[f'{m}_std']:.1f}%" for m in ("accuracy", "UA")]
+        cells = [f"{100 * row[m]['mean']:.1f} ± {100 * row[m]['std']:.1f}%" for m in ("accuracy", "UA")]
         lines.append(f"| {row['corpus']} | {row['clips']} | {len(row['seeds'])} | {' | '.join(cells)} | "
-                     f"{row['macro_f1_mean']:.3f} ± {row['macro_f1_std']:.3f} | "
-                     + ", ".join(f"{100 * v:.1f}%" for v in row["accuracy_by_seed"]) + " |")
+                     f"{row['macro_f1']['mean']:.3f} ± {row['macro_f1']['std']:.3f} | "
+                     + ", ".join(f"{100 * v:.1f}%" for v in row["accuracy"]["by_seed"]) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from serkeras.cards import (cross_validation_lines, fold_results, previous_notes, public_path, speaker_bootstrap,
-                            write_model_card)
+from serkeras.cards import (cross_validation_lines, fold_results, held_out_results, previous_notes, public_path,
+                            speaker_bootstrap, write_model_card)
 from serkeras.corpus import CREMA_D_LABELS, listener_votes, vote_credit
 from serkeras.errors import SerkerasError
 from whisper_checkpoints import random_encoder_weights, write_ctranslate2
@@ -41,6 +41,20 @@ def test_cross_validated_scores_come_from_the_folds(tmp_path):
     (tmp_path / "fold1" / "config.json").unlink()  # a fold cut short: one line naming the file
     with pytest.raises(SerkerasError, match="fold1/config.json"):
         fold_results(tmp_path)
+
+
+def test_a_leave_one_corpus_out_run_without_its_report_or_runs_is_one_line(tmp_path):
+    with pytest.raises(SerkerasError, match="holds no finished report"):
+        held_out_results(tmp_path)
+    (tmp_path / "cross-corpus.json").write_text(json.dumps([{"corpus": "alpha"}, {"corpus": "mean"}]))
+    with pytest.raises(SerkerasError, match="held-out-alpha/config.json"):
+        held_out_results(tmp_path)
+    (tmp_path / "held-out-alpha").mkdir()
+    (tmp_path / "held-out-alpha" / "config.json").write_text(json.dumps({"seed": 7}))
+    assert held_out_results(tmp_path)[0][:2] == (7, [{"corpus": "alpha"}, {"corpus": "mean"}])
+    (tmp_path / "cross-corpus.json").write_text("{}")
+    with pytest.raises(SerkerasError, match="is not a leave-one-corpus-out report"):
+        held_out_results(tmp_path)
 
 
 def test_the_unweighted_recall_interval_is_over_the_classes_each_resample_has():

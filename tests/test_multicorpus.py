@@ -196,16 +196,6 @@ def test_train_evaluate_and_cross_corpus_on_three_corpora(manifests, tmp_path):
     assert beta["n"] == 24 and beta["unweighted_average_recall"] == pytest.approx(np.mean(recalls))
     assert 0.0 <= beta["expected_calibration_error"] <= 1.0 and "expected_calibration_error" in metrics["test"]
 
-    # The run's card scores the run's own test part (its stored corpora and split), each corpus apart.
-    result = run_cli(["card", "saved_models/mixed", "--output", "CARD.md", "--perturb", "gain:-10", *cache], tmp_path)
-    assert result.exit_code == 0, result.output
-    card = (tmp_path / "CARD.md").read_text()
-    for name, own in metrics["test_by_corpus"].items():
-        assert f"| {name} | {own['n']} | 1 | {100 * own['accuracy']:.1f}% | " in card  # one test speaker each
-    assert f"| all | {metrics['test']['n']} | 3 | {100 * metrics['test']['accuracy']:.1f}% (" in card
-    assert "Recall per corpus" in card and "| alpha | " in card and "| gain -10 dB |" in card
-    assert "alpha/manifest.csv" in card and "--perturb gain:-10" in card and str(tmp_path) not in card
-
     # Two seeds: one report per seed in its own folder, and their mean and spread.
     args = ["cross-corpus", *sources, "--val-fraction", "0.25", "--run-name", "loco", "--seed", "3", "--seeds", "2",
             *cache, *TINY]
@@ -225,8 +215,8 @@ def test_train_evaluate_and_cross_corpus_on_three_corpora(manifests, tmp_path):
     assert [r["corpus"] for r in summary] == ["alpha", "beta", "gamma", "mean"] and summary[0]["seeds"] == [3, 4]
     for i, row in enumerate(summary):
         values = [by_seed[k][i]["UA"] for k in (3, 4)]
-        assert row["UA_by_seed"] == values and row["UA_mean"] == pytest.approx(np.mean(values))
-        assert row["UA_std"] == pytest.approx(np.std(values))
+        assert row["UA"]["by_seed"] == values and row["UA"]["mean"] == pytest.approx(np.mean(values))
+        assert row["UA"]["std"] == pytest.approx(np.std(values))
     assert "over 2 seeds" in result.output and (folder / "cross-corpus-seeds.md").read_text().startswith(
         "| held-out corpus | clips | seeds | accuracy | UA |")
     again = run_cli(args, tmp_path)  # finished runs are read back, not trained again
@@ -235,6 +225,23 @@ def test_train_evaluate_and_cross_corpus_on_three_corpora(manifests, tmp_path):
     assert json.loads((folder / "seed3" / "cross-corpus.json").read_text()) == rows
     changed = run_cli(args[:-2] + ["--epochs", "2"], tmp_path)
     assert changed.exit_code == 1 and "holds a run with other settings (train_config)" in changed.output
+
+    # The run's card scores the run's own test part (its stored corpora and split), each corpus apart, and reads
+    # the same settings' leave-one-corpus-out scores over both seeds.
+    result = run_cli(["card", "saved_models/mixed", "--output", "CARD.md", "--perturb", "gain:-10",
+                      "--cross-corpus-run", "saved_models/loco", *cache], tmp_path)
+    assert result.exit_code == 0, result.output
+    card = (tmp_path / "CARD.md").read_text()
+    for name, own in metrics["test_by_corpus"].items():
+        assert f"| {name} | {own['n']} | 1 | {100 * own['accuracy']:.1f}% | " in card  # one test speaker each
+    assert f"| all | {metrics['test']['n']} | 3 | {100 * metrics['test']['accuracy']:.1f}% (" in card
+    assert "Recall per corpus" in card and "| alpha | " in card and "| gain -10 dB |" in card
+    assert "alpha/manifest.csv" in card and "--perturb gain:-10" in card and str(tmp_path) not in card
+    assert "## On corpora never heard in training" in card and "--cross-corpus-run saved_models/loco" in card
+    beta = summary[[r["corpus"] for r in summary].index("beta")]
+    assert (f"| beta | 24 | {100 * beta['accuracy']['mean']:.1f} ± {100 * beta['accuracy']['std']:.1f} | "
+            f"{100 * beta['UA']['mean']:.1f} ± {100 * beta['UA']['std']:.1f} |") in card
+    assert "over 2 training seeds (3, 4)" in card and "beta held out: alpha + gamma" in card
 
 
 def test_cross_corpus_refuses_a_held_out_corpus_of_one_class(manifests, tmp_path, make_audio):

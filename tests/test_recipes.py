@@ -48,7 +48,7 @@ def test_train_starts_from_the_recipe_and_the_command_line_wins(crema_subset, wo
     assert result.exit_code == 2 and "neither a file nor a shipped recipe" in result.output
 
 
-def test_the_three_corpus_recipe_is_the_base_recipe_levelled_with_noisy_room_and_telephone_copies_in_int8():
+def test_the_three_corpus_recipe_is_the_base_recipe_levelled_with_noisy_room_and_telephone_copies_in_int8_class_weighted():
     from serkeras.cli import train
 
     base = option_defaults(read_recipe("crema-d-whisper-base"), train.params)
@@ -58,6 +58,7 @@ def test_the_three_corpus_recipe_is_the_base_recipe_levelled_with_noisy_room_and
     assert (three.pop("reverb"), three.pop("telephone")) == (0.5, 0.5)
     assert "reverb" not in base and "telephone" not in base
     assert three.pop("quantize") == "int8" and "quantize" not in base
+    assert three.pop("class_weight") is True and "class_weight" not in base
     assert three == base and three["split_kind"] == "actor"
 
 
