@@ -231,8 +231,15 @@ def training_lines(config, metrics):
         if tc.get("encoder_learning_rate"):
             settings.append(f"fine-tuned encoder layers at {tc['encoder_learning_rate']:g}")
     if tc.get("augment_copies"):
+        conditions = [f"{what} in {100 * tc[key]:g}% of them" for key, what in
+                      (("reverb", "a synthetic room"), ("telephone", "the telephone band")) if tc.get(key)]
         settings.append(f"{tc['augment_copies']} augmented cop{'y' if tc['augment_copies'] == 1 else 'ies'} of "
-                        "every training clip")
+                        "every training clip (noise, gain, shift" + (", speed" if tc.get("speed") else "")
+                        + (f"; {' and '.join(conditions)}" if conditions else "") + ")")
+    if tc.get("class_weight"):
+        settings.append("each class weighted by the inverse of its share of the training clips")
+    if tc.get("label_smoothing"):
+        settings.append(f"label smoothing {tc['label_smoothing']:g}")
     if tc.get("mixup_alpha"):
         settings.append(f"mixup α {tc['mixup_alpha']:g}")
     if tc.get("quantize", "none") != "none":
@@ -487,7 +494,7 @@ def held_out_results(cross_corpus_dir):
     return results
 
 
-def held_out_lines(results, labels):
+def held_out_lines(results, labels, by_speaker=False):
     """'## On corpora never heard in training' of a card: `held_out_results` as mean ± spread over the seeds.
 
     Parameters
@@ -496,6 +503,9 @@ def held_out_lines(results, labels):
         From `held_out_results`.
     labels : list of str
         The model's classes, for the per-class recalls.
+    by_speaker : bool, optional
+        Whether the runs' models standardise by speaker (`serkeras cross-corpus` then takes each held-out
+        speaker's statistics from all of their recordings).
 
     Returns
     -------
@@ -526,8 +536,9 @@ def held_out_lines(results, labels):
     return ["", "## On corpora never heard in training", "",
             "Leave one corpus out (`serkeras cross-corpus`): the same settings trained on the other corpora ("
             + "; ".join(f"{name} held out: {' + '.join(others)}" for name, others in trained_on.items())
-            + "), then tested on every recording of the corpus left out, one prediction per recording, on the "
-            "classes it has. This is the better guide to recordings unlike any the model heard. "
+            + "), then tested on every recording of the corpus left out, one prediction per recording"
+            + (", each speaker's statistics from all of their recordings there" if by_speaker else "")
+            + ", on the classes it has. This is the better guide to recordings unlike any the model heard. "
             + (f"Mean ± standard deviation over {len(results)} training seeds ({seeds}), in %"
                if several else f"One training seed ({seeds}), in %")
             + ", read from the runs' reports; the last row averages the held-out corpora:", "",
@@ -702,7 +713,7 @@ def model_card(model_path, corpus, clips, split_description, *, run=None, folds=
     if folds:
         lines += cross_validation_lines(folds)
     if held_out:
-        lines += held_out_lines(held_out, labels)
+        lines += held_out_lines(held_out, labels, by_speaker)
     lines += listener_lines(kept, y_true, y_pred, labels)
     lines += limitation_lines(meta, corpus.corpus_names, kept)
     return "\n".join(lines) + "\n"

@@ -62,6 +62,15 @@ def test_the_three_corpus_recipe_is_the_base_recipe_levelled_with_noisy_room_and
     assert three == base and three["split_kind"] == "actor"
 
 
+def test_the_three_corpus_speaker_norm_recipe_is_the_default_recipe_with_speaker_standardisation():
+    from serkeras.cli import train
+
+    default = option_defaults(read_recipe("crema-d-emodb-ased-whisper"), train.params)
+    speakers = option_defaults(read_recipe("crema-d-emodb-ased-whisper-speaker-norm"), train.params)
+    assert speakers.pop("speaker_standardization") is True and speakers.pop("speaker_prior_clips") == 5.0
+    assert speakers == default
+
+
 @pytest.mark.parametrize("command", ["train", "tune", "cross-corpus", "evaluate", "features"])
 def test_every_option_defaults_to_its_settings_default(command):
     """An option named like a field of the settings it builds defaults to that field's default: each default is
