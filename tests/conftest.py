@@ -202,12 +202,29 @@ def run_cli(args, cwd):
         os.chdir(old)
 
 
-#: Test modules that start long background work: run first, so it overlaps with the rest.
+#: The order in which test modules start, for `-n 2 --dist loadfile`: first the module that starts long background
+#: work (the other backends' runs), so that it overlaps with the rest; then the modules that cost the most CPU time
+#: (measured per test, most first), so that no long module starts last while the other worker idles. Modules not
+#: named follow in collection order. Only how soon the suite ends depends on this list.
 FIRST = ("test_backends.py",)
+LONGEST = ("test_cli_train.py", "test_whisper.py", "test_distribute.py", "test_tune.py", "test_cli_features.py",
+           "test_models.py", "test_experiments.py", "test_cache.py", "test_multicorpus.py")
+
+
+def pytest_configure(config):
+    # pytest-xdist would otherwise hand out modules by their number of tests, most first, which started the
+    # backend runs near the end of the suite instead of at its start.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def _start_order(item):
+    name = item.path.name
+    return (0, 0) if name in FIRST else (1, LONGEST.index(name)) if name in LONGEST else (2, 0)
 
 
 def pytest_collection_modifyitems(config, items):
-    items.sort(key=lambda item: item.path.name not in FIRST)  # stable: the order is otherwise kept
+    items.sort(key=_start_order)  # stable: the order within each module is kept
 
 
 def pytest_sessionfinish(session):
