@@ -17,6 +17,7 @@ The command line is `serkeras card`; `card_for` returns a card's text and
 import dataclasses
 import datetime
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -233,8 +234,10 @@ def training_lines(config, metrics):
     if tc.get("augment_copies"):
         conditions = [f"{what} in {100 * tc[key]:g}% of them" for key, what in
                       (("reverb", "a synthetic room"), ("telephone", "the telephone band")) if tc.get(key)]
+        changes = [what for key, what in (("noise_snr_db", "noise"), ("gain_db", "gain"), ("shift_seconds", "shift"),
+                                          ("speed", "speed")) if tc.get(key)]
         settings.append(f"{tc['augment_copies']} augmented cop{'y' if tc['augment_copies'] == 1 else 'ies'} of "
-                        "every training clip (noise, gain, shift" + (", speed" if tc.get("speed") else "")
+                        "every training clip (" + ", ".join(changes or ["unchanged"])
                         + (f"; {' and '.join(conditions)}" if conditions else "") + ")")
     if tc.get("class_weight"):
         settings.append("each class weighted by the inverse of its share of the training clips")
@@ -469,29 +472,60 @@ def held_out_results(cross_corpus_dir):
     Returns
     -------
     list of (int, list of dict, list of dict)
-        Per seed, in order: the seed, the report's rows (`serkeras.evaluation.cross_corpus_rows`) and the
-        config.json of each held-out run.
+        Per training seed, in order: the seed, the report's rows (`serkeras.evaluation.cross_corpus_rows`)
+        and the config.json of each held-out run. Every report holds the same corpora.
 
     Raises
     ------
     SerkerasError
-        When the folder holds no finished report, or a report or its runs' settings cannot be read.
+        When the folder holds no finished report, a report or its runs' settings cannot be read or do not
+        belong together (other corpora, the same training seed twice).
     """
+    from serkeras.evaluation import CROSS_CORPUS_SCORES
+
     folder = Path(cross_corpus_dir)
-    reports = sorted(folder.glob("seed*/cross-corpus.json"), key=lambda p: int(p.parent.name[4:] or -1)) or \
-        [p for p in [folder / "cross-corpus.json"] if p.is_file()]
+    numbered = [(int(match.group(1)), path) for path in folder.glob("seed*/cross-corpus.json")
+                if (match := re.fullmatch(r"seed(-?\d+)", path.parent.name))]
+    reports = [path for _, path in sorted(numbered)] or [p for p in [folder / "cross-corpus.json"] if p.is_file()]
     if not reports:
         raise SerkerasError(f"{folder} holds no finished report (cross-corpus.json): give a `serkeras cross-corpus` "
                             "run's folder")
     results = []
     for report in reports:
         rows = _read_json(report, "a leave-one-corpus-out report")
-        if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) and "corpus" in r for r in rows):
+        needed = ("corpus", "clips", *CROSS_CORPUS_SCORES)
+        if not isinstance(rows, list) or len(rows) < 2 or not all(
+                isinstance(r, dict) and all(k in r for k in needed) for r in rows):
             raise SerkerasError(f"{report} is not a leave-one-corpus-out report")
-        configs = [_read_json(report.parent / f"held-out-{row['corpus']}" / "config.json", "a held-out run's settings")
-                   for row in rows if row["corpus"] != "mean"]
-        results.append((configs[0].get("seed"), rows, configs))
+        configs = []
+        for row in rows[:-1]:  # the last row is the mean
+            path = report.parent / f"held-out-{row['corpus']}" / "config.json"
+            config = _read_json(path, "a held-out run's settings")
+            if not (isinstance(config, dict) and config.get("held_out") == row["corpus"]
+                    and isinstance(config.get("corpora"), list) and isinstance(config.get("train_config"), dict)):
+                raise SerkerasError(f"{path} is not the settings of the run that held out {row['corpus']}")
+            configs.append(config)
+        seed = configs[0]["train_config"].get("seed")
+        if any(seed == other for other, _, _ in results):
+            raise SerkerasError(f"{folder} holds two reports trained with seed {seed}")
+        if results and [r["corpus"] for r in rows] != [r["corpus"] for r in results[0][1]]:
+            raise SerkerasError(f"{report} holds other corpora than {reports[0]}")
+        results.append((seed, rows, configs))
     return results
+
+
+#: Training settings that may differ between runs of the same recipe: how the machine ran it, and the seed.
+MACHINE_TRAINING_SETTINGS = ("seed", "distribute", "mixed_precision")
+
+
+def _same_training(config, run_config, where):
+    """Refuse a run (`config`) whose training settings are not those of the run that trained the model."""
+    mine, theirs = run_config.get("train_config", {}), config.get("train_config", {})
+    differing = sorted(key for key in set(mine) | set(theirs)
+                       if key not in MACHINE_TRAINING_SETTINGS and mine.get(key) != theirs.get(key))
+    if differing:
+        raise SerkerasError(f"{where} was trained otherwise than the model's run (it differs in "
+                            f"{', '.join(differing)}): give a run of the same recipe")
 
 
 def held_out_lines(results, labels, by_speaker=False):
@@ -518,9 +552,9 @@ def held_out_lines(results, labels, by_speaker=False):
                for name in (row["corpus"] for row in summary)}
     several = len(results) > 1
 
-    def score(row, key):
-        cell = f"{100 * row[key]['mean']:.1f}"
-        return cell + (f" ± {100 * row[key]['std']:.1f}" if several else "")
+    def score(row, key, scale=100, digits=1):
+        cell = f"{scale * row[key]['mean']:.{digits}f}"
+        return cell + (f" ± {scale * row[key]['std']:.{digits}f}" if several else "")
 
     table = []
     for row in summary:
@@ -530,7 +564,7 @@ def held_out_lines(results, labels, by_speaker=False):
             recalls.append("" if row["corpus"] == "mean" else "–" if any(v is None for v in values)
                            else f"{100 * np.mean(values):.1f}")
         table.append([row["corpus"], str(row["clips"]), score(row, "accuracy"), score(row, "UA"),
-                      f"{row['macro_f1']['mean']:.3f}", *recalls])
+                      score(row, "macro_f1", 1, 3), *recalls])
     trained_on = {c["held_out"]: [n for n in c.get("corpora", ()) if n != c["held_out"]] for c in results[0][2]}
     seeds = ", ".join(str(seed) for seed, _, _ in results)
     return ["", "## On corpora never heard in training", "",
@@ -539,9 +573,10 @@ def held_out_lines(results, labels, by_speaker=False):
             + "), then tested on every recording of the corpus left out, one prediction per recording"
             + (", each speaker's statistics from all of their recordings there" if by_speaker else "")
             + ", on the classes it has. This is the better guide to recordings unlike any the model heard. "
-            + (f"Mean ± standard deviation over {len(results)} training seeds ({seeds}), in %"
-               if several else f"One training seed ({seeds}), in %")
-            + ", read from the runs' reports; the last row averages the held-out corpora:", "",
+            + (f"Mean ± standard deviation over {len(results)} training seeds ({seeds})"
+               if several else f"One training seed ({seeds})")
+            + ", in % (macro-F1 as a fraction; recalls are means over the seeds), read from the runs' reports; "
+            "the last row averages the held-out corpora:", "",
             *_table(["held-out corpus", "clips", "accuracy", "UA", "macro-F1"] + [f"recall {x}" for x in labels],
                     table)]
 
@@ -800,6 +835,8 @@ def card_for(model_value=None, run_dir=None, data_dir=(), manifest=(), split=Non
     for _, _, configs in held_out or ():
         for config in configs:
             _same_model_settings(config, meta, Path(cross_corpus_dir))
+            if run is not None:
+                _same_training(config, run[0], Path(cross_corpus_dir))
     base = stored.split if stored is not None else SplitSettings("actor")
     chosen = dataclasses.replace(base, **(split or {}))
     if chosen.kind == "random":
@@ -815,6 +852,10 @@ def card_for(model_value=None, run_dir=None, data_dir=(), manifest=(), split=Non
         cache_dir = stored.cache_dir
     data_dir, manifest = source_list(data_dir), source_list(manifest)
     corpus = load_corpora(data_dir, manifest)
+    for _, _, configs in held_out or ():
+        if set(configs[0]["corpora"]) != set(corpus.corpus_names):
+            raise SerkerasError(f"{cross_corpus_dir} left out each of {', '.join(configs[0]['corpora'])} in turn, "
+                                f"not of the corpora carded ({', '.join(corpus.corpus_names)})")
     clips, described = evaluation_part(corpus, chosen, "test")
     if model_folder is not None:
         shown, name = public_path(model_folder), model_folder.name

@@ -43,18 +43,68 @@ def test_cross_validated_scores_come_from_the_folds(tmp_path):
         fold_results(tmp_path)
 
 
-def test_a_leave_one_corpus_out_run_without_its_report_or_runs_is_one_line(tmp_path):
+def _held_out_report(folder, seed, corpora=("alpha", "beta"), accuracy=0.5):
+    """A `serkeras cross-corpus` report in `folder`, as its runs would leave it."""
+    scores = {"clips": 4, "accuracy": accuracy, "UA": accuracy, "macro_f1": accuracy}
+    rows = [{"corpus": name, **scores} for name in corpora] + [{"corpus": "mean", **scores}]
+    for name in corpora:
+        run = folder / f"held-out-{name}"
+        run.mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps({"held_out": name, "corpora": list(corpora), "seed": seed,
+                                                     "train_config": {"seed": seed, "class_weight": True}}))
+    (folder / "cross-corpus.json").write_text(json.dumps(rows))
+    return rows
+
+
+def test_a_leave_one_corpus_out_run_is_read_per_seed_and_a_broken_one_is_one_line(tmp_path):
+    from serkeras.cards import _same_training, held_out_lines
+
     with pytest.raises(SerkerasError, match="holds no finished report"):
         held_out_results(tmp_path)
-    (tmp_path / "cross-corpus.json").write_text(json.dumps([{"corpus": "alpha"}, {"corpus": "mean"}]))
-    with pytest.raises(SerkerasError, match="held-out-alpha/config.json"):
+    rows = _held_out_report(tmp_path / "seed4", 4, accuracy=0.6)
+    _held_out_report(tmp_path / "seed3", 3, accuracy=0.4)
+    (tmp_path / "seeds").mkdir()  # not a seed's folder: ignored
+    results = held_out_results(tmp_path)
+    assert [seed for seed, _, _ in results] == [3, 4] and results[1][1] == rows
+    lines = "\n".join(held_out_lines(results, ["anger"]))
+    assert "over 2 training seeds (3, 4)" in lines and "alpha held out: beta" in lines
+    assert "| alpha | 4 | 50.0 ± 10.0 | 50.0 ± 10.0 | 0.500 ± 0.100 |" in lines
+    with pytest.raises(SerkerasError, match="differs in class_weight"):
+        _same_training(results[0][2][0], {"train_config": {"seed": 0, "class_weight": False}}, "loco")
+    _same_training(results[0][2][0], {"train_config": {"seed": 9, "class_weight": True}}, "loco")  # seeds may differ
+
+    (tmp_path / "seed4" / "held-out-beta" / "config.json").write_text(json.dumps({"seed": 4}))
+    with pytest.raises(SerkerasError, match="not the settings of the run that held out beta"):
         held_out_results(tmp_path)
-    (tmp_path / "held-out-alpha").mkdir()
-    (tmp_path / "held-out-alpha" / "config.json").write_text(json.dumps({"seed": 7}))
-    assert held_out_results(tmp_path)[0][:2] == (7, [{"corpus": "alpha"}, {"corpus": "mean"}])
-    (tmp_path / "cross-corpus.json").write_text("{}")
+    (tmp_path / "seed4" / "held-out-beta" / "config.json").unlink()
+    with pytest.raises(SerkerasError, match="seed4/held-out-beta/config.json"):
+        held_out_results(tmp_path)
+    (tmp_path / "seed4" / "cross-corpus.json").write_text("{}")
     with pytest.raises(SerkerasError, match="is not a leave-one-corpus-out report"):
         held_out_results(tmp_path)
+    _held_out_report(tmp_path / "seed5", 3)  # the same training seed twice
+    (tmp_path / "seed4" / "cross-corpus.json").unlink()
+    with pytest.raises(SerkerasError, match="two reports trained with seed 3"):
+        held_out_results(tmp_path)
+    _held_out_report(tmp_path / "seed6", 6, corpora=("alpha", "gamma"))
+    (tmp_path / "seed5" / "cross-corpus.json").unlink()
+    with pytest.raises(SerkerasError, match="holds other corpora than"):
+        held_out_results(tmp_path)
+
+
+def test_the_training_line_says_what_the_copies_and_the_loss_did():
+    from serkeras.cards import training_lines
+
+    config = {"corpus": "x", "split": "actor", "train_config": {
+        "optimizer": "adam", "learning_rate": 1e-3, "batch_size": 32, "epochs": 30, "augment_copies": 1,
+        "noise_snr_db": [10, 30], "gain_db": 0.0, "shift_seconds": 0.25, "speed": 0.0, "reverb": 0.5,
+        "class_weight": True, "label_smoothing": 0.1}}
+    line = training_lines(config, {})[1]
+    assert "1 augmented copy of every training clip (noise, shift; a synthetic room in 50% of them)" in line
+    assert "each class weighted by the inverse of its share" in line and "label smoothing 0.1" in line
+    config["train_config"].update(augment_copies=0, class_weight=False, label_smoothing=0.0)
+    line = training_lines(config, {})[1]
+    assert "cop" not in line and "weighted" not in line and "smoothing" not in line
 
 
 def test_the_unweighted_recall_interval_is_over_the_classes_each_resample_has():
