@@ -831,6 +831,8 @@ def card_for(model_value=None, run_dir=None, data_dir=(), manifest=(), split=Non
     folds = fold_results(kfold_dir) if kfold_dir is not None else None
     for config, _ in folds or ():
         _same_model_settings(config, meta, Path(kfold_dir))
+        if run is not None:
+            _same_training(config, run[0], Path(kfold_dir))
     held_out = held_out_results(cross_corpus_dir) if cross_corpus_dir is not None else None
     for _, _, configs in held_out or ():
         for config in configs:
