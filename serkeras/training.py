@@ -1075,14 +1075,14 @@ def run_training(data, feature_config, model_config, train_config, run_dir, log_
         check_replica_batch(train_config.batch_size, replicas)
         keras.utils.set_random_seed(train_config.seed)
         model = build_model(feature_config, model_config, data.labels, data.stats)
-        # A model whose lower layers are frozen trains its upper part on their outputs, computed once.
-        stages = frozen_stages(model)
         share = process_share()
-        if share is not None and (stages is not None or model_config.speaker_standardization):
+        if share is not None and (model_config.speaker_standardization or frozen_stages(model) is not None):
             raise SerkerasError("training over several processes needs a model without frozen layers: the frozen "
                                 "layers' outputs are computed on one process (train it on one machine's devices)")
+        # A model whose lower layers are frozen trains its upper part on their outputs, computed once.
         trained, trained_data = trained_part(model, data, train_config.batch_size, train_config.mixup_alpha,
                                              progress=verbose > 0)
+        staged = trained is not model
         names = model_input_names(trained)
         # Layers after frozen ones draw their batches from all clips, not from clips of similar length: on
         # CREMA-D, length-bucketed batches skew the batch normalisation of Whisper's pooled embedding (59-61%
@@ -1090,7 +1090,7 @@ def run_training(data, feature_config, model_config, train_config, run_dir, log_
         # to pad.
         train_ds = trained_data.dataset("train", feature_config, train_config.batch_size, names, shuffle=True,
                                         seed=train_config.seed, mixup_alpha=train_config.mixup_alpha,
-                                        replicas=replicas, bucket=stages is None, process_share=share)
+                                        replicas=replicas, bucket=not staged, process_share=share)
         val_ds = trained_data.dataset("val", feature_config, train_config.batch_size, names, replicas=replicas,
                                       process_share=share)
         steps = int(np.ceil(len(data.parts["train"][0]) / train_config.batch_size))
