@@ -565,7 +565,7 @@ def held_out_lines(results, labels, by_speaker=False):
                            else f"{100 * np.mean(values):.1f}")
         table.append([row["corpus"], str(row["clips"]), score(row, "accuracy"), score(row, "UA"),
                       score(row, "macro_f1", 1, 3), *recalls])
-    trained_on = {c["held_out"]: [n for n in c.get("corpora", ()) if n != c["held_out"]] for c in results[0][2]}
+    trained_on = {c["held_out"]: [n for n in c["corpora"] if n != c["held_out"]] for c in results[0][2]}
     seeds = ", ".join(str(seed) for seed, _, _ in results)
     return ["", "## On corpora never heard in training", "",
             "Leave one corpus out (`serkeras cross-corpus`): the same settings trained on the other corpora ("
@@ -873,6 +873,5 @@ def card_for(model_value=None, run_dir=None, data_dir=(), manifest=(), split=Non
                            manifest if explicit_data or stored is None else (), chosen, kfold_dir, perturbations,
                            cross_corpus_dir)
     return model_card(model_path, corpus, clips, described, run=run, folds=folds, held_out=held_out,
-                      perturbations=perturbations,
-                      cache_dir=cache_dir, command=command, batch_size=batch_size, name=name, reference=reference,
-                      loaded=(model, meta))
+                      perturbations=perturbations, cache_dir=cache_dir, command=command, batch_size=batch_size,
+                      name=name, reference=reference, loaded=(model, meta))

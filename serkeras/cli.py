@@ -612,10 +612,10 @@ def cross_corpus(data_dir, manifest, cache_dir, val_fraction, seed, n_seeds, run
     """
     from pathlib import Path
 
-    from serkeras import api
-    from serkeras.corpus import load_corpora
     import json
 
+    from serkeras import api
+    from serkeras.corpus import load_corpora
     from serkeras.evaluation import (cross_corpus_rows, cross_corpus_seed_rows, format_cross_corpus_markdown,
                                      format_cross_corpus_seeds_markdown, write_cross_corpus_report)
     from serkeras.training import TrainConfig, TrainingInterrupted, leave_one_corpus_out
@@ -643,10 +643,9 @@ def cross_corpus(data_dir, manifest, cache_dir, val_fraction, seed, n_seeds, run
         except TrainingInterrupted as exc:
             raise KeyboardInterrupt(f"{exc}; run the same command again to continue (finished runs are kept)") \
                 from None
-        rows_by_seed[seed + k] = cross_corpus_rows(reports)
-        click.echo(("" if n_seeds == 1 else f"seed {seed + k}\n") + format_cross_corpus_markdown(rows_by_seed[seed + k]),
-                   nl=False)
-        paths = write_cross_corpus_report(rows_by_seed[seed + k], Path(output_dir) / inner)
+        rows = rows_by_seed[seed + k] = cross_corpus_rows(reports)
+        click.echo(("" if n_seeds == 1 else f"seed {seed + k}\n") + format_cross_corpus_markdown(rows), nl=False)
+        paths = write_cross_corpus_report(rows, Path(output_dir) / inner)
         click.echo(f"report: {', '.join(map(str, paths))}")
     if n_seeds > 1:
         summary = cross_corpus_seed_rows(rows_by_seed)
